@@ -1,0 +1,1 @@
+"""Bus subscribers and entry points: the CLI and console output."""

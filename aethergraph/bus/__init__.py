@@ -1,0 +1,1 @@
+"""JetStream transport: subjects and streams, the embedded nats-server, the event log."""

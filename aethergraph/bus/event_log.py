@@ -1,0 +1,307 @@
+"""``JetStreamEventLog``: the run journal on a JetStream stream.
+
+Publishing is pipelined: an append writes the message into the client's
+outbound buffer at once and returns a future that resolves when JetStream's
+acknowledgement arrives on a shared wildcard inbox, so many events can be in
+flight and a step's commit costs one round trip.
+
+Every event carries ``Nats-Msg-Id: <run_id>:<seq>``, so a republished event is
+stored once. Fencing: whenever a writer has nothing in flight, its next event
+carries ``Nats-Expected-Last-Subject-Sequence`` for the subject filter
+``ag.evt.<run_id>.>``; if another writer appended to the run in between,
+JetStream refuses the event and this writer is fenced out
+(:class:`StaleWriterError`) and refuses further appends. A writer for a new run
+expects no event at all, so two runs can never share an id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from aethergraph.core.codec import decode_event, encode_event
+from aethergraph.core.errors import (
+    BusUnavailableError,
+    EventRejectedError,
+    EventTooLargeError,
+    StaleWriterError,
+)
+from aethergraph.core.events import AnyEvent, Event
+
+from .topology import event_subject, run_events_filter
+
+__all__ = ["JetStreamEventLog", "JetStreamRunWriter", "PublishedAck", "StoredRecord"]
+
+_WRONG_LAST_SEQUENCE = 10071
+
+
+class _AckError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PublishedAck(msgspec.Struct):
+    """JetStream's reply to a publish."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _AckError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(PublishedAck)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """An event read back from the stream with its stream sequence."""
+
+    event: AnyEvent
+    stream_seq: int
+
+
+class _AckRouter:
+    """Routes JetStream acknowledgements from one wildcard inbox to futures."""
+
+    def __init__(self, nc: Client, ack_timeout_s: float) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._prefix_len = len(self._prefix) + 1
+        self._counter = itertools.count(1)
+        self._pending: dict[str, tuple[asyncio.Future[PublishedAck], asyncio.TimerHandle]] = {}
+        self._sub: Subscription | None = None
+        self._ack_timeout_s = ack_timeout_s
+        self._loop = asyncio.get_running_loop()
+        # The public client API makes publish a coroutine; events must enter the
+        # outbound buffer synchronously, in append order, so use the buffer directly.
+        self._direct = hasattr(nc, "_pending") and hasattr(nc, "_flush_queue")
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        for fut, timer in self._pending.values():
+            timer.cancel()
+            if not fut.done():
+                fut.set_exception(BusUnavailableError("the event log was closed before the bus acknowledged"))
+        self._pending.clear()
+
+    def publish(self, subject: str, headers: bytes, payload: bytes) -> asyncio.Future[PublishedAck]:
+        token = str(next(self._counter))
+        reply = f"{self._prefix}.{token}"
+        fut: asyncio.Future[PublishedAck] = self._loop.create_future()
+        timer = self._loop.call_later(self._ack_timeout_s, self._expire, token)
+        self._pending[token] = (fut, timer)
+        nc = self._nc
+        if nc.is_closed:
+            raise BusUnavailableError("the NATS connection is closed")
+        if self._direct:
+            cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(),
+                reply.encode(),
+                len(headers),
+                len(headers) + len(payload),
+                headers,
+                payload,
+            )
+            nc._pending.append(cmd)
+            nc._pending_data_size += len(cmd)
+            queue = nc._flush_queue
+            if queue is not None and queue.empty():
+                queue.put_nowait(self._loop.create_future())
+        else:  # pragma: no cover - only on a nats-py without the buffer internals
+            hdrs = _parse_headers(headers)
+            asyncio.ensure_future(nc.publish(subject, payload, reply=reply, headers=hdrs))
+        return fut
+
+    def _expire(self, token: str) -> None:
+        entry = self._pending.pop(token, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(
+                BusUnavailableError(
+                    f"JetStream did not acknowledge an event within {self._ack_timeout_s:.1f}s; "
+                    f"is the server at {self._nc.connected_url} running?"
+                )
+            )
+
+    async def _on_reply(self, msg: Msg) -> None:
+        entry = self._pending.pop(msg.subject[self._prefix_len :], None)
+        if entry is None:
+            return
+        fut, timer = entry
+        timer.cancel()
+        if fut.done():
+            return
+        if not msg.data:
+            status = (msg.headers or {}).get("Status", "")
+            fut.set_exception(
+                BusUnavailableError(
+                    f"no JetStream stream answered (status {status or 'unknown'}); "
+                    "the AG_EVENTS stream is missing: connect through aethergraph so it is created"
+                )
+            )
+            return
+        try:
+            fut.set_result(_ack_decoder.decode(msg.data))
+        except msgspec.DecodeError as exc:
+            fut.set_exception(EventRejectedError(f"unreadable JetStream acknowledgement: {exc}"))
+
+
+def _parse_headers(raw: bytes) -> dict[str, str]:
+    lines = raw.decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class JetStreamRunWriter:
+    """Appends one run's events; see the module docstring for fencing."""
+
+    __slots__ = ("_failure", "_filter", "_inflight", "_last", "_log", "_run_id", "_tail")
+
+    def __init__(self, log: JetStreamEventLog, run_id: str, last_stream_seq: int) -> None:
+        self._log = log
+        self._run_id = run_id
+        self._filter = run_events_filter(run_id).encode()
+        self._last = last_stream_seq
+        self._inflight = 0
+        self._failure: BaseException | None = None
+        self._tail: asyncio.Future[int] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def last_stream_seq(self) -> int:
+        return self._last
+
+    def append(self, event: Event) -> asyncio.Future[int]:
+        if self._failure is not None:
+            raise self._failure
+        payload = encode_event(event)
+        if len(payload) > self._log.max_event_bytes:
+            raise EventTooLargeError(
+                f"a {event.__struct_config__.tag} event is {len(payload):,} bytes, over the "
+                f"limit of {self._log.max_event_bytes:,} (AETHERGRAPH_MAX_EVENT_BYTES). Large "
+                "values do not ride inside events: save them with context.artifacts() and "
+                "pass the artifact reference instead",
+                run_id=self._run_id,
+                node_id=event.node_id,
+                seq=event.seq,
+            )
+        headers = b"NATS/1.0\r\nNats-Msg-Id: %s:%d\r\n" % (self._run_id.encode(), event.seq)
+        if self._inflight == 0:
+            headers += (
+                b"Nats-Expected-Last-Subject-Sequence: %d\r\n"
+                b"Nats-Expected-Last-Subject-Sequence-Subject: %s\r\n" % (self._last, self._filter)
+            )
+        headers += b"\r\n"
+        subject = event_subject(self._run_id, event.__struct_config__.tag)  # type: ignore[arg-type]
+        ack = self._log._router.publish(subject, headers, payload)
+        self._inflight += 1
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        result.add_done_callback(_retrieve)
+        ack.add_done_callback(lambda done: self._on_ack(done, result, event.seq))
+        self._tail = result
+        return result
+
+    def _on_ack(self, done: asyncio.Future[PublishedAck], result: asyncio.Future[int], seq: int) -> None:
+        self._inflight -= 1
+        exc = done.exception()
+        if exc is None:
+            ack = done.result()
+            if ack.error is not None:
+                if ack.error.err_code == _WRONG_LAST_SEQUENCE:
+                    exc = StaleWriterError(
+                        "another writer appended to this run first "
+                        f"({ack.error.description}); this writer is fenced out",
+                        run_id=self._run_id,
+                        seq=seq,
+                    )
+                else:
+                    exc = EventRejectedError(
+                        f"JetStream refused the event: {ack.error.description} "
+                        f"(code {ack.error.err_code})",
+                        run_id=self._run_id,
+                        seq=seq,
+                    )
+            elif ack.duplicate:
+                exc = StaleWriterError(
+                    f"event {seq} of this run was already stored by another writer; "
+                    "this writer is fenced out",
+                    run_id=self._run_id,
+                    seq=seq,
+                )
+            else:
+                if ack.seq > self._last:
+                    self._last = ack.seq
+                if not result.done():
+                    result.set_result(ack.seq)
+                return
+        if self._failure is None:
+            self._failure = exc
+        if not result.done():
+            result.set_exception(exc)
+
+    async def flush(self) -> None:
+        if self._tail is not None:
+            await self._tail
+        if self._failure is not None:
+            raise self._failure
+
+
+class JetStreamEventLog:
+    """The :class:`aethergraph.core.ports.EventLog` on JetStream."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, *, max_event_bytes: int, ack_timeout_s: float = 10.0) -> None:
+        self._nc = nc
+        self._js = js
+        self.max_event_bytes = max_event_bytes
+        self._router = _AckRouter(nc, ack_timeout_s)
+
+    async def start(self) -> None:
+        await self._router.start()
+
+    async def close(self) -> None:
+        await self._router.stop()
+
+    def writer(self, run_id: str, *, last_stream_seq: int = 0) -> JetStreamRunWriter:
+        return JetStreamRunWriter(self, run_id, last_stream_seq)
+
+    async def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredRecord]:
+        """Every stored event of ``run_id`` in stream order; with ``follow``, then wait for more."""
+        async for msg in self._messages(run_events_filter(run_id), follow=follow):
+            yield StoredRecord(event=decode_event(msg.data), stream_seq=msg.metadata.sequence.stream)
+
+    async def _messages(self, subject: str, *, follow: bool) -> AsyncIterator[Msg]:
+        sub = await self._js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        try:
+            if not follow:
+                info = await sub.consumer_info()
+                if info.num_pending == 0 and not info.delivered.stream_seq:
+                    return
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                yield msg
+                if not follow and msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()

@@ -1,0 +1,115 @@
+"""``@tool`` and ``@graph_fn``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+from .executor import call_tool_detached, call_tool_detached_async, call_tool_in_run, execute_run
+from .scope import current_scope
+from .spec import CallableSpec, build_spec
+
+__all__ = ["GraphFunction", "Tool", "graph_fn", "tool"]
+
+
+class Tool:
+    """A function made into a tool.
+
+    Inside a run, ``await my_tool(...)`` is a journaled step returning the
+    outputs dict. Outside any run the function executes at once: a sync tool
+    returns its outputs dict, an async tool returns an awaitable of it.
+    """
+
+    __aethergraph_spec__: CallableSpec
+
+    def __init__(self, spec: CallableSpec) -> None:
+        self.__aethergraph_spec__ = spec
+        functools.update_wrapper(self, spec.fn)
+
+    @property
+    def spec(self) -> CallableSpec:
+        return self.__aethergraph_spec__
+
+    @property
+    def name(self) -> str:
+        return self.__aethergraph_spec__.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        spec = self.__aethergraph_spec__
+        scope = current_scope()
+        if scope is not None:
+            return call_tool_in_run(scope, spec, args, kwargs)
+        if spec.is_async:
+            return call_tool_detached_async(spec, args, kwargs)
+        return call_tool_detached(spec, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<tool {self.name!r} outputs={list(self.spec.outputs)}>"
+
+
+class GraphFunction:
+    """An ``async def`` made into a reactive graph: ``await g(**inputs)`` runs it as a journaled run."""
+
+    __aethergraph_spec__: CallableSpec
+
+    def __init__(self, spec: CallableSpec) -> None:
+        self.__aethergraph_spec__ = spec
+        functools.update_wrapper(self, spec.fn)
+
+    @property
+    def spec(self) -> CallableSpec:
+        return self.__aethergraph_spec__
+
+    @property
+    def name(self) -> str:
+        return self.__aethergraph_spec__.name
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        spec = self.__aethergraph_spec__
+        return await execute_run(spec, spec.bind(args, kwargs))
+
+    def __repr__(self) -> str:
+        return f"<graph_fn {self.name!r} outputs={list(self.spec.outputs)}>"
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(*, name: str | None = None, outputs: Sequence[str] | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    outputs: Sequence[str] | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a function a tool: ``@tool`` or ``@tool(name="analyze", outputs=["val"])``."""
+    if fn is not None:
+        return Tool(build_spec(fn, kind="tool", name=name, outputs=outputs))
+
+    def decorate(target: Callable[..., Any]) -> Tool:
+        return Tool(build_spec(target, kind="tool", name=name, outputs=outputs))
+
+    return decorate
+
+
+@overload
+def graph_fn(fn: Callable[..., Any], /) -> GraphFunction: ...
+@overload
+def graph_fn(*, name: str | None = None, outputs: Sequence[str] | None = None) -> Callable[[Callable[..., Any]], GraphFunction]: ...
+def graph_fn(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    outputs: Sequence[str] | None = None,
+) -> GraphFunction | Callable[[Callable[..., Any]], GraphFunction]:
+    """Make an ``async def`` a reactive graph: ``@graph_fn(name="demo", outputs=[...])``."""
+    if fn is not None:
+        return GraphFunction(build_spec(fn, kind="graph_fn", name=name, outputs=outputs))
+
+    def decorate(target: Callable[..., Any]) -> GraphFunction:
+        return GraphFunction(build_spec(target, kind="graph_fn", name=name, outputs=outputs))
+
+    return decorate

@@ -1,0 +1,101 @@
+"""Exceptions of AetherGraph.
+
+Every error the runtime raises derives from :class:`AetherGraphError` and carries
+structured fields (run id, node id, sequence) so that callers and log processors
+can act on them without parsing messages. Control-flow signals derive from
+:class:`BaseException` so that ``except Exception`` in user code cannot swallow
+them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AetherGraphError",
+    "BusUnavailableError",
+    "DecorationError",
+    "EventRejectedError",
+    "EventTooLargeError",
+    "GraphNotFoundError",
+    "NotInRunError",
+    "OutputError",
+    "RunFailedError",
+    "SerializationError",
+    "StaleWriterError",
+    "WorkspaceError",
+]
+
+
+class AetherGraphError(Exception):
+    """Root of every error raised by AetherGraph."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        seq: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.run_id = run_id
+        self.node_id = node_id
+        self.seq = seq
+
+    def __str__(self) -> str:
+        where = [
+            f"{name}={value}"
+            for name, value in (("run", self.run_id), ("node", self.node_id), ("seq", self.seq))
+            if value is not None
+        ]
+        return f"{self.message} [{' '.join(where)}]" if where else self.message
+
+
+class DecorationError(AetherGraphError, TypeError):
+    """A ``@tool`` or ``@graph_fn`` was applied to something it cannot describe."""
+
+
+class OutputError(AetherGraphError, ValueError):
+    """A tool or graph returned outputs that do not match its declared ``outputs``."""
+
+
+class SerializationError(AetherGraphError, TypeError):
+    """A value that must be journaled cannot be encoded."""
+
+
+class EventTooLargeError(AetherGraphError, ValueError):
+    """An event is larger than the configured ``max_event_bytes``."""
+
+
+class NotInRunError(AetherGraphError, RuntimeError):
+    """An operation that needs a running graph was used outside one."""
+
+
+class BusUnavailableError(AetherGraphError, ConnectionError):
+    """The NATS server cannot be reached or does not have JetStream enabled."""
+
+
+class WorkspaceError(AetherGraphError, OSError):
+    """The workspace folder or the embedded server in it cannot be used."""
+
+
+class EventRejectedError(AetherGraphError):
+    """JetStream refused to store an event."""
+
+
+class StaleWriterError(EventRejectedError):
+    """Another writer appended to this run's journal first; this writer is fenced out."""
+
+
+class GraphNotFoundError(AetherGraphError, LookupError):
+    """A ``module:attribute`` reference does not name a graph or tool."""
+
+
+class RunFailedError(AetherGraphError):
+    """A run ended in failure; ``error_type`` and ``message`` describe the cause."""
+
+    def __init__(
+        self, message: str, *, run_id: str, error_type: str, node_id: str | None = None
+    ) -> None:
+        super().__init__(message, run_id=run_id, node_id=node_id)
+        self.error_type = error_type

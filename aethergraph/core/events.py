@@ -1,0 +1,214 @@
+"""The event catalog: a closed, versioned, tagged union of frozen msgspec Structs.
+
+Schema-evolution rules (also in docs/events.md):
+
+1. A tag (``"tool.called"``) is a stable public name, never a class name.
+2. A new field is always added with a default, so older samples keep decoding.
+3. A field is never removed, renamed or given a new meaning under the same tag;
+   such a change is a new tag with a version suffix (``"tool.called.v2"``) and
+   both tags stay in the union while journals that hold the old one exist.
+4. Golden encoded samples of every tag live in ``tests/golden/`` and must decode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias, Union
+
+import msgspec
+
+__all__ = [
+    "EVENT_TYPES",
+    "AnyEvent",
+    "Event",
+    "LogRecorded",
+    "NodeCompleted",
+    "NodeFailed",
+    "NodeStarted",
+    "RunCancelled",
+    "RunCompleted",
+    "RunFailed",
+    "RunStarted",
+    "ServiceCalled",
+    "ServiceFailed",
+    "ServiceReturned",
+    "ToolCalled",
+    "ToolFailed",
+    "ToolReturned",
+    "ValueRecorded",
+    "WaitExpired",
+    "WaitRequested",
+    "WaitResumed",
+]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields every event carries.
+
+    ``seq`` numbers a run's events 1, 2, 3, ... in journal order; ``parent`` is
+    the ``seq`` of the event that caused this one (``None`` for a run's first
+    event); ``ts`` is the emitting host's clock in Unix microseconds;
+    ``worker`` names the process that emitted the event.
+    """
+
+    run_id: str
+    seq: int
+    ts: int
+    worker: str
+    parent: int | None = None
+    node_id: str | None = None
+
+
+# --- runs -----------------------------------------------------------------------
+
+
+class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    graph_id: str
+    inputs: dict[str, Any] = {}
+    parent_run_id: str | None = None
+    parent_node_id: str | None = None
+
+
+class RunCompleted(Event, frozen=True, kw_only=True, tag="run.completed"):
+    outputs: dict[str, Any] = {}
+
+
+class RunFailed(Event, frozen=True, kw_only=True, tag="run.failed"):
+    error_type: str
+    message: str
+    failed_node_id: str | None = None
+
+
+class RunCancelled(Event, frozen=True, kw_only=True, tag="run.cancelled"):
+    reason: str = ""
+
+
+# --- nodes of static graphs ------------------------------------------------------
+
+
+class NodeStarted(Event, frozen=True, kw_only=True, tag="node.started"):
+    tool: str
+    attempt: int = 1
+
+
+class NodeCompleted(Event, frozen=True, kw_only=True, tag="node.completed"):
+    outputs: dict[str, Any] = {}
+    attempt: int = 1
+
+
+class NodeFailed(Event, frozen=True, kw_only=True, tag="node.failed"):
+    error_type: str
+    message: str
+    attempt: int = 1
+
+
+# --- journaled steps ------------------------------------------------------------
+
+
+class ToolCalled(Event, frozen=True, kw_only=True, tag="tool.called"):
+    """A tool call began; in a graph_fn run this event also opens the call's node."""
+
+    tool: str
+    args: dict[str, Any] = {}
+    args_digest: str
+
+
+class ToolReturned(Event, frozen=True, kw_only=True, tag="tool.returned"):
+    """A tool call's committed outcome; ``parent`` is its ``tool.called``."""
+
+    tool: str
+    outputs: dict[str, Any] = {}
+    duration_us: int = 0
+
+
+class ToolFailed(Event, frozen=True, kw_only=True, tag="tool.failed"):
+    tool: str
+    error_type: str
+    message: str
+    duration_us: int = 0
+
+
+class ServiceCalled(Event, frozen=True, kw_only=True, tag="service.called"):
+    service: str
+    method: str
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    args_digest: str
+
+
+class ServiceReturned(Event, frozen=True, kw_only=True, tag="service.returned"):
+    service: str
+    method: str
+    result: Any = None
+    duration_us: int = 0
+
+
+class ServiceFailed(Event, frozen=True, kw_only=True, tag="service.failed"):
+    service: str
+    method: str
+    error_type: str
+    message: str
+    duration_us: int = 0
+
+
+class ValueRecorded(Event, frozen=True, kw_only=True, tag="value.recorded"):
+    """A non-deterministic value taken through the context (time, id, random)."""
+
+    kind: Literal["now", "uuid", "random"]
+    value: Any
+
+
+# --- waits ----------------------------------------------------------------------
+
+
+class WaitRequested(Event, frozen=True, kw_only=True, tag="wait.requested"):
+    wait_id: str
+    kind: str
+    prompt: str = ""
+    payload_schema: dict[str, Any] = {}
+    channel: str = "console"
+    deadline_us: int | None = None
+
+
+class WaitResumed(Event, frozen=True, kw_only=True, tag="wait.resumed"):
+    wait_id: str
+    payload: Any = None
+
+
+class WaitExpired(Event, frozen=True, kw_only=True, tag="wait.expired"):
+    wait_id: str
+
+
+# --- observability --------------------------------------------------------------
+
+
+class LogRecorded(Event, frozen=True, kw_only=True, tag="log.recorded"):
+    level: Literal["debug", "info", "warning", "error", "critical"]
+    message: str
+    fields: dict[str, Any] = {}
+
+
+AnyEvent: TypeAlias = Union[
+    RunStarted,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    NodeStarted,
+    NodeCompleted,
+    NodeFailed,
+    ToolCalled,
+    ToolReturned,
+    ToolFailed,
+    ServiceCalled,
+    ServiceReturned,
+    ServiceFailed,
+    ValueRecorded,
+    WaitRequested,
+    WaitResumed,
+    WaitExpired,
+    LogRecorded,
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+}

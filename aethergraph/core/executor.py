@@ -1,0 +1,181 @@
+"""Executing graph functions as journaled runs, and tools as journaled steps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .codec import digest, normalise_value
+from .context import NodeContext
+from .environment import get_environment
+from .errors import NotInRunError
+from .events import RunCancelled, RunCompleted, RunFailed, RunStarted, ToolCalled, ToolFailed, ToolReturned
+from .ids import check_run_id, new_run_id
+from .journal import RunJournal
+from .ports import RunEnvironment
+from .scope import RunScope, cursor, current_scope, run_scope_var
+from .spec import CallableSpec, normalise_outputs
+
+__all__ = ["call_tool_detached", "call_tool_detached_async", "call_tool_in_run", "error_type_name", "execute_run"]
+
+ROOT_NODE = "root"
+
+
+def error_type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+async def execute_run(
+    spec: CallableSpec,
+    inputs: Mapping[str, Any],
+    *,
+    run_id: str | None = None,
+    env: RunEnvironment | None = None,
+) -> dict[str, Any]:
+    """Run ``spec`` (a graph_fn, or a tool as a one-step run) and return its outputs.
+
+    Inside another run this becomes a child run linked to the calling node.
+    The run's events: ``run.started``, the steps, then ``run.completed``,
+    ``run.failed`` or ``run.cancelled``. An exception from the body is
+    journaled and re-raised unchanged.
+    """
+    parent_scope = current_scope()
+    if env is None:
+        env = parent_scope.env if parent_scope is not None else await get_environment()
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    journal = RunJournal(run_id, env.event_log.writer(run_id), env.worker_id)
+    normalised_inputs, _ = normalise_value(dict(inputs), what=f"the inputs of {spec.label}")
+    start_seq = await journal.commit(
+        RunStarted,
+        parent=None,
+        graph_id=spec.name,
+        inputs=normalised_inputs,
+        parent_run_id=parent_scope.run_id if parent_scope else None,
+        parent_node_id=None,
+    )
+    scope = RunScope(run_id=run_id, graph_id=spec.name, journal=journal, env=env)
+    scope_token = run_scope_var.set(scope)
+    cursor_token = cursor.set(start_seq)
+    try:
+        if spec.kind == "tool":
+            outputs = await call_tool_in_run(scope, spec, (), inputs)
+        else:
+            kwargs = dict(inputs)
+            if spec.context_param is not None:
+                kwargs[spec.context_param] = NodeContext(scope, ROOT_NODE)
+            outputs = normalise_outputs(spec, await spec.fn(**kwargs))
+        normalised, _ = normalise_value(outputs, what=spec.label)
+        await journal.commit(RunCompleted, parent=cursor.get(), outputs=normalised)
+        return dict(normalised)
+    except asyncio.CancelledError:
+        await _journal_end(journal, RunCancelled, parent=cursor.get(), reason="cancelled")
+        raise
+    except Exception as exc:
+        await _journal_end(
+            journal,
+            RunFailed,
+            parent=cursor.get(),
+            error_type=error_type_name(exc),
+            message=str(exc),
+            failed_node_id=scope.failed_nodes.get(id(exc)),
+        )
+        raise
+    finally:
+        cursor.reset(cursor_token)
+        run_scope_var.reset(scope_token)
+
+
+async def _journal_end(journal: RunJournal, cls: type[RunFailed] | type[RunCancelled], **fields: Any) -> None:
+    """Journal how a run ended; if the bus refuses, the original error still wins."""
+    try:
+        await journal.commit(cls, **fields)
+    except Exception:  # noqa: BLE001 - the body's exception is the one to report
+        return
+
+
+def _call_kwargs(spec: CallableSpec, arguments: dict[str, Any], context: NodeContext | None) -> dict[str, Any]:
+    if spec.context_param is not None:
+        arguments = {**arguments, spec.context_param: context}
+    return arguments
+
+
+async def call_tool_in_run(
+    scope: RunScope, spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One journaled step: ``tool.called``, the tool, then ``tool.returned`` (committed) or ``tool.failed``."""
+    node_id = scope.next_node_id(spec.name)
+    arguments = spec.bind(args, kwargs)
+    normalised_args, raw_args = normalise_value(arguments, what=f"the arguments of {spec.label}")
+    journal = scope.journal
+    called_seq, _ = journal.append(
+        ToolCalled,
+        parent=cursor.get(),
+        node_id=node_id,
+        tool=spec.name,
+        args=normalised_args,
+        args_digest=digest(raw_args),
+    )
+    started = time.perf_counter_ns()
+    context = NodeContext(scope, node_id) if spec.context_param is not None else None
+    outer_cursor = cursor.set(called_seq)
+    try:
+        result = spec.fn(**_call_kwargs(spec, arguments, context))
+        if spec.is_async:
+            result = await result
+        outputs, _ = normalise_value(normalise_outputs(spec, result), what=spec.label)
+    except Exception as exc:
+        cursor.reset(outer_cursor)
+        scope.failed_nodes[id(exc)] = node_id
+        seq, committed = journal.append(
+            ToolFailed,
+            parent=called_seq,
+            node_id=node_id,
+            tool=spec.name,
+            error_type=error_type_name(exc),
+            message=str(exc),
+            duration_us=(time.perf_counter_ns() - started) // 1000,
+        )
+        await committed
+        cursor.set(seq)
+        raise
+    cursor.reset(outer_cursor)
+    seq, committed = journal.append(
+        ToolReturned,
+        parent=called_seq,
+        node_id=node_id,
+        tool=spec.name,
+        outputs=outputs,
+        duration_us=(time.perf_counter_ns() - started) // 1000,
+    )
+    await committed
+    cursor.set(seq)
+    return dict(outputs)
+
+
+def _detached_context(spec: CallableSpec, kwargs: Mapping[str, Any]) -> NodeContext | None:
+    if spec.context_param is None:
+        return None
+    given = kwargs.get(spec.context_param)
+    if isinstance(given, NodeContext):
+        return given
+    raise NotInRunError(
+        f"{spec.label} takes a NodeContext ({spec.context_param!r}) but was called outside any run; "
+        f"call it inside a graph_fn, run it with aethergraph.run({spec.name}, inputs), "
+        f"or pass {spec.context_param}=<a NodeContext>"
+    )
+
+
+def call_tool_detached(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A sync tool called outside any run: execute it now, not journaled."""
+    context = _detached_context(spec, kwargs)
+    arguments = spec.bind(args, kwargs)
+    return normalise_outputs(spec, spec.fn(**_call_kwargs(spec, arguments, context)))
+
+
+async def call_tool_detached_async(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    context = _detached_context(spec, kwargs)
+    arguments = spec.bind(args, kwargs)
+    return normalise_outputs(spec, await spec.fn(**_call_kwargs(spec, arguments, context)))

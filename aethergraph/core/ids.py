@@ -1,0 +1,45 @@
+"""Identifiers: run ids, worker ids, wait ids.
+
+Run ids sort by creation time (a millisecond timestamp prefix) and are safe as
+NATS subject tokens: ``[0-9a-z]`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+
+__all__ = ["RUN_ID_PATTERN", "check_run_id", "new_run_id", "new_worker_id"]
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        number, digit = divmod(number, 36)
+        out.append(_ALPHABET[digit])
+    return "".join(reversed(out))
+
+
+def new_run_id() -> str:
+    """A new run id: 9 characters of milliseconds then 12 random characters."""
+    millis = time.time_ns() // 1_000_000
+    return _base36(millis, 9) + _base36(int.from_bytes(os.urandom(8), "big"), 12)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` or raise ``ValueError`` saying what a run id may contain."""
+    if not RUN_ID_PATTERN.match(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not valid: use 1-128 characters from A-Z a-z 0-9 _ - "
+            "(it becomes a NATS subject token, so no dots, spaces or wildcards)"
+        )
+    return run_id

@@ -1,0 +1,57 @@
+"""``RunJournal``: numbers a run's events and hands them to the run's writer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from .events import Event
+from .ports import RunWriter
+
+__all__ = ["RunJournal"]
+
+E = TypeVar("E", bound=Event)
+
+
+class RunJournal:
+    """Assigns per-run sequence numbers in append order and stamps common fields."""
+
+    __slots__ = ("_seq", "_writer", "run_id", "worker")
+
+    def __init__(self, run_id: str, writer: RunWriter, worker: str, *, last_seq: int = 0) -> None:
+        self.run_id = run_id
+        self.worker = worker
+        self._writer = writer
+        self._seq = last_seq
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def append(
+        self, cls: type[E], /, *, parent: int | None, node_id: str | None = None, **fields: Any
+    ) -> tuple[int, Awaitable[int]]:
+        """Append an event; returns its sequence and an awaitable for its commit."""
+        seq = self._seq + 1
+        event = cls(
+            run_id=self.run_id,
+            seq=seq,
+            ts=time.time_ns() // 1000,
+            worker=self.worker,
+            parent=parent,
+            node_id=node_id,
+            **fields,
+        )
+        committed = self._writer.append(event)
+        self._seq = seq
+        return seq, committed
+
+    async def commit(self, cls: type[E], /, *, parent: int | None, node_id: str | None = None, **fields: Any) -> int:
+        """Append an event and wait until the bus has acknowledged it."""
+        seq, committed = self.append(cls, parent=parent, node_id=node_id, **fields)
+        await committed
+        return seq
+
+    async def flush(self) -> None:
+        await self._writer.flush()

