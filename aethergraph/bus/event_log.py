@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,15 +71,29 @@ class StoredRecord:
     stream_seq: int
 
 
+AckHandler = Callable[[PublishedAck | BaseException], None]
+
+
+class _DispatchQueue(asyncio.Queue[Msg]):
+    """Hands each reply to the router as the client parses it, without a task hop."""
+
+    def __init__(self, handler: Callable[[Msg], None]) -> None:
+        super().__init__()
+        self._handler = handler
+
+    def put_nowait(self, item: Msg) -> None:
+        self._handler(item)
+
+
 class _AckRouter:
-    """Routes JetStream acknowledgements from one wildcard inbox to futures."""
+    """Routes JetStream acknowledgements from one wildcard inbox to handlers."""
 
     def __init__(self, nc: Client, ack_timeout_s: float) -> None:
         self._nc = nc
         self._prefix = nc.new_inbox()
         self._prefix_len = len(self._prefix) + 1
         self._counter = itertools.count(1)
-        self._pending: dict[str, tuple[asyncio.Future[PublishedAck], asyncio.TimerHandle]] = {}
+        self._pending: dict[str, tuple[AckHandler, asyncio.TimerHandle]] = {}
         self._sub: Subscription | None = None
         self._ack_timeout_s = ack_timeout_s
         self._loop = asyncio.get_running_loop()
@@ -88,27 +102,32 @@ class _AckRouter:
         self._direct = hasattr(nc, "_pending") and hasattr(nc, "_flush_queue")
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+        if self._direct:
+            self._sub = await self._nc.subscribe(self._prefix + ".*")
+            self._sub._pending_queue = _DispatchQueue(self._on_reply)
+        else:  # pragma: no cover - only on a nats-py without the buffer internals
+            async def deliver(msg: Msg) -> None:
+                self._on_reply(msg)
+
+            self._sub = await self._nc.subscribe(self._prefix + ".*", cb=deliver)
 
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-        for fut, timer in self._pending.values():
+        pending, self._pending = self._pending, {}
+        for handler, timer in pending.values():
             timer.cancel()
-            if not fut.done():
-                fut.set_exception(BusUnavailableError("the event log was closed before the bus acknowledged"))
-        self._pending.clear()
+            handler(BusUnavailableError("the event log was closed before the bus acknowledged"))
 
-    def publish(self, subject: str, headers: bytes, payload: bytes) -> asyncio.Future[PublishedAck]:
-        token = str(next(self._counter))
-        reply = f"{self._prefix}.{token}"
-        fut: asyncio.Future[PublishedAck] = self._loop.create_future()
-        timer = self._loop.call_later(self._ack_timeout_s, self._expire, token)
-        self._pending[token] = (fut, timer)
+    def publish(self, subject: str, headers: bytes, payload: bytes, handler: AckHandler) -> None:
         nc = self._nc
         if nc.is_closed:
             raise BusUnavailableError("the NATS connection is closed")
+        token = str(next(self._counter))
+        reply = f"{self._prefix}.{token}"
+        timer = self._loop.call_later(self._ack_timeout_s, self._expire, token)
+        self._pending[token] = (handler, timer)
         if self._direct:
             cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
                 subject.encode(),
@@ -126,29 +145,26 @@ class _AckRouter:
         else:  # pragma: no cover - only on a nats-py without the buffer internals
             hdrs = _parse_headers(headers)
             asyncio.ensure_future(nc.publish(subject, payload, reply=reply, headers=hdrs))
-        return fut
 
     def _expire(self, token: str) -> None:
         entry = self._pending.pop(token, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(
+        if entry is not None:
+            entry[0](
                 BusUnavailableError(
                     f"JetStream did not acknowledge an event within {self._ack_timeout_s:.1f}s; "
                     f"is the server at {self._nc.connected_url} running?"
                 )
             )
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         entry = self._pending.pop(msg.subject[self._prefix_len :], None)
         if entry is None:
             return
-        fut, timer = entry
+        handler, timer = entry
         timer.cancel()
-        if fut.done():
-            return
         if not msg.data:
             status = (msg.headers or {}).get("Status", "")
-            fut.set_exception(
+            handler(
                 BusUnavailableError(
                     f"no JetStream stream answered (status {status or 'unknown'}); "
                     "the AG_EVENTS stream is missing: connect through aethergraph so it is created"
@@ -156,9 +172,11 @@ class _AckRouter:
             )
             return
         try:
-            fut.set_result(_ack_decoder.decode(msg.data))
+            ack = _ack_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            fut.set_exception(EventRejectedError(f"unreadable JetStream acknowledgement: {exc}"))
+            handler(EventRejectedError(f"unreadable JetStream acknowledgement: {exc}"))
+            return
+        handler(ack)
 
 
 def _parse_headers(raw: bytes) -> dict[str, str]:
@@ -215,19 +233,19 @@ class JetStreamRunWriter:
             )
         headers += b"\r\n"
         subject = event_subject(self._run_id, event.__struct_config__.tag)  # type: ignore[arg-type]
-        ack = self._log._router.publish(subject, headers, payload)
+        result: asyncio.Future[int] = self._log._loop.create_future()
+        seq = event.seq
+        self._log._router.publish(subject, headers, payload, lambda ack: self._on_ack(ack, result, seq))
         self._inflight += 1
-        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         result.add_done_callback(_retrieve)
-        ack.add_done_callback(lambda done: self._on_ack(done, result, event.seq))
         self._tail = result
         return result
 
-    def _on_ack(self, done: asyncio.Future[PublishedAck], result: asyncio.Future[int], seq: int) -> None:
+    def _on_ack(self, ack: PublishedAck | BaseException, result: asyncio.Future[int], seq: int) -> None:
         self._inflight -= 1
-        exc = done.exception()
-        if exc is None:
-            ack = done.result()
+        if isinstance(ack, BaseException):
+            exc: BaseException = ack
+        else:
             if ack.error is not None:
                 if ack.error.err_code == _WRONG_LAST_SEQUENCE:
                     exc = StaleWriterError(
@@ -276,6 +294,7 @@ class JetStreamEventLog:
         self._js = js
         self.max_event_bytes = max_event_bytes
         self._router = _AckRouter(nc, ack_timeout_s)
+        self._loop = asyncio.get_running_loop()
 
     async def start(self) -> None:
         await self._router.start()
