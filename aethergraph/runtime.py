@@ -97,8 +97,7 @@ def load_target(target: object) -> CallableSpec:
     spec = getattr(target, "__aethergraph_spec__", None)
     if not isinstance(spec, CallableSpec):
         raise GraphNotFoundError(
-            f"{target!r} is not a graph_fn or tool; decorate it with @graph_fn or @tool, "
-            "or pass the decorated object"
+            f"{target!r} is not a graph_fn or tool; decorate it with @graph_fn or @tool, or pass the decorated object"
         )
     return spec
 
@@ -138,7 +137,9 @@ def _import_reference(reference: str) -> object:
         ) from None
 
 
-async def run_async(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
+async def run_async(
+    target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None
+) -> dict[str, Any]:
     """Run a graph_fn or tool as a journaled run and return its outputs."""
     spec = load_target(target)
     bound = spec.bind((), dict(inputs or {}))
@@ -152,7 +153,9 @@ def run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str 
     except RuntimeError:
         pass
     else:
-        raise RuntimeError("aethergraph.run() was called inside a running event loop; use `await aethergraph.run_async(...)`")
+        raise RuntimeError(
+            "aethergraph.run() was called inside a running event loop; use `await aethergraph.run_async(...)`"
+        )
 
     async def _main() -> dict[str, Any]:
         try:

@@ -46,7 +46,7 @@ async def _connect(url: str, *, name: str, timeout_s: float) -> Client:
             reconnect_time_wait=0.25,
             error_cb=_quiet,
         )
-    except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
         reason = str(exc) or type(exc).__name__
         raise BusUnavailableError(
             f"cannot reach NATS at {url} ({reason}). Start that server, fix "
@@ -87,8 +87,6 @@ async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
             f"the NATS server at {url} does not have JetStream enabled; start it with "
             "`nats-server -js` (or `jetstream: enabled` in its config)"
         ) from exc
-    topology = Topology(
-        duplicate_window_s=settings.duplicate_window_s, max_event_bytes=settings.max_event_bytes
-    )
+    topology = Topology(duplicate_window_s=settings.duplicate_window_s, max_event_bytes=settings.max_event_bytes)
     await ensure_topology(js, topology)
     return BusConnection(nc=nc, js=js, url=url, embedded=embedded, topology=topology)

@@ -28,7 +28,13 @@ from pathlib import Path
 
 from aethergraph.core.errors import WorkspaceError
 
-__all__ = ["EmbeddedServer", "ensure_embedded_server", "find_nats_server_binary", "running_server", "stop_embedded_server"]
+__all__ = [
+    "EmbeddedServer",
+    "ensure_embedded_server",
+    "find_nats_server_binary",
+    "running_server",
+    "stop_embedded_server",
+]
 
 _STATE_FILE = "server.json"
 _LOCK_FILE = "server.lock"
@@ -80,8 +86,7 @@ def _nats_dir(workspace: Path) -> Path:
         ) from exc
     if not os.access(directory, os.W_OK):
         raise WorkspaceError(
-            f"the workspace folder {directory} is not writable; "
-            "set AETHERGRAPH_WORKSPACE to a folder you can write to"
+            f"the workspace folder {directory} is not writable; set AETHERGRAPH_WORKSPACE to a folder you can write to"
         )
     return directory
 
@@ -203,8 +208,7 @@ def _wait_for_port(nats_dir: Path, process: subprocess.Popen[bytes], log_path: P
         time.sleep(0.002)
     process.kill()
     raise WorkspaceError(
-        f"the embedded nats-server did not become ready within {_START_TIMEOUT_S:.0f}s; "
-        f"see {log_path}"
+        f"the embedded nats-server did not become ready within {_START_TIMEOUT_S:.0f}s; see {log_path}"
     )
 
 

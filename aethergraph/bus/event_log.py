@@ -100,12 +100,14 @@ class _AckRouter:
         # The public client API makes publish a coroutine; events must enter the
         # outbound buffer synchronously, in append order, so use the buffer directly.
         self._direct = hasattr(nc, "_pending") and hasattr(nc, "_flush_queue")
+        self._fallback: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         if self._direct:
             self._sub = await self._nc.subscribe(self._prefix + ".*")
             self._sub._pending_queue = _DispatchQueue(self._on_reply)
         else:  # pragma: no cover - only on a nats-py without the buffer internals
+
             async def deliver(msg: Msg) -> None:
                 self._on_reply(msg)
 
@@ -144,7 +146,9 @@ class _AckRouter:
                 queue.put_nowait(self._loop.create_future())
         else:  # pragma: no cover - only on a nats-py without the buffer internals
             hdrs = _parse_headers(headers)
-            asyncio.ensure_future(nc.publish(subject, payload, reply=reply, headers=hdrs))
+            task = asyncio.ensure_future(nc.publish(subject, payload, reply=reply, headers=hdrs))
+            self._fallback.add(task)
+            task.add_done_callback(self._fallback.discard)
 
     def _expire(self, token: str) -> None:
         entry = self._pending.pop(token, None)
@@ -256,15 +260,13 @@ class JetStreamRunWriter:
                     )
                 else:
                     exc = EventRejectedError(
-                        f"JetStream refused the event: {ack.error.description} "
-                        f"(code {ack.error.err_code})",
+                        f"JetStream refused the event: {ack.error.description} (code {ack.error.err_code})",
                         run_id=self._run_id,
                         seq=seq,
                     )
             elif ack.duplicate:
                 exc = StaleWriterError(
-                    f"event {seq} of this run was already stored by another writer; "
-                    "this writer is fenced out",
+                    f"event {seq} of this run was already stored by another writer; this writer is fenced out",
                     run_id=self._run_id,
                     seq=seq,
                 )
@@ -315,7 +317,7 @@ class JetStreamEventLog:
         try:
             if not follow:
                 info = await sub.consumer_info()
-                if info.num_pending == 0 and not info.delivered.stream_seq:
+                if info.num_pending == 0 and not (info.delivered and info.delivered.stream_seq):
                     return
             while True:
                 msg = await sub.next_msg(timeout=None)

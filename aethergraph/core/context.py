@@ -52,7 +52,7 @@ class NodeContext:
 
     def now(self) -> _dt.datetime:
         """The current UTC time, journaled."""
-        micros = _dt.datetime.now(_dt.timezone.utc)
+        micros = _dt.datetime.now(_dt.UTC)
         self._record("now", int(micros.timestamp() * 1_000_000))
         return micros
 

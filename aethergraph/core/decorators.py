@@ -97,7 +97,9 @@ def tool(
 @overload
 def graph_fn(fn: Callable[..., Any], /) -> GraphFunction: ...
 @overload
-def graph_fn(*, name: str | None = None, outputs: Sequence[str] | None = None) -> Callable[[Callable[..., Any]], GraphFunction]: ...
+def graph_fn(
+    *, name: str | None = None, outputs: Sequence[str] | None = None
+) -> Callable[[Callable[..., Any]], GraphFunction]: ...
 def graph_fn(
     fn: Callable[..., Any] | None = None,
     /,

@@ -24,7 +24,6 @@ def set_environment_provider(provider: Callable[[], Awaitable[RunEnvironment]]) 
 async def get_environment() -> RunEnvironment:
     if _provider is None:
         raise NotInRunError(
-            "no AetherGraph runtime is installed; import aethergraph (not only aethergraph.core) "
-            "before running graphs"
+            "no AetherGraph runtime is installed; import aethergraph (not only aethergraph.core) before running graphs"
         )
     return await _provider()

@@ -94,8 +94,6 @@ class GraphNotFoundError(AetherGraphError, LookupError):
 class RunFailedError(AetherGraphError):
     """A run ended in failure; ``error_type`` and ``message`` describe the cause."""
 
-    def __init__(
-        self, message: str, *, run_id: str, error_type: str, node_id: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, run_id: str, error_type: str, node_id: str | None = None) -> None:
         super().__init__(message, run_id=run_id, node_id=node_id)
         self.error_type = error_type

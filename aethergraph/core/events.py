@@ -12,7 +12,7 @@ Schema-evolution rules (also in docs/events.md):
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias, Union
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
@@ -187,28 +187,27 @@ class LogRecorded(Event, frozen=True, kw_only=True, tag="log.recorded"):
     fields: dict[str, Any] = {}
 
 
-AnyEvent: TypeAlias = Union[
-    RunStarted,
-    RunCompleted,
-    RunFailed,
-    RunCancelled,
-    NodeStarted,
-    NodeCompleted,
-    NodeFailed,
-    ToolCalled,
-    ToolReturned,
-    ToolFailed,
-    ServiceCalled,
-    ServiceReturned,
-    ServiceFailed,
-    ValueRecorded,
-    WaitRequested,
-    WaitResumed,
-    WaitExpired,
-    LogRecorded,
-]
+AnyEvent: TypeAlias = (
+    RunStarted
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+    | NodeStarted
+    | NodeCompleted
+    | NodeFailed
+    | ToolCalled
+    | ToolReturned
+    | ToolFailed
+    | ServiceCalled
+    | ServiceReturned
+    | ServiceFailed
+    | ValueRecorded
+    | WaitRequested
+    | WaitResumed
+    | WaitExpired
+    | LogRecorded
+)
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+    cls.__struct_config__.tag: cls for cls in AnyEvent.__args__
 }

@@ -15,7 +15,7 @@ from .events import RunCancelled, RunCompleted, RunFailed, RunStarted, ToolCalle
 from .ids import check_run_id, new_run_id
 from .journal import RunJournal
 from .ports import RunEnvironment
-from .scope import RunScope, cursor, current_scope, run_scope_var
+from .scope import RunScope, current_scope, cursor, run_scope_var
 from .spec import CallableSpec, normalise_outputs
 
 __all__ = ["call_tool_detached", "call_tool_detached_async", "call_tool_in_run", "error_type_name", "execute_run"]
@@ -175,7 +175,9 @@ def call_tool_detached(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[
     return normalise_outputs(spec, spec.fn(**_call_kwargs(spec, arguments, context)))
 
 
-async def call_tool_detached_async(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+async def call_tool_detached_async(
+    spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
     context = _detached_context(spec, kwargs)
     arguments = spec.bind(args, kwargs)
     return normalise_outputs(spec, await spec.fn(**_call_kwargs(spec, arguments, context)))

@@ -41,9 +41,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_sync_interval(cls, value: str) -> str:
         if value != "always" and not _DURATION.match(value):
-            raise ValueError(
-                f"sync_interval must be 'always' or a duration like '1s', '200ms', '2m'; got {value!r}"
-            )
+            raise ValueError(f"sync_interval must be 'always' or a duration like '1s', '200ms', '2m'; got {value!r}")
         return value
 
     @field_validator("nats_url")

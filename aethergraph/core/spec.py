@@ -64,8 +64,7 @@ def _check_outputs(outputs: object, where: str) -> tuple[str, ...]:
         return ()
     if isinstance(outputs, str):
         raise DecorationError(
-            f"{where}: outputs must be a list of names, got the string {outputs!r}; "
-            f"write outputs=[{outputs!r}]"
+            f"{where}: outputs must be a list of names, got the string {outputs!r}; write outputs=[{outputs!r}]"
         )
     if not isinstance(outputs, (list, tuple)):
         raise DecorationError(f"{where}: outputs must be a list of names, got {type(outputs).__name__}")
@@ -73,8 +72,7 @@ def _check_outputs(outputs: object, where: str) -> tuple[str, ...]:
     for name in names:
         if not isinstance(name, str) or not _OUTPUT.match(name):
             raise DecorationError(
-                f"{where}: output name {name!r} is not a Python identifier; "
-                "use names like 'result' or 'job_id'"
+                f"{where}: output name {name!r} is not a Python identifier; use names like 'result' or 'job_id'"
             )
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -95,8 +93,7 @@ def build_spec(
         raise DecorationError(f"{decorator} was applied to something that is already a tool or graph_fn")
     if isinstance(fn, type) or not callable(fn):
         raise DecorationError(
-            f"{decorator} decorates functions; got {type(fn).__name__} {fn!r}. "
-            "Decorate a `def` or `async def` function"
+            f"{decorator} decorates functions; got {type(fn).__name__} {fn!r}. Decorate a `def` or `async def` function"
         )
     resolved = name if name is not None else getattr(fn, "__name__", None)
     if not isinstance(resolved, str) or not _NAME.match(resolved):
@@ -109,7 +106,9 @@ def build_spec(
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         raise DecorationError(f"{where}: generators cannot be {kind}s; return a dict of outputs instead")
     if kind == "graph_fn" and not is_async:
-        raise DecorationError(f"{where}: a graph_fn must be `async def`; change `def {resolved}` to `async def {resolved}`")
+        raise DecorationError(
+            f"{where}: a graph_fn must be `async def`; change `def {resolved}` to `async def {resolved}`"
+        )
     signature = inspect.signature(fn)
     context_param: str | None = None
     kept: list[inspect.Parameter] = []
@@ -159,7 +158,9 @@ def normalise_outputs(spec: CallableSpec, result: object) -> dict[str, Any]:
         outputs: dict[str, Any] = result
         for key in outputs:
             if not isinstance(key, str):
-                raise OutputError(f"{spec.label} returned a dict with a non-string key {key!r}; output names are strings")
+                raise OutputError(
+                    f"{spec.label} returned a dict with a non-string key {key!r}; output names are strings"
+                )
     elif len(spec.outputs) == 1:
         outputs = {spec.outputs[0]: result}
     elif not spec.outputs:

@@ -1,0 +1,3 @@
+from aethergraph.adapters.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""Rendering events for people: one line per event, colour by kind."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from rich.table import Table
+from rich.text import Text
+
+from aethergraph.core.events import (
+    Event,
+    LogRecorded,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    ToolCalled,
+    ToolFailed,
+    ToolReturned,
+)
+
+__all__ = ["add_event_row", "event_summary", "event_table", "event_to_json", "outputs_table"]
+
+_STYLES = {"run": "bold cyan", "tool": "green", "node": "green", "log": "dim", "wait": "magenta", "service": "blue"}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = msgspec.json.encode(value).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def event_summary(event: Event) -> str:
+    """The interesting fields of an event in one short line."""
+    match event:
+        case RunStarted():
+            return f"{event.graph_id} inputs={_short(event.inputs)}"
+        case RunCompleted():
+            return f"outputs={_short(event.outputs)}"
+        case RunFailed():
+            where = f" at {event.failed_node_id}" if event.failed_node_id else ""
+            return f"{event.error_type}: {event.message}{where}"
+        case ToolCalled():
+            return f"{event.tool}({_short(event.args, 60)})"
+        case ToolReturned():
+            return f"{event.tool} -> {_short(event.outputs, 60)} in {event.duration_us} µs"
+        case ToolFailed():
+            return f"{event.tool} raised {event.error_type}: {event.message}"
+        case LogRecorded():
+            return f"[{event.level}] {event.message}"
+    fields = {
+        name: getattr(event, name)
+        for name in event.__struct_fields__
+        if name not in {"run_id", "seq", "ts", "worker", "parent", "node_id"}
+    }
+    return _short(fields, 100)
+
+
+def event_table(title: str | None = None) -> Table:
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for column, justify in (
+        ("seq", "right"),
+        ("time (UTC)", "left"),
+        ("type", "left"),
+        ("node", "left"),
+        ("parent", "right"),
+        ("detail", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    return table
+
+
+def add_event_row(table: Table, event: Event) -> None:
+    tag = str(event.__struct_config__.tag)
+    stamp = dt.datetime.fromtimestamp(event.ts / 1_000_000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    table.add_row(
+        str(event.seq),
+        stamp,
+        Text(tag, style=_STYLES.get(tag.split(".", 1)[0], "")),
+        event.node_id or "",
+        "" if event.parent is None else str(event.parent),
+        Text(event_summary(event)),
+    )
+
+
+def event_to_json(event: Event) -> str:
+    return msgspec.json.encode(event).decode()
+
+
+def outputs_table(outputs: dict[str, Any]) -> Table:
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("output")
+    table.add_column("value")
+    for key, value in outputs.items():
+        table.add_row(key, _short(value, 200))
+    return table
