@@ -37,8 +37,9 @@ async def _connect(url: str, *, name: str, timeout_s: float) -> Client:
         return None
 
     try:
+        servers = [part.strip() for part in url.split(",") if part.strip()]
         return await nats.connect(
-            url,
+            servers,
             name=name,
             connect_timeout=timeout_s,
             allow_reconnect=True,

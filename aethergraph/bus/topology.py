@@ -68,6 +68,7 @@ class Topology:
     duplicate_window_s: float = 120.0
     max_event_bytes: int = 256 * 1024
     commands_max_age_s: float = 7 * 24 * 3600.0
+    replicas: int = 1
 
     def events_stream(self) -> StreamConfig:
         """The journal: every event of every run, kept until deleted (limits retention)."""
@@ -80,6 +81,7 @@ class Topology:
             duplicate_window=self.duplicate_window_s,
             max_msg_size=self.max_event_bytes + 4096,
             allow_direct=True,
+            num_replicas=self.replicas,
             description="AetherGraph run journals (ag.evt.<run_id>.<type>)",
         )
 
@@ -94,6 +96,7 @@ class Topology:
             max_age=self.commands_max_age_s,
             duplicate_window=self.duplicate_window_s,
             max_msg_size=self.max_event_bytes + 4096,
+            num_replicas=self.replicas,
             description="AetherGraph commands (ag.cmd.resume.<run_id>)",
         )
 

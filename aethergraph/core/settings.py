@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     in the background at that interval, so a power loss or kernel crash can
     lose at most that window of acknowledged events, while a process crash
     (including ``kill -9`` of nats-server) loses nothing acknowledged.
+    ``stream_replicas`` sets how many cluster nodes hold each stream (1 on the
+    embedded server; 3 on a three-node cluster).
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -36,6 +38,7 @@ class Settings(BaseSettings):
     duplicate_window_s: Annotated[float, Field(gt=0)] = 120.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     worker_id: str | None = None
+    stream_replicas: Annotated[int, Field(ge=1, le=5)] = 1
 
     @field_validator("sync_interval")
     @classmethod

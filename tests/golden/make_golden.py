@@ -1,0 +1,101 @@
+"""Write tests/golden/events.jsonl: one encoded sample per event type.
+
+Run once when an event type is added (``python tests/golden/make_golden.py``)
+and commit the result. The tests read the committed file and never regenerate
+it, so a change to the encoding of an existing tag makes them fail.
+Existing lines must never be edited: append the sample of a new tag instead
+(this script keeps the lines already in the file and adds missing tags).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aethergraph.core.codec import encode_event
+from aethergraph.core.events import EVENT_TYPES
+
+GOLDEN = Path(__file__).with_name("events.jsonl")
+
+RUN_ID = "0mb4x2k9qabcdefghijkl"
+COMMON: dict[str, Any] = {"run_id": RUN_ID, "ts": 1_764_000_000_000_000, "worker": "host-a-4242"}
+
+# Every field set to a non-default value, so that decoding proves each one is read.
+SAMPLES: dict[str, dict[str, Any]] = {
+    "run.started": {
+        "seq": 1, "parent": None, "node_id": None, "graph_id": "demo", "inputs": {"x": 21, "tags": ["a", "b"]},
+        "parent_run_id": "0mb4x2k9qparentrun0001", "parent_node_id": "root",
+    },
+    "run.completed": {"seq": 9, "parent": 8, "node_id": None, "outputs": {"answer": 42, "nested": {"ok": True}}},
+    "run.failed": {
+        "seq": 9, "parent": 8, "node_id": None, "error_type": "ValueError", "message": "x must be positive",
+        "failed_node_id": "analyze_2",
+    },
+    "run.cancelled": {"seq": 5, "parent": 4, "node_id": None, "reason": "cancelled by operator"},
+    "node.started": {"seq": 2, "parent": 1, "node_id": "fetch_1", "tool": "fetch", "attempt": 2},
+    "node.completed": {"seq": 3, "parent": 2, "node_id": "fetch_1", "outputs": {"body": "hello"}, "attempt": 2},
+    "node.failed": {
+        "seq": 3, "parent": 2, "node_id": "fetch_1", "error_type": "TimeoutError", "message": "no answer",
+        "attempt": 3,
+    },
+    "tool.called": {
+        "seq": 2, "parent": 1, "node_id": "analyze_1", "tool": "analyze", "args": {"x": 21},
+        "args_digest": "0123456789abcdef01234567",
+    },
+    "tool.returned": {
+        "seq": 3, "parent": 2, "node_id": "analyze_1", "tool": "analyze", "outputs": {"val": 42},
+        "duration_us": 1234,
+    },
+    "tool.failed": {
+        "seq": 3, "parent": 2, "node_id": "analyze_1", "tool": "analyze", "error_type": "builtins.KeyError",
+        "message": "'val'", "duration_us": 77,
+    },
+    "service.called": {
+        "seq": 4, "parent": 3, "node_id": "root", "service": "kv", "method": "get", "args": ["key", 1],
+        "kwargs": {"default": None}, "args_digest": "fedcba9876543210fedcba98",
+    },
+    "service.returned": {
+        "seq": 5, "parent": 4, "node_id": "root", "service": "kv", "method": "get", "result": {"v": [1, 2]},
+        "duration_us": 55,
+    },
+    "service.failed": {
+        "seq": 5, "parent": 4, "node_id": "root", "service": "kv", "method": "get", "error_type": "KeyError",
+        "message": "'key'", "duration_us": 66,
+    },
+    "value.recorded": {"seq": 6, "parent": 5, "node_id": "root", "kind": "uuid",
+                       "value": "6f1c1f2e-5b7a-4d1e-9a53-2f0c8f9b0e11"},
+    "wait.requested": {
+        "seq": 7, "parent": 6, "node_id": "root", "wait_id": "w-approve-1", "kind": "approval",
+        "prompt": "Ship it?", "payload_schema": {"type": "object"}, "channel": "slack:#ops",
+        "deadline_us": 1_764_000_600_000_000,
+    },
+    "wait.resumed": {"seq": 8, "parent": 7, "node_id": "root", "wait_id": "w-approve-1",
+                     "payload": {"approved": True}},
+    "wait.expired": {"seq": 8, "parent": 7, "node_id": "root", "wait_id": "w-approve-1"},
+    "log.recorded": {
+        "seq": 4, "parent": 3, "node_id": "root", "level": "warning", "message": "Answer: 42",
+        "fields": {"attempt": 1},
+    },
+}
+
+
+def main() -> None:
+    existing: dict[str, str] = {}
+    if GOLDEN.exists():
+        for line in GOLDEN.read_text().splitlines():
+            if line.strip():
+                existing[json.loads(line)["type"]] = line
+    missing = sorted(set(EVENT_TYPES) - set(SAMPLES))
+    if missing:
+        raise SystemExit(f"add a sample for {missing} to SAMPLES in {__file__}")
+    lines = dict(existing)
+    for tag, cls in EVENT_TYPES.items():
+        if tag not in lines:
+            lines[tag] = encode_event(cls(**COMMON, **SAMPLES[tag])).decode()
+    GOLDEN.write_text("".join(line + "\n" for line in lines.values()))
+    print(f"{GOLDEN}: {len(lines)} samples ({len(lines) - len(existing)} new)")
+
+
+if __name__ == "__main__":
+    main()
