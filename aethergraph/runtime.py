@@ -56,6 +56,10 @@ class Runtime:
         await event_log.start()
         return cls(settings=settings, bus=bus, event_log=event_log, worker_id=worker_id)
 
+    @property
+    def always_suspend(self) -> bool:
+        return self.settings.always_suspend
+
     async def close(self) -> None:
         await self.event_log.close()
         await self.bus.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import time
 import uuid as _uuid
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from .events import ValueRecorded
 from .logger import NodeLogger
@@ -44,29 +46,43 @@ class NodeContext:
             self._logger = NodeLogger(self._scope, self.node_id)
         return self._logger
 
-    def _record(self, kind: Literal["now", "uuid", "random"], value: object) -> None:
-        seq, _ = self._scope.journal.append(
+    def _value(self, kind: Literal["now", "uuid", "random"], make: Callable[[], object]) -> Any:
+        """A fresh value journaled as ``value.recorded``, or the recorded one on replay."""
+        scope = self._scope
+        replay = scope.replaying()
+        if replay is not None:
+            recorded = replay.take_value(kind)
+            if recorded is not None:
+                cursor.set(recorded.seq)
+                return recorded.value
+        value = make()
+        seq, _ = scope.journal.append(
             ValueRecorded, parent=cursor.get() or None, node_id=self.node_id, kind=kind, value=value
         )
         cursor.set(seq)
+        return value
 
     def now(self) -> _dt.datetime:
-        """The current UTC time, journaled."""
-        micros = _dt.datetime.now(_dt.UTC)
-        self._record("now", int(micros.timestamp() * 1_000_000))
-        return micros
+        """The current UTC time (microsecond precision), journaled."""
+        micros = self._value("now", lambda: time.time_ns() // 1000)
+        return _dt.datetime.fromtimestamp(micros / 1_000_000, tz=_dt.UTC)
 
     def uuid(self) -> str:
         """A new random UUID (as a string), journaled."""
-        value = str(_uuid.UUID(bytes=os.urandom(16), version=4))
-        self._record("uuid", value)
-        return value
+        return str(self._value("uuid", lambda: str(_uuid.UUID(bytes=os.urandom(16), version=4))))
 
     def random(self) -> float:
         """A random float in [0, 1), journaled."""
-        value = int.from_bytes(os.urandom(7), "big") / (1 << 56)
-        self._record("random", value)
-        return value
+        return float(self._value("random", lambda: int.from_bytes(os.urandom(7), "big") / (1 << 56)))
+
+    def idempotency_key(self) -> str:
+        """A key that stays the same when this step runs again after a crash: ``<run_id>:<seq>``.
+
+        Inside a tool it names the tool call (the ``seq`` of its ``tool.called``),
+        so an outbound side effect keyed by it happens once however often the
+        step is retried. In the graph body it names the latest journaled event.
+        """
+        return f"{self._scope.run_id}:{cursor.get()}"
 
     def __repr__(self) -> str:
         return f"NodeContext(run_id={self.run_id!r}, graph_id={self.graph_id!r}, node_id={self.node_id!r})"

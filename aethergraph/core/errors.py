@@ -16,9 +16,13 @@ __all__ = [
     "EventRejectedError",
     "EventTooLargeError",
     "GraphNotFoundError",
+    "NonDeterminismError",
     "NotInRunError",
     "OutputError",
+    "ReplayedError",
     "RunFailedError",
+    "RunNotFoundError",
+    "RunSuspended",
     "SerializationError",
     "StaleWriterError",
     "WorkspaceError",
@@ -91,9 +95,52 @@ class GraphNotFoundError(AetherGraphError, LookupError):
     """A ``module:attribute`` reference does not name a graph or tool."""
 
 
+class RunNotFoundError(AetherGraphError, LookupError):
+    """No journal exists for the run id on this bus."""
+
+
 class RunFailedError(AetherGraphError):
     """A run ended in failure; ``error_type`` and ``message`` describe the cause."""
 
     def __init__(self, message: str, *, run_id: str, error_type: str, node_id: str | None = None) -> None:
         super().__init__(message, run_id=run_id, node_id=node_id)
         self.error_type = error_type
+
+
+class NonDeterminismError(AetherGraphError):
+    """A replayed run asked for a different step than its journal recorded.
+
+    ``recorded`` and ``attempted`` describe the two steps; the run is failed
+    with this reason and nothing is executed twice.
+    """
+
+    def __init__(self, message: str, *, run_id: str, seq: int, recorded: str, attempted: str) -> None:
+        super().__init__(message, run_id=run_id, seq=seq)
+        self.recorded = recorded
+        self.attempted = attempted
+
+
+class ReplayedError(AetherGraphError):
+    """A step failed when it first ran; replay raises the recorded failure again.
+
+    Used when the original exception type cannot be rebuilt from its name and
+    message; ``error_type`` is the original type's qualified name.
+    """
+
+    def __init__(self, message: str, *, error_type: str, run_id: str | None = None, node_id: str | None = None) -> None:
+        super().__init__(f"{error_type}: {message}", run_id=run_id, node_id=node_id)
+        self.error_type = error_type
+        self.original_message = message
+
+
+class RunSuspended(BaseException):
+    """Control-flow signal: the run releases its coroutine and continues later by replay.
+
+    Derives from ``BaseException`` so ``except Exception`` in user code cannot
+    swallow it.
+    """
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"run {run_id} suspended: {reason}")
+        self.run_id = run_id
+        self.reason = reason

@@ -10,15 +10,33 @@ from typing import Any
 from .codec import digest, normalise_value
 from .context import NodeContext
 from .environment import get_environment
-from .errors import NotInRunError
-from .events import RunCancelled, RunCompleted, RunFailed, RunStarted, ToolCalled, ToolFailed, ToolReturned
+from .errors import NonDeterminismError, NotInRunError, RunFailedError, RunNotFoundError, RunSuspended
+from .events import (
+    AnyEvent,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    ToolCalled,
+    ToolFailed,
+    ToolReturned,
+)
 from .ids import check_run_id, new_run_id
 from .journal import RunJournal
 from .ports import RunEnvironment
+from .replay import ReplayCursor, rebuild_error
 from .scope import RunScope, current_scope, cursor, run_scope_var
 from .spec import CallableSpec, normalise_outputs
 
-__all__ = ["call_tool_detached", "call_tool_detached_async", "call_tool_in_run", "error_type_name", "execute_run"]
+__all__ = [
+    "call_tool_detached",
+    "call_tool_detached_async",
+    "call_tool_in_run",
+    "error_type_name",
+    "execute_run",
+    "load_journal",
+    "resume_run",
+]
 
 ROOT_NODE = "root"
 
@@ -37,7 +55,7 @@ async def execute_run(
 ) -> dict[str, Any]:
     """Run ``spec`` (a graph_fn, or a tool as a one-step run) and return its outputs.
 
-    Inside another run this becomes a child run linked to the calling node.
+    Inside another run this becomes a child run linked to the calling run.
     The run's events: ``run.started``, the steps, then ``run.completed``,
     ``run.failed`` or ``run.cancelled``. An exception from the body is
     journaled and re-raised unchanged.
@@ -56,7 +74,88 @@ async def execute_run(
         parent_run_id=parent_scope.run_id if parent_scope else None,
         parent_node_id=None,
     )
-    scope = RunScope(run_id=run_id, graph_id=spec.name, journal=journal, env=env)
+    scope = RunScope(
+        run_id=run_id, graph_id=spec.name, journal=journal, env=env, suspend_after_each_step=env.always_suspend
+    )
+    return await _drive(spec, inputs, scope, start_seq)
+
+
+async def load_journal(env: RunEnvironment, run_id: str) -> tuple[list[AnyEvent], int]:
+    """A run's journal from the stream, and the stream sequence of its last event."""
+    chain: list[AnyEvent] = []
+    last_stream_seq = 0
+    async for record in env.event_log.read_run(run_id):
+        event = record.event
+        if event.seq == len(chain) + 1:
+            chain.append(event)
+            last_stream_seq = record.stream_seq
+    return chain, last_stream_seq
+
+
+async def resume_run(spec: CallableSpec, run_id: str, *, env: RunEnvironment | None = None) -> dict[str, Any]:
+    """Continue a run from its journal: replay the recorded steps, then go live.
+
+    A run that already completed returns its recorded outputs without running
+    anything; one that failed or was cancelled raises :class:`RunFailedError`.
+    """
+    env = env or await get_environment()
+    chain, last_stream_seq = await load_journal(env, check_run_id(run_id))
+    if not chain or not isinstance(chain[0], RunStarted):
+        raise RunNotFoundError(f"run {run_id} has no journal on this bus", run_id=run_id)
+    started, last = chain[0], chain[-1]
+    if started.graph_id != spec.name:
+        raise RunFailedError(
+            f"run {run_id} is a run of {started.graph_id!r}, not of {spec.label}; resume it with that graph",
+            run_id=run_id,
+            error_type="GraphMismatch",
+        )
+    if isinstance(last, RunCompleted):
+        return dict(last.outputs)
+    if isinstance(last, (RunFailed, RunCancelled)):
+        reason = f"{last.error_type}: {last.message}" if isinstance(last, RunFailed) else "cancelled"
+        raise RunFailedError(
+            f"run {run_id} already ended: {reason}",
+            run_id=run_id,
+            error_type=last.error_type if isinstance(last, RunFailed) else "Cancelled",
+            node_id=last.failed_node_id if isinstance(last, RunFailed) else None,
+        )
+    scope = _replay_scope(spec, started, chain, last_stream_seq, env)
+    return await _drive(spec, started.inputs, scope, started.seq)
+
+
+def _replay_scope(
+    spec: CallableSpec, started: RunStarted, chain: list[AnyEvent], last_stream_seq: int, env: RunEnvironment
+) -> RunScope:
+    run_id = started.run_id
+    writer = env.event_log.writer(run_id, last_stream_seq=last_stream_seq)
+    journal = RunJournal(run_id, writer, env.worker_id, last_seq=chain[-1].seq)
+    return RunScope(
+        run_id=run_id,
+        graph_id=spec.name,
+        journal=journal,
+        env=env,
+        replay=ReplayCursor(run_id, chain),
+        suspend_after_each_step=env.always_suspend,
+    )
+
+
+async def _drive(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunScope, start_seq: int) -> dict[str, Any]:
+    """Run the body; in always-suspend mode, reload from the stream and replay after every step."""
+    while True:
+        try:
+            return await _run_body(spec, inputs, scope, start_seq)
+        except RunSuspended:
+            if not scope.suspend_after_each_step:
+                raise
+            chain, last_stream_seq = await load_journal(scope.env, scope.run_id)
+            started = chain[0]
+            assert isinstance(started, RunStarted)
+            scope = _replay_scope(spec, started, chain, last_stream_seq, scope.env)
+            inputs = started.inputs
+
+
+async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunScope, start_seq: int) -> dict[str, Any]:
+    journal = scope.journal
     scope_token = run_scope_var.set(scope)
     cursor_token = cursor.set(start_seq)
     try:
@@ -67,22 +166,28 @@ async def execute_run(
             if spec.context_param is not None:
                 kwargs[spec.context_param] = NodeContext(scope, ROOT_NODE)
             outputs = normalise_outputs(spec, await spec.fn(**kwargs))
+        replay = scope.replaying()
+        if scope.divergence is None and replay is not None:
+            scope.divergence = replay.unfinished()
+        if scope.divergence is not None:
+            raise scope.divergence
         normalised, _ = normalise_value(outputs, what=spec.label)
         await journal.commit(RunCompleted, parent=cursor.get(), outputs=normalised)
         return dict(normalised)
     except asyncio.CancelledError:
         await _journal_end(journal, RunCancelled, parent=cursor.get(), reason="cancelled")
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - journaled, then re-raised
+        reported = scope.divergence or exc
         await _journal_end(
             journal,
             RunFailed,
             parent=cursor.get(),
-            error_type=error_type_name(exc),
-            message=str(exc),
-            failed_node_id=scope.failed_nodes.get(id(exc)),
+            error_type=error_type_name(reported),
+            message=str(reported),
+            failed_node_id=scope.failed_nodes.get(id(reported)),
         )
-        raise
+        raise reported from (None if reported is exc else exc)
     finally:
         cursor.reset(cursor_token)
         run_scope_var.reset(scope_token)
@@ -105,19 +210,47 @@ def _call_kwargs(spec: CallableSpec, arguments: dict[str, Any], context: NodeCon
 async def call_tool_in_run(
     scope: RunScope, spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """One journaled step: ``tool.called``, the tool, then ``tool.returned`` (committed) or ``tool.failed``."""
+    """One journaled step: ``tool.called``, the tool, then ``tool.returned`` (committed) or ``tool.failed``.
+
+    On replay a recorded outcome is returned (or its failure raised) without
+    executing; a step recorded as called but without outcome (in flight when
+    its worker stopped) executes again under the same ``tool.called``.
+    """
+    if scope.divergence is not None:
+        raise scope.divergence
     node_id = scope.next_node_id(spec.name)
     arguments = spec.bind(args, kwargs)
     normalised_args, raw_args = normalise_value(arguments, what=f"the arguments of {spec.label}")
+    args_digest = digest(raw_args)
     journal = scope.journal
-    called_seq, _ = journal.append(
-        ToolCalled,
-        parent=cursor.get(),
-        node_id=node_id,
-        tool=spec.name,
-        args=normalised_args,
-        args_digest=digest(raw_args),
-    )
+    called_seq: int | None = None
+    replay = scope.replaying()
+    if replay is not None:
+        try:
+            step = replay.take_tool(spec.name, args_digest, node_id)
+        except NonDeterminismError as exc:
+            scope.divergence = exc
+            raise
+        if step is not None:
+            outcome = step.outcome
+            if isinstance(outcome, ToolReturned):
+                cursor.set(outcome.seq)
+                return dict(outcome.outputs)
+            if isinstance(outcome, ToolFailed):
+                cursor.set(outcome.seq)
+                error = rebuild_error(outcome)
+                scope.failed_nodes[id(error)] = node_id
+                raise error
+            called_seq = step.opening.seq
+    if called_seq is None:
+        called_seq, _ = journal.append(
+            ToolCalled,
+            parent=cursor.get(),
+            node_id=node_id,
+            tool=spec.name,
+            args=normalised_args,
+            args_digest=args_digest,
+        )
     started = time.perf_counter_ns()
     context = NodeContext(scope, node_id) if spec.context_param is not None else None
     outer_cursor = cursor.set(called_seq)
@@ -152,6 +285,8 @@ async def call_tool_in_run(
     )
     await committed
     cursor.set(seq)
+    if scope.suspend_after_each_step:
+        raise RunSuspended(scope.run_id, "always-suspend test mode")
     return dict(outputs)
 
 

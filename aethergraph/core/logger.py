@@ -52,6 +52,8 @@ class NodeLogger:
             text = text[:_MAX_MESSAGE] + f"... [{len(text) - _MAX_MESSAGE} characters cut]"
         data = _fields(extra, fields)
         scope = self._scope
+        if scope.replay is not None and scope.replay.skip_log():
+            return
         if _stdlib.isEnabledFor(_LEVELS[level]):
             _stdlib.log(
                 _LEVELS[level],

@@ -64,3 +64,8 @@ class RunEnvironment(Protocol):
 
     @property
     def worker_id(self) -> str: ...
+
+    @property
+    def always_suspend(self) -> bool:
+        """Test mode: suspend every run after each step and continue it by replay."""
+        ...

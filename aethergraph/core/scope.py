@@ -5,8 +5,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from .errors import NonDeterminismError
 from .journal import RunJournal
 from .ports import RunEnvironment
+from .replay import ReplayCursor
 
 __all__ = ["RunScope", "current_scope", "cursor", "run_scope_var"]
 
@@ -21,6 +23,15 @@ class RunScope:
     env: RunEnvironment
     node_counters: dict[str, int] = field(default_factory=dict)
     failed_nodes: dict[int, str] = field(default_factory=dict)
+    replay: ReplayCursor | None = None
+    divergence: NonDeterminismError | None = None
+    # Test mode: suspend after every live step and continue by replay.
+    suspend_after_each_step: bool = False
+
+    def replaying(self) -> ReplayCursor | None:
+        """The replay cursor while recorded steps remain, else ``None``."""
+        replay = self.replay
+        return replay if replay is not None and replay.active else None
 
     def next_node_id(self, tool_name: str) -> str:
         """Deterministic node ids in call order: ``<tool>_<n>`` counting from 1."""

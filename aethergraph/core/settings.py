@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     lose at most that window of acknowledged events, while a process crash
     (including ``kill -9`` of nats-server) loses nothing acknowledged.
     ``stream_replicas`` sets how many cluster nodes hold each stream (1 on the
-    embedded server; 3 on a three-node cluster).
+    embedded server; 3 on a three-node cluster). ``always_suspend`` is a test
+    mode: every run suspends after each step and continues by replay from the
+    stream, so replay is exercised as often as possible.
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -39,6 +41,7 @@ class Settings(BaseSettings):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     worker_id: str | None = None
     stream_replicas: Annotated[int, Field(ge=1, le=5)] = 1
+    always_suspend: bool = False
 
     @field_validator("sync_interval")
     @classmethod

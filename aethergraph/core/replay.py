@@ -1,0 +1,136 @@
+"""Replaying a run from its journal.
+
+A run is resumed by re-running its function in replay mode: each step the
+code takes is matched, in order, against the journal's recorded steps; a
+recorded outcome is returned (or its failure raised) without executing
+anything, and once the journal is exhausted execution goes live. A step that
+differs from the recorded one (another tool, other arguments, another kind of
+step) raises :class:`NonDeterminismError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import NonDeterminismError, ReplayedError
+from .events import Event, LogRecorded, ToolCalled, ToolFailed, ToolReturned, ValueRecorded
+
+__all__ = ["RecordedStep", "ReplayCursor", "journal_chain", "rebuild_error"]
+
+E = TypeVar("E", bound=Event)
+
+
+def journal_chain(events: Iterable[E]) -> list[E]:
+    """A run's journal: its events with ``seq`` 1, 2, 3, ... in stream order.
+
+    An event whose ``seq`` does not continue the chain was written by a
+    fenced-out writer and is not part of the journal.
+    """
+    chain: list[E] = []
+    for event in events:
+        if event.seq == len(chain) + 1:
+            chain.append(event)
+    return chain
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    opening: ToolCalled | ValueRecorded
+    outcome: ToolReturned | ToolFailed | None
+
+
+def _describe(event: Event) -> str:
+    if isinstance(event, ToolCalled):
+        return f"tool {event.tool!r} (node {event.node_id}, arguments digest {event.args_digest})"
+    if isinstance(event, ValueRecorded):
+        return f"context.{event.kind}()"
+    return str(event.__struct_config__.tag)
+
+
+class ReplayCursor:
+    """Hands recorded steps to a re-running function, in journal order."""
+
+    __slots__ = ("_logs_to_skip", "_run_id", "_steps")
+
+    def __init__(self, run_id: str, journal: Sequence[Event]) -> None:
+        self._run_id = run_id
+        outcomes: dict[int, ToolReturned | ToolFailed] = {
+            event.parent: event
+            for event in journal
+            if isinstance(event, (ToolReturned, ToolFailed)) and event.parent is not None
+        }
+        self._steps: deque[RecordedStep] = deque(
+            RecordedStep(event, outcomes.get(event.seq) if isinstance(event, ToolCalled) else None)
+            for event in journal
+            if isinstance(event, (ToolCalled, ValueRecorded))
+        )
+        self._logs_to_skip = sum(1 for event in journal if isinstance(event, LogRecorded))
+
+    @property
+    def active(self) -> bool:
+        """True while recorded steps remain to be replayed."""
+        return bool(self._steps)
+
+    def skip_log(self) -> bool:
+        """True if a log record was already journaled and must not be appended again."""
+        if self._logs_to_skip:
+            self._logs_to_skip -= 1
+            return True
+        return False
+
+    def _mismatch(self, recorded: Event, attempted: str) -> NonDeterminismError:
+        described = _describe(recorded)
+        return NonDeterminismError(
+            f"replay diverged from the journal at event {recorded.seq}: the journal recorded "
+            f"{described}, the code now asked for {attempted}. The graph's code changed since "
+            "the run started, or it takes non-deterministic values (time, ids, randomness, "
+            "external state) outside context.now()/uuid()/random() and tools",
+            run_id=self._run_id,
+            seq=recorded.seq,
+            recorded=described,
+            attempted=attempted,
+        )
+
+    def take_tool(self, tool: str, args_digest: str, node_id: str) -> RecordedStep | None:
+        """The recorded step for this tool call, or ``None`` when replay is over."""
+        if not self._steps:
+            return None
+        step = self._steps[0]
+        opening = step.opening
+        if not isinstance(opening, ToolCalled) or opening.tool != tool or opening.args_digest != args_digest:
+            raise self._mismatch(opening, f"tool {tool!r} (node {node_id}, arguments digest {args_digest})")
+        self._steps.popleft()
+        return step
+
+    def unfinished(self) -> NonDeterminismError | None:
+        """The divergence if the code finished while recorded steps remain."""
+        if not self._steps:
+            return None
+        return self._mismatch(self._steps[0].opening, "no further step (the code returned)")
+
+    def take_value(self, kind: str) -> ValueRecorded | None:
+        if not self._steps:
+            return None
+        opening = self._steps[0].opening
+        if not isinstance(opening, ValueRecorded) or opening.kind != kind:
+            raise self._mismatch(opening, f"context.{kind}()")
+        self._steps.popleft()
+        return opening
+
+
+def rebuild_error(event: ToolFailed) -> BaseException:
+    """The recorded failure as an exception of the same type where that type can be rebuilt."""
+    module, _, name = event.error_type.rpartition(".")
+    owner = sys.modules.get(module) if module else builtins
+    cls = getattr(owner, name, None) if owner is not None and "." not in name else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(event.message)
+        except Exception:  # noqa: BLE001 - a type that cannot be built from a message
+            pass
+    return ReplayedError(event.message, error_type=event.error_type, run_id=event.run_id, node_id=event.node_id)
