@@ -9,102 +9,16 @@ test ever starts an embedded server in the working directory by accident.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
+from helpers import NatsServer, start_nats_server
 
-from aethergraph.bus.embedded import find_nats_server_binary
-from aethergraph.bus.event_log import StoredRecord
+from aethergraph.core.settings import load_settings
 from aethergraph.runtime import Runtime, close_runtime, get_runtime
-
-T = TypeVar("T")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(check: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.005) -> T:
-    """Poll ``check`` until it returns something other than ``None`` (for external processes only)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def port_accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def closed_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class NatsServer:
-    process: subprocess.Popen[bytes]
-    url: str
-    directory: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def start_nats_server(directory: Path, *, jetstream: bool = True) -> NatsServer:
-    """Start a nats-server on 127.0.0.1 with a random port and wait until it accepts clients."""
-    directory.mkdir(parents=True, exist_ok=True)
-    args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(directory)]
-    if jetstream:
-        args += ["-js", "-sd", str(directory / "jetstream")]
-    with open(directory / "server.log", "ab") as log:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    ports_file = directory / f"nats-server_{process.pid}.ports"
-
-    def ready() -> str | None:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"nats-server exited with {process.returncode}: {(directory / 'server.log').read_text()[-2000:]}"
-            )
-        try:
-            url = str(json.loads(ports_file.read_text())["nats"][0])
-        except (OSError, ValueError, KeyError, IndexError):
-            return None
-        host, _, port = url.removeprefix("nats://").rpartition(":")
-        return url if port_accepts(host, int(port)) else None
-
-    try:
-        url = wait_until(ready, timeout_s=15, what="nats-server to accept clients")
-    except BaseException:
-        process.kill()
-        process.wait(timeout=10)
-        raise
-    return NatsServer(process=process, url=url, directory=directory)
 
 
 @pytest.fixture(scope="session")
@@ -150,33 +64,15 @@ async def runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
         await close_runtime()
 
 
-async def read_events(rt: Runtime, run_id: str, *, timeout_s: float = 10.0) -> list[StoredRecord]:
-    """Every stored event of ``run_id`` in stream order."""
-    async with asyncio.timeout(timeout_s):
-        return [record async for record in rt.event_log.read_run(run_id)]
-
-
-async def run_message_count(rt: Runtime, run_id: str) -> int:
-    """How many messages AG_EVENTS holds for one run (from the server's per-subject state)."""
-    info = await rt.bus.js.stream_info("AG_EVENTS", subjects_filter=f"ag.evt.{run_id}.>")
-    return sum((info.state.subjects or {}).values())
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def run_python(script: str | Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> Any:
-    """Run a Python script (path or source) in a new process; return its stdout's last line as JSON."""
-    command = [sys.executable, str(script), *args] if isinstance(script, Path) else [sys.executable, "-c", script, *args]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=env or subprocess_env(), timeout=timeout_s, check=False
-    )
-    assert done.returncode == 0, f"subprocess failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+@pytest.fixture(scope="session")
+async def suspending_runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
+    """A second runtime on the test server in always-suspend mode: every run suspends after
+    each step and continues by replay from the stream."""
+    rt = await Runtime.open(load_settings(always_suspend=True))
+    try:
+        yield rt
+    finally:
+        await rt.close()
 
 
 @pytest.fixture

@@ -75,10 +75,16 @@ async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
     if url is None:
         embedded = ensure_embedded_server(settings.workspace, sync_interval=settings.sync_interval)
         url = embedded.url
-    nc = await asyncio.wait_for(
-        _connect(url, name=client_name, timeout_s=settings.connect_timeout_s),
-        timeout=settings.connect_timeout_s * 2,
-    )
+    try:
+        nc = await asyncio.wait_for(
+            _connect(url, name=client_name, timeout_s=settings.connect_timeout_s),
+            timeout=settings.connect_timeout_s * 2,
+        )
+    except TimeoutError:
+        raise BusUnavailableError(
+            f"cannot reach NATS at {url} (no connection within {settings.connect_timeout_s * 2:.1f}s). "
+            "Start that server, fix AETHERGRAPH_NATS_URL, or unset it to use the embedded server."
+        ) from None
     js = nc.jetstream(timeout=settings.connect_timeout_s * 2)
     try:
         await js.account_info()

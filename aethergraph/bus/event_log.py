@@ -229,7 +229,7 @@ class JetStreamRunWriter:
                 node_id=event.node_id,
                 seq=event.seq,
             )
-        headers = b"NATS/1.0\r\nNats-Msg-Id: %s:%d\r\n" % (self._run_id.encode(), event.seq)
+        headers = b"NATS/1.0\r\nNats-Msg-Id: %s:%d:%d\r\n" % (self._run_id.encode(), event.seq, event.epoch)
         if self._inflight == 0:
             headers += (
                 b"Nats-Expected-Last-Subject-Sequence: %d\r\n"
@@ -317,7 +317,7 @@ class JetStreamEventLog:
         try:
             if not follow:
                 info = await sub.consumer_info()
-                if info.num_pending == 0 and not (info.delivered and info.delivered.stream_seq):
+                if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
                     return
             while True:
                 msg = await sub.next_msg(timeout=None)

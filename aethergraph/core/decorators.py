@@ -67,6 +67,9 @@ class GraphFunction:
 
     async def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         spec = self.__aethergraph_spec__
+        scope = current_scope()
+        if scope is not None:
+            return await call_tool_in_run(scope, spec, args, kwargs)
         return await execute_run(spec, spec.bind(args, kwargs))
 
     def __repr__(self) -> str:

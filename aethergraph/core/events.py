@@ -25,6 +25,7 @@ __all__ = [
     "NodeFailed",
     "NodeStarted",
     "RunCancelled",
+    "RunClaimed",
     "RunCompleted",
     "RunFailed",
     "RunStarted",
@@ -47,7 +48,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     ``seq`` numbers a run's events 1, 2, 3, ... in journal order; ``parent`` is
     the ``seq`` of the event that caused this one (``None`` for a run's first
     event); ``ts`` is the emitting host's clock in Unix microseconds;
-    ``worker`` names the process that emitted the event.
+    ``worker`` names the process that emitted the event; ``epoch`` is the
+    ``seq`` of the ``run.started`` or ``run.claimed`` event by which the
+    emitting writer took the run (see docs/events.md, "Journal integrity").
     """
 
     run_id: str
@@ -56,6 +59,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     worker: str
     parent: int | None = None
     node_id: str | None = None
+    epoch: int = 1
 
 
 # --- runs -----------------------------------------------------------------------
@@ -66,6 +70,13 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     inputs: dict[str, Any] = {}
     parent_run_id: str | None = None
     parent_node_id: str | None = None
+
+
+class RunClaimed(Event, frozen=True, kw_only=True, tag="run.claimed"):
+    """A writer took over an unfinished run to continue it by replay; its epoch begins here."""
+
+    reason: Literal["resume", "takeover", "replay"]
+    previous_worker: str | None = None
 
 
 class RunCompleted(Event, frozen=True, kw_only=True, tag="run.completed"):
@@ -189,6 +200,7 @@ class LogRecorded(Event, frozen=True, kw_only=True, tag="log.recorded"):
 
 AnyEvent: TypeAlias = (
     RunStarted
+    | RunClaimed
     | RunCompleted
     | RunFailed
     | RunCancelled

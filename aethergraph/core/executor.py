@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .codec import digest, normalise_value
 from .context import NodeContext
 from .environment import get_environment
-from .errors import NonDeterminismError, NotInRunError, RunFailedError, RunNotFoundError, RunSuspended
+from .errors import (
+    EventTooLargeError,
+    NonDeterminismError,
+    NotInRunError,
+    RunFailedError,
+    RunNotFoundError,
+    RunSuspended,
+    StaleWriterError,
+)
 from .events import (
     AnyEvent,
     RunCancelled,
+    RunClaimed,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -21,10 +30,10 @@ from .events import (
     ToolFailed,
     ToolReturned,
 )
-from .ids import check_run_id, new_run_id
+from .ids import ROOT_NODE, check_run_id, child_run_id, new_run_id
 from .journal import RunJournal
 from .ports import RunEnvironment
-from .replay import ReplayCursor, rebuild_error
+from .replay import ReplayCursor, journal_chain, rebuild_error
 from .scope import RunScope, current_scope, cursor, run_scope_var
 from .spec import CallableSpec, normalise_outputs
 
@@ -38,8 +47,6 @@ __all__ = [
     "resume_run",
 ]
 
-ROOT_NODE = "root"
-
 
 def error_type_name(exc: BaseException) -> str:
     cls = type(exc)
@@ -52,10 +59,11 @@ async def execute_run(
     *,
     run_id: str | None = None,
     env: RunEnvironment | None = None,
+    parent_node_id: str | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` (a graph_fn, or a tool as a one-step run) and return its outputs.
 
-    Inside another run this becomes a child run linked to the calling run.
+    Inside another run this is a child run linked to the calling run and node.
     The run's events: ``run.started``, the steps, then ``run.completed``,
     ``run.failed`` or ``run.cancelled``. An exception from the body is
     journaled and re-raised unchanged.
@@ -72,7 +80,7 @@ async def execute_run(
         graph_id=spec.name,
         inputs=normalised_inputs,
         parent_run_id=parent_scope.run_id if parent_scope else None,
-        parent_node_id=None,
+        parent_node_id=parent_node_id if parent_scope else None,
     )
     scope = RunScope(
         run_id=run_id, graph_id=spec.name, journal=journal, env=env, suspend_after_each_step=env.always_suspend
@@ -81,15 +89,17 @@ async def execute_run(
 
 
 async def load_journal(env: RunEnvironment, run_id: str) -> tuple[list[AnyEvent], int]:
-    """A run's journal from the stream, and the stream sequence of its last event."""
-    chain: list[AnyEvent] = []
+    """A run's journal from the stream, and the stream sequence of the run's last stored event.
+
+    The stream sequence is that of the last event stored for the run at all
+    (journal or not): a writer continuing the run is fenced against it.
+    """
+    events: list[AnyEvent] = []
     last_stream_seq = 0
     async for record in env.event_log.read_run(run_id):
-        event = record.event
-        if event.seq == len(chain) + 1:
-            chain.append(event)
-            last_stream_seq = record.stream_seq
-    return chain, last_stream_seq
+        events.append(record.event)
+        last_stream_seq = record.stream_seq
+    return journal_chain(events), last_stream_seq
 
 
 async def resume_run(spec: CallableSpec, run_id: str, *, env: RunEnvironment | None = None) -> dict[str, Any]:
@@ -119,16 +129,27 @@ async def resume_run(spec: CallableSpec, run_id: str, *, env: RunEnvironment | N
             error_type=last.error_type if isinstance(last, RunFailed) else "Cancelled",
             node_id=last.failed_node_id if isinstance(last, RunFailed) else None,
         )
-    scope = _replay_scope(spec, started, chain, last_stream_seq, env)
+    scope = await _claim(spec, started, chain, last_stream_seq, env, reason="resume")
     return await _drive(spec, started.inputs, scope, started.seq)
 
 
-def _replay_scope(
-    spec: CallableSpec, started: RunStarted, chain: list[AnyEvent], last_stream_seq: int, env: RunEnvironment
+async def _claim(
+    spec: CallableSpec,
+    started: RunStarted,
+    chain: list[AnyEvent],
+    last_stream_seq: int,
+    env: RunEnvironment,
+    *,
+    reason: Literal["resume", "takeover", "replay"],
 ) -> RunScope:
+    """Take an unfinished run over for replay: commit a fenced ``run.claimed`` opening this writer's epoch.
+
+    Raises :class:`StaleWriterError` if anyone appended to the run after ``chain`` was read.
+    """
     run_id = started.run_id
     writer = env.event_log.writer(run_id, last_stream_seq=last_stream_seq)
     journal = RunJournal(run_id, writer, env.worker_id, last_seq=chain[-1].seq)
+    await journal.commit(RunClaimed, parent=chain[-1].seq, reason=reason, previous_worker=chain[-1].worker)
     return RunScope(
         run_id=run_id,
         graph_id=spec.name,
@@ -150,7 +171,7 @@ async def _drive(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunScope,
             chain, last_stream_seq = await load_journal(scope.env, scope.run_id)
             started = chain[0]
             assert isinstance(started, RunStarted)
-            scope = _replay_scope(spec, started, chain, last_stream_seq, scope.env)
+            scope = await _claim(spec, started, chain, last_stream_seq, scope.env, reason="replay")
             inputs = started.inputs
 
 
@@ -252,15 +273,30 @@ async def call_tool_in_run(
             args_digest=args_digest,
         )
     started = time.perf_counter_ns()
-    context = NodeContext(scope, node_id) if spec.context_param is not None else None
     outer_cursor = cursor.set(called_seq)
+    cursor_restored = False
     try:
-        result = spec.fn(**_call_kwargs(spec, arguments, context))
-        if spec.is_async:
-            result = await result
+        if spec.kind == "graph_fn":
+            result: Any = await _run_child(scope, spec, arguments, node_id)
+        else:
+            context = NodeContext(scope, node_id) if spec.context_param is not None else None
+            result = spec.fn(**_call_kwargs(spec, arguments, context))
+            if spec.is_async:
+                result = await result
         outputs, _ = normalise_value(normalise_outputs(spec, result), what=spec.label)
-    except Exception as exc:
         cursor.reset(outer_cursor)
+        cursor_restored = True
+        seq, committed = journal.append(
+            ToolReturned,
+            parent=called_seq,
+            node_id=node_id,
+            tool=spec.name,
+            outputs=outputs,
+            duration_us=(time.perf_counter_ns() - started) // 1000,
+        )
+    except Exception as exc:
+        if not cursor_restored:
+            cursor.reset(outer_cursor)
         scope.failed_nodes[id(exc)] = node_id
         seq, committed = journal.append(
             ToolFailed,
@@ -268,26 +304,32 @@ async def call_tool_in_run(
             node_id=node_id,
             tool=spec.name,
             error_type=error_type_name(exc),
-            message=str(exc),
+            message=exc.message if isinstance(exc, EventTooLargeError) else str(exc),
             duration_us=(time.perf_counter_ns() - started) // 1000,
         )
         await committed
         cursor.set(seq)
         raise
-    cursor.reset(outer_cursor)
-    seq, committed = journal.append(
-        ToolReturned,
-        parent=called_seq,
-        node_id=node_id,
-        tool=spec.name,
-        outputs=outputs,
-        duration_us=(time.perf_counter_ns() - started) // 1000,
-    )
     await committed
     cursor.set(seq)
     if scope.suspend_after_each_step:
         raise RunSuspended(scope.run_id, "always-suspend test mode")
     return dict(outputs)
+
+
+async def _run_child(scope: RunScope, spec: CallableSpec, arguments: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """A graph_fn called inside a run: a child run with a deterministic id, as one step of the parent.
+
+    If the step runs again (its parent was interrupted while the child ran),
+    the existing child run is continued instead of started twice.
+    """
+    run_id = child_run_id(scope.run_id, node_id)
+    try:
+        return await execute_run(spec, arguments, run_id=run_id, env=scope.env, parent_node_id=node_id)
+    except StaleWriterError as exc:
+        if exc.seq != 1:
+            raise
+        return await resume_run(spec, run_id, env=scope.env)
 
 
 def _detached_context(spec: CallableSpec, kwargs: Mapping[str, Any]) -> NodeContext | None:

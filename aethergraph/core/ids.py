@@ -6,12 +6,16 @@ NATS subject tokens: ``[0-9a-z]`` only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
 import time
 
-__all__ = ["RUN_ID_PATTERN", "check_run_id", "new_run_id", "new_worker_id"]
+__all__ = ["ROOT_NODE", "RUN_ID_PATTERN", "check_run_id", "child_run_id", "new_run_id", "new_worker_id"]
+
+ROOT_NODE = "root"
+"""The node id of a graph function's body."""
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -43,3 +47,11 @@ def check_run_id(run_id: str) -> str:
             "(it becomes a NATS subject token, so no dots, spaces or wildcards)"
         )
     return run_id
+
+
+def child_run_id(parent_run_id: str, node_id: str) -> str:
+    """The deterministic id of the child run started by ``node_id`` of a parent run."""
+    candidate = f"{parent_run_id}-{node_id}"
+    if RUN_ID_PATTERN.match(candidate):
+        return candidate
+    return "c" + hashlib.blake2b(candidate.encode(), digest_size=16).hexdigest()

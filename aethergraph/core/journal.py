@@ -17,13 +17,16 @@ E = TypeVar("E", bound=Event)
 class RunJournal:
     """Assigns per-run sequence numbers in append order and stamps common fields."""
 
-    __slots__ = ("_seq", "_writer", "run_id", "worker")
+    __slots__ = ("_seq", "_writer", "epoch", "run_id", "worker")
 
     def __init__(self, run_id: str, writer: RunWriter, worker: str, *, last_seq: int = 0) -> None:
         self.run_id = run_id
         self.worker = worker
         self._writer = writer
         self._seq = last_seq
+        # A new run's writer owns epoch 1 (its run.started); a writer continuing a
+        # run owns the epoch that its run.claimed event opens.
+        self.epoch = last_seq + 1
 
     @property
     def last_seq(self) -> int:
@@ -41,6 +44,7 @@ class RunJournal:
             worker=self.worker,
             parent=parent,
             node_id=node_id,
+            epoch=self.epoch,
             **fields,
         )
         committed = self._writer.append(event)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from .codec import normalise_value
 from .errors import SerializationError
 from .events import LogRecorded
+from .ids import ROOT_NODE
 from .scope import RunScope, cursor
 
 __all__ = ["NodeLogger"]
@@ -52,7 +53,7 @@ class NodeLogger:
             text = text[:_MAX_MESSAGE] + f"... [{len(text) - _MAX_MESSAGE} characters cut]"
         data = _fields(extra, fields)
         scope = self._scope
-        if scope.replay is not None and scope.replay.skip_log():
+        if self._node_id == ROOT_NODE and scope.replay is not None and scope.replay.skip_log():
             return
         if _stdlib.isEnabledFor(_LEVELS[level]):
             _stdlib.log(

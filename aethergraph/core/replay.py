@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import NonDeterminismError, ReplayedError
-from .events import Event, LogRecorded, ToolCalled, ToolFailed, ToolReturned, ValueRecorded
+from .events import Event, LogRecorded, RunClaimed, RunStarted, ToolCalled, ToolFailed, ToolReturned, ValueRecorded
+from .ids import ROOT_NODE
 
 __all__ = ["RecordedStep", "ReplayCursor", "journal_chain", "rebuild_error"]
 
@@ -26,15 +27,26 @@ E = TypeVar("E", bound=Event)
 
 
 def journal_chain(events: Iterable[E]) -> list[E]:
-    """A run's journal: its events with ``seq`` 1, 2, 3, ... in stream order.
+    """A run's journal from its stored events, in stream order.
 
-    An event whose ``seq`` does not continue the chain was written by a
-    fenced-out writer and is not part of the journal.
+    The journal is the chain of events with ``seq`` 1, 2, 3, ... whose
+    ``epoch`` is that of the writer owning the run at that point: a writer's
+    epoch starts at its (fenced) ``run.started`` or ``run.claimed`` event.
+    Anything else was written by a fenced-out writer and is not part of the
+    journal.
     """
     chain: list[E] = []
+    epoch = 1
     for event in events:
-        if event.seq == len(chain) + 1:
-            chain.append(event)
+        if event.seq != len(chain) + 1:
+            continue
+        if isinstance(event, (RunStarted, RunClaimed)):
+            if event.epoch != event.seq:
+                continue
+            epoch = event.seq
+        elif event.epoch != epoch:
+            continue
+        chain.append(event)
     return chain
 
 
@@ -69,7 +81,11 @@ class ReplayCursor:
             for event in journal
             if isinstance(event, (ToolCalled, ValueRecorded))
         )
-        self._logs_to_skip = sum(1 for event in journal if isinstance(event, LogRecorded))
+        # Only the graph body re-runs on replay; logs written inside recorded
+        # tool calls are not repeated, so only the body's logs are skipped.
+        self._logs_to_skip = sum(
+            1 for event in journal if isinstance(event, LogRecorded) and event.node_id == ROOT_NODE
+        )
 
     @property
     def active(self) -> bool:

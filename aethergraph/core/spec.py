@@ -55,7 +55,7 @@ def _is_context_param(param: inspect.Parameter) -> bool:
         return True
     annotation = param.annotation
     if isinstance(annotation, str):
-        return annotation.rsplit(".", 1)[-1] == "NodeContext"
+        return annotation.strip("'\" ").rsplit(".", 1)[-1] == "NodeContext"
     return getattr(annotation, "__name__", None) == "NodeContext"
 
 

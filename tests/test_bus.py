@@ -1,0 +1,390 @@
+"""The JetStream event log: dedup, fencing, unique run ids, topology and subjects."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+
+import msgspec
+import pytest
+from helpers import read_events, run_message_count
+
+import aethergraph
+from aethergraph import graph_fn, tool
+from aethergraph.bus.connection import ensure_topology
+from aethergraph.bus.event_log import JetStreamRunWriter
+from aethergraph.bus.topology import (
+    COMMANDS_STREAM,
+    EVENTS_STREAM,
+    RESUME_CONSUMER,
+    event_subject,
+    resume_subject,
+    run_events_filter,
+)
+from aethergraph.core import events as ev
+from aethergraph.core.codec import decode_event, encode_event
+from aethergraph.core.errors import EventTooLargeError, StaleWriterError
+from aethergraph.core.ids import new_run_id
+from aethergraph.core.replay import journal_chain
+from aethergraph.runtime import Runtime
+
+
+def make_event(run_id: str, seq: int, *, message: str = "") -> ev.Event:
+    now = time.time_ns() // 1000
+    if seq == 1:
+        return ev.RunStarted(run_id=run_id, seq=1, ts=now, worker="test", graph_id="bus-test")
+    return ev.LogRecorded(
+        run_id=run_id,
+        seq=seq,
+        ts=now,
+        worker="test",
+        parent=seq - 1,
+        node_id="root",
+        level="info",
+        message=message or f"event {seq}",
+    )
+
+
+async def append_all(writer: JetStreamRunWriter, events: list[ev.Event]) -> list[int]:
+    futures = [writer.append(event) for event in events]
+    async with asyncio.timeout(10):
+        return list(await asyncio.gather(*futures))
+
+
+# --- dedup --------------------------------------------------------------------------------------------
+
+
+async def test_republished_event_is_stored_once_and_reported_stale(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    log = runtime.event_log
+    writer = log.writer(run_id)
+    first = make_event(run_id, 1)
+    [stream_seq] = await append_all(writer, [first])
+    assert stream_seq > 0
+    assert writer.last_stream_seq == stream_seq
+
+    # Another writer that knows the run's position republishes the same event (same Nats-Msg-Id).
+    again = log.writer(run_id, last_stream_seq=stream_seq)
+    with pytest.raises(StaleWriterError) as info:
+        async with asyncio.timeout(10):
+            await again.append(first)
+    assert info.value.run_id == run_id
+    assert info.value.seq == 1
+    assert "already stored" in str(info.value)
+
+    # The same writer republishing its own event is fenced out as well.
+    with pytest.raises(StaleWriterError):
+        async with asyncio.timeout(10):
+            await writer.append(first)
+
+    assert await run_message_count(runtime, run_id) == 1
+    records = await read_events(runtime, run_id)
+    assert [r.event for r in records] == [first]
+    assert [r.stream_seq for r in records] == [stream_seq]
+
+
+async def test_raw_republish_with_the_same_msg_id_is_a_duplicate(runtime: Runtime) -> None:
+    """Anyone publishing with the ``<run_id>:<seq>`` message id gets the server's dedup."""
+    run_id = new_run_id()
+    event = make_event(run_id, 1)
+    js = runtime.bus.js
+    subject = event_subject(run_id, "run.started")
+    headers = {"Nats-Msg-Id": f"{run_id}:1"}
+    ack1 = await js.publish(subject, encode_event(event), headers=headers)
+    ack2 = await js.publish(subject, encode_event(event), headers=headers)
+    assert ack1.duplicate is not True
+    assert ack2.duplicate is True
+    assert ack2.seq == ack1.seq
+    assert await run_message_count(runtime, run_id) == 1
+
+
+# --- fencing ------------------------------------------------------------------------------------------
+
+
+async def test_stale_writer_is_fenced_out(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    log = runtime.event_log
+    writer_a = log.writer(run_id)
+    seqs = await append_all(writer_a, [make_event(run_id, 1), make_event(run_id, 2)])
+    seqs += await append_all(writer_a, [make_event(run_id, 3)])
+    assert seqs == sorted(seqs)
+
+    # B believes the run ends at its first event: A appended since, so B is stale.
+    writer_b = log.writer(run_id, last_stream_seq=seqs[0])
+    pending = writer_b.append(make_event(run_id, 4, message="from B"))
+    with pytest.raises(StaleWriterError) as info:
+        async with asyncio.timeout(10):
+            await pending
+    assert info.value.run_id == run_id
+    assert info.value.seq == 4
+    assert "fenced out" in str(info.value)
+
+    # A fenced writer refuses further appends at once, and flush reports the refusal.
+    with pytest.raises(StaleWriterError):
+        writer_b.append(make_event(run_id, 5, message="from B again"))
+    with pytest.raises(StaleWriterError):
+        await writer_b.flush()
+
+    # A is not affected and continues the run.
+    [next_seq] = await append_all(writer_a, [make_event(run_id, 4, message="from A")])
+    await writer_a.flush()
+    assert next_seq > seqs[-1]
+    records = await read_events(runtime, run_id)
+    assert [r.event.seq for r in records] == [1, 2, 3, 4]
+    last = records[-1].event
+    assert isinstance(last, ev.LogRecorded) and last.message == "from A"
+
+
+async def test_stale_writer_cannot_get_pipelined_events_into_the_journal(runtime: Runtime) -> None:
+    """A fenced-out writer's pipelined events never become part of the run's journal.
+
+    Worker A (epoch 1) was paused; worker B claimed the run (a fenced ``run.claimed`` at
+    seq 3 opens B's epoch 3). A wakes up and appends events 3 and 4 without waiting in
+    between. A's event 3 is refused by the expected-last-sequence check; A's event 4 rides
+    unchecked behind it and may be stored, but it belongs to a superseded epoch, so the
+    journal (``journal_chain``) excludes it, and B's own event 4 is stored all the same
+    (message ids include the epoch, so it is not mistaken for a duplicate of A's).
+    """
+    run_id = new_run_id()
+    log = runtime.event_log
+    seqs = await append_all(log.writer(run_id), [make_event(run_id, 1), make_event(run_id, 2)])
+    writer_a = log.writer(run_id, last_stream_seq=seqs[-1])
+    writer_b = log.writer(run_id, last_stream_seq=seqs[-1])
+    claim = ev.RunClaimed(
+        run_id=run_id, seq=3, ts=time.time_ns() // 1000, worker="B", parent=2, epoch=3, reason="takeover"
+    )
+    await append_all(writer_b, [claim])
+
+    a3 = writer_a.append(make_event(run_id, 3, message="from A"))
+    a4 = writer_a.append(make_event(run_id, 4, message="from A"))
+    outcomes = await asyncio.wait_for(asyncio.gather(a3, a4, return_exceptions=True), 10)
+    assert isinstance(outcomes[0], StaleWriterError)
+    with pytest.raises(StaleWriterError):
+        writer_a.append(make_event(run_id, 5, message="from A"))
+
+    records = await read_events(runtime, run_id)
+    journal = journal_chain(record.event for record in records)
+    assert [event.seq for event in journal] == [1, 2, 3]
+    assert isinstance(journal[-1], ev.RunClaimed)
+    assert all(getattr(event, "message", None) != "from A" for event in journal)
+
+    # If A's unchecked event 4 was stored, it fences B's next append too; B re-reads and
+    # claims again, and the journal still holds nothing of A's.
+    b4 = msgspec.structs.replace(make_event(run_id, 4, message="from B"), epoch=3)
+    try:
+        await append_all(writer_b, [b4])
+    except StaleWriterError:
+        records = await read_events(runtime, run_id)
+        reclaim = ev.RunClaimed(
+            run_id=run_id, seq=4, ts=time.time_ns() // 1000, worker="B", parent=3, epoch=4, reason="takeover"
+        )
+        await append_all(log.writer(run_id, last_stream_seq=records[-1].stream_seq), [reclaim])
+    records = await read_events(runtime, run_id)
+    journal = journal_chain(record.event for record in records)
+    assert [event.seq for event in journal] == [1, 2, 3, 4]
+    assert journal[-1].worker == "B"
+
+
+async def test_writer_that_is_up_to_date_may_continue_a_run(runtime: Runtime) -> None:
+    """A writer handed the run's last stream sequence (as a resuming worker would be) appends fine."""
+    run_id = new_run_id()
+    log = runtime.event_log
+    seqs = await append_all(log.writer(run_id), [make_event(run_id, 1), make_event(run_id, 2)])
+    successor = log.writer(run_id, last_stream_seq=seqs[-1])
+    [seq3] = await append_all(successor, [make_event(run_id, 3)])
+    assert seq3 > seqs[-1]
+    assert [r.event.seq for r in await read_events(runtime, run_id)] == [1, 2, 3]
+
+
+async def test_pipelined_appends_commit_in_order(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    writer = runtime.event_log.writer(run_id)
+    events = [make_event(run_id, seq) for seq in range(1, 51)]
+    futures = [writer.append(event) for event in events]
+    await writer.flush()
+    stream_seqs = [f.result() for f in futures]
+    assert stream_seqs == sorted(stream_seqs) and len(set(stream_seqs)) == 50
+    records = await read_events(runtime, run_id)
+    assert [r.event for r in records] == events
+    assert [r.stream_seq for r in records] == stream_seqs
+
+
+async def test_new_writer_for_an_existing_run_is_rejected(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    log = runtime.event_log
+    await append_all(log.writer(run_id), [make_event(run_id, 1), make_event(run_id, 2)])
+
+    # last_stream_seq=0 means "the run must be new": events with fresh message ids are refused too.
+    intruder = log.writer(run_id)
+    with pytest.raises(StaleWriterError):
+        async with asyncio.timeout(10):
+            await intruder.append(make_event(run_id, 7))
+    assert await run_message_count(runtime, run_id) == 2
+
+
+@tool(name="bus_step", outputs=["val"])
+def bus_step(x: int) -> dict[str, int]:
+    return {"val": x + 1}
+
+
+@graph_fn(name="bus_graph", outputs=["val"])
+async def bus_graph(x: int) -> dict[str, int]:
+    return await bus_step(x)
+
+
+async def test_run_ids_are_unique(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    assert await aethergraph.run_async(bus_graph, {"x": 1}, run_id=run_id) == {"val": 2}
+    before = [r.event for r in await read_events(runtime, run_id)]
+    with pytest.raises(StaleWriterError) as info:
+        await aethergraph.run_async(bus_graph, {"x": 5}, run_id=run_id)
+    assert info.value.run_id == run_id
+    after = [r.event for r in await read_events(runtime, run_id)]
+    assert after == before
+
+
+async def test_oversized_event_is_refused_before_publishing(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    writer = runtime.event_log.writer(run_id)
+    big = make_event(run_id, 1)
+    big = ev.LogRecorded(
+        run_id=run_id, seq=1, ts=big.ts, worker="test", level="info", message="z" * runtime.event_log.max_event_bytes
+    )
+    with pytest.raises(EventTooLargeError) as info:
+        writer.append(big)
+    assert info.value.seq == 1
+    assert "log.recorded" in str(info.value)
+    # The writer is not poisoned by a local refusal.
+    await append_all(writer, [make_event(run_id, 1)])
+    assert await run_message_count(runtime, run_id) == 1
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+async def test_read_run_of_an_unknown_run_is_empty(runtime: Runtime) -> None:
+    """Reading a run that has no events returns at once with nothing, however often it is done.
+
+    (The stream must hold other events: the server may then report the new consumer's
+    delivered stream sequence as non-zero although it delivered nothing.)
+    """
+    other = new_run_id()
+    await append_all(runtime.event_log.writer(other), [make_event(other, seq) for seq in range(1, 4)])
+    for _ in range(20):
+        assert await read_events(runtime, new_run_id(), timeout_s=5) == []
+
+
+async def test_read_run_follow_sees_new_events(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    writer = runtime.event_log.writer(run_id)
+    await append_all(writer, [make_event(run_id, 1)])
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for record in runtime.event_log.read_run(run_id, follow=True):
+            seen.append(record.event.seq)
+            if len(seen) == 3:
+                return
+
+    task = asyncio.create_task(follow())
+    await append_all(writer, [make_event(run_id, 2), make_event(run_id, 3)])
+    async with asyncio.timeout(10):
+        await task
+    assert seen == [1, 2, 3]
+
+
+async def test_events_are_published_on_their_public_subjects(runtime: Runtime) -> None:
+    run_id = new_run_id()
+    await aethergraph.run_async(bus_graph, {"x": 1}, run_id=run_id)
+    js = runtime.bus.js
+    subjects: list[str] = []
+    sub = await js.subscribe(run_events_filter(run_id), ordered_consumer=True)
+    try:
+        async with asyncio.timeout(10):
+            while len(subjects) < 4:
+                msg = await sub.next_msg(timeout=None)
+                event = decode_event(msg.data)
+                assert msg.subject == event_subject(run_id, event.__struct_config__.tag)
+                assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == f"{run_id}:{event.seq}:{event.epoch}"
+                subjects.append(msg.subject)
+    finally:
+        await sub.unsubscribe()
+    assert subjects == [
+        f"ag.evt.{run_id}.run.started",
+        f"ag.evt.{run_id}.tool.called",
+        f"ag.evt.{run_id}.tool.returned",
+        f"ag.evt.{run_id}.run.completed",
+    ]
+    # A filter on one kind of event across runs.
+    last = await js.get_last_msg(EVENTS_STREAM, f"ag.evt.{run_id}.tool.returned")
+    assert json.loads(last.data)["outputs"] == {"val": 2}
+
+
+# --- topology -----------------------------------------------------------------------------------------
+
+
+async def test_ensure_topology_is_idempotent(runtime: Runtime) -> None:
+    js = runtime.bus.js
+    topology = runtime.bus.topology
+    await ensure_topology(js, topology)
+    await ensure_topology(js, topology)
+
+    names = [info.config.name for info in await js.streams_info()]
+    assert names.count(EVENTS_STREAM) == 1
+    assert names.count(COMMANDS_STREAM) == 1
+    consumers = [info.name for info in await js.consumers_info(COMMANDS_STREAM)]
+    assert consumers.count(RESUME_CONSUMER) == 1
+
+    events = (await js.stream_info(EVENTS_STREAM)).config
+    assert events.subjects == ["ag.evt.>"]
+    assert events.duplicate_window == pytest.approx(topology.duplicate_window_s)
+    assert events.max_msg_size == topology.max_event_bytes + 4096
+    resume = await js.consumer_info(COMMANDS_STREAM, RESUME_CONSUMER)
+    assert resume.config.filter_subject == "ag.cmd.resume.>"
+    assert resume.config.durable_name == RESUME_CONSUMER
+
+
+async def test_ensure_topology_updates_a_changed_stream(runtime: Runtime) -> None:
+    js = runtime.bus.js
+    original = runtime.bus.topology
+    changed = dataclasses.replace(original, duplicate_window_s=45.0)
+    run_id = new_run_id()
+    await append_all(runtime.event_log.writer(run_id), [make_event(run_id, 1)])
+    try:
+        await ensure_topology(js, changed)
+        assert (await js.stream_info(EVENTS_STREAM)).config.duplicate_window == pytest.approx(45.0)
+        assert (await js.stream_info(COMMANDS_STREAM)).config.duplicate_window == pytest.approx(45.0)
+        names = [info.config.name for info in await js.streams_info()]
+        assert names.count(EVENTS_STREAM) == 1
+        # Updating the configuration keeps the stored events.
+        assert await run_message_count(runtime, run_id) == 1
+    finally:
+        await ensure_topology(js, original)
+    assert (await js.stream_info(EVENTS_STREAM)).config.duplicate_window == pytest.approx(original.duplicate_window_s)
+
+
+# --- subjects -----------------------------------------------------------------------------------------
+
+
+def test_subject_helpers() -> None:
+    assert event_subject("abc123", "tool.called") == "ag.evt.abc123.tool.called"
+    assert run_events_filter("abc123") == "ag.evt.abc123.>"
+    assert resume_subject("abc-1_2") == "ag.cmd.resume.abc-1_2"
+
+
+@pytest.mark.parametrize("bad", ["a.b", "has space", "star*", "gt>", ">", "*", "", "tab\tid", "x" * 129])
+def test_subject_helpers_reject_unsafe_run_ids(bad: str) -> None:
+    with pytest.raises(ValueError, match="no dots, spaces or wildcards"):
+        run_events_filter(bad)
+    with pytest.raises(ValueError, match="no dots, spaces or wildcards"):
+        resume_subject(bad)
+
+
+@pytest.mark.parametrize("bad", ["a.b", "run *", "x>"])
+async def test_writers_reject_unsafe_run_ids(runtime: Runtime, bad: str) -> None:
+    with pytest.raises(ValueError, match="is not valid"):
+        runtime.event_log.writer(bad)
+    with pytest.raises(ValueError, match="is not valid"):
+        await aethergraph.run_async(bus_graph, {"x": 1}, run_id=bad)
