@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from .events import ValueRecorded
+from .ids import ROOT_NODE
 from .logger import NodeLogger
 from .scope import RunScope, cursor
 
@@ -76,13 +77,18 @@ class NodeContext:
         return float(self._value("random", lambda: int.from_bytes(os.urandom(7), "big") / (1 << 56)))
 
     def idempotency_key(self) -> str:
-        """A key that stays the same when this step runs again after a crash: ``<run_id>:<seq>``.
+        """A key that stays the same when this step runs again after a crash.
 
-        Inside a tool it names the tool call (the ``seq`` of its ``tool.called``),
-        so an outbound side effect keyed by it happens once however often the
-        step is retried. In the graph body it names the latest journaled event.
+        Inside a tool it is ``<run_id>:<node_id>``: node ids follow the order
+        of calls, so a re-executed step (one in flight when its worker died)
+        gets the same key, whether or not its ``tool.called`` had been
+        stored. Key an outbound side effect by it to make it exactly-once. In
+        the graph body it is ``<run_id>:root:<seq>`` of the latest journaled
+        event the body has seen.
         """
-        return f"{self._scope.run_id}:{cursor.get()}"
+        if self.node_id == ROOT_NODE:
+            return f"{self._scope.run_id}:{ROOT_NODE}:{cursor.get()}"
+        return f"{self._scope.run_id}:{self.node_id}"
 
     def __repr__(self) -> str:
         return f"NodeContext(run_id={self.run_id!r}, graph_id={self.graph_id!r}, node_id={self.node_id!r})"

@@ -1,0 +1,185 @@
+"""Durability claims, tested by killing processes (kill -9), never by reasoning.
+
+* kill -9 of nats-server mid-run, then a restart: every step the graph saw
+  committed is in the journal.
+* kill -9 of the process running a graph, then another process (its own
+  workspace, sharing only the NATS server) continues the run by replay:
+  committed steps do not run again, the step in flight runs again under the
+  same idempotency key, and the outputs are right.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import read_events, run_python, subprocess_env, wait_until
+
+from aethergraph.bus.embedded import ensure_embedded_server, running_server
+from aethergraph.core import events as ev
+from aethergraph.core.replay import journal_chain
+from aethergraph.core.settings import Settings
+from aethergraph.runtime import Runtime
+
+GRAPHS = """
+import os, sys, time
+from pathlib import Path
+from aethergraph import graph_fn, tool, NodeContext
+
+LOG = Path(os.environ["AG_TEST_LOG"])
+
+@tool(name="step", outputs=["v"])
+async def step(x: int, *, context: NodeContext) -> dict:
+    # the side effect, keyed by the step's idempotency key
+    with LOG.open("a") as f:
+        f.write(f"run {x} {context.idempotency_key()}\\n")
+    time.sleep(float(os.environ.get("AG_TEST_STEP_SLEEP", "0")))
+    return {"v": x + 1}
+
+@graph_fn(name="counter", outputs=["v"])
+async def counter(n: int, *, context: NodeContext) -> dict:
+    x = 0
+    for _ in range(n):
+        x = (await step(x))["v"]
+        with LOG.open("a") as f:      # the graph saw this step committed
+            f.write(f"committed {x}\\n")
+    return {"v": x}
+"""
+
+START = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+import aethergraph, graphs
+print(aethergraph.run(graphs.counter, {"n": int(sys.argv[2])}, run_id=sys.argv[3]))
+"""
+
+RESUME = """
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[1])
+import graphs
+from aethergraph.core.executor import resume_run
+from aethergraph.runtime import get_runtime, close_runtime
+
+async def main():
+    try:
+        return await resume_run(graphs.counter.spec, sys.argv[2], env=await get_runtime())
+    finally:
+        await close_runtime()
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _start_worker(module_dir: Path, run_id: str, n: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", START, str(module_dir), str(n), run_id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_kill_9_of_nats_server_loses_no_committed_step(tmp_path: Path, stop_servers: list[Path]) -> None:
+    workspace = tmp_path / "ws"
+    stop_servers.append(workspace)
+    (tmp_path / "graphs.py").write_text(GRAPHS)
+    log = tmp_path / "effects.log"
+    env = subprocess_env(AG_TEST_LOG=str(log), AG_TEST_STEP_SLEEP="0.002", AETHERGRAPH_WORKSPACE=str(workspace))
+    env.pop("AETHERGRAPH_NATS_URL", None)
+    server = ensure_embedded_server(workspace)
+    run_id = "killserver" + os.urandom(4).hex()
+    worker = _start_worker(tmp_path, run_id, 100_000, env)
+    try:
+        wait_until(
+            lambda: len([x for x in _lines(log) if x.startswith("committed")]) >= 200 or None,
+            timeout_s=60,
+            what="200 committed steps",
+        )
+        os.kill(server.pid, signal.SIGKILL)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    committed = [int(x.split()[1]) for x in _lines(log) if x.startswith("committed")]
+    assert worker.returncode != 0  # the run could not go on without its bus
+
+    assert running_server(workspace) is None
+    restarted = ensure_embedded_server(workspace)
+    assert restarted.pid != server.pid
+    rt = await Runtime.open(Settings(nats_url=None, workspace=workspace))
+    try:
+        journal = journal_chain(record.event for record in await read_events(rt, run_id))
+    finally:
+        await rt.close()
+    returned = [e.outputs["v"] for e in journal if isinstance(e, ev.ToolReturned)]
+    # Every step the graph saw committed is in the journal, in order.
+    assert returned[: len(committed)] == committed
+    assert committed == list(range(1, len(committed) + 1))
+
+
+async def test_kill_9_of_a_worker_then_another_process_finishes_the_run(runtime: Runtime, tmp_path: Path) -> None:
+    (tmp_path / "graphs.py").write_text(GRAPHS)
+    log = tmp_path / "effects.log"
+    env = subprocess_env(AG_TEST_LOG=str(log), AG_TEST_STEP_SLEEP="0.01", AETHERGRAPH_WORKSPACE=str(tmp_path / "a"))
+    run_id = "killworker" + os.urandom(4).hex()
+    n = 60
+    worker = _start_worker(tmp_path, run_id, n, env)
+    try:
+        wait_until(lambda: len(_lines(log)) >= 40 or None, timeout_s=60, what="20 steps of the first worker")
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == -signal.SIGKILL
+    before = _lines(log)
+    committed_before = [x for x in before if x.startswith("committed")]
+    assert 0 < len(committed_before) < n
+
+    # "Another host": its own workspace folder, sharing only the NATS server.
+    other_env = subprocess_env(AG_TEST_LOG=str(log), AETHERGRAPH_WORKSPACE=str(tmp_path / "b"))
+    assert run_python(RESUME, str(tmp_path), run_id, env=other_env) == {"v": n}
+
+    runs = [x.split() for x in _lines(log) if x.startswith("run ")]
+    by_input: dict[int, list[str]] = {}
+    for _, x, key in runs:
+        by_input.setdefault(int(x), []).append(key)
+    assert sorted(by_input) == list(range(n))
+    # Committed steps never ran again; at most the step in flight at the kill ran twice,
+    # and then under the same idempotency key.
+    repeated = {x: keys for x, keys in by_input.items() if len(keys) > 1}
+    assert len(repeated) <= 1
+    for keys in repeated.values():
+        assert len(set(keys)) == 1 and len(keys) == 2
+        assert next(iter(repeated)) >= len(committed_before) - 1
+
+    journal = journal_chain(record.event for record in await read_events(runtime, run_id))
+    claims = [e for e in journal if isinstance(e, ev.RunClaimed)]
+    assert [c.reason for c in claims] == ["resume"]
+    assert isinstance(journal[-1], ev.RunCompleted) and journal[-1].outputs == {"v": n}
+    assert len({e.worker for e in journal}) == 2
+    assert [e.outputs["v"] for e in journal if isinstance(e, ev.ToolReturned)] == list(range(1, n + 1))
+
+
+def test_resume_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
+    (tmp_path / "graphs.py").write_text(GRAPHS)
+    log = tmp_path / "effects.log"
+    env = subprocess_env(AG_TEST_LOG=str(log), AETHERGRAPH_WORKSPACE=str(tmp_path / "a"))
+    run_id = "finished" + os.urandom(4).hex()
+    worker = _start_worker(tmp_path, run_id, 3, env)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1].replace("'", '"')) == {"v": 3}
+    effects = _lines(log)
+    assert run_python(RESUME, str(tmp_path), run_id, env=env) == {"v": 3}
+    assert _lines(log) == effects
