@@ -18,7 +18,7 @@ from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.runtime import close_runtime, get_runtime, load_target
 
-from .console import add_event_row, event_table, event_to_json, outputs_table
+from .console import add_event_row, event_line, event_table, event_to_json, outputs_table
 from .progress import RunProgress
 
 __all__ = ["app", "main"]
@@ -162,9 +162,7 @@ def events_command(
                 sys.stdout.write(event_to_json(record.event) + "\n")
                 sys.stdout.flush()
             elif follow:
-                row = event_table()
-                add_event_row(row, record.event)
-                console.print(row.rows and row)
+                console.print(event_line(record.event), highlight=False)
             else:
                 add_event_row(table, record.event)
         if not as_json and not follow and count:

@@ -20,7 +20,7 @@ from aethergraph.core.events import (
     ToolReturned,
 )
 
-__all__ = ["add_event_row", "event_summary", "event_table", "event_to_json", "outputs_table"]
+__all__ = ["add_event_row", "event_line", "event_summary", "event_table", "event_to_json", "outputs_table"]
 
 _STYLES = {"run": "bold cyan", "tool": "green", "node": "green", "log": "dim", "wait": "magenta", "service": "blue"}
 
@@ -81,6 +81,16 @@ def add_event_row(table: Table, event: Event) -> None:
         "" if event.parent is None else str(event.parent),
         Text(event_summary(event)),
     )
+
+
+def event_line(event: Event) -> Text:
+    """One event as one line, for tailing."""
+    tag = str(event.__struct_config__.tag)
+    stamp = dt.datetime.fromtimestamp(event.ts / 1_000_000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    line = Text(f"{event.seq:>5} {stamp} ")
+    line.append(f"{tag:<15}", style=_STYLES.get(tag.split(".", 1)[0], ""))
+    line.append(f" {event.node_id or '-':<16} {event_summary(event)}")
+    return line
 
 
 def event_to_json(event: Event) -> str:

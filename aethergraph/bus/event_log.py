@@ -17,12 +17,14 @@ expects no event at all, so two runs can never share an id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -325,4 +327,6 @@ class JetStreamEventLog:
                 if not follow and msg.metadata.num_pending == 0:
                     return
         finally:
-            await sub.unsubscribe()
+            # The connection may already be draining or closed when a reader stops early.
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
