@@ -6,15 +6,17 @@ import asyncio
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import msgspec
+import nats
 import pytest
-from helpers import read_events, run_message_count
+from helpers import read_events, run_message_count, start_nats_server
 
 import aethergraph
 from aethergraph import graph_fn, tool
 from aethergraph.bus.connection import ensure_topology
-from aethergraph.bus.event_log import JetStreamRunWriter
+from aethergraph.bus.event_log import JetStreamEventLog, JetStreamRunWriter
 from aethergraph.bus.topology import (
     COMMANDS_STREAM,
     EVENTS_STREAM,
@@ -25,7 +27,7 @@ from aethergraph.bus.topology import (
 )
 from aethergraph.core import events as ev
 from aethergraph.core.codec import decode_event, encode_event
-from aethergraph.core.errors import EventTooLargeError, StaleWriterError
+from aethergraph.core.errors import BusUnavailableError, EventTooLargeError, StaleWriterError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
 from aethergraph.runtime import Runtime
@@ -388,3 +390,30 @@ async def test_writers_reject_unsafe_run_ids(runtime: Runtime, bad: str) -> None
         runtime.event_log.writer(bad)
     with pytest.raises(ValueError, match="is not valid"):
         await aethergraph.run_async(bus_graph, {"x": 1}, run_id=bad)
+
+
+async def test_unacknowledged_events_fail_at_their_deadline(tmp_path: Path) -> None:
+    """With no JetStream answering (a silent subscriber takes the subject), appends fail with a clear error."""
+    server = start_nats_server(tmp_path, jetstream=False)
+    nc = await nats.connect(server.url)
+    try:
+        async def silent(_msg: object) -> None:
+            return None
+
+        await nc.subscribe("ag.evt.>", cb=silent)
+        log = JetStreamEventLog(nc, nc.jetstream(), max_event_bytes=256 * 1024, ack_timeout_s=0.2)
+        await log.start()
+        run_id = new_run_id()
+        writer = log.writer(run_id)
+        first = writer.append(make_event(run_id, 1))
+        second = writer.append(make_event(run_id, 2))
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 10)
+        for outcome in outcomes:
+            assert isinstance(outcome, BusUnavailableError)
+            assert "did not acknowledge" in str(outcome)
+        with pytest.raises(BusUnavailableError):
+            writer.append(make_event(run_id, 3))
+        await log.close()
+    finally:
+        await nc.close()
+        server.stop()

@@ -95,7 +95,9 @@ class _AckRouter:
         self._prefix = nc.new_inbox()
         self._prefix_len = len(self._prefix) + 1
         self._counter = itertools.count(1)
-        self._pending: dict[str, tuple[AckHandler, asyncio.TimerHandle]] = {}
+        # token -> (handler, deadline); insertion order is deadline order.
+        self._pending: dict[str, tuple[AckHandler, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._sub: Subscription | None = None
         self._ack_timeout_s = ack_timeout_s
         self._loop = asyncio.get_running_loop()
@@ -119,9 +121,11 @@ class _AckRouter:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         pending, self._pending = self._pending, {}
-        for handler, timer in pending.values():
-            timer.cancel()
+        for handler, _ in pending.values():
             handler(BusUnavailableError("the event log was closed before the bus acknowledged"))
 
     def publish(self, subject: str, headers: bytes, payload: bytes, handler: AckHandler) -> None:
@@ -130,8 +134,10 @@ class _AckRouter:
             raise BusUnavailableError("the NATS connection is closed")
         token = str(next(self._counter))
         reply = f"{self._prefix}.{token}"
-        timer = self._loop.call_later(self._ack_timeout_s, self._expire, token)
-        self._pending[token] = (handler, timer)
+        deadline = self._loop.time() + self._ack_timeout_s
+        self._pending[token] = (handler, deadline)
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire_overdue)
         if self._direct:
             cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
                 subject.encode(),
@@ -152,10 +158,26 @@ class _AckRouter:
             self._fallback.add(task)
             task.add_done_callback(self._fallback.discard)
 
-    def _expire(self, token: str) -> None:
-        entry = self._pending.pop(token, None)
-        if entry is not None:
-            entry[0](
+    def _expire_overdue(self) -> None:
+        """Fail every publish past its deadline; one timer serves all pending publishes.
+
+        Deadlines grow with insertion order, so the scan stops at the first
+        publish still in time and the timer is re-armed for it.
+        """
+        self._timer = None
+        now = self._loop.time()
+        overdue: list[str] = []
+        next_deadline: float | None = None
+        for token, (_, deadline) in self._pending.items():
+            if deadline > now:
+                next_deadline = deadline
+                break
+            overdue.append(token)
+        expired = [self._pending.pop(token)[0] for token in overdue]
+        if next_deadline is not None:
+            self._timer = self._loop.call_at(next_deadline, self._expire_overdue)
+        for handler in expired:
+            handler(
                 BusUnavailableError(
                     f"JetStream did not acknowledge an event within {self._ack_timeout_s:.1f}s; "
                     f"is the server at {self._nc.connected_url} running?"
@@ -166,8 +188,7 @@ class _AckRouter:
         entry = self._pending.pop(msg.subject[self._prefix_len :], None)
         if entry is None:
             return
-        handler, timer = entry
-        timer.cancel()
+        handler = entry[0]
         if not msg.data:
             status = (msg.headers or {}).get("Status", "")
             handler(
