@@ -180,17 +180,22 @@ def rich_table(result: BenchResult) -> Table:
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for figure in result.figures:
-        table.add_row(
-            figure.label,
-            sync_label(figure),
-            fmt(figure.median, figure.unit),
-            spread(figure),
-            fmt(figure.p50, figure.unit, with_unit=False),
-            fmt(figure.p99, figure.unit, with_unit=False),
-            size_label(figure),
-            figure.note,
-        )
+        table.add_row(*figure_cells(figure))
     return table
+
+
+def figure_cells(figure: Figure) -> tuple[str, ...]:
+    """One figure as the cells of a results row (console and markdown tables alike)."""
+    return (
+        figure.label,
+        sync_label(figure),
+        fmt(figure.median, figure.unit),
+        spread(figure),
+        fmt(figure.p50, figure.unit, with_unit=False),
+        fmt(figure.p99, figure.unit, with_unit=False),
+        size_label(figure),
+        figure.note,
+    )
 
 
 def rich_headlines(results: list[BenchResult]) -> Table:
@@ -292,16 +297,7 @@ def markdown_section(machine: dict[str, Any], results: list[BenchResult], genera
             "|---|---|---:|---:|---:|---:|---:|---|",
         ]
         for figure in result.figures:
-            cells = (
-                figure.label,
-                sync_label(figure),
-                fmt(figure.median, figure.unit),
-                spread(figure),
-                fmt(figure.p50, figure.unit, with_unit=False),
-                fmt(figure.p99, figure.unit, with_unit=False),
-                size_label(figure),
-                figure.note,
-            )
+            cells = figure_cells(figure)
             lines.append(f"| {' | '.join(_md_escape(cell) for cell in cells)} |")
         if result.notes:
             lines.append("")

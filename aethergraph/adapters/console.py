@@ -70,9 +70,14 @@ def event_table(title: str | None = None) -> Table:
     return table
 
 
+def _clock(event: Event) -> str:
+    """The event's UTC time of day, to the millisecond."""
+    return dt.datetime.fromtimestamp(event.ts / 1_000_000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def add_event_row(table: Table, event: Event) -> None:
     tag = str(event.__struct_config__.tag)
-    stamp = dt.datetime.fromtimestamp(event.ts / 1_000_000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    stamp = _clock(event)
     table.add_row(
         str(event.seq),
         stamp,
@@ -86,8 +91,7 @@ def add_event_row(table: Table, event: Event) -> None:
 def event_line(event: Event) -> Text:
     """One event as one line, for tailing."""
     tag = str(event.__struct_config__.tag)
-    stamp = dt.datetime.fromtimestamp(event.ts / 1_000_000, tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-    line = Text(f"{event.seq:>5} {stamp} ")
+    line = Text(f"{event.seq:>5} {_clock(event)} ")
     line.append(f"{tag:<15}", style=_STYLES.get(tag.split(".", 1)[0], ""))
     line.append(f" {event.node_id or '-':<16} {event_summary(event)}")
     return line
