@@ -397,6 +397,7 @@ async def test_unacknowledged_events_fail_at_their_deadline(tmp_path: Path) -> N
     server = start_nats_server(tmp_path, jetstream=False)
     nc = await nats.connect(server.url)
     try:
+
         async def silent(_msg: object) -> None:
             return None
 

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from helpers import read_events, run_python, subprocess_env, wait_until
@@ -77,6 +78,18 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def _kill_when(worker: subprocess.Popen[str], ready: Callable[[], bool], victim_pid: int, what: str) -> None:
+    """Wait until ``ready()``, kill -9 ``victim_pid``, and wait for the worker to end (killing it if need be)."""
+    try:
+        wait_until(lambda: ready() or None, timeout_s=60, what=what)
+        os.kill(victim_pid, signal.SIGKILL)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 def _start_worker(module_dir: Path, run_id: str, n: int, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", START, str(module_dir), str(n), run_id],
@@ -97,18 +110,12 @@ async def test_kill_9_of_nats_server_loses_no_committed_step(tmp_path: Path, sto
     server = ensure_embedded_server(workspace)
     run_id = "killserver" + os.urandom(4).hex()
     worker = _start_worker(tmp_path, run_id, 100_000, env)
-    try:
-        wait_until(
-            lambda: len([x for x in _lines(log) if x.startswith("committed")]) >= 200 or None,
-            timeout_s=60,
-            what="200 committed steps",
-        )
-        os.kill(server.pid, signal.SIGKILL)
-        worker.wait(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    _kill_when(
+        worker,
+        lambda: len([x for x in _lines(log) if x.startswith("committed")]) >= 200,
+        server.pid,
+        "200 committed steps",
+    )
     committed = [int(x.split()[1]) for x in _lines(log) if x.startswith("committed")]
     assert worker.returncode != 0  # the run could not go on without its bus
 
@@ -133,14 +140,7 @@ async def test_kill_9_of_a_worker_then_another_process_finishes_the_run(runtime:
     run_id = "killworker" + os.urandom(4).hex()
     n = 60
     worker = _start_worker(tmp_path, run_id, n, env)
-    try:
-        wait_until(lambda: len(_lines(log)) >= 40 or None, timeout_s=60, what="20 steps of the first worker")
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+    _kill_when(worker, lambda: len(_lines(log)) >= 40, worker.pid, "20 steps of the first worker")
     assert worker.returncode == -signal.SIGKILL
     before = _lines(log)
     committed_before = [x for x in before if x.startswith("committed")]

@@ -668,7 +668,10 @@ async def test_nested_run_is_not_run_again_when_the_parent_replays(graph_env: Ru
 # --- size limits --------------------------------------------------------------------------------------
 
 
-async def test_event_too_large_points_at_artifacts(graph_env: Runtime) -> None:
+async def test_output_too_large_points_at_artifacts_and_is_a_failed_step(graph_env: Runtime) -> None:
+    """An output over max_event_bytes never reaches the bus; the error points at the artifact
+    store, and the step is closed with tool.failed naming the node (a replay must not take the
+    step for one still in flight)."""
     limit = graph_env.settings.max_event_bytes
 
     @tool(name="huge", outputs=["text"])
@@ -688,41 +691,13 @@ async def test_event_too_large_points_at_artifacts(graph_env: Runtime) -> None:
     assert err.run_id == run_id
     assert err.node_id == "huge_1"
     assert f"run={run_id}" in str(err)
-    raw = await read_events(graph_env, run_id)
-    records = without_claims(raw)
-    run_failed = records[-1].event
-    assert isinstance(run_failed, ev.RunFailed)
-    assert run_failed.error_type == "aethergraph.core.errors.EventTooLargeError"
-    assert "context.artifacts()" in run_failed.message
-    # The oversized value never reached the bus.
-    assert "tool.returned" not in types_of(records)
-
-
-async def test_output_too_large_is_journaled_as_a_failed_tool_step(graph_env: Runtime) -> None:
-    """The tool ran and its outcome cannot be committed: like any other tool failure, the
-    step must be closed with tool.failed and the run.failed must name the node. Otherwise
-    the journal keeps a tool.called with no outcome (a replay would re-execute the tool)
-    and run.failed.failed_node_id is None, unlike an unserialisable output (SerializationError),
-    which is journaled as tool.failed."""
-    limit = graph_env.settings.max_event_bytes
-
-    @tool(name="huge_out", outputs=["text"])
-    def huge_out() -> dict[str, str]:
-        return {"text": "y" * (limit + 1)}
-
-    @graph_fn(name="too_big_journal")
-    async def too_big_journal() -> None:
-        await huge_out()
-
-    run_id = new_run_id()
-    with pytest.raises(EventTooLargeError):
-        await start(graph_env, too_big_journal, run_id=run_id)
-    raw = await read_events(graph_env, run_id)
-    records = without_claims(raw)
+    records = without_claims(await read_events(graph_env, run_id))
     assert types_of(records) == ["run.started", "tool.called", "tool.failed", "run.failed"]
     tool_failed, run_failed = records[2].event, records[3].event
     assert isinstance(tool_failed, ev.ToolFailed)
-    assert tool_failed.node_id == "huge_out_1"
+    assert tool_failed.node_id == "huge_1"
     assert tool_failed.error_type == "aethergraph.core.errors.EventTooLargeError"
+    assert "context.artifacts()" in tool_failed.message
     assert isinstance(run_failed, ev.RunFailed)
-    assert run_failed.failed_node_id == "huge_out_1"
+    assert run_failed.error_type == "aethergraph.core.errors.EventTooLargeError"
+    assert run_failed.failed_node_id == "huge_1"

@@ -103,19 +103,15 @@ class _AckRouter:
         self._loop = asyncio.get_running_loop()
         # The public client API makes publish a coroutine; events must enter the
         # outbound buffer synchronously, in append order, so use the buffer directly.
-        self._direct = hasattr(nc, "_pending") and hasattr(nc, "_flush_queue")
-        self._fallback: set[asyncio.Future[None]] = set()
+        if not (hasattr(nc, "_pending") and hasattr(nc, "_flush_queue") and hasattr(nc, "_pending_data_size")):
+            raise BusUnavailableError(
+                "this nats-py does not expose the outbound buffer the event log writes into; "
+                "install the version pinned in constraints.txt (pip install -c constraints.txt -e .)"
+            )
 
     async def start(self) -> None:
-        if self._direct:
-            self._sub = await self._nc.subscribe(self._prefix + ".*")
-            self._sub._pending_queue = _DispatchQueue(self._on_reply)
-        else:  # pragma: no cover - only on a nats-py without the buffer internals
-
-            async def deliver(msg: Msg) -> None:
-                self._on_reply(msg)
-
-            self._sub = await self._nc.subscribe(self._prefix + ".*", cb=deliver)
+        self._sub = await self._nc.subscribe(self._prefix + ".*")
+        self._sub._pending_queue = _DispatchQueue(self._on_reply)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -138,25 +134,19 @@ class _AckRouter:
         self._pending[token] = (handler, deadline)
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._expire_overdue)
-        if self._direct:
-            cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-                subject.encode(),
-                reply.encode(),
-                len(headers),
-                len(headers) + len(payload),
-                headers,
-                payload,
-            )
-            nc._pending.append(cmd)
-            nc._pending_data_size += len(cmd)
-            queue = nc._flush_queue
-            if queue is not None and queue.empty():
-                queue.put_nowait(self._loop.create_future())
-        else:  # pragma: no cover - only on a nats-py without the buffer internals
-            hdrs = _parse_headers(headers)
-            task = asyncio.ensure_future(nc.publish(subject, payload, reply=reply, headers=hdrs))
-            self._fallback.add(task)
-            task.add_done_callback(self._fallback.discard)
+        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            len(headers),
+            len(headers) + len(payload),
+            headers,
+            payload,
+        )
+        nc._pending.append(cmd)
+        nc._pending_data_size += len(cmd)
+        queue = nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(self._loop.create_future())
 
     def _expire_overdue(self) -> None:
         """Fail every publish past its deadline; one timer serves all pending publishes.
@@ -204,11 +194,6 @@ class _AckRouter:
             handler(EventRejectedError(f"unreadable JetStream acknowledgement: {exc}"))
             return
         handler(ack)
-
-
-def _parse_headers(raw: bytes) -> dict[str, str]:
-    lines = raw.decode().split("\r\n")[1:]
-    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

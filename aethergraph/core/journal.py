@@ -56,6 +56,3 @@ class RunJournal:
         seq, committed = self.append(cls, parent=parent, node_id=node_id, **fields)
         await committed
         return seq
-
-    async def flush(self) -> None:
-        await self._writer.flush()
