@@ -9,22 +9,42 @@ from __future__ import annotations
 from aethergraph.core import errors
 from aethergraph.core.context import NodeContext
 from aethergraph.core.decorators import GraphFunction, Tool, graph_fn, tool
+from aethergraph.core.dual_stage import DualStageTool
 from aethergraph.core.errors import AetherGraphError
 from aethergraph.core.settings import Settings
-from aethergraph.runtime import close_runtime, get_runtime, run, run_async, start_server
+from aethergraph.core.waits import Wait
+from aethergraph.engine.runs import RunHandle
+from aethergraph.runtime import (
+    close_runtime,
+    get_run,
+    get_runtime,
+    resume,
+    run,
+    run_async,
+    serve_worker,
+    start_run,
+    start_server,
+)
 
 __all__ = [
     "AetherGraphError",
+    "DualStageTool",
     "GraphFunction",
     "NodeContext",
+    "RunHandle",
     "Settings",
     "Tool",
+    "Wait",
     "close_runtime",
     "errors",
+    "get_run",
     "get_runtime",
     "graph_fn",
+    "resume",
     "run",
     "run_async",
+    "serve_worker",
+    "start_run",
     "start_server",
     "tool",
 ]

@@ -13,63 +13,116 @@ import importlib.util
 import sys
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from aethergraph.bus.commands import JetStreamCommands, ResumeOutcome
 from aethergraph.bus.connection import BusConnection, connect_bus
 from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
 from aethergraph.bus.event_log import JetStreamEventLog
+from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.core.environment import set_environment_provider
-from aethergraph.core.errors import GraphNotFoundError
-from aethergraph.core.executor import execute_run
-from aethergraph.core.ids import new_worker_id
+from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError
+from aethergraph.core.executor import load_journal
+from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
+from aethergraph.core.resume import check_resume, journal_state
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
+from aethergraph.engine.runs import RunDriver, RunHandle, Suspended
+from aethergraph.engine.worker import Worker
 
 __all__ = [
     "Runtime",
     "close_runtime",
+    "get_run",
     "get_runtime",
     "load_target",
+    "resume",
     "run",
     "run_async",
+    "serve_worker",
+    "start_run",
     "start_server",
 ]
 
 
 @dataclass(eq=False, kw_only=True)
 class Runtime:
-    """A process's connection to the bus and the event log on it."""
+    """A process's connection to the bus: its event log, commands, leases and the runs it drives."""
 
     settings: Settings
     bus: BusConnection
     event_log: JetStreamEventLog
+    commands: JetStreamCommands
+    leases: JetStreamLeases
     worker_id: str
+    inline_answers: bool
+    driver: RunDriver = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.driver = RunDriver(self, self.leases)
+        self.driver.on_suspend = _announce_suspension
 
     @classmethod
-    async def open(cls, settings: Settings | None = None) -> Runtime:
+    async def open(cls, settings: Settings | None = None, *, inline_answers: bool | None = None) -> Runtime:
         settings = settings or load_settings()
-        worker_id = settings.worker_id or new_worker_id()
+        worker_id = token(settings.worker_id) if settings.worker_id else new_worker_id()
         bus = await connect_bus(settings, client_name=f"aethergraph:{worker_id}")
         event_log = JetStreamEventLog(bus.nc, bus.js, max_event_bytes=settings.max_event_bytes)
         await event_log.start()
-        return cls(settings=settings, bus=bus, event_log=event_log, worker_id=worker_id)
+        leases = JetStreamLeases(bus.nc, bus.js, worker_id, lease_s=settings.lease_s)
+        await leases.start()
+        if inline_answers is None:
+            inline_answers = settings.console_input == "always" or (
+                settings.console_input == "auto" and sys.stdin is not None and sys.stdin.isatty()
+            )
+        return cls(
+            settings=settings,
+            bus=bus,
+            event_log=event_log,
+            commands=JetStreamCommands(bus.nc, bus.js),
+            leases=leases,
+            worker_id=worker_id,
+            inline_answers=inline_answers,
+        )
 
     @property
     def always_suspend(self) -> bool:
         return self.settings.always_suspend
 
+    async def run_top_level(self, spec: CallableSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        run_id = new_run_id()
+        return await RunHandle(run_id, self, self.driver.start(spec, inputs, run_id)).result()
+
+    async def schedule_wait_expiry(self, run_id: str, wait_id: str, deadline_us: int) -> None:
+        await self.commands.schedule_expiry(run_id, wait_id, deadline_us)
+
     async def close(self) -> None:
+        """Let the runs this process drives end or suspend, then disconnect."""
+        await self.driver.drain()
+        await self.leases.close()
         await self.event_log.close()
         await self.bus.close()
+
+
+def _announce_suspension(suspended: Suspended) -> None:
+    where = "" if suspended.wait_run_id == suspended.run_id else f" (in nested run {suspended.wait_run_id})"
+    print(
+        f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
+        f"{suspended.prompt!r}. Answer it with `aethergraph resume {suspended.wait_run_id} --wait-id "
+        f"{suspended.wait_id} --json '...'`; a worker (`aethergraph worker MODULE`) continues it.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 _runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = weakref.WeakKeyDictionary()
 _opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-async def get_runtime(settings: Settings | None = None) -> Runtime:
+async def get_runtime(settings: Settings | None = None, *, inline_answers: bool | None = None) -> Runtime:
     """The runtime of the running event loop, opened on first use."""
     loop = asyncio.get_running_loop()
     runtime = _runtimes.get(loop)
@@ -79,7 +132,7 @@ async def get_runtime(settings: Settings | None = None) -> Runtime:
     async with lock:
         runtime = _runtimes.get(loop)
         if runtime is None:
-            runtime = await Runtime.open(settings)
+            runtime = await Runtime.open(settings, inline_answers=inline_answers)
             _runtimes[loop] = runtime
     return runtime
 
@@ -106,6 +159,28 @@ def load_target(target: object) -> CallableSpec:
     return spec
 
 
+def _import_module(module_name: str, *, reference: str | None = None) -> ModuleType:
+    """Import ``pkg.module`` or ``path/to/file.py``."""
+    what = reference or module_name
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            path = Path(module_name).resolve()
+            if not path.is_file():
+                raise GraphNotFoundError(f"no Python file at {path} (from {what!r})")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise GraphNotFoundError(f"cannot import {path} (from {what!r})")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+            return module
+        if "" not in sys.path:
+            sys.path.insert(0, "")
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise GraphNotFoundError(f"cannot import module {module_name!r} for {what!r}: {exc}") from exc
+
+
 def _import_reference(reference: str) -> object:
     module_name, sep, attribute = reference.partition(":")
     if not sep or not module_name or not attribute:
@@ -113,23 +188,7 @@ def _import_reference(reference: str) -> object:
             f"{reference!r} is not a graph reference; write MODULE:GRAPH, e.g. "
             "examples.demo:analyze_numbers or examples/demo.py:analyze_numbers"
         )
-    try:
-        if module_name.endswith(".py") or "/" in module_name:
-            path = Path(module_name).resolve()
-            if not path.is_file():
-                raise GraphNotFoundError(f"no Python file at {path} (from {reference!r})")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            if spec is None or spec.loader is None:
-                raise GraphNotFoundError(f"cannot import {path} (from {reference!r})")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = module
-            spec.loader.exec_module(module)
-        else:
-            if "" not in sys.path:
-                sys.path.insert(0, "")
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise GraphNotFoundError(f"cannot import module {module_name!r} for {reference!r}: {exc}") from exc
+    module = _import_module(module_name, reference=reference)
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -141,13 +200,89 @@ def _import_reference(reference: str) -> object:
         ) from None
 
 
+async def start_run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> RunHandle:
+    """Start a graph_fn or tool as a journaled run in this process; returns its handle at once."""
+    spec = load_target(target)
+    bound = spec.bind((), dict(inputs or {}))
+    runtime = await get_runtime()
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    task = runtime.driver.start(spec, bound, run_id)
+    return RunHandle(run_id, runtime, task)
+
+
+async def get_run(run_id: str) -> RunHandle:
+    """A handle to any run on the bus, whichever process started it."""
+    return RunHandle(check_run_id(run_id), await get_runtime())
+
+
 async def run_async(
     target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None
 ) -> dict[str, Any]:
-    """Run a graph_fn or tool as a journaled run and return its outputs."""
-    spec = load_target(target)
-    bound = spec.bind((), dict(inputs or {}))
-    return await execute_run(spec, bound, run_id=run_id, env=await get_runtime())
+    """Run a graph_fn or tool as a journaled run and return its outputs (start + result).
+
+    If the run waits for an answer it is not read inline, this keeps waiting
+    until a worker has continued the run to its end.
+    """
+    handle = await start_run(target, inputs, run_id=run_id)
+    return await handle.result()
+
+
+async def resume(
+    run_id: str,
+    payload: Any = None,
+    wait_id: str | None = None,
+    *,
+    wait: bool = True,
+    timeout: float = 10.0,  # noqa: ASYNC109 - public API
+) -> ResumeOutcome | None:
+    """Answer a run's wait: publish a resume command to ``ag.cmd.resume.<run_id>``.
+
+    The resume is checked against the run's journal first, so a wrong wait id,
+    a closed wait or a payload failing the wait's schema raises
+    :class:`~aethergraph.errors.ResumeRejectedError` at once and publishes
+    nothing. With ``wait``, returns the worker's outcome (``accepted``, or
+    ``deferred`` when no worker knows the graph yet), or ``None`` if no worker
+    answered within ``timeout`` seconds (the command stays queued).
+    """
+    runtime = await get_runtime()
+    chain, _ = await load_journal(runtime, check_run_id(run_id))
+    check_resume(journal_state(run_id, chain), wait_id, payload)
+    if not wait:
+        await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
+        return None
+    async with runtime.commands.outcomes(run_id) as outcomes:
+        command_seq = await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    outcome = await outcomes.get()
+                    if outcome.command_seq == command_seq:
+                        break
+        except TimeoutError:
+            return None
+    if outcome.status == "rejected":
+        raise ResumeRejectedError(outcome.message, run_id=run_id, reason=outcome.reason, wait_id=outcome.wait_id)
+    return outcome
+
+
+async def serve_worker(*modules: str, stop: asyncio.Event | None = None) -> None:
+    """Import ``modules`` (their graphs register themselves) and serve as a worker until ``stop`` is set."""
+    for module in modules:
+        _import_module(module)
+    runtime = await get_runtime(inline_answers=False)
+    worker = Worker(runtime.driver, runtime.commands)
+    serving = asyncio.create_task(worker.serve())
+    try:
+        if stop is None:
+            await serving
+        else:
+            await stop.wait()
+            worker.stop()
+            await serving
+    finally:
+        if not serving.done():
+            worker.stop()
+            await serving
 
 
 def run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,13 @@ Public subject contract (documented in docs/events.md):
   for every tool call of every run, or ``ag.evt.<run_id>.>`` for one run.
 * ``ag.cmd.resume.<run_id>`` carries resume commands (a JSON body naming the
   wait and carrying the payload).
+* ``ag.cmd.outcome.<run_id>`` carries what a worker did with each resume
+  command (accepted, rejected with a reason, deferred).
+* ``ag.cmd.schedule.<run_id>.<wait_id>`` holds a wait's deadline as a
+  JetStream message schedule that publishes the expiry to the resume subject.
+* ``ag.lease.worker.<worker_id>`` is a process's heartbeat (a message with a
+  TTL; its expiry marker announces the process's death) and
+  ``ag.lease.run.<worker_id>.<run_id>`` records which process drives a run.
 """
 
 from __future__ import annotations
@@ -29,22 +36,40 @@ from aethergraph.core.ids import check_run_id
 __all__ = [
     "ALL_COMMANDS",
     "ALL_EVENTS",
+    "ALL_LEASES",
     "COMMANDS_STREAM",
     "EVENTS_STREAM",
+    "LEASES_STREAM",
     "RESUME_CONSUMER",
+    "WORKER_LEASES",
     "Topology",
     "event_subject",
+    "outcome_subject",
+    "parse_run_owner",
     "resume_subject",
     "run_events_filter",
+    "run_id_of_command",
+    "run_owner_subject",
+    "run_owners_filter",
+    "schedule_subject",
+    "worker_lease_subject",
+    "worker_of_lease",
 ]
 
 EVENTS_STREAM: Final = "AG_EVENTS"
 COMMANDS_STREAM: Final = "AG_COMMANDS"
+LEASES_STREAM: Final = "AG_LEASES"
 RESUME_CONSUMER: Final = "ag-resume"
 
 ALL_EVENTS: Final = "ag.evt.>"
 ALL_COMMANDS: Final = "ag.cmd.>"
+ALL_LEASES: Final = "ag.lease.>"
 _RESUME_PREFIX: Final = "ag.cmd.resume."
+_OUTCOME_PREFIX: Final = "ag.cmd.outcome."
+_SCHEDULE_PREFIX: Final = "ag.cmd.schedule."
+WORKER_LEASES: Final = "ag.lease.worker.>"
+_WORKER_LEASE_PREFIX: Final = "ag.lease.worker."
+_RUN_OWNER_PREFIX: Final = "ag.lease.run."
 
 
 def event_subject(run_id: str, event_type: str) -> str:
@@ -59,6 +84,42 @@ def run_events_filter(run_id: str) -> str:
 
 def resume_subject(run_id: str) -> str:
     return _RESUME_PREFIX + check_run_id(run_id)
+
+
+def run_id_of_command(subject: str) -> str:
+    """The run id of ``ag.cmd.resume.<run_id>`` (or of an outcome subject)."""
+    return subject.rsplit(".", 1)[-1]
+
+
+def outcome_subject(run_id: str) -> str:
+    return _OUTCOME_PREFIX + check_run_id(run_id)
+
+
+def schedule_subject(run_id: str, wait_id: str) -> str:
+    return f"{_SCHEDULE_PREFIX}{check_run_id(run_id)}.{wait_id}"
+
+
+def worker_lease_subject(worker_id: str) -> str:
+    return _WORKER_LEASE_PREFIX + worker_id
+
+
+def worker_of_lease(subject: str) -> str:
+    return subject[len(_WORKER_LEASE_PREFIX) :]
+
+
+def run_owner_subject(worker_id: str, run_id: str) -> str:
+    return f"{_RUN_OWNER_PREFIX}{worker_id}.{run_id}"
+
+
+def run_owners_filter(worker_id: str | None = None) -> str:
+    """Every run ownership record (of one worker, if given)."""
+    return f"{_RUN_OWNER_PREFIX}{worker_id}.>" if worker_id else _RUN_OWNER_PREFIX + ">"
+
+
+def parse_run_owner(subject: str) -> tuple[str, str]:
+    """``(worker_id, run_id)`` of ``ag.lease.run.<worker_id>.<run_id>``."""
+    worker_id, _, run_id = subject[len(_RUN_OWNER_PREFIX) :].partition(".")
+    return worker_id, run_id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,11 +158,28 @@ class Topology:
             duplicate_window=self.duplicate_window_s,
             max_msg_size=self.max_event_bytes + 4096,
             num_replicas=self.replicas,
-            description="AetherGraph commands (ag.cmd.resume.<run_id>)",
+            allow_msg_schedules=True,
+            description="AetherGraph commands (ag.cmd.resume.<run_id>) and wait deadlines",
+        )
+
+    def leases_stream(self) -> StreamConfig:
+        """Process heartbeats (TTL'd messages whose expiry leaves a marker) and run ownership records."""
+        return StreamConfig(
+            name=LEASES_STREAM,
+            subjects=[ALL_LEASES],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            subject_delete_marker_ttl=60.0,
+            allow_direct=True,
+            num_replicas=self.replicas,
+            description="AetherGraph worker heartbeats and run ownership",
         )
 
     def streams(self) -> tuple[StreamConfig, ...]:
-        return (self.events_stream(), self.commands_stream())
+        return (self.events_stream(), self.commands_stream(), self.leases_stream())
 
     def consumers(self) -> tuple[tuple[str, ConsumerConfig], ...]:
         """Durable consumers as (stream name, config) pairs."""

@@ -9,10 +9,13 @@ import uuid as _uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .events import ValueRecorded
+from .channel import Channel
+from .codec import normalise_value
+from .events import CheckpointSaved, ValueRecorded
 from .ids import ROOT_NODE
 from .logger import NodeLogger
 from .scope import RunScope, cursor
+from .waits import Wait, wait_for
 
 __all__ = ["NodeContext"]
 
@@ -75,6 +78,32 @@ class NodeContext:
     def random(self) -> float:
         """A random float in [0, 1), journaled."""
         return float(self._value("random", lambda: int.from_bytes(os.urandom(7), "big") / (1 << 56)))
+
+    def channel(self, name: str | None = None) -> Channel:
+        """The console channel, or the named channel whose questions always wait durably."""
+        return Channel(self._scope, self.node_id, name or "console")
+
+    async def wait(self, wait: Wait) -> Any:
+        """Wait durably for an external answer (see :class:`~aethergraph.Wait`); returns the resume payload."""
+        return await wait_for(self._scope, self.node_id, wait)
+
+    async def checkpoint(self, key: str, state: Any) -> None:
+        """Journal ``state`` under ``key`` for this node; :meth:`load_checkpoint` returns it after a restart.
+
+        Meant for long loops inside one tool: if the worker dies, the tool runs
+        again and can continue from its latest checkpoint instead of the start.
+        """
+        value, _ = normalise_value(state, what=f"checkpoint {key!r} of node {self.node_id}")
+        scope = self._scope
+        seq = await scope.journal.commit(
+            CheckpointSaved, parent=cursor.get() or None, node_id=self.node_id, key=str(key), state=value
+        )
+        scope.checkpoints[(self.node_id, str(key))] = value
+        cursor.set(seq)
+
+    async def load_checkpoint(self, key: str, default: Any = None) -> Any:
+        """The latest state this node saved under ``key`` (in this or an earlier execution), else ``default``."""
+        return self._scope.checkpoints.get((self.node_id, str(key)), default)
 
     def idempotency_key(self) -> str:
         """A key that stays the same when this step runs again after a crash.

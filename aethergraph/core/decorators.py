@@ -6,7 +6,9 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
-from .executor import call_tool_detached, call_tool_detached_async, call_tool_in_run, execute_run
+from .environment import get_environment
+from .executor import call_tool_detached, call_tool_detached_async, call_tool_in_run
+from .registry import register_graph
 from .scope import current_scope
 from .spec import CallableSpec, build_spec
 
@@ -26,6 +28,7 @@ class Tool:
     def __init__(self, spec: CallableSpec) -> None:
         self.__aethergraph_spec__ = spec
         functools.update_wrapper(self, spec.fn)
+        register_graph(spec)
 
     @property
     def spec(self) -> CallableSpec:
@@ -56,6 +59,7 @@ class GraphFunction:
     def __init__(self, spec: CallableSpec) -> None:
         self.__aethergraph_spec__ = spec
         functools.update_wrapper(self, spec.fn)
+        register_graph(spec)
 
     @property
     def spec(self) -> CallableSpec:
@@ -70,7 +74,7 @@ class GraphFunction:
         scope = current_scope()
         if scope is not None:
             return await call_tool_in_run(scope, spec, args, kwargs)
-        return await execute_run(spec, spec.bind(args, kwargs))
+        return await (await get_environment()).run_top_level(spec, spec.bind(args, kwargs))
 
     def __repr__(self) -> str:
         return f"<graph_fn {self.name!r} outputs={list(self.spec.outputs)}>"

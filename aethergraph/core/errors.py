@@ -20,11 +20,13 @@ __all__ = [
     "NotInRunError",
     "OutputError",
     "ReplayedError",
+    "ResumeRejectedError",
     "RunFailedError",
     "RunNotFoundError",
     "RunSuspended",
     "SerializationError",
     "StaleWriterError",
+    "WaitExpiredError",
     "WorkspaceError",
 ]
 
@@ -133,14 +135,51 @@ class ReplayedError(AetherGraphError):
         self.original_message = message
 
 
+class WaitExpiredError(AetherGraphError, TimeoutError):
+    """A wait's deadline passed before anyone answered it (``wait_id`` names it)."""
+
+    def __init__(self, message: str, *, run_id: str, wait_id: str, node_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id, node_id=node_id)
+        self.wait_id = wait_id
+
+
+class ResumeRejectedError(AetherGraphError, ValueError):
+    """A resume command was refused; the wait stays open and nothing changed.
+
+    ``reason`` is a short machine-readable code (``unknown_run``,
+    ``wait_closed``, ``unknown_wait``, ``ambiguous_wait``, ``invalid_payload``,
+    ``run_ended``, ``malformed``).
+    """
+
+    def __init__(self, message: str, *, run_id: str | None, reason: str, wait_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.reason = reason
+        self.wait_id = wait_id
+
+
 class RunSuspended(BaseException):
     """Control-flow signal: the run releases its coroutine and continues later by replay.
 
     Derives from ``BaseException`` so ``except Exception`` in user code cannot
-    swallow it.
+    swallow it. ``wait_id`` is set when the run waits for an answer (in run
+    ``wait_run_id``, the run itself or a nested run); without it the
+    suspension is the always-suspend test mode's, continued at once.
     """
 
-    def __init__(self, run_id: str, reason: str) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        reason: str,
+        *,
+        wait_id: str | None = None,
+        wait_run_id: str | None = None,
+        kind: str = "",
+        prompt: str = "",
+    ) -> None:
         super().__init__(f"run {run_id} suspended: {reason}")
         self.run_id = run_id
         self.reason = reason
+        self.wait_id = wait_id
+        self.wait_run_id = wait_run_id or run_id
+        self.kind = kind
+        self.prompt = prompt

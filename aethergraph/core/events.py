@@ -19,6 +19,8 @@ import msgspec
 __all__ = [
     "EVENT_TYPES",
     "AnyEvent",
+    "ChannelSent",
+    "CheckpointSaved",
     "Event",
     "LogRecorded",
     "NodeCompleted",
@@ -29,6 +31,7 @@ __all__ = [
     "RunCompleted",
     "RunFailed",
     "RunStarted",
+    "RunWaiting",
     "ServiceCalled",
     "ServiceFailed",
     "ServiceReturned",
@@ -70,6 +73,8 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     inputs: dict[str, Any] = {}
     parent_run_id: str | None = None
     parent_node_id: str | None = None
+    # The top-level run of a tree of nested runs (None: this run is the root).
+    root_run_id: str | None = None
 
 
 class RunClaimed(Event, frozen=True, kw_only=True, tag="run.claimed"):
@@ -87,6 +92,15 @@ class RunFailed(Event, frozen=True, kw_only=True, tag="run.failed"):
     error_type: str
     message: str
     failed_node_id: str | None = None
+
+
+class RunWaiting(Event, frozen=True, kw_only=True, tag="run.waiting"):
+    """The run released its worker until a wait is answered (in this run, or in the child ``wait_run_id``)."""
+
+    wait_id: str
+    wait_run_id: str
+    kind: str = ""
+    prompt: str = ""
 
 
 class RunCancelled(Event, frozen=True, kw_only=True, tag="run.cancelled"):
@@ -181,12 +195,37 @@ class WaitRequested(Event, frozen=True, kw_only=True, tag="wait.requested"):
 
 
 class WaitResumed(Event, frozen=True, kw_only=True, tag="wait.resumed"):
+    """A wait's answer; ``parent`` is its ``wait.requested``.
+
+    ``command_seq`` is the command stream sequence of the resume command that
+    carried the answer (``None`` when it was answered inline).
+    """
+
     wait_id: str
     payload: Any = None
+    command_seq: int | None = None
 
 
 class WaitExpired(Event, frozen=True, kw_only=True, tag="wait.expired"):
     wait_id: str
+    command_seq: int | None = None
+
+
+# --- channel and checkpoints -------------------------------------------------------
+
+
+class ChannelSent(Event, frozen=True, kw_only=True, tag="channel.sent"):
+    """A message the run sent on a channel (not sent again on replay)."""
+
+    channel: str
+    text: str
+
+
+class CheckpointSaved(Event, frozen=True, kw_only=True, tag="checkpoint.saved"):
+    """A manual checkpoint: ``context.checkpoint(key, state)`` inside ``node_id``."""
+
+    key: str
+    state: Any = None
 
 
 # --- observability --------------------------------------------------------------
@@ -204,6 +243,7 @@ AnyEvent: TypeAlias = (
     | RunCompleted
     | RunFailed
     | RunCancelled
+    | RunWaiting
     | NodeStarted
     | NodeCompleted
     | NodeFailed
@@ -217,6 +257,8 @@ AnyEvent: TypeAlias = (
     | WaitRequested
     | WaitResumed
     | WaitExpired
+    | ChannelSent
+    | CheckpointSaved
     | LogRecorded
 )
 

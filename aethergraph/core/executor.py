@@ -26,6 +26,7 @@ from .events import (
     RunCompleted,
     RunFailed,
     RunStarted,
+    RunWaiting,
     ToolCalled,
     ToolFailed,
     ToolReturned,
@@ -41,6 +42,8 @@ __all__ = [
     "call_tool_detached",
     "call_tool_detached_async",
     "call_tool_in_run",
+    "claim_run",
+    "drive_run",
     "error_type_name",
     "execute_run",
     "load_journal",
@@ -81,11 +84,17 @@ async def execute_run(
         inputs=normalised_inputs,
         parent_run_id=parent_scope.run_id if parent_scope else None,
         parent_node_id=parent_node_id if parent_scope else None,
+        root_run_id=parent_scope.root_run_id if parent_scope else None,
     )
     scope = RunScope(
-        run_id=run_id, graph_id=spec.name, journal=journal, env=env, suspend_after_each_step=env.always_suspend
+        run_id=run_id,
+        graph_id=spec.name,
+        root_run_id=parent_scope.root_run_id if parent_scope else run_id,
+        journal=journal,
+        env=env,
+        suspend_after_each_step=env.always_suspend,
     )
-    return await _drive(spec, inputs, scope, start_seq)
+    return await drive_run(spec, inputs, scope, start_seq)
 
 
 async def load_journal(env: RunEnvironment, run_id: str) -> tuple[list[AnyEvent], int]:
@@ -102,7 +111,13 @@ async def load_journal(env: RunEnvironment, run_id: str) -> tuple[list[AnyEvent]
     return journal_chain(events), last_stream_seq
 
 
-async def resume_run(spec: CallableSpec, run_id: str, *, env: RunEnvironment | None = None) -> dict[str, Any]:
+async def resume_run(
+    spec: CallableSpec,
+    run_id: str,
+    *,
+    env: RunEnvironment | None = None,
+    reason: Literal["resume", "takeover", "replay"] = "resume",
+) -> dict[str, Any]:
     """Continue a run from its journal: replay the recorded steps, then go live.
 
     A run that already completed returns its recorded outputs without running
@@ -122,18 +137,18 @@ async def resume_run(spec: CallableSpec, run_id: str, *, env: RunEnvironment | N
     if isinstance(last, RunCompleted):
         return dict(last.outputs)
     if isinstance(last, (RunFailed, RunCancelled)):
-        reason = f"{last.error_type}: {last.message}" if isinstance(last, RunFailed) else "cancelled"
+        why = f"{last.error_type}: {last.message}" if isinstance(last, RunFailed) else "cancelled"
         raise RunFailedError(
-            f"run {run_id} already ended: {reason}",
+            f"run {run_id} already ended: {why}",
             run_id=run_id,
             error_type=last.error_type if isinstance(last, RunFailed) else "Cancelled",
             node_id=last.failed_node_id if isinstance(last, RunFailed) else None,
         )
-    scope = await _claim(spec, started, chain, last_stream_seq, env, reason="resume")
-    return await _drive(spec, started.inputs, scope, started.seq)
+    scope = await claim_run(spec, started, chain, last_stream_seq, env, reason=reason)
+    return await drive_run(spec, started.inputs, scope, started.seq)
 
 
-async def _claim(
+async def claim_run(
     spec: CallableSpec,
     started: RunStarted,
     chain: list[AnyEvent],
@@ -150,28 +165,34 @@ async def _claim(
     writer = env.event_log.writer(run_id, last_stream_seq=last_stream_seq)
     journal = RunJournal(run_id, writer, env.worker_id, last_seq=chain[-1].seq)
     await journal.commit(RunClaimed, parent=chain[-1].seq, reason=reason, previous_worker=chain[-1].worker)
+    replay = ReplayCursor(run_id, chain)
     return RunScope(
         run_id=run_id,
         graph_id=spec.name,
+        root_run_id=started.root_run_id or run_id,
         journal=journal,
         env=env,
-        replay=ReplayCursor(run_id, chain),
+        replay=replay,
+        checkpoints={key: event.state for key, event in replay.checkpoints.items()},
         suspend_after_each_step=env.always_suspend,
     )
 
 
-async def _drive(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunScope, start_seq: int) -> dict[str, Any]:
-    """Run the body; in always-suspend mode, reload from the stream and replay after every step."""
+async def drive_run(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunScope, start_seq: int) -> dict[str, Any]:
+    """Run the body; in always-suspend mode, reload from the stream and replay after every step.
+
+    Raises :class:`RunSuspended` (with its ``wait_id``) when the run waits for an answer.
+    """
     while True:
         try:
             return await _run_body(spec, inputs, scope, start_seq)
-        except RunSuspended:
-            if not scope.suspend_after_each_step:
+        except RunSuspended as suspended:
+            if not scope.suspend_after_each_step or suspended.wait_id is not None:
                 raise
             chain, last_stream_seq = await load_journal(scope.env, scope.run_id)
             started = chain[0]
             assert isinstance(started, RunStarted)
-            scope = await _claim(spec, started, chain, last_stream_seq, scope.env, reason="replay")
+            scope = await claim_run(spec, started, chain, last_stream_seq, scope.env, reason="replay")
             inputs = started.inputs
 
 
@@ -195,6 +216,18 @@ async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
         normalised, _ = normalise_value(outputs, what=spec.label)
         await journal.commit(RunCompleted, parent=cursor.get(), outputs=normalised)
         return dict(normalised)
+    except RunSuspended as suspended:
+        if suspended.wait_id is not None:
+            # The run (or a nested run) waits for an answer: record that it released its worker.
+            await journal.commit(
+                RunWaiting,
+                parent=cursor.get(),
+                wait_id=suspended.wait_id,
+                wait_run_id=suspended.wait_run_id,
+                kind=suspended.kind,
+                prompt=suspended.prompt,
+            )
+        raise
     except asyncio.CancelledError:
         await _journal_end(journal, RunCancelled, parent=cursor.get(), reason="cancelled")
         raise

@@ -36,7 +36,13 @@ def new_run_id() -> str:
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """``<host>-<pid>``, made a valid subject token (no dots)."""
+    return token(f"{socket.gethostname()}-{os.getpid()}")
+
+
+def token(text: str) -> str:
+    """``text`` with every character that may not appear in a NATS subject token replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "_"
 
 
 def check_run_id(run_id: str) -> str:

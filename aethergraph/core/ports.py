@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import AnyEvent, Event
+
+if TYPE_CHECKING:
+    from .spec import CallableSpec
 
 __all__ = ["EventLog", "RunEnvironment", "RunWriter", "StoredEvent"]
 
@@ -68,4 +71,17 @@ class RunEnvironment(Protocol):
     @property
     def always_suspend(self) -> bool:
         """Test mode: suspend every run after each step and continue it by replay."""
+        ...
+
+    @property
+    def inline_answers(self) -> bool:
+        """True if channels may read a wait's answer in this process (a terminal); else waits suspend."""
+        ...
+
+    async def run_top_level(self, spec: CallableSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run a new top-level run in this process (under an ownership record) and return its outputs."""
+        ...
+
+    async def schedule_wait_expiry(self, run_id: str, wait_id: str, deadline_us: int) -> None:
+        """Arrange for ``wait.expired`` to be journaled at ``deadline_us`` unless the wait is answered first."""
         ...

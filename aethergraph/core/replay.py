@@ -18,16 +18,30 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import NonDeterminismError, ReplayedError
-from .events import Event, LogRecorded, RunClaimed, RunStarted, ToolCalled, ToolFailed, ToolReturned, ValueRecorded
+from .events import (
+    ChannelSent,
+    CheckpointSaved,
+    Event,
+    LogRecorded,
+    RunClaimed,
+    RunStarted,
+    ToolCalled,
+    ToolFailed,
+    ToolReturned,
+    ValueRecorded,
+    WaitExpired,
+    WaitRequested,
+    WaitResumed,
+)
 from .ids import ROOT_NODE
 
-__all__ = ["RecordedStep", "ReplayCursor", "journal_chain", "rebuild_error"]
+__all__ = ["ChainBuilder", "RecordedStep", "ReplayCursor", "journal_chain", "rebuild_error"]
 
 E = TypeVar("E", bound=Event)
 
 
-def journal_chain(events: Iterable[E]) -> list[E]:
-    """A run's journal from its stored events, in stream order.
+class ChainBuilder:
+    """Builds a run's journal incrementally from its stored events, in stream order.
 
     The journal is the chain of events with ``seq`` 1, 2, 3, ... whose
     ``epoch`` is that of the writer owning the run at that point: a writer's
@@ -35,24 +49,40 @@ def journal_chain(events: Iterable[E]) -> list[E]:
     Anything else was written by a fenced-out writer and is not part of the
     journal.
     """
-    chain: list[E] = []
-    epoch = 1
-    for event in events:
-        if event.seq != len(chain) + 1:
-            continue
+
+    __slots__ = ("_epoch", "chain")
+
+    def __init__(self) -> None:
+        self.chain: list[Event] = []
+        self._epoch = 1
+
+    def add(self, event: Event) -> bool:
+        """Add the next stored event; True if it belongs to the journal."""
+        if event.seq != len(self.chain) + 1:
+            return False
         if isinstance(event, (RunStarted, RunClaimed)):
             if event.epoch != event.seq:
-                continue
-            epoch = event.seq
-        elif event.epoch != epoch:
-            continue
-        chain.append(event)
+                return False
+            self._epoch = event.seq
+        elif event.epoch != self._epoch:
+            return False
+        self.chain.append(event)
+        return True
+
+
+def journal_chain(events: Iterable[E]) -> list[E]:
+    """A run's journal from its stored events, in stream order (see :class:`ChainBuilder`)."""
+    builder = ChainBuilder()
+    chain: list[E] = []
+    for event in events:
+        if builder.add(event):
+            chain.append(event)
     return chain
 
 
 @dataclass(frozen=True, slots=True)
 class RecordedStep:
-    opening: ToolCalled | ValueRecorded
+    opening: ToolCalled | ValueRecorded | WaitRequested | ChannelSent
     outcome: ToolReturned | ToolFailed | None
 
 
@@ -61,13 +91,17 @@ def _describe(event: Event) -> str:
         return f"tool {event.tool!r} (node {event.node_id}, arguments digest {event.args_digest})"
     if isinstance(event, ValueRecorded):
         return f"context.{event.kind}()"
+    if isinstance(event, WaitRequested):
+        return f"a {event.kind!r} wait (node {event.node_id}, prompt {event.prompt!r})"
+    if isinstance(event, ChannelSent):
+        return f"a message on channel {event.channel!r} (node {event.node_id})"
     return str(event.__struct_config__.tag)
 
 
 class ReplayCursor:
     """Hands recorded steps to a re-running function, in journal order."""
 
-    __slots__ = ("_logs_to_skip", "_run_id", "_steps")
+    __slots__ = ("_logs_to_skip", "_run_id", "_steps", "checkpoints", "resolutions")
 
     def __init__(self, run_id: str, journal: Sequence[Event]) -> None:
         self._run_id = run_id
@@ -79,8 +113,14 @@ class ReplayCursor:
         self._steps: deque[RecordedStep] = deque(
             RecordedStep(event, outcomes.get(event.seq) if isinstance(event, ToolCalled) else None)
             for event in journal
-            if isinstance(event, (ToolCalled, ValueRecorded))
+            if isinstance(event, (ToolCalled, ValueRecorded, WaitRequested, ChannelSent))
         )
+        self.resolutions: dict[str, WaitResumed | WaitExpired] = {
+            event.wait_id: event for event in journal if isinstance(event, (WaitResumed, WaitExpired))
+        }
+        self.checkpoints: dict[tuple[str | None, str], CheckpointSaved] = {
+            (event.node_id, event.key): event for event in journal if isinstance(event, CheckpointSaved)
+        }
         # Only the graph body re-runs on replay; logs written inside recorded
         # tool calls are not repeated, so only the body's logs are skipped.
         self._logs_to_skip = sum(
@@ -135,6 +175,33 @@ class ReplayCursor:
         opening = self._steps[0].opening
         if not isinstance(opening, ValueRecorded) or opening.kind != kind:
             raise self._mismatch(opening, f"context.{kind}()")
+        self._steps.popleft()
+        return opening
+
+    def peek_wait(self, node_id: str) -> WaitRequested | None:
+        """The recorded wait if the next step is a wait opened by ``node_id``."""
+        if not self._steps:
+            return None
+        opening = self._steps[0].opening
+        return opening if isinstance(opening, WaitRequested) and opening.node_id == node_id else None
+
+    def take_wait(self, kind: str, node_id: str) -> WaitRequested | None:
+        """The recorded ``wait.requested`` for this wait, or ``None`` when replay is over."""
+        if not self._steps:
+            return None
+        opening = self._steps[0].opening
+        if not isinstance(opening, WaitRequested) or opening.kind != kind:
+            raise self._mismatch(opening, f"a {kind!r} wait (node {node_id})")
+        self._steps.popleft()
+        return opening
+
+    def take_send(self, channel: str, node_id: str) -> ChannelSent | None:
+        """The recorded ``channel.sent`` for this message, or ``None`` when replay is over."""
+        if not self._steps:
+            return None
+        opening = self._steps[0].opening
+        if not isinstance(opening, ChannelSent) or opening.channel != channel:
+            raise self._mismatch(opening, f"a message on channel {channel!r} (node {node_id})")
         self._steps.popleft()
         return opening
 

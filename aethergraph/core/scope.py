@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import NonDeterminismError
 from .journal import RunJournal
@@ -19,12 +20,16 @@ class RunScope:
 
     run_id: str
     graph_id: str
+    # The top-level run of this tree of nested runs (this run's own id at the top).
+    root_run_id: str
     journal: RunJournal
     env: RunEnvironment
     node_counters: dict[str, int] = field(default_factory=dict)
     failed_nodes: dict[int, str] = field(default_factory=dict)
     replay: ReplayCursor | None = None
     divergence: NonDeterminismError | None = None
+    # Latest manual checkpoint per (node id, key): journaled ones, then this execution's.
+    checkpoints: dict[tuple[str | None, str], Any] = field(default_factory=dict)
     # Test mode: suspend after every live step and continue by replay.
     suspend_after_each_step: bool = False
 

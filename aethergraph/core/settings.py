@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     ``stream_replicas`` sets how many cluster nodes hold each stream (1 on the
     embedded server; 3 on a three-node cluster). ``always_suspend`` is a test
     mode: every run suspends after each step and continues by replay from the
-    stream, so replay is exercised as often as possible.
+    stream, so replay is exercised as often as possible. ``lease_s`` is how
+    long a process may go silent before workers take its runs over (whole
+    seconds, at least 1). ``console_input`` decides whether console questions
+    are answered inline: ``auto`` when standard input is a terminal,
+    ``always`` (e.g. answers piped in), or ``never`` (every question is a
+    durable wait answered by a resume command).
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -42,6 +47,8 @@ class Settings(BaseSettings):
     worker_id: str | None = None
     stream_replicas: Annotated[int, Field(ge=1, le=5)] = 1
     always_suspend: bool = False
+    lease_s: Annotated[float, Field(ge=1, le=3600)] = 1.0
+    console_input: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("sync_interval")
     @classmethod

@@ -134,6 +134,23 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
     "wait.resumed": {"seq": 8, "parent": 7, "node_id": "root", "wait_id": "w-approve-1", "payload": {"approved": True}},
     "wait.expired": {"seq": 8, "parent": 7, "node_id": "root", "wait_id": "w-approve-1"},
+    "run.waiting": {
+        "seq": 8,
+        "parent": 7,
+        "node_id": None,
+        "wait_id": "w7",
+        "wait_run_id": "0mb4x2k9qabcdefghijkl-ask_1",
+        "kind": "approval",
+        "prompt": "Ship it?",
+    },
+    "channel.sent": {"seq": 3, "parent": 2, "node_id": "root", "channel": "console", "text": "Answer: 42"},
+    "checkpoint.saved": {
+        "seq": 4,
+        "parent": 3,
+        "node_id": "train_1",
+        "key": "epoch",
+        "state": {"epoch": 7, "loss": 0.25},
+    },
     "log.recorded": {
         "seq": 4,
         "parent": 3,

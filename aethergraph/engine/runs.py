@@ -1,0 +1,180 @@
+"""Driving top-level runs in this process, and handles to any run on the bus.
+
+A :class:`RunDriver` starts and continues top-level runs as tasks. While it
+drives a run it keeps an ownership record on the bus, so that if this process
+dies a worker takes the run over; it releases the record when the run ends or
+suspends on a wait. A :class:`RunHandle` names a run anywhere: its status and
+result come from the run's journal on the bus, so any process can ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aethergraph.bus.leases import JetStreamLeases
+from aethergraph.core.errors import RunFailedError, RunNotFoundError, RunSuspended
+from aethergraph.core.events import RunCancelled, RunCompleted, RunFailed
+from aethergraph.core.executor import execute_run, load_journal
+from aethergraph.core.ports import RunEnvironment
+from aethergraph.core.replay import ChainBuilder
+from aethergraph.core.resume import JournalState, RunStatus, journal_state
+from aethergraph.core.spec import CallableSpec
+
+__all__ = ["RunDriver", "RunHandle", "Suspended"]
+
+
+@dataclass(frozen=True, slots=True)
+class Suspended:
+    """A run released this process: it waits for ``wait_id`` (in run ``wait_run_id``)."""
+
+    run_id: str
+    wait_id: str
+    wait_run_id: str
+    kind: str
+    prompt: str
+
+
+RunEnd = dict[str, Any] | Suspended
+
+
+class RunDriver:
+    """Runs top-level runs of this process as tasks, each under an ownership record."""
+
+    def __init__(self, env: RunEnvironment, leases: JetStreamLeases) -> None:
+        self.env = env
+        self.leases = leases
+        self.tasks: dict[str, asyncio.Task[RunEnd]] = {}
+        self.on_suspend: Callable[[Suspended], None] | None = None
+
+    def start(self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str) -> asyncio.Task[RunEnd]:
+        """Start a new run; ownership is recorded before its first event."""
+
+        async def run() -> dict[str, Any]:
+            await self.leases.own(run_id, spec.name)
+            return await execute_run(spec, inputs, run_id=run_id, env=self.env)
+
+        return self.drive(run_id, run)
+
+    def drive(self, run_id: str, body: Callable[[], Awaitable[dict[str, Any]]]) -> asyncio.Task[RunEnd]:
+        """Run ``body`` (which drives ``run_id``, already owned) and release ownership when it stops."""
+
+        async def guarded() -> RunEnd:
+            try:
+                return await body()
+            except RunSuspended as suspended:
+                if suspended.wait_id is None:
+                    raise RuntimeError(f"run {run_id} suspended without a wait outside always-suspend mode") from None
+                end = Suspended(
+                    run_id=run_id,
+                    wait_id=suspended.wait_id,
+                    wait_run_id=suspended.wait_run_id,
+                    kind=suspended.kind,
+                    prompt=suspended.prompt,
+                )
+                if self.on_suspend is not None:
+                    self.on_suspend(end)
+                return end
+            finally:
+                await self.leases.release(run_id)
+
+        task = asyncio.create_task(guarded(), name=f"aethergraph-run-{run_id}")
+        self.tasks[run_id] = task
+        task.add_done_callback(lambda done: self._forget(run_id, done))
+        return task
+
+    def _forget(self, run_id: str, task: asyncio.Task[RunEnd]) -> None:
+        if self.tasks.get(run_id) is task:
+            del self.tasks[run_id]
+
+    async def drain(self) -> None:
+        """Wait until every run this process drives has ended or suspended."""
+        while self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+def _failure(run_id: str, end: RunFailed | RunCancelled) -> RunFailedError:
+    if isinstance(end, RunFailed):
+        where = f" at node {end.failed_node_id}" if end.failed_node_id else ""
+        return RunFailedError(
+            f"run {run_id} failed{where}: {end.error_type}: {end.message}",
+            run_id=run_id,
+            error_type=end.error_type,
+            node_id=end.failed_node_id,
+        )
+    return RunFailedError(
+        f"run {run_id} was cancelled: {end.reason or 'no reason given'}", run_id=run_id, error_type="Cancelled"
+    )
+
+
+class RunHandle:
+    """A run anywhere on the bus: ``await handle.result()``, ``await handle.status()``."""
+
+    def __init__(self, run_id: str, env: RunEnvironment, task: asyncio.Task[RunEnd] | None = None) -> None:
+        self.run_id = run_id
+        self._env = env
+        self._task = task
+
+    async def state(self) -> JournalState:
+        chain, _ = await load_journal(self._env, self.run_id)
+        state = journal_state(self.run_id, chain)
+        if state.started is None:
+            raise RunNotFoundError(f"run {self.run_id} does not exist on this bus", run_id=self.run_id)
+        return state
+
+    async def status(self) -> RunStatus:
+        """One of ``running``, ``waiting``, ``succeeded``, ``failed``, ``cancelled``."""
+        return (await self.state()).status
+
+    async def result(self, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109 - public API
+        """The run's outputs once it succeeds, whichever process finishes it.
+
+        Raises the body's own exception if this process ran the run and it
+        failed here, else :class:`~aethergraph.errors.RunFailedError`;
+        ``TimeoutError`` if ``timeout`` seconds pass first (the run goes on).
+        """
+        async with asyncio.timeout(timeout):
+            task = self._task
+            if task is not None:
+                end = await asyncio.shield(task)
+                if not isinstance(end, Suspended):
+                    return end
+            return await self._follow()
+
+    async def _follow(self) -> dict[str, Any]:
+        builder = ChainBuilder()
+        async for record in self._env.event_log.read_run(self.run_id, follow=True):
+            event = record.event
+            if not builder.add(event):
+                continue
+            if isinstance(event, RunCompleted):
+                return dict(event.outputs)
+            if isinstance(event, (RunFailed, RunCancelled)):
+                raise _failure(self.run_id, event)
+        raise RunNotFoundError(f"stopped reading run {self.run_id} before it ended", run_id=self.run_id)
+
+    async def wait_for_status(self, *statuses: RunStatus) -> RunStatus:
+        """Wait until the run reaches one of ``statuses`` (e.g. ``"waiting"``) and return it.
+
+        Bound the wait with ``asyncio.timeout`` around the call.
+        """
+        builder = ChainBuilder()
+        async for record in self._env.event_log.read_run(self.run_id, follow=True):
+            if not builder.add(record.event):
+                continue
+            status = journal_state(self.run_id, builder.chain).status
+            if status in statuses:
+                return status
+        raise RunNotFoundError(f"stopped reading run {self.run_id}", run_id=self.run_id)
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+
+async def cancel_quietly(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
