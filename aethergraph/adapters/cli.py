@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -12,11 +14,11 @@ import typer
 from rich.console import Console
 
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
-from aethergraph.core.errors import AetherGraphError
-from aethergraph.core.executor import execute_run
+from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.settings import Settings, load_settings
-from aethergraph.runtime import close_runtime, get_runtime, load_target
+from aethergraph.engine.runs import RunHandle, Suspended
+from aethergraph.runtime import close_runtime, get_runtime, load_target, resume, serve_worker
 
 from .console import add_event_row, event_line, event_table, event_to_json, outputs_table
 from .progress import RunProgress
@@ -93,8 +95,16 @@ def run(
     run_id: Annotated[str | None, typer.Option("--run-id", help="choose the run id (must be new)")] = None,
     events: Annotated[bool, typer.Option("--events/--no-events", help="print the run's events afterwards")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print outputs as JSON only")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="if the run waits for an answer, wait until a worker finishes it")
+    ] = False,
 ) -> None:
-    """Run a graph_fn (or tool) as a journaled run and print its outputs."""
+    """Run a graph_fn (or tool) as a journaled run and print its outputs.
+
+    A run that waits for an answer it cannot read here is left waiting (exit
+    status 3) unless --wait: answer it with `aethergraph resume`, and a worker
+    (`aethergraph worker MODULE`) continues it.
+    """
     try:
         spec = load_target(graph)
         inputs = spec.bind((), _parse_inputs(input or [], inputs_json))
@@ -110,7 +120,12 @@ def run(
         outputs: dict[str, Any] = {}
         async with RunProgress(runtime.bus.nc, chosen, spec.name, err_console):
             try:
-                outputs = await execute_run(spec, inputs, run_id=chosen, env=runtime)
+                end = await runtime.driver.start(spec, inputs, chosen)
+                if isinstance(end, Suspended):
+                    if not wait:
+                        raise typer.Exit(3)
+                    end = await RunHandle(chosen, runtime).result()
+                outputs = end
             except Exception as exc:  # noqa: BLE001 - reported below with the run id
                 failure = exc
         journal = [record.event async for record in runtime.event_log.read_run(chosen)] if events or failure else []
@@ -172,6 +187,122 @@ def events_command(
     if _drive(go) == 0:
         err_console.print(f"[yellow]no events for run {run_id}[/]")
         raise typer.Exit(1)
+
+
+@app.command("worker")
+def worker_command(
+    modules: Annotated[list[str], typer.Argument(help="modules (pkg.module or path/file.py) whose graphs to serve")],
+) -> None:
+    """Serve as a worker: continue resumed runs and take over runs of dead processes, until Ctrl-C."""
+    settings = _settings()
+    err_console.print(
+        f"[bold]worker[/] serving graphs of {', '.join(modules)}; takeover after {settings.lease_s:g}s of silence"
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_worker(*modules, stop=stop)
+
+    _drive(go)
+
+
+def _resume_payload(as_json: str | None, text: str | None, approve: bool | None) -> Any:
+    given = [value is not None for value in (as_json, text, approve)]
+    if sum(given) != 1:
+        raise typer.BadParameter("give exactly one of --json, --text, --approve/--reject")
+    if as_json is not None:
+        try:
+            return json.loads(as_json)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"--json is not valid JSON: {exc}") from None
+    if text is not None:
+        return text
+    return {"approved": bool(approve)}
+
+
+@app.command("resume")
+def resume_command(
+    run_id: Annotated[str, typer.Argument(help="the run (or nested run) whose wait to answer")],
+    as_json: Annotated[str | None, typer.Option("--json", help="the payload as JSON")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="the payload as a plain string")] = None,
+    approve: Annotated[
+        bool | None, typer.Option("--approve/--reject", help="shorthand for --json '{\"approved\": true|false}'")
+    ] = None,
+    wait_id: Annotated[str | None, typer.Option("--wait-id", help="which wait (needed if several are open)")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for a worker's answer")] = 10.0,
+) -> None:
+    """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>."""
+    try:
+        check_run_id(run_id)
+        payload = _resume_payload(as_json, text, approve)
+    except (typer.BadParameter, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    _settings()
+
+    async def go() -> None:
+        try:
+            outcome = await resume(run_id, payload, wait_id, timeout=timeout)
+        except ResumeRejectedError as exc:
+            err_console.print(f"[red]rejected ({exc.reason}):[/] {exc}")
+            raise typer.Exit(1) from None
+        if outcome is None:
+            console.print(f"resume of run {run_id} queued; no worker answered within {timeout:g}s")
+        elif outcome.status == "deferred":
+            console.print(f"[yellow]resume of run {run_id} queued:[/] {outcome.message}")
+        else:
+            console.print(
+                f"[green]resume of run {run_id} {outcome.status}[/] by {outcome.worker} (wait {outcome.wait_id})"
+            )
+
+    _drive(go)
+
+
+@app.command("status")
+def status_command(
+    run_id: Annotated[str, typer.Argument(help="the run")],
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Print a run's status and its open waits."""
+    try:
+        check_run_id(run_id)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    _settings()
+
+    async def go() -> dict[str, Any]:
+        state = await RunHandle(run_id, await get_runtime()).state()
+        assert state.started is not None
+        return {
+            "run_id": run_id,
+            "graph": state.started.graph_id,
+            "status": state.status,
+            "events": state.last_seq,
+            "waiting_on": (
+                {"wait_id": state.waiting_on.wait_id, "run_id": state.waiting_on.wait_run_id}
+                if state.waiting_on
+                else None
+            ),
+            "open_waits": [
+                {"wait_id": w.wait_id, "kind": w.kind, "prompt": w.prompt, "schema": w.payload_schema}
+                for w in state.open_waits.values()
+            ],
+        }
+
+    info = _drive(go)
+    if as_json:
+        sys.stdout.write(json.dumps(info) + "\n")
+        return
+    console.print(f"[bold]{run_id}[/] ({info['graph']}): [bold]{info['status']}[/] after {info['events']} events")
+    for wait in info["open_waits"]:
+        console.print(f"  open wait [bold]{wait['wait_id']}[/] ({wait['kind']}): {wait['prompt']}")
+    if info["waiting_on"] and info["waiting_on"]["run_id"] != run_id:
+        console.print(f"  waiting on wait {info['waiting_on']['wait_id']} of nested run {info['waiting_on']['run_id']}")
 
 
 @app.command("nats")
