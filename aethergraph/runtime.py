@@ -73,7 +73,6 @@ class Runtime:
         event_log = JetStreamEventLog(bus.nc, bus.js, max_event_bytes=settings.max_event_bytes)
         await event_log.start()
         leases = JetStreamLeases(bus.nc, bus.js, worker_id, lease_s=settings.lease_s)
-        await leases.start()
         if inline_answers is None:
             inline_answers = settings.console_input == "always" or (
                 settings.console_input == "auto" and sys.stdin is not None and sys.stdin.isatty()
@@ -167,6 +166,8 @@ def _import_module(module_name: str, *, reference: str | None = None) -> ModuleT
             path = Path(module_name).resolve()
             if not path.is_file():
                 raise GraphNotFoundError(f"no Python file at {path} (from {what!r})")
+            if str(path.parent) not in sys.path:
+                sys.path.insert(0, str(path.parent))  # as when running the file: its siblings import
             spec = importlib.util.spec_from_file_location(path.stem, path)
             if spec is None or spec.loader is None:
                 raise GraphNotFoundError(f"cannot import {path} (from {what!r})")

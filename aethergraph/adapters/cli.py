@@ -118,17 +118,23 @@ def run(
         runtime = await get_runtime()
         failure: BaseException | None = None
         outputs: dict[str, Any] = {}
+        waiting = False
         async with RunProgress(runtime.bus.nc, chosen, spec.name, err_console):
             try:
                 end = await runtime.driver.start(spec, inputs, chosen)
-                if isinstance(end, Suspended):
-                    if not wait:
-                        raise typer.Exit(3)
+                if isinstance(end, Suspended) and wait:
                     end = await RunHandle(chosen, runtime).result()
-                outputs = end
+                if isinstance(end, Suspended):
+                    waiting = True
+                else:
+                    outputs = end
             except Exception as exc:  # noqa: BLE001 - reported below with the run id
                 failure = exc
         journal = [record.event async for record in runtime.event_log.read_run(chosen)] if events or failure else []
+        if waiting:
+            if journal:
+                _print_events(chosen, journal)
+            raise typer.Exit(3)
         if failure is not None:
             if journal:
                 _print_events(chosen, journal)

@@ -10,14 +10,21 @@ from rich.table import Table
 from rich.text import Text
 
 from aethergraph.core.events import (
+    ChannelSent,
+    CheckpointSaved,
     Event,
     LogRecorded,
+    RunClaimed,
     RunCompleted,
     RunFailed,
     RunStarted,
+    RunWaiting,
     ToolCalled,
     ToolFailed,
     ToolReturned,
+    WaitExpired,
+    WaitRequested,
+    WaitResumed,
 )
 
 __all__ = ["add_event_row", "event_line", "event_summary", "event_table", "event_to_json", "outputs_table"]
@@ -48,10 +55,27 @@ def event_summary(event: Event) -> str:
             return f"{event.tool} raised {event.error_type}: {event.message}"
         case LogRecorded():
             return f"[{event.level}] {event.message}"
+        case RunClaimed():
+            return f"{event.reason} (previous writer {event.previous_worker})"
+        case RunWaiting():
+            where = "" if event.wait_run_id == event.run_id else f" of run {event.wait_run_id}"
+            return f"released until wait {event.wait_id}{where} is answered"
+        case WaitRequested():
+            deadline = "" if event.deadline_us is None else f" (deadline {event.deadline_us // 1_000_000})"
+            return f"{event.wait_id} {event.kind} on {event.channel}: {event.prompt}{deadline}"
+        case WaitResumed():
+            via = "inline" if event.command_seq is None else f"command {event.command_seq}"
+            return f"{event.wait_id} <- {_short(event.payload, 60)} ({via})"
+        case WaitExpired():
+            return f"{event.wait_id} passed its deadline"
+        case ChannelSent():
+            return f"{event.channel}: {event.text}"
+        case CheckpointSaved():
+            return f"{event.key} = {_short(event.state, 60)}"
     fields = {
         name: getattr(event, name)
         for name in event.__struct_fields__
-        if name not in {"run_id", "seq", "ts", "worker", "parent", "node_id"}
+        if name not in {"run_id", "seq", "ts", "worker", "parent", "node_id", "epoch"}
     }
     return _short(fields, 100)
 

@@ -73,7 +73,11 @@ class JetStreamLeases:
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Publish the first heartbeat (stored before this returns) and keep publishing."""
+        """Publish the first heartbeat (stored before this returns) and keep publishing.
+
+        Processes that only read or publish commands never heartbeat: the
+        heartbeat starts with the first run this process drives.
+        """
         if self._heartbeat is not None:
             return
         await self._js.publish(worker_lease_subject(self.worker_id), b"", headers={"Nats-TTL": self._ttl})
@@ -95,7 +99,9 @@ class JetStreamLeases:
             self._heartbeat = None
 
     async def own(self, run_id: str, graph_id: str) -> None:
-        """Record (durably) that this process drives ``run_id``."""
+        """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
+        if self._heartbeat is None:
+            await self.start()
         await self._js.publish(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
 
     async def release(self, run_id: str, *, worker_id: str | None = None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aethergraph.bus.leases import JetStreamLeases
-from aethergraph.core.errors import RunFailedError, RunNotFoundError, RunSuspended
+from aethergraph.core.errors import RunFailedError, RunNotFoundError, RunSuspended, StaleWriterError
 from aethergraph.core.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.core.executor import execute_run, load_journal
 from aethergraph.core.ports import RunEnvironment
@@ -139,8 +139,11 @@ class RunHandle:
         async with asyncio.timeout(timeout):
             task = self._task
             if task is not None:
-                end = await asyncio.shield(task)
-                if not isinstance(end, Suspended):
+                try:
+                    end = await asyncio.shield(task)
+                except StaleWriterError:
+                    end = None  # another process claimed the run (it answered a wait); it finishes it
+                if end is not None and not isinstance(end, Suspended):
                     return end
             return await self._follow()
 

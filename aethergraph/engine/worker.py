@@ -73,6 +73,7 @@ class Worker:
 
     async def serve(self) -> None:
         """Take commands and dead processes' runs until :meth:`stop`; then let running runs finish."""
+        await self._leases.start()
         stop_watching = await self._leases.watch_deaths(self._on_death)
         sub = await self._commands.resume_subscription()
         try:
