@@ -247,7 +247,8 @@ async def resume(
     """
     runtime = await get_runtime()
     chain, _ = await load_journal(runtime, check_run_id(run_id))
-    check_resume(journal_state(run_id, chain), wait_id, payload)
+    # Name the wait that was checked, so the answer can never land on a later one.
+    wait_id = check_resume(journal_state(run_id, chain), wait_id, payload).wait_id
     if not wait:
         await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
         return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import sys
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -98,6 +98,54 @@ def _describe(event: Event) -> str:
     return str(event.__struct_config__.tag)
 
 
+def _inside_finished_calls(journal: Sequence[Event], outcomes: Mapping[int, Event]) -> set[int]:
+    """Sequences of the events recorded inside tool calls that finished.
+
+    Replay returns a finished call's recorded outcome without executing it, so
+    the steps its code took (its own waits, values, messages, nested tool
+    calls) are not taken again. An event is inside the call whose
+    ``tool.called`` its causal chain reaches without passing that call's
+    outcome; an outcome leads on to whatever encloses its call.
+    """
+    by_seq = {event.seq: event for event in journal}
+    enclosing: dict[int, int | None] = {}
+
+    def enclosing_call(seq: int | None) -> int | None:
+        """The ``tool.called`` enclosing the event with sequence ``seq`` (None: the graph body)."""
+        path: list[int] = []
+        found: int | None = None
+        while seq is not None and seq not in enclosing:
+            event = by_seq.get(seq)
+            if event is None:
+                break
+            if isinstance(event, ToolCalled):
+                found = seq
+                break
+            path.append(seq)
+            if isinstance(event, (ToolReturned, ToolFailed)) and event.parent is not None:
+                opening = by_seq.get(event.parent)
+                seq = opening.parent if opening is not None else None
+            else:
+                seq = event.parent
+        else:
+            if seq is not None:
+                found = enclosing[seq]
+        for visited in path:
+            enclosing[visited] = found
+        return found
+
+    hidden: set[int] = set()
+    for event in journal:
+        call = enclosing_call(event.parent) if not isinstance(event, (ToolReturned, ToolFailed)) else None
+        while call is not None:
+            if call in outcomes or call in hidden:
+                hidden.add(event.seq)
+                break
+            opening = by_seq[call]
+            call = enclosing_call(opening.parent)
+    return hidden
+
+
 class ReplayCursor:
     """Hands recorded steps to a re-running function, in journal order."""
 
@@ -110,10 +158,11 @@ class ReplayCursor:
             for event in journal
             if isinstance(event, (ToolReturned, ToolFailed)) and event.parent is not None
         }
+        hidden = _inside_finished_calls(journal, outcomes)
         self._steps: deque[RecordedStep] = deque(
             RecordedStep(event, outcomes.get(event.seq) if isinstance(event, ToolCalled) else None)
             for event in journal
-            if isinstance(event, (ToolCalled, ValueRecorded, WaitRequested, ChannelSent))
+            if isinstance(event, (ToolCalled, ValueRecorded, WaitRequested, ChannelSent)) and event.seq not in hidden
         )
         self.resolutions: dict[str, WaitResumed | WaitExpired] = {
             event.wait_id: event for event in journal if isinstance(event, (WaitResumed, WaitExpired))

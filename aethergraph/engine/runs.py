@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from aethergraph.core.resume import JournalState, RunStatus, journal_state
 from aethergraph.core.spec import CallableSpec
 
 __all__ = ["RunDriver", "RunHandle", "Suspended"]
+
+log = logging.getLogger("aethergraph.runs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,9 @@ class RunDriver:
                     self.on_suspend(end)
                 return end
             finally:
-                await self.leases.release(run_id)
+                current = self.tasks.get(run_id)
+                if current is None or current is asyncio.current_task():
+                    await self.leases.release(run_id)  # not while a newer drive of the run goes on here
 
         task = asyncio.create_task(guarded(), name=f"aethergraph-run-{run_id}")
         self.tasks[run_id] = task
@@ -89,6 +94,10 @@ class RunDriver:
     def _forget(self, run_id: str, task: asyncio.Task[RunEnd]) -> None:
         if self.tasks.get(run_id) is task:
             del self.tasks[run_id]
+        # The failure is journaled (run.failed) and raised to whoever awaits a handle;
+        # retrieve it here so that an unawaited task is not reported at garbage collection.
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("run %s stopped in this process: %r", run_id, task.exception())
 
     async def drain(self) -> None:
         """Wait until every run this process drives has ended or suspended."""
@@ -141,7 +150,9 @@ class RunHandle:
             if task is not None:
                 try:
                     end = await asyncio.shield(task)
-                except StaleWriterError:
+                except StaleWriterError as exc:
+                    if exc.seq is None or exc.seq <= 1:
+                        raise  # run.started refused: the run id was already taken
                     end = None  # another process claimed the run (it answered a wait); it finishes it
                 if end is not None and not isinstance(end, Suspended):
                     return end

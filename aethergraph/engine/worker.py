@@ -29,7 +29,7 @@ from aethergraph.bus.commands import JetStreamCommands, ResumeOutcome, decode_re
 from aethergraph.bus.leases import JetStreamLeases, OwnedRun
 from aethergraph.bus.topology import run_id_of_command
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, StaleWriterError
-from aethergraph.core.events import RunStarted
+from aethergraph.core.events import RunClaimed, RunStarted
 from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.resume import accept_resume, journal_state
@@ -209,6 +209,9 @@ class Worker:
             return
         started = chain[0]
         assert isinstance(started, RunStarted)
+        writer = next(event for event in reversed(chain) if isinstance(event, (RunStarted, RunClaimed)))
+        if writer.worker != owned.worker_id:
+            return  # someone already continued the run after its owner died
         await self._leases.own(owned.run_id, spec.name)
         try:
             scope = await claim_run(spec, started, chain, last_stream_seq, env, reason="takeover")
