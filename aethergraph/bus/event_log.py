@@ -41,7 +41,10 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.events import AnyEvent, Event
 
-from .topology import event_subject, run_events_filter
+from .topology import EVENTS_STREAM, event_subject, run_events_filter
+
+# Events read in one direct get before a reader switches to a consumer.
+DIRECT_BATCH = 512
 
 __all__ = ["JetStreamEventLog", "JetStreamRunWriter", "PublishedAck", "StoredRecord"]
 
@@ -301,6 +304,7 @@ class JetStreamEventLog:
     """The :class:`aethergraph.core.ports.EventLog` on JetStream."""
 
     def __init__(self, nc: Client, js: JetStreamContext, *, max_event_bytes: int, ack_timeout_s: float = 10.0) -> None:
+        self._direct_timeout_s = ack_timeout_s
         self._nc = nc
         self._js = js
         self.max_event_bytes = max_event_bytes
@@ -319,11 +323,50 @@ class JetStreamEventLog:
     async def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredRecord]:
         """Every stored event of ``run_id`` in stream order; with ``follow``, then wait for more.
 
-        Messages arrive through an ordered consumer's callback into a local
-        buffer; the stream sequence and the pending count are read from the
-        acknowledgement subject rather than by building nats-py's metadata
-        objects, which halves the cost per event.
+        A short journal is read with one batched direct get (no consumer is
+        created). A longer one, and a followed one, comes through an ordered
+        consumer's callback into a local buffer; the stream sequence and the
+        pending count are read from the acknowledgement subject rather than by
+        building nats-py's metadata objects, which halves the cost per event.
         """
+        after = 0
+        if not follow:
+            batch, complete = await self._direct_batch(run_id)
+            for record in batch:
+                yield record
+            if complete:
+                return
+            after = batch[-1].stream_seq
+        async for record in self._consume(run_id, follow=follow):
+            if record.stream_seq > after:
+                yield record
+
+    async def _direct_batch(self, run_id: str) -> tuple[list[StoredRecord], bool]:
+        """Up to ``DIRECT_BATCH`` of the run's first events by direct get; True if that is all of them."""
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        records: list[StoredRecord] = []
+        request = msgspec.json.encode({"seq": 1, "next_by_subj": run_events_filter(run_id), "batch": DIRECT_BATCH})
+        try:
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", request, reply=inbox)
+            pending = 0
+            while True:
+                msg = await sub.next_msg(timeout=self._direct_timeout_s)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status in ("204", "404"):  # end of batch / nothing stored for the run
+                        return records, pending == 0 and len(records) < DIRECT_BATCH
+                    raise EventRejectedError(
+                        f"direct get of run {run_id} failed: {status} {headers.get('Description', '')}", run_id=run_id
+                    )
+                records.append(StoredRecord(event=decode_event(msg.data), stream_seq=int(headers["Nats-Sequence"])))
+                pending = int(headers.get("Nats-Num-Pending", "0"))
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _consume(self, run_id: str, *, follow: bool) -> AsyncIterator[StoredRecord]:
         buffer: collections.deque[tuple[bytes, int, bool]] = collections.deque()
         wake = asyncio.Event()
 
@@ -332,8 +375,13 @@ class JetStreamEventLog:
             buffer.append((msg.data, stream_seq, pending == 0))
             wake.set()
 
+        # The server drops the consumer soon after this reader unsubscribes.
         sub = await self._js.subscribe(
-            run_events_filter(run_id), cb=deliver, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+            run_events_filter(run_id),
+            cb=deliver,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=1.0,
         )
         try:
             if not follow:

@@ -117,7 +117,7 @@ class JetStreamLeases:
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                 ack_policy=AckPolicy.NONE,
-                inactive_threshold=30.0,
+                inactive_threshold=2.0,
                 mem_storage=True,
             ),
         )
