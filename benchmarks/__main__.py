@@ -21,7 +21,16 @@ from types import ModuleType
 
 from rich.console import Console
 
-from . import bench_codec, bench_cold_start, bench_publish, bench_replay, bench_steps
+from . import (
+    bench_codec,
+    bench_cold_start,
+    bench_publish,
+    bench_replay,
+    bench_resume,
+    bench_steps,
+    bench_suspended_memory,
+    bench_takeover,
+)
 from .harness import (
     BenchContext,
     BenchResult,
@@ -43,7 +52,17 @@ from .report import (
 )
 
 BENCHMARKS: dict[str, ModuleType] = {
-    module.NAME: module for module in (bench_publish, bench_steps, bench_cold_start, bench_replay, bench_codec)
+    module.NAME: module
+    for module in (
+        bench_publish,
+        bench_steps,
+        bench_cold_start,
+        bench_replay,
+        bench_codec,
+        bench_resume,
+        bench_suspended_memory,
+        bench_takeover,
+    )
 }
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

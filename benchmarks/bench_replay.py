@@ -1,4 +1,4 @@
-"""4. Replay read speed: reading a long run's events back with ``event_log.read_run``."""
+"""4. Replay speed: reading a long run's events back, and continuing a run by replaying its journal."""
 
 from __future__ import annotations
 
@@ -9,15 +9,22 @@ from nats.js.api import DeliverPolicy
 
 from aethergraph import Settings
 from aethergraph.bus.topology import run_events_filter
+from aethergraph.core.errors import RunSuspended
+from aethergraph.core.events import RunStarted, ToolCalled
+from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.engine.runs import Suspended
+from aethergraph.runtime import Runtime, load_target
 
-from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, rotate, value_figure
+from . import graphs_durable
+from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, median, rotate, value_figure
 from .workload import chunks, step_events
 
 NAME = "replay"
-TITLE = "4. Replay read speed"
+TITLE = "4. Replay speed"
 EVENTS = 20_000
+STEPS = 5_000
+TARGET_ENTRIES_PER_S = 50_000
 
 
 async def _raw_read(runtime: Runtime, run_id: str, expected: int) -> float:
@@ -51,6 +58,108 @@ async def _read_run(runtime: Runtime, run_id: str, expected: int) -> float:
     return elapsed
 
 
+async def _replay_once(runtime: Runtime, run_id: str) -> tuple[int, float, float, float]:
+    """Continue the run by replay up to its open wait: (journal entries, read s, claim s, body s).
+
+    What a worker does to continue a run (``resume_run``), in timed pieces:
+    read the journal from the stream, commit a fenced ``run.claimed``, then
+    re-run the graph body, which takes every recorded step's outcome from the
+    journal and suspends again at the unanswered wait (committing
+    ``run.waiting``).
+    """
+    spec = load_target(graphs_durable.bench_replay_chain)
+    started = time.perf_counter()
+    chain, last_stream_seq = await load_journal(runtime, run_id)
+    read = time.perf_counter()
+    first = chain[0]
+    assert isinstance(first, RunStarted)
+    scope = await claim_run(spec, first, chain, last_stream_seq, runtime, reason="replay")
+    claimed = time.perf_counter()
+    try:
+        await drive_run(spec, first.inputs, scope, first.seq)
+    except RunSuspended:
+        pass
+    else:
+        raise RuntimeError(f"run {run_id} finished instead of suspending at its wait")
+    done = time.perf_counter()
+    return len(chain), read - started, claimed - read, done - claimed
+
+
+async def _measure_resume(ctx: BenchContext, runtime: Runtime, repeats: int) -> list[Figure]:
+    sync = DEFAULT_SYNC
+    run_id = new_run_id()
+    ctx.say(f"journaling a run of {STEPS:,} tool steps that then waits (executed live, {STEPS:,} durable steps)")
+    runtime.driver.on_suspend = None
+    spec = load_target(graphs_durable.bench_replay_chain)
+    end = await runtime.driver.start(spec, spec.bind((), {"steps": STEPS}), run_id)
+    if not isinstance(end, Suspended):
+        raise RuntimeError(f"the {STEPS:,}-step run did not suspend at its wait: {end!r}")
+    ctx.say("warm-up replay")
+    await _replay_once(runtime, run_id)
+    entries: list[int] = []
+    reads: list[float] = []
+    claims: list[float] = []
+    bodies: list[float] = []
+    for index in range(repeats):
+        ctx.say(f"repeat {index + 1}/{repeats}: continue the {STEPS:,}-step run by replay")
+        count, read, claim, body = await _replay_once(runtime, run_id)
+        entries.append(count)
+        reads.append(read)
+        claims.append(claim)
+        bodies.append(body)
+    chain, _ = await load_journal(runtime, run_id)
+    live_steps = sum(1 for event in chain if isinstance(event, ToolCalled))
+    if live_steps != STEPS:
+        raise RuntimeError(f"replay executed steps live: the journal holds {live_steps} tool calls, not {STEPS}")
+    totals = [entries[i] / (reads[i] + claims[i] + bodies[i]) for i in range(repeats)]
+    verdict = "met" if median(totals) >= TARGET_ENTRIES_PER_S else "missed"
+    return [
+        value_figure(
+            NAME,
+            "resume_total",
+            f"continue a {STEPS:,}-step run by replay: read + claim + re-run the body (journal entries)",
+            totals,
+            unit="events/s",
+            per_repeat_n=entries[0],
+            better="higher",
+            sync_interval=sync,
+            note=f"target ≥{TARGET_ENTRIES_PER_S:,} entries/s: {verdict}",
+            extra={"entries": entries, "read_s": reads, "claim_s": claims, "body_s": bodies},
+        ),
+        value_figure(
+            NAME,
+            "resume_read",
+            "part: `load_journal` (`read_run` + journal chain) of that run",
+            [entries[i] / reads[i] for i in range(repeats)],
+            unit="events/s",
+            per_repeat_n=entries[0],
+            better="higher",
+            sync_interval=sync,
+        ),
+        value_figure(
+            NAME,
+            "resume_claim",
+            "part: `claim_run`: commit the fenced `run.claimed`, build the replay cursor",
+            [claim * 1e3 for claim in claims],
+            unit="ms",
+            per_repeat_n=1,
+            better="lower",
+            sync_interval=sync,
+        ),
+        value_figure(
+            NAME,
+            "resume_body",
+            f"part: re-run the graph body over the {STEPS:,} recorded steps (to the open wait)",
+            [STEPS / body for body in bodies],
+            unit="steps/s",
+            per_repeat_n=STEPS,
+            better="higher",
+            sync_interval=sync,
+            note="incl. committing `run.waiting` at the wait",
+        ),
+    ]
+
+
 async def _measure(ctx: BenchContext) -> list[Figure]:
     repeats = ctx.pick(7, 3)
     sync = DEFAULT_SYNC
@@ -76,6 +185,7 @@ async def _measure(ctx: BenchContext) -> list[Figure]:
                         results[variant].append(await _read_run(runtime, run_id, EVENTS))
                     else:
                         results[variant].append(await _raw_read(runtime, run_id, EVENTS))
+            resume_figures = await _measure_resume(ctx, runtime, repeats)
         finally:
             await runtime.close()
     return [
@@ -99,6 +209,7 @@ async def _measure(ctx: BenchContext) -> list[Figure]:
             better="higher",
             sync_interval=sync,
         ),
+        *resume_figures,
     ]
 
 
@@ -108,5 +219,9 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         f"The stream holds the {EVENTS:,}-event run and another run of the same size written interleaved in "
         "1,000-event chunks, so the read is subject-filtered as in a shared stream.",
         "Timed from the call to the last event, including consumer creation and teardown.",
+        f"The replay rows continue a run of `bench_replay_chain` ({STEPS:,} steps of a tool returning a small int, "
+        "then an unanswered `context.wait`) the way a worker does (`resume_run`): `load_journal`, `claim_run`, "
+        "`drive_run`; the body takes every step's outcome from the journal and suspends again at the wait, so "
+        "nothing runs live. Journal entries are the events of the run's journal (two per step).",
     ]
     return figures, notes
