@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from aethergraph.core.codec import decode_event, encode_event
 from aethergraph.core.errors import (
@@ -44,7 +44,7 @@ from aethergraph.core.events import AnyEvent, Event
 from .topology import EVENTS_STREAM, event_subject, run_events_filter
 
 # Events read in one direct get before a reader switches to a consumer.
-DIRECT_BATCH = 512
+DIRECT_BATCH = 64
 
 __all__ = ["JetStreamEventLog", "JetStreamRunWriter", "PublishedAck", "StoredRecord"]
 
@@ -337,9 +337,8 @@ class JetStreamEventLog:
             if complete:
                 return
             after = batch[-1].stream_seq
-        async for record in self._consume(run_id, follow=follow):
-            if record.stream_seq > after:
-                yield record
+        async for record in self._consume(run_id, follow=follow, start_seq=after + 1):
+            yield record
 
     async def _direct_batch(self, run_id: str) -> tuple[list[StoredRecord], bool]:
         """Up to ``DIRECT_BATCH`` of the run's first events by direct get; True if that is all of them."""
@@ -366,7 +365,7 @@ class JetStreamEventLog:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    async def _consume(self, run_id: str, *, follow: bool) -> AsyncIterator[StoredRecord]:
+    async def _consume(self, run_id: str, *, follow: bool, start_seq: int = 1) -> AsyncIterator[StoredRecord]:
         buffer: collections.deque[tuple[bytes, int, bool]] = collections.deque()
         wake = asyncio.Event()
 
@@ -380,8 +379,12 @@ class JetStreamEventLog:
             run_events_filter(run_id),
             cb=deliver,
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
             inactive_threshold=1.0,
+            **(
+                {"deliver_policy": DeliverPolicy.ALL}
+                if start_seq <= 1
+                else {"config": ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)}
+            ),
         )
         try:
             if not follow:
