@@ -64,6 +64,15 @@ def _drive(make: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
+def _checked_run_id(run_id: str) -> str:
+    """``run_id``, or exit with status 2 saying what a run id may contain."""
+    try:
+        return check_run_id(run_id)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
 def _parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if inputs_json:
@@ -166,11 +175,7 @@ def events_command(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
 ) -> None:
     """Print a run's events in journal order."""
-    try:
-        check_run_id(run_id)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    _checked_run_id(run_id)
     _settings()
 
     async def go() -> int:
@@ -242,10 +247,10 @@ def resume_command(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for a worker's answer")] = 10.0,
 ) -> None:
     """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>."""
+    _checked_run_id(run_id)
     try:
-        check_run_id(run_id)
         payload = _resume_payload(as_json, text, approve)
-    except (typer.BadParameter, ValueError) as exc:
+    except typer.BadParameter as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     _settings()
@@ -274,11 +279,7 @@ def status_command(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
     """Print a run's status and its open waits."""
-    try:
-        check_run_id(run_id)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    _checked_run_id(run_id)
     _settings()
 
     async def go() -> dict[str, Any]:
