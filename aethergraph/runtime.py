@@ -30,6 +30,7 @@ from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
 from aethergraph.core.resume import check_resume, journal_state
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
+from aethergraph.engine.queries import ProjectionAccess, serve_projections
 from aethergraph.engine.runs import RunDriver, RunHandle, Suspended
 from aethergraph.engine.worker import Worker
 
@@ -39,9 +40,12 @@ __all__ = [
     "get_run",
     "get_runtime",
     "load_target",
+    "query",
+    "query_async",
     "resume",
     "run",
     "run_async",
+    "serve_projector",
     "serve_worker",
     "start_run",
     "start_server",
@@ -287,16 +291,49 @@ async def serve_worker(*modules: str, stop: asyncio.Event | None = None) -> None
             await serving
 
 
-def run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
-    """Synchronous :func:`run_async` for scripts; opens and closes its own event loop."""
+async def query_async(sql: str, params: list[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run SQL on the projections (tables ``runs``, ``nodes``, ``tool_calls``, ``waits``, ``edges``, ...).
+
+    Asked of the workspace's projector when one runs (``aethergraph
+    projector`` or :func:`serve_projector`), so the answer reflects live data;
+    otherwise this process folds the stream into the workspace's store first.
+    Rows come back as dicts keyed by column name. See docs/lineage.md.
+    """
+    runtime = await get_runtime()
+    result = await ProjectionAccess(runtime.bus, runtime.settings).query(sql, params)
+    return result.dicts()
+
+
+def query(sql: str, params: list[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Synchronous :func:`query_async` for scripts and notebooks without a running event loop."""
+    _refuse_running_loop("aethergraph.query()", "await aethergraph.query_async(...)")
+
+    async def _main() -> list[dict[str, Any]]:
+        try:
+            return await query_async(sql, params)
+        finally:
+            await close_runtime()
+
+    return asyncio.run(_main())
+
+
+async def serve_projector(stop: asyncio.Event | None = None) -> None:
+    """Own the workspace's projection store: fold new events and answer queries until ``stop`` is set."""
+    runtime = await get_runtime()
+    await serve_projections(runtime.bus, runtime.settings, stop or asyncio.Event())
+
+
+def _refuse_running_loop(what: str, instead: str) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    else:
-        raise RuntimeError(
-            "aethergraph.run() was called inside a running event loop; use `await aethergraph.run_async(...)`"
-        )
+        return
+    raise RuntimeError(f"{what} was called inside a running event loop; use `{instead}`")
+
+
+def run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
+    """Synchronous :func:`run_async` for scripts; opens and closes its own event loop."""
+    _refuse_running_loop("aethergraph.run()", "await aethergraph.run_async(...)")
 
     async def _main() -> dict[str, Any]:
         try:

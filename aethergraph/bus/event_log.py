@@ -41,6 +41,7 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.events import AnyEvent, Event
 
+from .dispatch import SyncDispatchQueue, delivery_position
 from .topology import EVENTS_STREAM, event_subject, run_events_filter
 
 # Events read in one direct get before a reader switches to a consumer.
@@ -80,17 +81,6 @@ class StoredRecord:
 AckHandler = Callable[[PublishedAck | BaseException], None]
 
 
-class _DispatchQueue(asyncio.Queue[Msg]):
-    """Hands each reply to the router as the client parses it, without a task hop."""
-
-    def __init__(self, handler: Callable[[Msg], None]) -> None:
-        super().__init__()
-        self._handler = handler
-
-    def put_nowait(self, item: Msg) -> None:
-        self._handler(item)
-
-
 class _AckRouter:
     """Routes JetStream acknowledgements from one wildcard inbox to handlers."""
 
@@ -115,7 +105,7 @@ class _AckRouter:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._prefix + ".*")
-        self._sub._pending_queue = _DispatchQueue(self._on_reply)
+        self._sub._pending_queue = SyncDispatchQueue(self._on_reply)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -370,7 +360,7 @@ class JetStreamEventLog:
         wake = asyncio.Event()
 
         async def deliver(msg: Msg) -> None:
-            stream_seq, pending = _position(msg)
+            stream_seq, pending = delivery_position(msg)
             buffer.append((msg.data, stream_seq, pending == 0))
             wake.set()
 
@@ -404,17 +394,3 @@ class JetStreamEventLog:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-
-def _position(msg: Msg) -> tuple[int, int]:
-    """``(stream sequence, pending)`` of a JetStream delivery, from its acknowledgement subject.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>``,
-    or the form with domain and account hash after ``$JS.ACK`` (12 tokens).
-    """
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[5]), int(tokens[8])
-    if len(tokens) >= 11:
-        return int(tokens[7]), int(tokens[10])
-    metadata = msg.metadata
-    return metadata.sequence.stream, metadata.num_pending

@@ -11,6 +11,8 @@ Public subject contract (documented in docs/events.md):
   command (accepted, rejected with a reason, deferred).
 * ``ag.cmd.schedule.<run_id>.<wait_id>`` holds a wait's deadline as a
   JetStream message schedule that publishes the expiry to the resume subject.
+* ``ag.proj.<store_id>.query`` is where the process that owns a projection
+  store answers SQL queries for other processes (request/reply, not stored).
 * ``ag.lease.worker.<worker_id>`` is a process's heartbeat (a message with a
   TTL; its expiry marker announces the process's death) and
   ``ag.lease.run.<worker_id>.<run_id>`` records which process drives a run.
@@ -46,6 +48,8 @@ __all__ = [
     "event_subject",
     "outcome_subject",
     "parse_run_owner",
+    "projector_consumer",
+    "projector_query_subject",
     "resume_subject",
     "run_events_filter",
     "run_id_of_command",
@@ -120,6 +124,15 @@ def parse_run_owner(subject: str) -> tuple[str, str]:
     """``(worker_id, run_id)`` of ``ag.lease.run.<worker_id>.<run_id>``."""
     worker_id, _, run_id = subject[len(_RUN_OWNER_PREFIX) :].partition(".")
     return worker_id, run_id
+
+
+def projector_consumer(store_id: str) -> str:
+    """The durable consumer through which the projector of store ``store_id`` reads the journal."""
+    return f"ag-proj-{store_id}"
+
+
+def projector_query_subject(store_id: str) -> str:
+    return f"ag.proj.{store_id}.query"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,8 @@ __all__ = [
     "NonDeterminismError",
     "NotInRunError",
     "OutputError",
+    "ProjectionError",
+    "ProjectionLockedError",
     "ReplayedError",
     "ResumeRejectedError",
     "RunFailedError",
@@ -155,6 +157,14 @@ class ResumeRejectedError(AetherGraphError, ValueError):
         super().__init__(message, run_id=run_id)
         self.reason = reason
         self.wait_id = wait_id
+
+
+class ProjectionError(AetherGraphError):
+    """The projection store could not be opened, written or queried (bad SQL lands here)."""
+
+
+class ProjectionLockedError(ProjectionError):
+    """Another process holds the projection store's DuckDB file (one writer per file)."""
 
 
 class RunSuspended(BaseException):

@@ -19,6 +19,7 @@ import msgspec
 __all__ = [
     "EVENT_TYPES",
     "AnyEvent",
+    "ArtifactSaved",
     "ChannelSent",
     "CheckpointSaved",
     "Event",
@@ -228,6 +229,26 @@ class CheckpointSaved(Event, frozen=True, kw_only=True, tag="checkpoint.saved"):
     state: Any = None
 
 
+# --- artifacts --------------------------------------------------------------------
+
+
+class ArtifactSaved(Event, frozen=True, kw_only=True, tag="artifact.saved"):
+    """Content saved by a node: ``artifact_id`` is the content's sha256, ``uri`` where it is stored.
+
+    ``run_id``/``node_id`` name the producer, ``tool`` the producing node's
+    tool, so lineage can walk from an artifact back to the inputs it came from.
+    """
+
+    artifact_id: str
+    uri: str
+    kind: str = ""
+    name: str = ""
+    mime: str = ""
+    size: int = 0
+    labels: dict[str, Any] = {}
+    tool: str = ""
+
+
 # --- observability --------------------------------------------------------------
 
 
@@ -259,6 +280,7 @@ AnyEvent: TypeAlias = (
     | WaitExpired
     | ChannelSent
     | CheckpointSaved
+    | ArtifactSaved
     | LogRecorded
 )
 

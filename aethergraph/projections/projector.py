@@ -1,0 +1,202 @@
+"""``Projector``: folds the journal stream into a :class:`ProjectionStore`.
+
+It reads through a durable push consumer (``ag-proj-<store_id>``) created at
+the store's own cursor: the store, not the server, is the source of truth for
+where to resume, because the cursor commits in the same DuckDB transaction as
+the rows. Deliveries land in a buffer without a task per message; each batch
+is decoded, folded and committed in a worker thread, then acknowledged with
+one AckAll acknowledgement, so the server keeps at most ``window`` messages in
+flight and never redelivers what was committed (if it does, the store skips
+it by sequence).
+
+A message that does not decode, or whose body disagrees with its subject, or
+that a projection cannot fold, goes to ``dead_letters`` with the raw bytes and
+the reason; the projector does not stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from aethergraph.bus.connection import BusConnection
+from aethergraph.bus.dispatch import SyncDispatchQueue, delivery_position
+from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject, projector_consumer
+from aethergraph.core.codec import decode_event
+from aethergraph.core.errors import ProjectionError
+
+from .fold import Decoded
+from .store import DeadLetter, ProjectionStore
+
+__all__ = ["ProgressCallback", "Projector", "ProjectorStats", "decode_message"]
+
+ProgressCallback = Callable[[int, int], None]
+"""Called after each batch with (stream sequence reached, target sequence or 0 when following)."""
+
+
+@dataclass(slots=True)
+class ProjectorStats:
+    batches: int = 0
+    messages: int = 0
+    dead_letters: int = 0
+
+
+def decode_message(stream_seq: int, subject: str, data: bytes) -> Decoded | DeadLetter:
+    """One stored journal message as a decoded event, or as a dead letter with the reason."""
+    try:
+        event = decode_event(data)
+        raw = data.decode()
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return DeadLetter(stream_seq, subject, bytes(data), f"undecodable event: {exc}")
+    expected = event_subject(event.run_id, event.__struct_config__.tag)  # type: ignore[arg-type]
+    if subject != expected:
+        return DeadLetter(
+            stream_seq, subject, bytes(data), f"subject {subject} does not match the event (expected {expected})"
+        )
+    return Decoded(stream_seq, event, raw)
+
+
+class Projector:
+    """Keeps ``store`` up to date with the ``AG_EVENTS`` stream."""
+
+    def __init__(
+        self,
+        bus: BusConnection,
+        store: ProjectionStore,
+        *,
+        store_id: str,
+        batch_max: int = 4096,
+        window: int = 32768,
+    ) -> None:
+        self._bus = bus
+        self._store = store
+        self._consumer = projector_consumer(store_id)
+        self._batch_max = batch_max
+        self._window = window
+        self.stats = ProjectorStats()
+
+    @property
+    def store(self) -> ProjectionStore:
+        return self._store
+
+    async def stream_last_seq(self) -> int:
+        info = await self._bus.js.stream_info(EVENTS_STREAM)
+        return int(info.state.last_seq)
+
+    async def catch_up(self, *, on_progress: ProgressCallback | None = None) -> int:
+        """Fold every message stored when this is called; returns how many were read."""
+        target = await self.stream_last_seq()
+        if target <= self._store.last_seq:
+            return 0
+        before = self.stats.messages
+        await self._consume(until=target, stop=None, on_progress=on_progress)
+        return self.stats.messages - before
+
+    async def follow(self, stop: asyncio.Event, *, on_progress: ProgressCallback | None = None) -> None:
+        """Fold messages as they are stored until ``stop`` is set."""
+        await self._consume(until=None, stop=stop, on_progress=on_progress)
+
+    async def _consume(
+        self, *, until: int | None, stop: asyncio.Event | None, on_progress: ProgressCallback | None
+    ) -> None:
+        nc, js = self._bus.nc, self._bus.js
+        buffer: collections.deque[tuple[int, str, bytes, str]] = collections.deque()
+        wake = asyncio.Event()
+
+        def on_message(msg: Msg) -> None:
+            if not msg.reply:
+                return  # a status message (no heartbeats or flow control are configured)
+            stream_seq, _pending = delivery_position(msg)
+            buffer.append((stream_seq, msg.subject, msg.data, msg.reply))
+            wake.set()
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        sub._pending_queue = SyncDispatchQueue(on_message)
+        start = self._store.last_seq + 1
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(EVENTS_STREAM, self._consumer)
+        await js.add_consumer(
+            EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=self._consumer,
+                description="AetherGraph projector: folds the journal into DuckDB",
+                deliver_subject=inbox,
+                filter_subject=ALL_EVENTS,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+                opt_start_seq=start if start > 1 else None,
+                ack_policy=AckPolicy.ALL,
+                ack_wait=60.0,
+                max_ack_pending=self._window,
+                inactive_threshold=3600.0,
+            ),
+        )
+        stop_wait: asyncio.Task[bool] | None = asyncio.ensure_future(stop.wait()) if stop else None
+        try:
+            while until is None or self._store.last_seq < until:
+                if not buffer:
+                    wake.clear()
+                    if stop_wait is None:
+                        await wake.wait()
+                    else:
+                        wake_wait = asyncio.ensure_future(wake.wait())
+                        await asyncio.wait({wake_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                        wake_wait.cancel()
+                        if stop_wait.done():
+                            break
+                    continue
+                take = min(len(buffer), self._batch_max)
+                batch = [buffer.popleft() for _ in range(take)]
+                await asyncio.to_thread(self._apply, batch)
+                await nc.publish(batch[-1][3], b"+ACK")
+                if on_progress is not None:
+                    on_progress(self._store.last_seq, until or 0)
+        finally:
+            if stop_wait is not None:
+                stop_wait.cancel()
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+            if until is not None:
+                # A one-off catch-up leaves nothing behind on the server.
+                with contextlib.suppress(NotFoundError, nats.errors.Error):
+                    await js.delete_consumer(EVENTS_STREAM, self._consumer)
+
+    def _apply(self, batch: Sequence[tuple[int, str, bytes, str]]) -> None:
+        decoded = [decode_message(stream_seq, subject, data) for stream_seq, subject, data, _ in batch]
+        items = [d for d in decoded if isinstance(d, Decoded)]
+        dead = [d for d in decoded if isinstance(d, DeadLetter)]
+        try:
+            self._store.apply(items, dead, through=batch[-1][0])
+        except (duckdb.Error, ProjectionError):
+            # Isolate what a projection could not fold, one message at a time, in stream order.
+            dead = []
+            for one in decoded:
+                if isinstance(one, DeadLetter):
+                    dead.append(one)
+                    self._store.apply([], [one], through=one.stream_seq)
+                    continue
+                try:
+                    self._store.apply([one], through=one.stream_seq)
+                except (duckdb.Error, ProjectionError) as exc:
+                    tag = one.event.__struct_config__.tag
+                    letter = DeadLetter(
+                        one.stream_seq,
+                        event_subject(one.event.run_id, tag),  # type: ignore[arg-type]
+                        one.raw.encode(),
+                        f"projection failed: {exc}",
+                    )
+                    dead.append(letter)
+                    self._store.apply([], [letter], through=one.stream_seq)
+        self.stats.batches += 1
+        self.stats.messages += len(batch)
+        self.stats.dead_letters += len(dead)

@@ -1,0 +1,147 @@
+"""Rebuilding one run's state from the stream alone, on a host that has never seen it.
+
+``rebuild_run_state`` reads the run's journal (and the journals of the runs it
+started, recursively) straight from JetStream, folds them into a projection
+store (an in-memory one by default) and reads the run back as a
+:class:`RunState`: status, nodes, open waits with their prompts and schemas.
+``aethergraph status`` and ``aethergraph resume`` use it, so a resume can be
+prepared on any machine that reaches the bus.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aethergraph.bus.event_log import JetStreamEventLog
+from aethergraph.core.codec import encode_event
+from aethergraph.core.errors import RunNotFoundError
+
+from .fold import Decoded
+from .store import ProjectionStore
+
+__all__ = ["NodeState", "OpenWait", "RunState", "rebuild_run_state"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenWait:
+    run_id: str
+    wait_id: str
+    node_id: str | None
+    kind: str
+    prompt: str
+    payload_schema: dict[str, Any]
+    deadline: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeState:
+    run_id: str
+    node_id: str
+    tool: str | None
+    status: str | None
+    duration_us: int | None
+    child_run_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunState:
+    run_id: str
+    graph_id: str | None
+    status: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    event_count: int
+    error: str | None
+    runs: list[str]
+    nodes: list[NodeState]
+    open_waits: list[OpenWait]
+
+
+async def _fold_run(event_log: JetStreamEventLog, run_id: str, store: ProjectionStore) -> int:
+    items = [
+        Decoded(record.stream_seq, record.event, encode_event(record.event).decode())
+        async for record in event_log.read_run(run_id)
+    ]
+    # Runs of a tree interleave on the stream: fold each run by itself, in stream order.
+    store.cursors = dict.fromkeys(store.cursors, 0)
+    store.apply(items)
+    return len(items)
+
+
+async def rebuild_run_state(
+    event_log: JetStreamEventLog, run_id: str, store: ProjectionStore | None = None
+) -> RunState:
+    """Fold ``run_id`` and its nested runs from the stream into ``store`` and read its state back.
+
+    ``store`` defaults to a fresh in-memory store, closed before returning.
+    Raises :class:`RunNotFoundError` if the stream holds no event of the run.
+    """
+    own = store is None
+    store = store if store is not None else ProjectionStore.open(":memory:")
+    try:
+        if await _fold_run(event_log, run_id, store) == 0:
+            raise RunNotFoundError(f"no run {run_id} on the bus; check the id with `aethergraph runs`", run_id=run_id)
+        tree = [run_id]
+        frontier = [run_id]
+        while frontier:
+            children = store.query(
+                "SELECT DISTINCT child_run_id FROM nodes WHERE run_id IN (SELECT unnest($1)) "
+                "AND child_run_id IS NOT NULL ORDER BY 1",
+                [frontier],
+            ).rows
+            frontier = [row[0] for row in children if row[0] not in tree]
+            for child in frontier:
+                await _fold_run(event_log, child, store)
+            tree.extend(frontier)
+        return _read_state(store, run_id, tree)
+    finally:
+        if own:
+            store.close()
+
+
+def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunState:
+    run = store.query(
+        "SELECT graph_id, status, started_at, ended_at, event_count, error_type, error_message "
+        "FROM runs WHERE run_id = ?",
+        [run_id],
+    ).rows[0]
+    nodes = store.query(
+        "SELECT run_id, node_id, tool, status, duration_us, child_run_id FROM nodes "
+        "WHERE run_id IN (SELECT unnest($1)) ORDER BY first_seq, run_id",
+        [tree],
+    ).rows
+    waits = store.query(
+        "SELECT run_id, wait_id, node_id, kind, prompt, payload_schema, deadline FROM waits "
+        "WHERE status = 'open' AND run_id IN (SELECT unnest($1)) ORDER BY requested_at",
+        [tree],
+    ).rows
+    error = f"{run[5]}: {run[6]}" if run[5] else None
+    return RunState(
+        run_id=run_id,
+        graph_id=run[0],
+        status=run[1],
+        started_at=run[2],
+        ended_at=run[3],
+        event_count=run[4],
+        error=error,
+        runs=tree,
+        nodes=[
+            NodeState(run_id=n[0], node_id=n[1], tool=n[2], status=n[3], duration_us=n[4], child_run_id=n[5])
+            for n in nodes
+        ],
+        open_waits=[
+            OpenWait(
+                run_id=w[0],
+                wait_id=w[1],
+                node_id=w[2],
+                kind=w[3] or "",
+                prompt=w[4] or "",
+                payload_schema=json.loads(w[5]) if w[5] else {},
+                deadline=w[6],
+            )
+            for w in waits
+        ],
+    )

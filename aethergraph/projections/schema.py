@@ -1,0 +1,307 @@
+"""The projection tables: their DDL, their versions, and the lineage macros.
+
+Each projection owns some tables and has a ``version``. The store records, per
+projection, the version its tables were built with and the last stream
+sequence folded into them. Bumping a version (a new column, a changed meaning)
+drops that projection's tables and rebuilds them from stream sequence 0 on the
+next start; nothing is migrated in place.
+
+Lineage entities are strings: ``run:<run_id>``, ``node:<run_id>/<node_id>``,
+``artifact:<artifact_id>`` and ``wait:<run_id>/<wait_id>``. An edge
+``src -> dst`` means *dst was derived from src*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = [
+    "MACROS",
+    "PROJECTIONS",
+    "STATE_DDL",
+    "ProjectionSchema",
+    "artifact_entity",
+    "node_entity",
+    "projection",
+    "run_entity",
+    "wait_entity",
+]
+
+
+def run_entity(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def node_entity(run_id: str, node_id: str) -> str:
+    return f"node:{run_id}/{node_id}"
+
+
+def artifact_entity(artifact_id: str) -> str:
+    return f"artifact:{artifact_id}"
+
+
+def wait_entity(run_id: str, wait_id: str) -> str:
+    return f"wait:{run_id}/{wait_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectionSchema:
+    """One projection: a name, a version, its tables (name -> DDL)."""
+
+    name: str
+    version: int
+    tables: dict[str, str]
+    description: str
+
+
+STATE_DDL: Final = """
+CREATE TABLE IF NOT EXISTS projection_state (
+    projection VARCHAR PRIMARY KEY,
+    version INTEGER NOT NULL,
+    last_seq BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    stream_seq BIGINT PRIMARY KEY,
+    subject VARCHAR NOT NULL,
+    raw BLOB NOT NULL,
+    reason VARCHAR NOT NULL
+);
+"""
+
+PROJECTIONS: Final[tuple[ProjectionSchema, ...]] = (
+    ProjectionSchema(
+        name="events",
+        version=1,
+        description="every event, decoded: envelope columns plus the full event as JSON",
+        tables={
+            "events": """
+CREATE TABLE events (
+    stream_seq BIGINT PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    type VARCHAR NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    worker VARCHAR NOT NULL,
+    parent BIGINT,
+    node_id VARCHAR,
+    epoch BIGINT NOT NULL,
+    data JSON NOT NULL
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="runs",
+        version=1,
+        description="one row per run: graph, status, parent/root, inputs, outputs, error, timings",
+        tables={
+            "runs": """
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,
+    graph_id VARCHAR,
+    status VARCHAR NOT NULL,
+    parent_run_id VARCHAR,
+    parent_node_id VARCHAR,
+    root_run_id VARCHAR,
+    inputs JSON,
+    outputs JSON,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    failed_node_id VARCHAR,
+    started_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    last_event_at TIMESTAMP NOT NULL,
+    last_worker VARCHAR NOT NULL,
+    last_seq BIGINT NOT NULL,
+    event_count BIGINT NOT NULL,
+    claims INTEGER NOT NULL
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="nodes",
+        version=1,
+        description="one row per node of a run (a tool call of a graph_fn, or a node of a static graph)",
+        tables={
+            "nodes": """
+CREATE TABLE nodes (
+    run_id VARCHAR NOT NULL,
+    node_id VARCHAR NOT NULL,
+    tool VARCHAR,
+    status VARCHAR,
+    attempts INTEGER NOT NULL,
+    started_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    duration_us BIGINT,
+    worker VARCHAR,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    child_run_id VARCHAR,
+    first_seq BIGINT,
+    last_seq BIGINT,
+    PRIMARY KEY (run_id, node_id)
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="calls",
+        version=1,
+        description="tool calls and service calls with arguments, results, errors and durations",
+        tables={
+            "tool_calls": """
+CREATE TABLE tool_calls (
+    run_id VARCHAR NOT NULL,
+    call_seq BIGINT NOT NULL,
+    node_id VARCHAR,
+    tool VARCHAR,
+    args JSON,
+    args_digest VARCHAR,
+    outputs JSON,
+    status VARCHAR NOT NULL,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    duration_us BIGINT,
+    called_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    worker VARCHAR,
+    PRIMARY KEY (run_id, call_seq)
+)""",
+            "service_calls": """
+CREATE TABLE service_calls (
+    run_id VARCHAR NOT NULL,
+    call_seq BIGINT NOT NULL,
+    node_id VARCHAR,
+    service VARCHAR,
+    method VARCHAR,
+    args JSON,
+    kwargs JSON,
+    args_digest VARCHAR,
+    result JSON,
+    status VARCHAR NOT NULL,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    duration_us BIGINT,
+    called_at TIMESTAMP,
+    ended_at TIMESTAMP,
+    PRIMARY KEY (run_id, call_seq)
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="waits",
+        version=1,
+        description="every wait: prompt, schema, deadline, open/resumed/expired, the resume payload",
+        tables={
+            "waits": """
+CREATE TABLE waits (
+    run_id VARCHAR NOT NULL,
+    wait_id VARCHAR NOT NULL,
+    node_id VARCHAR,
+    kind VARCHAR,
+    prompt VARCHAR,
+    payload_schema JSON,
+    channel VARCHAR,
+    deadline TIMESTAMP,
+    status VARCHAR NOT NULL,
+    requested_at TIMESTAMP,
+    closed_at TIMESTAMP,
+    payload JSON,
+    command_seq BIGINT,
+    PRIMARY KEY (run_id, wait_id)
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="artifacts",
+        version=1,
+        description="one row per artifact.saved event: content id, URI, producing run/node/tool",
+        tables={
+            "artifacts": """
+CREATE TABLE artifacts (
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    artifact_id VARCHAR NOT NULL,
+    uri VARCHAR NOT NULL,
+    kind VARCHAR,
+    name VARCHAR,
+    mime VARCHAR,
+    size BIGINT,
+    labels JSON,
+    node_id VARCHAR,
+    tool VARCHAR,
+    saved_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (run_id, seq)
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="lineage",
+        version=1,
+        description="causal and data-flow edges between runs, nodes, waits and artifacts",
+        tables={
+            "edges": """
+CREATE TABLE edges (
+    src VARCHAR NOT NULL,
+    dst VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    root_run_id VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    stream_seq BIGINT NOT NULL,
+    PRIMARY KEY (src, dst, kind)
+)""",
+            "lineage_values": """
+CREATE TABLE lineage_values (
+    digest VARCHAR NOT NULL,
+    root_run_id VARCHAR NOT NULL,
+    entity VARCHAR NOT NULL,
+    stream_seq BIGINT NOT NULL,
+    PRIMARY KEY (digest, root_run_id, entity)
+)""",
+            "lineage_roots": """
+CREATE TABLE lineage_roots (
+    run_id VARCHAR PRIMARY KEY,
+    root_run_id VARCHAR NOT NULL
+)""",
+        },
+    ),
+)
+
+
+def projection(name: str) -> ProjectionSchema:
+    for schema in PROJECTIONS:
+        if schema.name == name:
+            return schema
+    raise KeyError(name)
+
+
+# Lineage walks stay inside the entity's run tree (edges carry the root run), which
+# keeps them fast on large stores; ``depth`` is the shortest distance.
+MACROS: Final = """
+CREATE OR REPLACE MACRO run_entity(run_id) AS 'run:' || run_id;
+CREATE OR REPLACE MACRO node_entity(run_id, node_id) AS 'node:' || run_id || '/' || node_id;
+CREATE OR REPLACE MACRO artifact_entity(artifact_id) AS 'artifact:' || artifact_id;
+CREATE OR REPLACE MACRO wait_entity(run_id, wait_id) AS 'wait:' || run_id || '/' || wait_id;
+CREATE OR REPLACE MACRO lineage_root(ent) AS (
+    SELECT min(root_run_id) FROM edges WHERE dst = ent OR src = ent
+);
+CREATE OR REPLACE MACRO ancestors(ent) AS TABLE
+    WITH RECURSIVE tree AS (
+        SELECT src, dst, kind FROM edges WHERE root_run_id = lineage_root(ent)
+    ), walk(entity, via, depth) AS (
+        SELECT ent, NULL::VARCHAR, 0
+        UNION
+        SELECT t.src, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.dst = w.entity WHERE w.depth < 64
+    )
+    SELECT entity, arg_min(via, depth) AS via, min(depth) AS depth
+    FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
+CREATE OR REPLACE MACRO descendants(ent) AS TABLE
+    WITH RECURSIVE tree AS (
+        SELECT src, dst, kind FROM edges WHERE root_run_id = lineage_root(ent)
+    ), walk(entity, via, depth) AS (
+        SELECT ent, NULL::VARCHAR, 0
+        UNION
+        SELECT t.dst, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.src = w.entity WHERE w.depth < 64
+    )
+    SELECT entity, arg_min(via, depth) AS via, min(depth) AS depth
+    FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
+"""
