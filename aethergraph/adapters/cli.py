@@ -7,70 +7,23 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
-from aethergraph.core.settings import Settings, load_settings
 from aethergraph.engine.runs import RunHandle, Suspended
-from aethergraph.runtime import close_runtime, get_runtime, load_target, resume, serve_worker
+from aethergraph.projections.run_state import RunState, rebuild_run_state
+from aethergraph.runtime import get_runtime, load_target, resume, serve_worker
 
-from .console import add_event_row, event_line, event_table, event_to_json, outputs_table
+from .cli_common import app, checked_run_id, console, drive, err_console, settings_or_exit
+from .console import add_event_row, event_line, event_table, event_to_json, outputs_table, run_state_json
 from .progress import RunProgress
 
 __all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="aethergraph",
-    help="Run journaled agent graphs on NATS JetStream and inspect their events.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ValueError as exc:
-        err_console.print(f"[red]invalid AETHERGRAPH_* setting:[/] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _drive(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine, closing the runtime after; AetherGraph errors become messages, not tracebacks."""
-
-    async def main() -> T:
-        try:
-            return await make()
-        finally:
-            await close_runtime()
-
-    try:
-        return asyncio.run(main())
-    except AetherGraphError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        raise typer.Exit(130) from None
-
-
-def _checked_run_id(run_id: str) -> str:
-    """``run_id``, or exit with status 2 saying what a run id may contain."""
-    try:
-        return check_run_id(run_id)
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
@@ -121,7 +74,7 @@ def run(
     except (AetherGraphError, TypeError, ValueError) as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    _settings()
+    settings_or_exit()
 
     async def go() -> tuple[dict[str, Any], list[Any]]:
         runtime = await get_runtime()
@@ -151,7 +104,7 @@ def run(
             raise typer.Exit(1)
         return outputs, journal
 
-    outputs, journal = _drive(go)
+    outputs, journal = drive(go)
     if as_json:
         sys.stdout.write(json.dumps(outputs) + "\n")
         return
@@ -175,8 +128,8 @@ def events_command(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
 ) -> None:
     """Print a run's events in journal order."""
-    _checked_run_id(run_id)
-    _settings()
+    checked_run_id(run_id)
+    settings_or_exit()
 
     async def go() -> int:
         runtime = await get_runtime()
@@ -195,7 +148,7 @@ def events_command(
             console.print(table)
         return count
 
-    if _drive(go) == 0:
+    if drive(go) == 0:
         err_console.print(f"[yellow]no events for run {run_id}[/]")
         raise typer.Exit(1)
 
@@ -205,7 +158,7 @@ def worker_command(
     modules: Annotated[list[str], typer.Argument(help="modules (pkg.module or path/file.py) whose graphs to serve")],
 ) -> None:
     """Serve as a worker: continue resumed runs and take over runs of dead processes, until Ctrl-C."""
-    settings = _settings()
+    settings = settings_or_exit()
     err_console.print(
         f"[bold]worker[/] serving graphs of {', '.join(modules)}; takeover after {settings.lease_s:g}s of silence"
     )
@@ -218,7 +171,7 @@ def worker_command(
             loop.add_signal_handler(sig, stop.set)
         await serve_worker(*modules, stop=stop)
 
-    _drive(go)
+    drive(go)
 
 
 def _resume_payload(as_json: str | None, text: str | None, approve: bool | None) -> Any:
@@ -247,15 +200,19 @@ def resume_command(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for a worker's answer")] = 10.0,
 ) -> None:
     """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>."""
-    _checked_run_id(run_id)
+    checked_run_id(run_id)
     try:
         payload = _resume_payload(as_json, text, approve)
     except typer.BadParameter as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    _settings()
+    settings_or_exit()
 
     async def go() -> None:
+        state = await rebuild_run_state((await get_runtime()).event_log, run_id)
+        for wait in state.open_waits:
+            if wait.run_id == run_id and (wait_id is None or wait.wait_id == wait_id):
+                err_console.print(f"answering wait {wait.wait_id} ({wait.kind}): {escape(wait.prompt)}")
         try:
             outcome = await resume(run_id, payload, wait_id, timeout=timeout)
         except ResumeRejectedError as exc:
@@ -270,7 +227,7 @@ def resume_command(
                 f"[green]resume of run {run_id} {outcome.status}[/] by {outcome.worker} (wait {outcome.wait_id})"
             )
 
-    _drive(go)
+    drive(go)
 
 
 @app.command("status")
@@ -278,38 +235,29 @@ def status_command(
     run_id: Annotated[str, typer.Argument(help="the run")],
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
-    """Print a run's status and its open waits."""
-    _checked_run_id(run_id)
-    _settings()
+    """Print a run's status, nodes and open waits, rebuilt from the stream (works on any host)."""
+    checked_run_id(run_id)
+    settings_or_exit()
 
-    async def go() -> dict[str, Any]:
-        state = await RunHandle(run_id, await get_runtime()).state()
-        assert state.started is not None
-        return {
-            "run_id": run_id,
-            "graph": state.started.graph_id,
-            "status": state.status,
-            "events": state.last_seq,
-            "waiting_on": (
-                {"wait_id": state.waiting_on.wait_id, "run_id": state.waiting_on.wait_run_id}
-                if state.waiting_on
-                else None
-            ),
-            "open_waits": [
-                {"wait_id": w.wait_id, "kind": w.kind, "prompt": w.prompt, "schema": w.payload_schema}
-                for w in state.open_waits.values()
-            ],
-        }
+    async def go() -> RunState:
+        return await rebuild_run_state((await get_runtime()).event_log, run_id)
 
-    info = _drive(go)
+    state = drive(go)
     if as_json:
-        sys.stdout.write(json.dumps(info) + "\n")
+        sys.stdout.write(json.dumps(run_state_json(state)) + "\n")
         return
-    console.print(f"[bold]{run_id}[/] ({info['graph']}): [bold]{info['status']}[/] after {info['events']} events")
-    for wait in info["open_waits"]:
-        console.print(f"  open wait [bold]{wait['wait_id']}[/] ({wait['kind']}): {wait['prompt']}")
-    if info["waiting_on"] and info["waiting_on"]["run_id"] != run_id:
-        console.print(f"  waiting on wait {info['waiting_on']['wait_id']} of nested run {info['waiting_on']['run_id']}")
+    console.print(
+        f"[bold]{run_id}[/] ({state.graph_id}): [bold]{state.status}[/] after {state.event_count} events"
+        + (f" [red]{escape(state.error)}[/]" if state.error else "")
+    )
+    for node in state.nodes:
+        where = "" if node.run_id == run_id else f" [dim](nested run {node.run_id})[/]"
+        console.print(f"  node {node.node_id} {node.status}{where}")
+    for wait in state.open_waits:
+        where = "" if wait.run_id == run_id else f" in nested run {wait.run_id}"
+        console.print(f"  open wait [bold]{wait.wait_id}[/]{where} ({wait.kind}): {escape(wait.prompt)}")
+    if state.waiting_on and state.waiting_on[1] != run_id:
+        console.print(f"  waiting on wait {state.waiting_on[0]} of nested run {state.waiting_on[1]}")
 
 
 @app.command("nats")
@@ -318,7 +266,7 @@ def nats_command(
     as_json: Annotated[bool, typer.Option("--json", help="print the server as JSON")] = False,
 ) -> None:
     """Show the bus URL, starting the workspace's embedded nats-server if none runs."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         if settings.nats_url:
             if stop:
@@ -349,6 +297,12 @@ def nats_command(
         return
     for key, value in info.items():
         console.print(f"[bold]{key}[/]: {value}")
+
+
+# The projection commands (projector, sql, runs, lineage, export) register on the same app.
+from . import cli_projections  # noqa: E402
+
+__all__ += ["cli_projections"]
 
 
 def main() -> None:

@@ -26,8 +26,17 @@ from aethergraph.core.events import (
     WaitRequested,
     WaitResumed,
 )
+from aethergraph.projections.run_state import RunState
 
-__all__ = ["add_event_row", "event_line", "event_summary", "event_table", "event_to_json", "outputs_table"]
+__all__ = [
+    "run_state_json",
+    "add_event_row",
+    "event_line",
+    "event_summary",
+    "event_table",
+    "event_to_json",
+    "outputs_table",
+]
 
 _STYLES = {"run": "bold cyan", "tool": "green", "node": "green", "log": "dim", "wait": "magenta", "service": "blue"}
 
@@ -132,3 +141,39 @@ def outputs_table(outputs: dict[str, Any]) -> Table:
     for key, value in outputs.items():
         table.add_row(key, _short(value, 200))
     return table
+
+
+def run_state_json(state: RunState) -> dict[str, Any]:
+    """A run's rebuilt state as plain JSON (``aethergraph status --json``)."""
+    return {
+        "run_id": state.run_id,
+        "graph": state.graph_id,
+        "status": state.status,
+        "events": state.event_count,
+        "error": state.error,
+        "waiting_on": {"wait_id": state.waiting_on[0], "run_id": state.waiting_on[1]} if state.waiting_on else None,
+        "runs": state.runs,
+        "nodes": [
+            {
+                "run_id": n.run_id,
+                "node_id": n.node_id,
+                "tool": n.tool,
+                "status": n.status,
+                "duration_us": n.duration_us,
+                "child_run_id": n.child_run_id,
+            }
+            for n in state.nodes
+        ],
+        "open_waits": [
+            {
+                "run_id": w.run_id,
+                "wait_id": w.wait_id,
+                "node_id": w.node_id,
+                "kind": w.kind,
+                "prompt": w.prompt,
+                "schema": w.payload_schema,
+                "deadline": w.deadline.isoformat() if w.deadline else None,
+            }
+            for w in state.open_waits
+        ],
+    }

@@ -393,4 +393,3 @@ class JetStreamEventLog:
             # The connection may already be draining or closed when a reader stops early.
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-

@@ -180,6 +180,8 @@ class FoldBatch:
                 ("error_type", "last"),
                 ("error_message", "last"),
                 ("failed_node_id", "last"),
+                ("waiting_wait_id", "last"),
+                ("waiting_run_id", "last"),
                 ("started_at", "first"),
                 ("ended_at", "last"),
                 ("last_event_at", "last"),
@@ -353,13 +355,19 @@ class FoldBatch:
             self._lineage(item.stream_seq, event)
 
     def _run(self, event: AnyEvent) -> None:
+        status = _RUN_STATUS.get(type(event))
         values: dict[str, Any] = {
             "last_event_at": event.ts,
             "last_worker": event.worker,
             "last_seq": event.seq,
             "event_count": 1,
-            "status": _RUN_STATUS.get(type(event)),
+            "status": status,
         }
+        if isinstance(event, RunWaiting):
+            values.update(waiting_wait_id=event.wait_id, waiting_run_id=event.wait_run_id)
+        elif status is not None:
+            # Merging keeps non-null values, so "not waiting any more" is the empty string.
+            values.update(waiting_wait_id="", waiting_run_id="")
         if isinstance(event, RunStarted):
             values.update(
                 graph_id=event.graph_id,

@@ -55,6 +55,8 @@ class RunState:
     ended_at: datetime | None
     event_count: int
     error: str | None
+    # (wait_id, run_id holding the wait) while the run is parked on a wait.
+    waiting_on: tuple[str, str] | None
     runs: list[str]
     nodes: list[NodeState]
     open_waits: list[OpenWait]
@@ -104,7 +106,8 @@ async def rebuild_run_state(
 
 def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunState:
     run = store.query(
-        "SELECT graph_id, status, started_at, ended_at, event_count, error_type, error_message "
+        "SELECT graph_id, status, started_at, ended_at, event_count, error_type, error_message, "
+        "waiting_wait_id, waiting_run_id "
         "FROM runs WHERE run_id = ?",
         [run_id],
     ).rows[0]
@@ -127,6 +130,7 @@ def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunStat
         ended_at=run[3],
         event_count=run[4],
         error=error,
+        waiting_on=(run[7], run[8]) if run[7] else None,
         runs=tree,
         nodes=[
             NodeState(run_id=n[0], node_id=n[1], tool=n[2], status=n[3], duration_us=n[4], child_run_id=n[5])

@@ -108,6 +108,8 @@ CREATE TABLE runs (
     error_type VARCHAR,
     error_message VARCHAR,
     failed_node_id VARCHAR,
+    waiting_wait_id VARCHAR,
+    waiting_run_id VARCHAR,
     started_at TIMESTAMP,
     ended_at TIMESTAMP,
     last_event_at TIMESTAMP NOT NULL,
