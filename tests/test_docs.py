@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from aethergraph.core.events import EVENT_TYPES, Event
+from aethergraph.projections.store import ProjectionStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +47,35 @@ def test_events_doc_lists_every_type_and_field() -> None:
                 assert f"`{field.name}`" in body, f"docs/events.md: {tag} lacks field {field.name}"
     for name in common:
         assert f"`{name}`" in text
+
+
+def _gen_lineage() -> Any:
+    spec = importlib.util.spec_from_file_location("gen_lineage", ROOT / "docs" / "gen_lineage.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lineage_doc_describes_every_table_and_column_of_the_store() -> None:
+    gen = _gen_lineage()
+    store = ProjectionStore.open(":memory:")
+    try:
+        columns = store.query(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+        ).rows
+    finally:
+        store.close()
+    undescribed = sorted(f"{t}.{c}" for t, c in columns if c not in gen.COLUMNS.get(t, {}))
+    assert not undescribed, f"describe these in COLUMNS of docs/gen_lineage.py and run it: {undescribed}"
+    stale = sorted(f"{t}.{c}" for t, cols in gen.COLUMNS.items() for c in cols if (t, c) not in set(columns))
+    assert not stale, f"COLUMNS in docs/gen_lineage.py names columns the store no longer has: {stale}"
+    assert gen._schema() in (ROOT / "docs" / "lineage.md").read_text(), (
+        "docs/lineage.md's table section is stale: run `python docs/gen_lineage.py`"
+    )
+
+
+def test_lineage_doc_queries_are_the_generators() -> None:
+    text = (ROOT / "docs" / "lineage.md").read_text()
+    for _title, _text, sql in _gen_lineage().QUERIES:
+        assert f"```sql\n{sql};\n```" in text, f"docs/lineage.md lacks the worked query {sql!r}: run the generator"
