@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -147,7 +148,7 @@ def build_tree(index: int, clock: Iterator[int]) -> Tree:
                 node_id=node_id,
                 tool=tool,
                 args=args,
-                args_digest=digest(encode_event_value(args)),
+                args_digest=digest(msgspec.json.encode(args)),
             )
             value = f"{run_id}/{node_id}:out"
             builder.add(
@@ -179,7 +180,7 @@ def build_tree(index: int, clock: Iterator[int]) -> Tree:
             node_id = "subflow_1"
             args = {"data": value}
             called = builder.add(
-                ToolCalled, node_id=node_id, tool="subflow", args=args, args_digest=digest(encode_event_value(args))
+                ToolCalled, node_id=node_id, tool="subflow", args=args, args_digest=digest(msgspec.json.encode(args))
             )
             value = run(child_run_id(run_id, node_id), level + 1, value, (run_id, node_id))
             builder.add(
@@ -205,12 +206,6 @@ def build_tree(index: int, clock: Iterator[int]) -> Tree:
 
     run(root, 0, f"s3://datasets/{root}/input.parquet", None)
     return tree
-
-
-def encode_event_value(value: Any) -> bytes:
-    import msgspec
-
-    return msgspec.json.encode(value)
 
 
 def microsecond_clock() -> Iterator[int]:
