@@ -24,6 +24,7 @@ from rich.console import Console
 from . import (
     bench_codec,
     bench_cold_start,
+    bench_projections,
     bench_publish,
     bench_replay,
     bench_resume,
@@ -62,6 +63,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_resume,
         bench_suspended_memory,
         bench_takeover,
+        bench_projections,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

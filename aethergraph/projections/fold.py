@@ -1,70 +1,37 @@
-"""Folding decoded events into row batches, one batch per table (pure Python, no I/O).
+"""Folding a batch of events into the projection tables, as set-based SQL.
 
-A batch merges every event it is given into at most one row per key, so the
-store can upsert each table with a single statement. Columns merge by a rule:
-``last`` (a later non-null value wins), ``first`` (the first non-null value
-stays), ``add`` (counters), ``max``. Because each rule is associative, folding
-events in one batch or in many gives the same tables: an incremental
-projection equals a rebuild.
+Python decodes each message once (strictly, with msgspec: what fails becomes a
+dead letter) and stages ``(stream_seq, raw JSON)``. DuckDB parses the batch
+once into a struct column and every projection is one ``INSERT ... SELECT ...
+GROUP BY key ... ON CONFLICT DO UPDATE`` over it, so the per-event cost is
+vectorised work instead of Python.
+
+Columns merge by a rule, inside a batch (aggregates ordered by stream
+sequence) and with the stored row (the ``ON CONFLICT`` clause): ``last`` (a
+later non-null value wins), ``first`` (the first non-null value stays),
+``add`` (counters), ``max``. Each rule is associative, so folding the stream
+in one batch or in many gives the same tables: an incremental projection
+equals a rebuild.
+
+Every statement takes ``$1``: the projection's cursor; staged rows at or
+below it are skipped (that is how one projection is rebuilt behind others).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import Final, Literal
 
 import msgspec
 
-from aethergraph.core.events import (
-    AnyEvent,
-    ArtifactSaved,
-    NodeCompleted,
-    NodeFailed,
-    NodeStarted,
-    RunCancelled,
-    RunClaimed,
-    RunCompleted,
-    RunFailed,
-    RunStarted,
-    RunWaiting,
-    ServiceCalled,
-    ServiceFailed,
-    ServiceReturned,
-    ToolCalled,
-    ToolFailed,
-    ToolReturned,
-    WaitExpired,
-    WaitRequested,
-    WaitResumed,
-)
-from aethergraph.core.ids import ROOT_NODE
+from aethergraph.core.events import AnyEvent
 
-from .schema import artifact_entity, node_entity, run_entity, wait_entity
-
-__all__ = ["MIN_LINEAGE_VALUE_BYTES", "Decoded", "FoldBatch", "Rule", "TableRows", "value_digest"]
+__all__ = ["FOLDS", "MIN_LINEAGE_VALUE_BYTES", "STAGE", "STAGING_DDL", "Decoded", "Rule"]
 
 Rule = Literal["key", "last", "first", "add", "max"]
 
 # Values shorter than this (encoded) are too common (1, "ok", true) to imply data flow.
 MIN_LINEAGE_VALUE_BYTES: Final = 8
-
-_encode = msgspec.json.Encoder().encode
-
-
-def _json(value: Any) -> str:
-    return _encode(value).decode()
-
-
-def value_digest(value: Any) -> str | None:
-    """Content digest of a value for data-flow lineage, or None if it is too small to tell anything."""
-    if value is None or isinstance(value, bool):
-        return None
-    raw = _encode(value)
-    if len(raw) < MIN_LINEAGE_VALUE_BYTES:
-        return None
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,477 +43,343 @@ class Decoded:
     raw: str
 
 
-@dataclass(slots=True)
-class TableRows:
-    """Rows for one table, merged by key; ``timestamps`` are Unix microseconds until inserted."""
+_FIELDS: Final[dict[str, str]] = {
+    "type": "VARCHAR", "run_id": "VARCHAR", "seq": "BIGINT", "ts": "BIGINT", "worker": "VARCHAR",
+    "parent": "BIGINT", "node_id": "VARCHAR", "epoch": "BIGINT", "graph_id": "VARCHAR", "inputs": "JSON",
+    "parent_run_id": "VARCHAR", "parent_node_id": "VARCHAR", "root_run_id": "VARCHAR", "reason": "VARCHAR",
+    "outputs": "JSON", "error_type": "VARCHAR", "message": "VARCHAR", "failed_node_id": "VARCHAR",
+    "wait_id": "VARCHAR", "wait_run_id": "VARCHAR", "kind": "VARCHAR", "prompt": "VARCHAR", "tool": "VARCHAR",
+    "attempt": "BIGINT", "args": "JSON", "args_digest": "VARCHAR", "duration_us": "BIGINT",
+    "service": "VARCHAR", "method": "VARCHAR", "kwargs": "JSON", "result": "JSON", "payload_schema": "JSON",
+    "channel": "VARCHAR", "deadline_us": "BIGINT", "payload": "JSON", "command_seq": "BIGINT",
+    "artifact_id": "VARCHAR", "uri": "VARCHAR", "name": "VARCHAR", "mime": "VARCHAR", "size": "BIGINT",
+    "labels": "JSON",
+}  # fmt: skip
 
-    table: str
-    columns: tuple[str, ...]
-    rules: tuple[Rule, ...]
-    timestamps: frozenset[str] = frozenset()
-    rows: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
-    appended: list[list[Any]] = field(default_factory=list)
+_STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(c for c, r in zip(self.columns, self.rules, strict=True) if r == "key")
+STAGING_DDL: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS staging (stream_seq BIGINT, raw VARCHAR, e STRUCT("
+    + ", ".join(f"{name} {kind}" for name, kind in _FIELDS.items())
+    + "))"
+)
 
-    def append(self, row: list[Any]) -> None:
-        """A row with no merging (its key is new, e.g. a stream sequence)."""
-        self.appended.append(row)
+# $1: stream sequences, $2: raw JSON texts.
+STAGE: Final = (
+    f"INSERT INTO staging SELECT s, r, json_transform(r, '{_STRUCTURE}') FROM (SELECT unnest($1) AS s, unnest($2) AS r)"
+)
 
-    def merge(self, key: tuple[Any, ...], values: dict[str, Any]) -> None:
-        """Fold ``values`` (column -> value) into the row of ``key``."""
-        row = self.rows.get(key)
-        columns = self.columns
-        if row is None:
-            row = [None] * len(columns)
-            for index, rule in enumerate(self.rules):
-                if rule == "add":
-                    row[index] = 0
-            key_index = 0
-            for index, rule in enumerate(self.rules):
-                if rule == "key":
-                    row[index] = key[key_index]
-                    key_index += 1
-            self.rows[key] = row
-        rules = self.rules
-        for name, value in values.items():
-            if value is None:
-                continue
-            index = columns.index(name)
-            rule = rules[index]
-            current = row[index]
-            if rule == "last" or current is None:
-                row[index] = value
-            elif rule == "add":
-                row[index] = current + value
-            elif rule == "max":
-                row[index] = max(current, value)
-
-    def all_rows(self) -> list[list[Any]]:
-        return self.appended + list(self.rows.values()) if self.appended else list(self.rows.values())
-
-    def __len__(self) -> int:
-        return len(self.appended) + len(self.rows)
-
-
-def _table(table: str, spec: Sequence[tuple[str, Rule]], timestamps: Iterable[str] = ()) -> TableRows:
-    return TableRows(
-        table=table,
-        columns=tuple(c for c, _ in spec),
-        rules=tuple(r for _, r in spec),
-        timestamps=frozenset(timestamps),
-    )
-
-
-_RUN_STATUS: Final[dict[type, str]] = {
-    RunStarted: "running",
-    RunClaimed: "running",
-    RunWaiting: "waiting",
-    RunCompleted: "succeeded",
-    RunFailed: "failed",
-    RunCancelled: "cancelled",
+_MERGE: Final[dict[Rule, str]] = {
+    "key": "",
+    "last": "coalesce(excluded.{c}, {t}.{c})",
+    "first": "coalesce({t}.{c}, excluded.{c})",
+    "add": "{t}.{c} + excluded.{c}",
+    "max": "greatest(coalesce({t}.{c}, excluded.{c}), coalesce(excluded.{c}, {t}.{c}))",
 }
 
 
-class FoldBatch:
-    """Rows for every projection table from a run of events in stream order.
+def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str) -> str:
+    """``MERGE INTO table USING (SELECT <exprs> <source>)``: merge rows that exist, insert the others.
 
-    ``projections`` names the projections to fold into (all by default); the
-    store passes fewer when one projection is being rebuilt behind the others.
+    The tables have no primary-key index (maintaining and checkpointing one
+    costs more than the merge): each statement produces one row per key.
     """
+    names = [name for name, _, _ in columns]
+    exprs = ",\n    ".join(f"{expr} AS {name}" for name, _, expr in columns)
+    keys = " AND ".join(f"t.{name} = x.{name}" for name, rule, _ in columns if rule == "key")
+    updates = ", ".join(
+        f"{name} = " + _MERGE[rule].format(t="t", c=name).replace("excluded.", "x.")
+        for name, rule, _ in columns
+        if rule != "key"
+    )
+    matched = f"WHEN MATCHED THEN UPDATE SET {updates}\n" if updates else ""
+    return (
+        f"MERGE INTO {table} AS t USING (\nSELECT\n    {exprs}\n{source}\n) AS x ON {keys}\n{matched}"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({', '.join('x.' + n for n in names)})"
+    )
 
-    def __init__(self) -> None:
-        self.events = _table(
-            "events",
-            [
-                (c, "key" if c == "stream_seq" else "last")
-                for c in ("stream_seq", "run_id", "seq", "type", "ts", "worker", "parent", "node_id", "epoch", "data")
-            ],
-            ["ts"],
-        )
-        self.runs = _table(
-            "runs",
-            [
-                ("run_id", "key"),
-                ("graph_id", "first"),
-                ("status", "last"),
-                ("parent_run_id", "first"),
-                ("parent_node_id", "first"),
-                ("root_run_id", "first"),
-                ("inputs", "first"),
-                ("outputs", "last"),
-                ("error_type", "last"),
-                ("error_message", "last"),
-                ("failed_node_id", "last"),
-                ("waiting_wait_id", "last"),
-                ("waiting_run_id", "last"),
-                ("started_at", "first"),
-                ("ended_at", "last"),
-                ("last_event_at", "last"),
-                ("last_worker", "last"),
-                ("last_seq", "max"),
-                ("event_count", "add"),
-                ("claims", "add"),
-            ],
-            ["started_at", "ended_at", "last_event_at"],
-        )
-        self.nodes = _table(
-            "nodes",
-            [
-                ("run_id", "key"),
-                ("node_id", "key"),
-                ("tool", "first"),
-                ("status", "last"),
-                ("attempts", "max"),
-                ("started_at", "first"),
-                ("ended_at", "last"),
-                ("duration_us", "last"),
-                ("worker", "last"),
-                ("error_type", "last"),
-                ("error_message", "last"),
-                ("child_run_id", "first"),
-                ("first_seq", "first"),
-                ("last_seq", "max"),
-            ],
-            ["started_at", "ended_at"],
-        )
-        self.tool_calls = _table(
-            "tool_calls",
-            [
-                ("run_id", "key"),
-                ("call_seq", "key"),
-                ("node_id", "first"),
-                ("tool", "first"),
-                ("args", "first"),
-                ("args_digest", "first"),
-                ("outputs", "last"),
-                ("status", "last"),
-                ("error_type", "last"),
-                ("error_message", "last"),
-                ("duration_us", "last"),
-                ("called_at", "first"),
-                ("ended_at", "last"),
-                ("worker", "last"),
-            ],
-            ["called_at", "ended_at"],
-        )
-        self.service_calls = _table(
-            "service_calls",
-            [
-                ("run_id", "key"),
-                ("call_seq", "key"),
-                ("node_id", "first"),
-                ("service", "first"),
-                ("method", "first"),
-                ("args", "first"),
-                ("kwargs", "first"),
-                ("args_digest", "first"),
-                ("result", "last"),
-                ("status", "last"),
-                ("error_type", "last"),
-                ("error_message", "last"),
-                ("duration_us", "last"),
-                ("called_at", "first"),
-                ("ended_at", "last"),
-            ],
-            ["called_at", "ended_at"],
-        )
-        self.waits = _table(
-            "waits",
-            [
-                ("run_id", "key"),
-                ("wait_id", "key"),
-                ("node_id", "first"),
-                ("kind", "first"),
-                ("prompt", "first"),
-                ("payload_schema", "first"),
-                ("channel", "first"),
-                ("deadline", "first"),
-                ("status", "last"),
-                ("requested_at", "first"),
-                ("closed_at", "last"),
-                ("payload", "last"),
-                ("command_seq", "last"),
-            ],
-            ["deadline", "requested_at", "closed_at"],
-        )
-        self.artifacts = _table(
-            "artifacts",
-            [
-                ("run_id", "key"),
-                ("seq", "key"),
-                ("artifact_id", "last"),
-                ("uri", "last"),
-                ("kind", "last"),
-                ("name", "last"),
-                ("mime", "last"),
-                ("size", "last"),
-                ("labels", "last"),
-                ("node_id", "last"),
-                ("tool", "last"),
-                ("saved_at", "last"),
-            ],
-            ["saved_at"],
-        )
-        # Lineage: structural edges, produced values, consumed values, run roots (root resolved in SQL).
-        self.edges: list[tuple[str, str, str, str, int]] = []
-        self.outputs: list[tuple[str, str, str, int]] = []
-        self.inputs: list[tuple[str, str, str, int]] = []
-        self.roots: list[tuple[str, str]] = []
 
-    def tables(self) -> dict[str, TableRows]:
-        return {
-            "events": self.events,
-            "runs": self.runs,
-            "nodes": self.nodes,
-            "tool_calls": self.tool_calls,
-            "service_calls": self.service_calls,
-            "waits": self.waits,
-            "artifacts": self.artifacts,
-        }
+def _insert_missing(table: str, keys: tuple[str, ...], select: str) -> str:
+    """Insert the rows of ``select`` whose key is not in ``table`` yet (``select`` names every column)."""
+    on = " AND ".join(f"t.{key} = x.{key}" for key in keys)
+    return f"MERGE INTO {table} AS t USING ({select}) AS x ON {on}\nWHEN NOT MATCHED THEN INSERT BY NAME"
 
-    # --- folding ------------------------------------------------------------------------
 
-    def add(self, item: Decoded, projections: frozenset[str] | None = None) -> None:
-        event = item.event
-        every = projections is None
-        if every or "events" in projections:  # type: ignore[operator]
-            self.events.append(
-                [
-                    item.stream_seq,
-                    event.run_id,
-                    event.seq,
-                    event.__struct_config__.tag,
-                    event.ts,
-                    event.worker,
-                    event.parent,
-                    event.node_id,
-                    event.epoch,
-                    item.raw,
-                ]
-            )
-        if every or "runs" in projections:  # type: ignore[operator]
-            self._run(event)
-        if every or "nodes" in projections:  # type: ignore[operator]
-            self._node(event)
-        if every or "calls" in projections:  # type: ignore[operator]
-            self._call(event)
-        if every or "waits" in projections:  # type: ignore[operator]
-            self._wait(event)
-        if isinstance(event, ArtifactSaved) and (every or "artifacts" in projections):  # type: ignore[operator]
-            self.artifacts.merge(
-                (event.run_id, event.seq),
-                {
-                    "artifact_id": event.artifact_id,
-                    "uri": event.uri,
-                    "kind": event.kind,
-                    "name": event.name,
-                    "mime": event.mime,
-                    "size": event.size,
-                    "labels": _json(event.labels),
-                    "node_id": event.node_id,
-                    "tool": event.tool,
-                    "saved_at": event.ts,
-                },
-            )
-        if every or "lineage" in projections:  # type: ignore[operator]
-            self._lineage(item.stream_seq, event)
+def _first(expr: str, where: str) -> str:
+    return f"arg_min({expr}, s) FILTER (WHERE {where} AND ({expr}) IS NOT NULL)"
 
-    def _run(self, event: AnyEvent) -> None:
-        status = _RUN_STATUS.get(type(event))
-        values: dict[str, Any] = {
-            "last_event_at": event.ts,
-            "last_worker": event.worker,
-            "last_seq": event.seq,
-            "event_count": 1,
-            "status": status,
-        }
-        if isinstance(event, RunWaiting):
-            values.update(waiting_wait_id=event.wait_id, waiting_run_id=event.wait_run_id)
-        elif status is not None:
-            # Merging keeps non-null values, so "not waiting any more" is the empty string.
-            values.update(waiting_wait_id="", waiting_run_id="")
-        if isinstance(event, RunStarted):
-            values.update(
-                graph_id=event.graph_id,
-                parent_run_id=event.parent_run_id,
-                parent_node_id=event.parent_node_id,
-                root_run_id=event.root_run_id or event.run_id,
-                inputs=_json(event.inputs),
-                started_at=event.ts,
-            )
-        elif isinstance(event, RunCompleted):
-            values.update(outputs=_json(event.outputs), ended_at=event.ts)
-        elif isinstance(event, RunFailed):
-            values.update(
-                error_type=event.error_type,
-                error_message=event.message,
-                failed_node_id=event.failed_node_id,
-                ended_at=event.ts,
-            )
-        elif isinstance(event, RunCancelled):
-            values.update(error_message=event.reason or None, ended_at=event.ts)
-        elif isinstance(event, RunClaimed):
-            values["claims"] = 1
-        self.runs.merge((event.run_id,), values)
 
-    def _node(self, event: AnyEvent) -> None:
-        if isinstance(event, RunStarted):
-            if event.parent_run_id and event.parent_node_id:
-                self.nodes.merge((event.parent_run_id, event.parent_node_id), {"child_run_id": event.run_id})
-            return
-        node_id = event.node_id
-        if node_id is None or node_id == ROOT_NODE:
-            return
-        values: dict[str, Any] = {"last_seq": event.seq, "worker": event.worker}
-        if isinstance(event, ToolCalled | NodeStarted):
-            values.update(tool=event.tool, status="running", started_at=event.ts, first_seq=event.seq)
-            values["attempts"] = event.attempt if isinstance(event, NodeStarted) else 1
-        elif isinstance(event, ToolReturned | NodeCompleted):
-            values.update(status="succeeded", ended_at=event.ts)
-            if isinstance(event, ToolReturned):
-                values["duration_us"] = event.duration_us
-        elif isinstance(event, ToolFailed | NodeFailed):
-            values.update(status="failed", ended_at=event.ts, error_type=event.error_type, error_message=event.message)
-            if isinstance(event, ToolFailed):
-                values["duration_us"] = event.duration_us
-        elif isinstance(event, WaitRequested):
-            values["status"] = "waiting"
-        elif isinstance(event, WaitResumed | WaitExpired):
-            values["status"] = "running"
-        else:
-            return
-        self.nodes.merge((event.run_id, node_id), values)
+def _last(expr: str, where: str) -> str:
+    return f"arg_max({expr}, s) FILTER (WHERE {where} AND ({expr}) IS NOT NULL)"
 
-    def _call(self, event: AnyEvent) -> None:
-        if isinstance(event, ToolCalled):
-            self.tool_calls.merge(
-                (event.run_id, event.seq),
-                {
-                    "node_id": event.node_id,
-                    "tool": event.tool,
-                    "args": _json(event.args),
-                    "args_digest": event.args_digest,
-                    "status": "running",
-                    "called_at": event.ts,
-                    "worker": event.worker,
-                },
-            )
-        elif isinstance(event, ToolReturned | ToolFailed) and event.parent is not None:
-            values: dict[str, Any] = {"duration_us": event.duration_us, "ended_at": event.ts, "worker": event.worker}
-            if isinstance(event, ToolReturned):
-                values.update(status="succeeded", outputs=_json(event.outputs))
-            else:
-                values.update(status="failed", error_type=event.error_type, error_message=event.message)
-            self.tool_calls.merge((event.run_id, event.parent), values)
-        elif isinstance(event, ServiceCalled):
-            self.service_calls.merge(
-                (event.run_id, event.seq),
-                {
-                    "node_id": event.node_id,
-                    "service": event.service,
-                    "method": event.method,
-                    "args": _json(event.args),
-                    "kwargs": _json(event.kwargs),
-                    "args_digest": event.args_digest,
-                    "status": "running",
-                    "called_at": event.ts,
-                },
-            )
-        elif isinstance(event, ServiceReturned | ServiceFailed) and event.parent is not None:
-            values = {"duration_us": event.duration_us, "ended_at": event.ts}
-            if isinstance(event, ServiceReturned):
-                values.update(status="succeeded", result=_json(event.result))
-            else:
-                values.update(status="failed", error_type=event.error_type, error_message=event.message)
-            self.service_calls.merge((event.run_id, event.parent), values)
 
-    def _wait(self, event: AnyEvent) -> None:
-        if isinstance(event, WaitRequested):
-            self.waits.merge(
-                (event.run_id, event.wait_id),
-                {
-                    "node_id": event.node_id,
-                    "kind": event.kind,
-                    "prompt": event.prompt,
-                    "payload_schema": _json(event.payload_schema),
-                    "channel": event.channel,
-                    "deadline": event.deadline_us,
-                    "status": "open",
-                    "requested_at": event.ts,
-                },
-            )
-        elif isinstance(event, WaitResumed):
-            self.waits.merge(
-                (event.run_id, event.wait_id),
-                {
-                    "status": "resumed",
-                    "closed_at": event.ts,
-                    "payload": _json(event.payload),
-                    "command_seq": event.command_seq,
-                },
-            )
-        elif isinstance(event, WaitExpired):
-            self.waits.merge(
-                (event.run_id, event.wait_id),
-                {"status": "expired", "closed_at": event.ts, "command_seq": event.command_seq},
-            )
+_IN_NODE: Final = "e.node_id IS NOT NULL AND e.node_id <> 'root'"
+_NODE: Final = "'node:' || e.run_id || '/' || e.node_id"
+_RUN: Final = "'run:' || e.run_id"
+_OWNER: Final = f"CASE WHEN {_IN_NODE} THEN {_NODE} ELSE {_RUN} END"
 
-    def _lineage(self, stream_seq: int, event: AnyEvent) -> None:
-        run_id = event.run_id
-        if isinstance(event, RunStarted):
-            self.roots.append((run_id, event.root_run_id or run_id))
-            if event.parent_run_id and event.parent_node_id:
-                self.edges.append(
-                    (
-                        node_entity(event.parent_run_id, event.parent_node_id),
-                        run_entity(run_id),
-                        "spawned",
-                        run_id,
-                        stream_seq,
-                    )
-                )
-            return
-        node_id = event.node_id
-        in_node = node_id is not None and node_id != ROOT_NODE
-        if isinstance(event, ToolCalled | NodeStarted) and in_node:
-            entity = node_entity(run_id, node_id)  # type: ignore[arg-type]
-            self.edges.append((run_entity(run_id), entity, "in_run", run_id, stream_seq))
-            if isinstance(event, ToolCalled):
-                self._values(self.inputs, event.args.values(), run_id, entity, stream_seq)
-        elif isinstance(event, ToolReturned | NodeCompleted) and in_node:
-            entity = node_entity(run_id, node_id)  # type: ignore[arg-type]
-            self._values(self.outputs, [event.outputs, *event.outputs.values()], run_id, entity, stream_seq)
-        elif isinstance(event, ServiceCalled) and in_node:
-            entity = node_entity(run_id, node_id)  # type: ignore[arg-type]
-            self._values(self.inputs, [*event.args, *event.kwargs.values()], run_id, entity, stream_seq)
-        elif isinstance(event, RunCompleted):
-            self._values(self.outputs, [event.outputs, *event.outputs.values()], run_id, run_entity(run_id), stream_seq)
-        elif isinstance(event, WaitResumed):
-            wait = wait_entity(run_id, event.wait_id)
-            target = node_entity(run_id, node_id) if in_node else run_entity(run_id)  # type: ignore[arg-type]
-            self.edges.append((wait, target, "answered", run_id, stream_seq))
-            payload = event.payload
-            values = [payload, *payload.values()] if isinstance(payload, dict) else [payload]
-            self._values(self.outputs, values, run_id, wait, stream_seq)
-        elif isinstance(event, ArtifactSaved):
-            artifact = artifact_entity(event.artifact_id)
-            producer = node_entity(run_id, node_id) if in_node else run_entity(run_id)  # type: ignore[arg-type]
-            self.edges.append((producer, artifact, "produced", run_id, stream_seq))
-            self._values(self.outputs, [event.uri, event.artifact_id], run_id, artifact, stream_seq)
+_RUN_STATUS: Final = (
+    "CASE e.type WHEN 'run.started' THEN 'running' WHEN 'run.claimed' THEN 'running' "
+    "WHEN 'run.waiting' THEN 'waiting' WHEN 'run.completed' THEN 'succeeded' WHEN 'run.failed' THEN 'failed' "
+    "WHEN 'run.cancelled' THEN 'cancelled' END"
+)
 
-    @staticmethod
-    def _values(
-        into: list[tuple[str, str, str, int]], values: Iterable[Any], run_id: str, entity: str, stream_seq: int
-    ) -> None:
-        seen: set[str] = set()
-        for value in values:
-            found = value_digest(value)
-            if found is not None and found not in seen:
-                seen.add(found)
-                into.append((found, run_id, entity, stream_seq))
+_WHILE_WAITING: Final = "CASE WHEN e.type = 'run.waiting' THEN {} ELSE '' END"
+_RUN_ENDS: Final = "'run.completed', 'run.failed', 'run.cancelled'"
+_NODE_ENDS: Final = "'tool.returned', 'node.completed', 'tool.failed', 'node.failed'"
+_ATTEMPT: Final = "CASE t WHEN 'node.started' THEN coalesce(attempt, 1) WHEN 'tool.called' THEN 1 END"
 
-    def __len__(self) -> int:
-        return len(self.events) + len(self.runs) + len(self.nodes) + len(self.edges) + len(self.inputs)
+_EVENTS = (
+    "INSERT INTO events SELECT stream_seq, e.run_id, e.seq, e.type, make_timestamp(e.ts), e.worker, e.parent, "
+    "e.node_id, coalesce(e.epoch, 1), raw::JSON FROM staging WHERE stream_seq > $1"
+)
+
+_RUNS = _merge(
+    "runs",
+    [
+        ("run_id", "key", "e.run_id"),
+        ("graph_id", "first", _first("e.graph_id", "e.type = 'run.started'")),
+        ("status", "last", _last("st", "true")),
+        ("parent_run_id", "first", _first("e.parent_run_id", "e.type = 'run.started'")),
+        ("parent_node_id", "first", _first("e.parent_node_id", "e.type = 'run.started'")),
+        ("root_run_id", "first", _first("coalesce(e.root_run_id, e.run_id)", "e.type = 'run.started'")),
+        ("inputs", "first", _first("e.inputs", "e.type = 'run.started'")),
+        ("outputs", "last", _last("e.outputs", "e.type = 'run.completed'")),
+        ("error_type", "last", _last("e.error_type", "e.type = 'run.failed'")),
+        ("error_message", "last", _last(
+            "CASE WHEN e.type = 'run.failed' THEN e.message ELSE nullif(e.reason, '') END",
+            "e.type IN ('run.failed', 'run.cancelled')",
+        )),
+        ("failed_node_id", "last", _last("e.failed_node_id", "e.type = 'run.failed'")),
+        # Merging keeps non-null values, so "not waiting any more" is the empty string.
+        ("waiting_wait_id", "last", _last(_WHILE_WAITING.format("e.wait_id"), "st IS NOT NULL")),
+        ("waiting_run_id", "last", _last(_WHILE_WAITING.format("e.wait_run_id"), "st IS NOT NULL")),
+        ("started_at", "first", _first("make_timestamp(e.ts)", "e.type = 'run.started'")),
+        ("ended_at", "last", _last("make_timestamp(e.ts)", f"e.type IN ({_RUN_ENDS})")),
+        ("last_event_at", "last", "arg_max(make_timestamp(e.ts), s)"),
+        ("last_worker", "last", "arg_max(e.worker, s)"),
+        ("last_seq", "max", "max(e.seq)"),
+        ("event_count", "add", "count(*)"),
+        ("claims", "add", "count(*) FILTER (WHERE e.type = 'run.claimed')"),
+    ],
+    f"FROM (SELECT stream_seq AS s, e, {_RUN_STATUS} AS st FROM staging WHERE stream_seq > $1) GROUP BY e.run_id",
+)  # fmt: skip
+
+_NODE_TYPES: Final = (
+    "'tool.called', 'node.started', 'tool.returned', 'node.completed', 'tool.failed', 'node.failed', "
+    "'wait.requested', 'wait.resumed', 'wait.expired'"
+)
+_NODE_STATUS: Final = (
+    "CASE t WHEN 'tool.called' THEN 'running' WHEN 'node.started' THEN 'running' "
+    "WHEN 'tool.returned' THEN 'succeeded' WHEN 'node.completed' THEN 'succeeded' "
+    "WHEN 'tool.failed' THEN 'failed' WHEN 'node.failed' THEN 'failed' WHEN 'wait.requested' THEN 'waiting' "
+    "WHEN 'wait.resumed' THEN 'running' WHEN 'wait.expired' THEN 'running' END"
+)
+_NODES = _merge(
+    "nodes",
+    [
+        ("run_id", "key", "run_id"),
+        ("node_id", "key", "node_id"),
+        ("tool", "first", _first("tool", "t IN ('tool.called', 'node.started')")),
+        ("status", "last", _last(_NODE_STATUS, "t <> 'child'")),
+        ("attempts", "max", f"coalesce(max({_ATTEMPT}), 0)"),
+        ("started_at", "first", _first("make_timestamp(ts)", "t IN ('tool.called', 'node.started')")),
+        ("ended_at", "last", _last("make_timestamp(ts)", f"t IN ({_NODE_ENDS})")),
+        ("duration_us", "last", _last("duration_us", "t IN ('tool.returned', 'tool.failed')")),
+        ("worker", "last", _last("worker", "t <> 'child'")),
+        ("error_type", "last", _last("error_type", "t IN ('tool.failed', 'node.failed')")),
+        ("error_message", "last", _last("message", "t IN ('tool.failed', 'node.failed')")),
+        ("child_run_id", "first", _first("child", "t = 'child'")),
+        ("first_seq", "first", _first("seq", "t IN ('tool.called', 'node.started')")),
+        ("last_seq", "max", "max(seq) FILTER (WHERE t <> 'child')"),
+    ],
+    f"""FROM (
+    SELECT stream_seq AS s, e.type AS t, e.run_id, e.node_id, e.tool, e.attempt, e.ts, e.seq, e.worker,
+           e.duration_us, e.error_type, e.message, NULL::VARCHAR AS child
+    FROM staging WHERE stream_seq > $1 AND e.type IN ({_NODE_TYPES}) AND {_IN_NODE}
+    UNION ALL
+    SELECT stream_seq, 'child', e.parent_run_id, e.parent_node_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           e.run_id
+    FROM staging WHERE stream_seq > $1 AND e.type = 'run.started'
+          AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
+) GROUP BY run_id, node_id""",
+)  # fmt: skip
+
+
+def _calls(table: str, opened: str, closed: tuple[str, str], extra: list[tuple[str, Rule, str]]) -> str:
+    returned, failed = closed
+    return _merge(
+        table,
+        [
+            ("run_id", "key", "e.run_id"),
+            ("call_seq", "key", f"CASE WHEN e.type = '{opened}' THEN e.seq ELSE e.parent END"),
+            ("node_id", "first", _first("e.node_id", f"e.type = '{opened}'")),
+            *extra,
+            ("args_digest", "first", _first("e.args_digest", f"e.type = '{opened}'")),
+            ("status", "last", _last(
+                f"CASE e.type WHEN '{opened}' THEN 'running' WHEN '{returned}' THEN 'succeeded' ELSE 'failed' END",
+                "true",
+            )),
+            ("error_type", "last", _last("e.error_type", f"e.type = '{failed}'")),
+            ("error_message", "last", _last("e.message", f"e.type = '{failed}'")),
+            ("duration_us", "last", _last("e.duration_us", f"e.type <> '{opened}'")),
+            ("called_at", "first", _first("make_timestamp(e.ts)", f"e.type = '{opened}'")),
+            ("ended_at", "last", _last("make_timestamp(e.ts)", f"e.type <> '{opened}'")),
+        ],
+        f"FROM (SELECT stream_seq AS s, e FROM staging WHERE stream_seq > $1 AND "
+        f"(e.type = '{opened}' OR (e.type IN ('{returned}', '{failed}') AND e.parent IS NOT NULL)))\n"
+        f"GROUP BY e.run_id, CASE WHEN e.type = '{opened}' THEN e.seq ELSE e.parent END",
+    )  # fmt: skip
+
+
+_TOOL_CALLS = _calls(
+    "tool_calls",
+    "tool.called",
+    ("tool.returned", "tool.failed"),
+    [
+        ("tool", "first", _first("e.tool", "e.type = 'tool.called'")),
+        ("args", "first", _first("e.args", "e.type = 'tool.called'")),
+        ("outputs", "last", _last("e.outputs", "e.type = 'tool.returned'")),
+        ("worker", "last", _last("e.worker", "true")),
+    ],
+)
+_SERVICE_CALLS = _calls(
+    "service_calls",
+    "service.called",
+    ("service.returned", "service.failed"),
+    [
+        ("service", "first", _first("e.service", "e.type = 'service.called'")),
+        ("method", "first", _first("e.method", "e.type = 'service.called'")),
+        ("args", "first", _first("e.args", "e.type = 'service.called'")),
+        ("kwargs", "first", _first("e.kwargs", "e.type = 'service.called'")),
+        ("result", "last", _last("coalesce(e.result, 'null'::JSON)", "e.type = 'service.returned'")),
+    ],
+)
+
+_WAITS = _merge(
+    "waits",
+    [
+        ("run_id", "key", "e.run_id"),
+        ("wait_id", "key", "e.wait_id"),
+        ("node_id", "first", _first("e.node_id", "e.type = 'wait.requested'")),
+        ("kind", "first", _first("e.kind", "e.type = 'wait.requested'")),
+        ("prompt", "first", _first("e.prompt", "e.type = 'wait.requested'")),
+        ("payload_schema", "first", _first("e.payload_schema", "e.type = 'wait.requested'")),
+        ("channel", "first", _first("e.channel", "e.type = 'wait.requested'")),
+        ("deadline", "first", _first("make_timestamp(e.deadline_us)", "e.type = 'wait.requested'")),
+        ("status", "last", _last(
+            "CASE e.type WHEN 'wait.requested' THEN 'open' WHEN 'wait.resumed' THEN 'resumed' ELSE 'expired' END",
+            "true",
+        )),
+        ("requested_at", "first", _first("make_timestamp(e.ts)", "e.type = 'wait.requested'")),
+        ("closed_at", "last", _last("make_timestamp(e.ts)", "e.type <> 'wait.requested'")),
+        ("payload", "last", _last("coalesce(e.payload, 'null'::JSON)", "e.type = 'wait.resumed'")),
+        ("command_seq", "last", _last("e.command_seq", "e.type <> 'wait.requested'")),
+    ],
+    "FROM (SELECT stream_seq AS s, e FROM staging WHERE stream_seq > $1 AND "
+    "e.type IN ('wait.requested', 'wait.resumed', 'wait.expired')) GROUP BY e.run_id, e.wait_id",
+)  # fmt: skip
+
+_ARTIFACTS = (
+    "INSERT INTO artifacts SELECT e.run_id, e.seq, e.artifact_id, e.uri, e.kind, e.name, e.mime, e.size, e.labels, "
+    "e.node_id, e.tool, make_timestamp(e.ts) FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'"
+)
+
+_ROOTS = (
+    "INSERT INTO lineage_roots SELECT e.run_id, arg_min(coalesce(e.root_run_id, e.run_id), stream_seq) "
+    "FROM staging WHERE stream_seq > $1 AND e.type = 'run.started' GROUP BY e.run_id"
+)
+
+_STRUCTURAL_EDGES = _insert_missing(
+    "edges",
+    ("root_run_id", "src", "dst", "kind"),
+    f"""
+WITH x AS (
+    SELECT 'node:' || e.parent_run_id || '/' || e.parent_node_id AS src, {_RUN} AS dst, 'spawned' AS kind,
+           e.run_id, stream_seq AS s
+    FROM staging WHERE stream_seq > $1 AND e.type = 'run.started'
+          AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
+    UNION ALL
+    SELECT {_RUN}, {_NODE}, 'in_run', e.run_id, stream_seq
+    FROM staging WHERE stream_seq > $1 AND e.type IN ('tool.called', 'node.started') AND {_IN_NODE}
+    UNION ALL
+    SELECT 'wait:' || e.run_id || '/' || e.wait_id, {_OWNER}, 'answered', e.run_id, stream_seq
+    FROM staging WHERE stream_seq > $1 AND e.type = 'wait.resumed'
+    UNION ALL
+    SELECT {_OWNER}, 'artifact:' || e.artifact_id, 'produced', e.run_id, stream_seq
+    FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
+)
+SELECT x.src, x.dst, x.kind, arg_min(coalesce(r.root_run_id, x.run_id), x.s) AS root_run_id,
+       arg_min(x.run_id, x.s) AS run_id, min(x.s) AS stream_seq
+FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id
+GROUP BY x.src, x.dst, x.kind""",
+)
+
+# A value worth matching: not null/boolean, and at least MIN_LINEAGE_VALUE_BYTES when encoded.
+_MATCHABLE: Final = (
+    f"v IS NOT NULL AND length(v::VARCHAR) >= {MIN_LINEAGE_VALUE_BYTES} AND json_type(v) NOT IN ('BOOLEAN', 'NULL')"
+)
+
+_PRODUCED_VALUES = _insert_missing(
+    "lineage_values",
+    ("root_run_id", "digest", "entity"),
+    f"""
+WITH produced AS (
+    SELECT stream_seq AS s, e, CASE WHEN e.type = 'run.completed' THEN {_RUN} ELSE {_NODE} END AS entity
+    FROM staging WHERE stream_seq > $1
+          AND (e.type = 'run.completed' OR (e.type IN ('tool.returned', 'node.completed') AND {_IN_NODE}))
+), answered AS (
+    SELECT stream_seq AS s, e, 'wait:' || e.run_id || '/' || e.wait_id AS entity
+    FROM staging WHERE stream_seq > $1 AND e.type = 'wait.resumed'
+), x AS (
+    SELECT e.outputs AS v, entity, e.run_id, s FROM produced
+    UNION ALL SELECT unnest(map_values(e.outputs::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM produced
+    UNION ALL SELECT e.payload, entity, e.run_id, s FROM answered
+    UNION ALL SELECT unnest(map_values(e.payload::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM answered
+        WHERE json_type(e.payload) = 'OBJECT'
+    UNION ALL SELECT to_json(e.uri), 'artifact:' || e.artifact_id, e.run_id, stream_seq
+        FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
+    UNION ALL SELECT to_json(e.artifact_id), 'artifact:' || e.artifact_id, e.run_id, stream_seq
+        FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
+)
+SELECT md5(v::VARCHAR) AS digest, coalesce(r.root_run_id, x.run_id) AS root_run_id, x.entity, min(x.s) AS stream_seq
+FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id
+WHERE {_MATCHABLE}
+GROUP BY 1, 2, 3""",
+)
+
+_DATA_EDGES = _insert_missing(
+    "edges",
+    ("root_run_id", "src", "dst", "kind"),
+    f"""
+WITH called AS (
+    SELECT stream_seq AS s, e, {_NODE} AS entity FROM staging
+    WHERE stream_seq > $1 AND e.type IN ('tool.called', 'service.called') AND {_IN_NODE}
+), x AS (
+    SELECT unnest(map_values(e.args::MAP(VARCHAR, JSON))) AS v, entity, e.run_id, s FROM called
+        WHERE e.type = 'tool.called'
+    UNION ALL SELECT unnest(e.args::JSON[]), entity, e.run_id, s FROM called WHERE e.type = 'service.called'
+    UNION ALL SELECT unnest(map_values(e.kwargs::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM called
+        WHERE e.type = 'service.called'
+), consumed AS (
+    SELECT md5(v::VARCHAR) AS digest, coalesce(r.root_run_id, x.run_id) AS root, x.entity, x.run_id, x.s
+    FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id
+    WHERE {_MATCHABLE}
+)
+SELECT v.entity AS src, c.entity AS dst, 'data' AS kind, c.root AS root_run_id, arg_min(c.run_id, c.s) AS run_id,
+       min(c.s) AS stream_seq
+FROM consumed c JOIN lineage_values v
+  ON v.digest = c.digest AND v.root_run_id = c.root AND v.stream_seq < c.s AND v.entity <> c.entity
+GROUP BY v.entity, c.entity, c.root""",
+)
+
+# Projection name -> its statements, in order (lineage: roots, then edges and values, then data edges).
+FOLDS: Final[dict[str, tuple[str, ...]]] = {
+    "events": (_EVENTS,),
+    "runs": (_RUNS,),
+    "nodes": (_NODES,),
+    "calls": (_TOOL_CALLS, _SERVICE_CALLS),
+    "waits": (_WAITS,),
+    "artifacts": (_ARTIFACTS,),
+    "lineage": (_ROOTS, _STRUCTURAL_EDGES, _PRODUCED_VALUES, _DATA_EDGES),
+}

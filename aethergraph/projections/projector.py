@@ -75,8 +75,8 @@ class Projector:
         store: ProjectionStore,
         *,
         store_id: str,
-        batch_max: int = 4096,
-        window: int = 32768,
+        batch_max: int = 16384,
+        window: int = 65536,
     ) -> None:
         self._bus = bus
         self._store = store

@@ -77,7 +77,7 @@ PROJECTIONS: Final[tuple[ProjectionSchema, ...]] = (
         tables={
             "events": """
 CREATE TABLE events (
-    stream_seq BIGINT PRIMARY KEY,
+    stream_seq BIGINT,
     run_id VARCHAR NOT NULL,
     seq BIGINT NOT NULL,
     type VARCHAR NOT NULL,
@@ -97,7 +97,7 @@ CREATE TABLE events (
         tables={
             "runs": """
 CREATE TABLE runs (
-    run_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR,
     graph_id VARCHAR,
     status VARCHAR NOT NULL,
     parent_run_id VARCHAR,
@@ -140,8 +140,7 @@ CREATE TABLE nodes (
     error_message VARCHAR,
     child_run_id VARCHAR,
     first_seq BIGINT,
-    last_seq BIGINT,
-    PRIMARY KEY (run_id, node_id)
+    last_seq BIGINT
 )""",
         },
     ),
@@ -165,8 +164,7 @@ CREATE TABLE tool_calls (
     duration_us BIGINT,
     called_at TIMESTAMP,
     ended_at TIMESTAMP,
-    worker VARCHAR,
-    PRIMARY KEY (run_id, call_seq)
+    worker VARCHAR
 )""",
             "service_calls": """
 CREATE TABLE service_calls (
@@ -184,8 +182,7 @@ CREATE TABLE service_calls (
     error_message VARCHAR,
     duration_us BIGINT,
     called_at TIMESTAMP,
-    ended_at TIMESTAMP,
-    PRIMARY KEY (run_id, call_seq)
+    ended_at TIMESTAMP
 )""",
         },
     ),
@@ -208,8 +205,7 @@ CREATE TABLE waits (
     requested_at TIMESTAMP,
     closed_at TIMESTAMP,
     payload JSON,
-    command_seq BIGINT,
-    PRIMARY KEY (run_id, wait_id)
+    command_seq BIGINT
 )""",
         },
     ),
@@ -231,8 +227,7 @@ CREATE TABLE artifacts (
     labels JSON,
     node_id VARCHAR,
     tool VARCHAR,
-    saved_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (run_id, seq)
+    saved_at TIMESTAMP NOT NULL
 )""",
         },
     ),
@@ -248,20 +243,18 @@ CREATE TABLE edges (
     kind VARCHAR NOT NULL,
     root_run_id VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL,
-    stream_seq BIGINT NOT NULL,
-    PRIMARY KEY (src, dst, kind)
+    stream_seq BIGINT NOT NULL
 )""",
             "lineage_values": """
 CREATE TABLE lineage_values (
     digest VARCHAR NOT NULL,
     root_run_id VARCHAR NOT NULL,
     entity VARCHAR NOT NULL,
-    stream_seq BIGINT NOT NULL,
-    PRIMARY KEY (digest, root_run_id, entity)
+    stream_seq BIGINT NOT NULL
 )""",
             "lineage_roots": """
 CREATE TABLE lineage_roots (
-    run_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR,
     root_run_id VARCHAR NOT NULL
 )""",
         },
