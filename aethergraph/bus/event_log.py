@@ -355,6 +355,32 @@ class JetStreamEventLog:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
+    async def started_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` have a ``run.started`` on the stream (one batched direct get)."""
+        if not run_ids:
+            return set()
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        found: set[str] = set()
+        subjects = [event_subject(run_id, "run.started") for run_id in run_ids]
+        request = msgspec.json.encode({"multi_last": subjects, "batch": len(subjects)})
+        try:
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", request, reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=self._direct_timeout_s)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status in ("204", "404"):
+                        return found
+                    raise EventRejectedError(
+                        f"direct get of run starts failed: {status} {headers.get('Description', '')}"
+                    )
+                found.add(headers["Nats-Subject"].split(".")[2])
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
     async def _consume(self, run_id: str, *, follow: bool, start_seq: int = 1) -> AsyncIterator[StoredRecord]:
         buffer: collections.deque[tuple[bytes, int, bool]] = collections.deque()
         wake = asyncio.Event()

@@ -18,6 +18,7 @@ from typing import Any
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import RunNotFoundError
+from aethergraph.core.ids import child_run_id
 
 from .fold import Decoded
 from .store import ProjectionStore
@@ -89,12 +90,14 @@ async def rebuild_run_state(
         tree = [run_id]
         frontier = [run_id]
         while frontier:
-            children = store.query(
-                "SELECT DISTINCT child_run_id FROM nodes WHERE run_id IN (SELECT unnest($1)) "
-                "AND child_run_id IS NOT NULL ORDER BY 1",
+            # A nested run's id follows from its parent node (child_run_id); ask which exist.
+            nodes = store.query(
+                "SELECT run_id, node_id FROM nodes WHERE run_id IN (SELECT unnest($1)) ORDER BY first_seq",
                 [frontier],
             ).rows
-            frontier = [row[0] for row in children if row[0] not in tree]
+            candidates = [child_run_id(parent, node) for parent, node in nodes]
+            started = await event_log.started_runs(candidates)
+            frontier = [child for child in candidates if child in started and child not in tree]
             for child in frontier:
                 await _fold_run(event_log, child, store)
             tree.extend(frontier)
@@ -113,7 +116,7 @@ def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunStat
     ).rows[0]
     nodes = store.query(
         "SELECT run_id, node_id, tool, status, duration_us, child_run_id FROM nodes "
-        "WHERE run_id IN (SELECT unnest($1)) ORDER BY first_seq, run_id",
+        "WHERE run_id IN (SELECT unnest($1)) ORDER BY started_at, run_id",
         [tree],
     ).rows
     waits = store.query(
