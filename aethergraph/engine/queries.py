@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aethergraph.bus.connection import BusConnection
+from aethergraph.core.errors import ProjectionLockedError
 from aethergraph.core.settings import Settings
 from aethergraph.projections.projector import ProgressCallback, Projector
 from aethergraph.projections.service import QueryRequest, QueryService, remote_request, store_id_for
@@ -22,6 +23,8 @@ from aethergraph.projections.store import ProjectionStore, QueryResult
 __all__ = ["ProjectionAccess", "serve_projections", "store_path"]
 
 STORE_FILE = "projections.duckdb"
+# How long a query waits for another process (a catch-up of its own) to release the store.
+LOCK_WAIT_S = 30.0
 
 
 def store_path(settings: Settings) -> Path:
@@ -40,8 +43,26 @@ class ProjectionAccess:
     async def _request(self, request: QueryRequest) -> QueryResult | None:
         return await remote_request(self._bus.nc, self.store_id, request)
 
-    async def _locally(self, action: Callable[[ProjectionStore], Any]) -> Any:
-        store = await asyncio.to_thread(ProjectionStore.open, self.path)
+    async def _open_store(self, request: QueryRequest) -> ProjectionStore | QueryResult:
+        """Open the store; while another process holds it, ask that process (a projector may have started)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_WAIT_S
+        while True:
+            try:
+                return await asyncio.to_thread(ProjectionStore.open, self.path)
+            except ProjectionLockedError:
+                remote = await self._request(request)
+                if remote is not None:
+                    return remote
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _locally(self, request: QueryRequest, action: Callable[[ProjectionStore], Any]) -> Any:
+        opened = await self._open_store(request)
+        if isinstance(opened, QueryResult):
+            return opened
+        store = opened
         try:
             await Projector(self._bus, store, store_id=self.store_id).catch_up(on_progress=self._on_progress)
             return await asyncio.to_thread(action, store)
@@ -52,16 +73,18 @@ class ProjectionAccess:
         remote = await self._request(QueryRequest(sql=sql, params=params))
         if remote is not None:
             return remote
-        result: QueryResult = await self._locally(lambda store: store.query(sql, params))
+        request = QueryRequest(sql=sql, params=params)
+        result: QueryResult = await self._locally(request, lambda store: store.query(sql, params))
         return result
 
     async def export(self, target: Path) -> Path:
         target = await asyncio.to_thread(target.resolve)
-        remote = await self._request(QueryRequest(op="export", path=str(target)))
+        request = QueryRequest(op="export", path=str(target))
+        remote = await self._request(request)
         if remote is not None:
             return Path(remote.rows[0][0])
-        path: Path = await self._locally(lambda store: store.export(target))
-        return path
+        done = await self._locally(request, lambda store: store.export(target))
+        return Path(done.rows[0][0]) if isinstance(done, QueryResult) else Path(done)
 
 
 async def serve_projections(
