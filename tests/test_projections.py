@@ -151,15 +151,17 @@ class _Gen:
             return {"nested": self.draw(st.sampled_from(self.pool))}
         return f"input-{next(self.fresh):05d}-text"
 
-    def run(self, out: list[tuple[type, dict[str, Any]]], run_id: str, root: str, parent: tuple[str, str] | None, depth: int) -> str:
+    def run(
+        self, out: list[tuple[type, dict[str, Any]]], run_id: str, root: str, parent: tuple[str, str] | None, depth: int
+    ) -> str:
         """One run's events (and its children's, inline); returns how the run ended."""
         draw = self.draw
-        state = {"seq": 0, "epoch": 1, "worker": draw(st.sampled_from(WORKERS))}
+        state: dict[str, Any] = {"seq": 0, "epoch": 1, "worker": draw(st.sampled_from(WORKERS))}
         counts: Counter[str] = Counter()
 
         def emit(cls: type, node_id: str | None = None, parent_seq: int | None = None, **fields: Any) -> int:
             state["seq"] += 1
-            seq = state["seq"]
+            seq: int = state["seq"]
             fields.update(
                 run_id=run_id,
                 seq=seq,
@@ -212,11 +214,18 @@ class _Gen:
                 value: Any = (
                     {"answer": self.new_value()} if payload == "dict" else self.new_value() if payload == "value" else 1
                 )
-                emit(ev.WaitResumed, node_id, wait_id=wait_id, payload=value, command_seq=draw(st.sampled_from([None, 7])))
+                emit(
+                    ev.WaitResumed,
+                    node_id,
+                    wait_id=wait_id,
+                    payload=value,
+                    command_seq=draw(st.sampled_from([None, 7])),
+                )
             return False
 
         def artifact(node_id: str | None, tool: str) -> None:
-            if self.artifacts and draw(st.booleans()):
+            again: bool = draw(st.booleans())
+            if self.artifacts and again:
                 artifact_id = draw(st.sampled_from(self.artifacts))  # the same content saved again
             else:
                 artifact_id = f"{next(self.fresh):064x}"
@@ -246,11 +255,26 @@ class _Gen:
             )
             outcome = draw(st.sampled_from(["returned", "failed", "open"]))
             if outcome == "returned":
-                emit(ev.ServiceReturned, node_id, parent_seq=called, service="llm", method="complete",
-                     result=self.new_value(), duration_us=draw(st.integers(0, 999)))
+                emit(
+                    ev.ServiceReturned,
+                    node_id,
+                    parent_seq=called,
+                    service="llm",
+                    method="complete",
+                    result=self.new_value(),
+                    duration_us=draw(st.integers(0, 999)),
+                )
             elif outcome == "failed":
-                emit(ev.ServiceFailed, node_id, parent_seq=called, service="llm", method="complete",
-                     error_type="TimeoutError", message="slow", duration_us=5)
+                emit(
+                    ev.ServiceFailed,
+                    node_id,
+                    parent_seq=called,
+                    service="llm",
+                    method="complete",
+                    error_type="TimeoutError",
+                    message="slow",
+                    duration_us=5,
+                )
 
         emit(
             ev.RunStarted,
@@ -261,16 +285,24 @@ class _Gen:
             root_run_id=root if parent else draw(st.sampled_from([None, run_id])),
         )
         last_node: str | None = None
-        actions = draw(st.lists(st.sampled_from(
-            ["tool", "tool", "tool", "child", "wait", "claim", "artifact", "log", "value", "channel", "static"]
-        ), min_size=1, max_size=8))
+        actions = draw(
+            st.lists(
+                st.sampled_from(
+                    ["tool", "tool", "tool", "child", "wait", "claim", "artifact", "log", "value", "channel", "static"]
+                ),
+                min_size=1,
+                max_size=8,
+            )
+        )
         for action in actions:
             if action == "tool":
                 tool = draw(st.sampled_from(TOOLS))
                 node_id = last_node = node(tool)
                 args = {f"a{i}": self.arg() for i in range(draw(st.integers(0, 2)))}
                 called = emit(ev.ToolCalled, node_id, tool=tool, args=args, args_digest=f"d{len(args)}")
-                for inner in draw(st.lists(st.sampled_from(["service", "wait", "artifact", "log", "checkpoint"]), max_size=2)):
+                for inner in draw(
+                    st.lists(st.sampled_from(["service", "wait", "artifact", "log", "checkpoint"]), max_size=2)
+                ):
                     if inner == "service":
                         service(node_id)
                     elif inner == "wait":
@@ -284,11 +316,24 @@ class _Gen:
                 outcome = draw(st.sampled_from(["returned", "returned", "returned", "failed", "open"]))
                 if outcome == "returned":
                     outputs = {"out": self.new_value(), "n": draw(st.integers(0, 3))}
-                    emit(ev.ToolReturned, node_id, parent_seq=called, tool=tool, outputs=outputs,
-                         duration_us=draw(st.integers(0, 10**6)))
+                    emit(
+                        ev.ToolReturned,
+                        node_id,
+                        parent_seq=called,
+                        tool=tool,
+                        outputs=outputs,
+                        duration_us=draw(st.integers(0, 10**6)),
+                    )
                 elif outcome == "failed":
-                    emit(ev.ToolFailed, node_id, parent_seq=called, tool=tool, error_type="ValueError",
-                         message="bad input", duration_us=draw(st.integers(0, 10**6)))
+                    emit(
+                        ev.ToolFailed,
+                        node_id,
+                        parent_seq=called,
+                        tool=tool,
+                        error_type="ValueError",
+                        message="bad input",
+                        duration_us=draw(st.integers(0, 10**6)),
+                    )
                 else:
                     break  # a step in flight: nothing after it in this run
             elif action == "child" and depth < 2:
@@ -297,11 +342,24 @@ class _Gen:
                 child_id = f"{run_id}-{node_id}"
                 ended = self.run(out, child_id, root, (run_id, node_id), depth + 1)
                 if ended.startswith("completed:"):
-                    emit(ev.ToolReturned, node_id, parent_seq=called, tool="sub",
-                         outputs={"result": ended.removeprefix("completed:")}, duration_us=9)
+                    emit(
+                        ev.ToolReturned,
+                        node_id,
+                        parent_seq=called,
+                        tool="sub",
+                        outputs={"result": ended.removeprefix("completed:")},
+                        duration_us=9,
+                    )
                 elif ended == "failed":
-                    emit(ev.ToolFailed, node_id, parent_seq=called, tool="sub", error_type="RunFailedError",
-                         message="child failed", duration_us=9)
+                    emit(
+                        ev.ToolFailed,
+                        node_id,
+                        parent_seq=called,
+                        tool="sub",
+                        error_type="RunFailedError",
+                        message="child failed",
+                        duration_us=9,
+                    )
                 else:
                     if ended == "waiting":
                         emit(ev.RunWaiting, wait_id="child-wait", wait_run_id=child_id, kind="text", prompt="?")
@@ -394,7 +452,7 @@ def deliveries(draw: st.DrawFn, n: int) -> list[tuple[int, int]]:
 # --- 1. incremental projection equals a rebuild -----------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_incremental_projection_equals_a_rebuild_from_scratch(data: st.DataObject) -> None:
     items = data.draw(journals(), label="journal")
@@ -446,8 +504,15 @@ def claimed_run(run_id: str = "rd1") -> list[ev.Event]:
     j.tool("load_1", "load", {"doc": "the input document"}, {"text": "loaded text of the doc"})
     j.claim("w-2")
     called = j.add(ev.ToolCalled, "ask_1", tool="ask", args={"text": "loaded text of the doc"}, args_digest="d")
-    svc = j.add(ev.ServiceCalled, "ask_1", service="llm", method="complete", args=["loaded text of the doc"],
-                kwargs={}, args_digest="s")
+    svc = j.add(
+        ev.ServiceCalled,
+        "ask_1",
+        service="llm",
+        method="complete",
+        args=["loaded text of the doc"],
+        kwargs={},
+        args_digest="s",
+    )
     j.add(ev.ServiceReturned, "ask_1", parent=svc, service="llm", method="complete", result="an llm answer")
     j.add(ev.WaitRequested, "ask_1", wait_id="w1", kind="approval", prompt="ok?", payload_schema={"type": "object"})
     j.add(ev.RunWaiting, wait_id="w1", wait_run_id=run_id, kind="approval", prompt="ok?")
@@ -466,7 +531,11 @@ def test_the_same_batch_twice_and_an_older_batch_after_a_newer_one_change_nothin
         store.apply(items[:5])
         store.apply(items[5:])
         before = dump(store)
-        assert one(store, "SELECT event_count, claims, status FROM runs WHERE run_id = 'rd1'") == (len(events), 2, "succeeded")
+        assert one(store, "SELECT event_count, claims, status FROM runs WHERE run_id = 'rd1'") == (
+            len(events),
+            2,
+            "succeeded",
+        )
 
         store.apply(items[5:])  # the same batch again
         store.apply(items[:5])  # an older batch after a newer one
@@ -507,7 +576,7 @@ def test_a_batch_holding_a_redelivered_copy_of_a_message_never_counts_it_twice()
         else:
             got = one(store, "SELECT event_count, claims FROM runs WHERE run_id = 'rd1'")
             assert got == (len(events), 2), (
-                f"PACKAGE BUG: ProjectionStore.apply folded a redelivered copy inside one batch a second time: "
+                f"ProjectionStore.apply folded a redelivered copy inside one batch a second time: "
                 f"(event_count, claims) = {got}, expected {(len(events), 2)} (apply filters by the floor only, "
                 "not by duplicates within the batch)"
             )
@@ -523,7 +592,7 @@ def test_a_batch_holding_a_redelivered_copy_of_a_message_never_counts_it_twice()
             projector._apply(raw[4:] + raw[5:8])
             assert projector.stats.dead_letters == 0
             got = one(fresh, "SELECT event_count, claims FROM runs WHERE run_id = 'rd1'")
-            assert got == (len(events), 2), f"PACKAGE BUG: Projector._apply double-counted a redelivered copy: {got}"
+            assert got == (len(events), 2), f"Projector._apply double-counted a redelivered copy: {got}"
             assert dump(fresh) == expected
             assert fresh.cursors == dict.fromkeys(fresh.cursors, len(items))
         finally:
@@ -546,12 +615,27 @@ def nested_journal() -> list[ev.Event]:
     o.add(ev.RunStarted, graph_id="other", inputs={})
     p.tool("load_1", "load", {"topic": "projections"}, {"text": "text about projections"})
     sub = p.add(ev.ToolCalled, "sub_1", tool="child", args={"text": "text about projections"}, args_digest="d")
-    c.add(ev.RunStarted, graph_id="child", inputs={"text": "text about projections"}, parent_run_id="par",
-          parent_node_id="sub_1", root_run_id="par")
+    c.add(
+        ev.RunStarted,
+        graph_id="child",
+        inputs={"text": "text about projections"},
+        parent_run_id="par",
+        parent_node_id="sub_1",
+        root_run_id="par",
+    )
     o.tool("noop_1", "noop", {}, {"n": 1})
     c.tool("upper_1", "upper", {"text": "text about projections"}, {"text": "TEXT ABOUT PROJECTIONS"})
-    c.add(ev.ArtifactSaved, "upper_1", artifact_id="ab" * 32, uri="file:///a/upper.txt", kind="text",
-          name="upper.txt", mime="text/plain", size=22, tool="upper")
+    c.add(
+        ev.ArtifactSaved,
+        "upper_1",
+        artifact_id="ab" * 32,
+        uri="file:///a/upper.txt",
+        kind="text",
+        name="upper.txt",
+        mime="text/plain",
+        size=22,
+        tool="upper",
+    )
     o.claim("w-8")
     c.add(ev.RunCompleted, outputs={"text": "TEXT ABOUT PROJECTIONS"})
     p.add(ev.ToolReturned, "sub_1", parent=sub, tool="child", outputs={"text": "TEXT ABOUT PROJECTIONS"})

@@ -213,7 +213,9 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     rt: Runtime | None = None
     b: Bus | None = None
     try:
-        rt = await Runtime.open(load_settings(nats_url=server.url, workspace=tmp_path / "host-test"), inline_answers=False)
+        rt = await Runtime.open(
+            load_settings(nats_url=server.url, workspace=tmp_path / "host-test"), inline_answers=False
+        )
         b = Bus(server=server, rt=rt, root=tmp_path)
         yield b
     finally:
@@ -284,9 +286,9 @@ async def test_restarted_catch_up_reads_only_new_events_and_equals_a_rebuild(bus
         assert rows(store, "SELECT error_type, error_message, failed_node_id FROM runs WHERE run_id = 'pjbfail1'") == [
             ("ValueError", "cannot handle the contents of bad.txt", "pjb_boom_1")
         ]
-        assert rows(store, "SELECT status, error_type FROM nodes WHERE run_id = 'pjbfail1' AND node_id = 'pjb_boom_1'") == [
-            ("failed", "ValueError")
-        ]
+        assert rows(
+            store, "SELECT status, error_type FROM nodes WHERE run_id = 'pjbfail1' AND node_id = 'pjb_boom_1'"
+        ) == [("failed", "ValueError")]
     finally:
         store.close()
         fresh.close()
@@ -317,7 +319,14 @@ async def test_bad_messages_become_dead_letters_and_the_projector_keeps_folding(
     js = rt.bus.js
     before, _ = await bus.run(pjb_outer, {"name": "before.txt"})
     victim = ev.ToolCalled(
-        run_id="pjbvictim", seq=2, ts=1_700_000_000_000_000, worker="w", node_id="t_1", tool="t", args={}, args_digest="d"
+        run_id="pjbvictim",
+        seq=2,
+        ts=1_700_000_000_000_000,
+        worker="w",
+        node_id="t_1",
+        tool="t",
+        args={},
+        args_digest="d",
     )
     published = [
         ("ag.evt.pjbbad.tool.called", b"\x00\xff\xfe garbage, not JSON", "undecodable event"),
@@ -369,7 +378,14 @@ async def test_an_event_no_projection_can_fold_is_accounted_for_and_later_events
     """A decodable event for a run whose run.started is not on the stream (an orphan)."""
     rt = bus.rt
     orphan = ev.ToolCalled(
-        run_id="pjborphan", seq=3, ts=1_700_000_000_000_000, worker="w", node_id="t_1", tool="t", args={}, args_digest="d"
+        run_id="pjborphan",
+        seq=3,
+        ts=1_700_000_000_000_000,
+        worker="w",
+        node_id="t_1",
+        tool="t",
+        args={},
+        args_digest="d",
     )
     orphan_seq = (await rt.bus.js.publish("ag.evt.pjborphan.tool.called", encode_event(orphan))).seq
     after, _ = await bus.run(pjb_outer, {"name": "after.txt"})
@@ -387,6 +403,34 @@ async def test_an_event_no_projection_can_fold_is_accounted_for_and_later_events
         assert store.last_seq == await bus.last_seq()
     finally:
         store.close()
+
+
+async def test_catch_up_ends_when_the_last_messages_of_the_stream_were_purged(bus: Bus) -> None:
+    """AG_EVENTS keeps events "until deleted": an operator may purge a run. If its events were the last ones
+    on the stream, the stream's last sequence names a message no consumer will ever deliver."""
+    rt = bus.rt
+    kept, _ = await bus.run(pjb_outer, {"name": "kept.txt"})
+    purged, _ = await bus.run(pjb_outer, {"name": "purged.txt"})
+    last = await bus.last_seq()
+    for run_id in (purged, f"{purged}-pjb_inner_1"):
+        await rt.bus.js.purge_stream(EVENTS_STREAM, subject=f"ag.evt.{run_id}.>")
+    assert await bus.last_seq() == last
+
+    store = await asyncio.to_thread(ProjectionStore.open, ":memory:")
+    try:
+        try:
+            async with asyncio.timeout(15):  # a safety bound: the catch-up folds a few dozen messages
+                await Projector(rt.bus, store, store_id="purged-tail").catch_up()
+        except TimeoutError:
+            pytest.fail(
+                f"Projector.catch_up never returns once the stream's tail was purged: it waits for "
+                f"stream sequence {last} (stream_info last_seq), which no consumer delivers; the store is at "
+                f"{store.last_seq}"
+            )
+        assert sorted(r[0] for r in rows(store, "SELECT run_id FROM runs")) == sorted([kept, f"{kept}-pjb_inner_1"])
+    finally:
+        store.close()
+    assert projector_consumer("purged-tail") not in await bus.consumers()
 
 
 # --- 6. lineage of a real nested run ---------------------------------------------------------------
@@ -503,7 +547,7 @@ async def test_a_fresh_workspace_in_another_process_rebuilds_a_waiting_run_from_
         assert nodes == [(run_id, "pj_quote_1", "succeeded")]
     else:
         assert info["runs"] == [run_id, wait_run], (
-            f"PACKAGE BUG: rebuild_run_state does not find the nested run {wait_run}: runs {info['runs']}"
+            f"rebuild_run_state does not find the nested run {wait_run}: runs {info['runs']}"
         )
         assert nodes == [
             (run_id, "pj_quote_1", "succeeded"),
@@ -518,7 +562,9 @@ async def test_a_fresh_workspace_in_another_process_rebuilds_a_waiting_run_from_
         [wait_run, "payment", expected_prompt, PAYMENT_SCHEMA]
     ]
 
-    sql = await bus.cli("b", "sql", "--json", "SELECT run_id, graph_id, status, parent_run_id FROM runs ORDER BY run_id")
+    sql = await bus.cli(
+        "b", "sql", "--json", "SELECT run_id, graph_id, status, parent_run_id FROM runs ORDER BY run_id"
+    )
     assert sql.returncode == 0, sql.stderr
     listed = json.loads(sql.stdout)
     expected_runs = [{"run_id": run_id, "graph_id": graph, "status": "waiting", "parent_run_id": None}]
@@ -566,7 +612,7 @@ async def test_queries_are_answered_by_the_projector_process_while_it_folds(bus:
     async def folded() -> int:
         return int((await access.query("SELECT count(*) AS n FROM events")).rows[0][0])
 
-    async def reaches(target: int) -> Callable[[], Awaitable[int | None]]:
+    def reaches(target: int) -> Callable[[], Awaitable[int | None]]:
         async def check() -> int | None:
             n = await folded()
             return n if n >= target else None
@@ -578,7 +624,7 @@ async def test_queries_are_answered_by_the_projector_process_while_it_folds(bus:
     for i in range(2):
         run_id, _ = await bus.run(pjb_outer, {"name": f"round-{i}.txt"})
         target = await bus.last_seq()
-        seen.append(await eventually(await reaches(target), f"the projector to fold run {run_id}"))
+        seen.append(await eventually(reaches(target), f"the projector to fold run {run_id}"))
         status = await access.query("SELECT status, started_at FROM runs WHERE run_id = ?", [run_id])
         assert status.rows[0][0] == "succeeded" and isinstance(status.rows[0][1], dt.datetime)
     assert seen[0] < seen[1] < seen[2]
@@ -595,7 +641,7 @@ async def test_queries_are_answered_by_the_projector_process_while_it_folds(bus:
         await asyncio.sleep(0.01)
     await writer
     final = await bus.last_seq()
-    answers.append(await eventually(await reaches(final), "the projector to fold the busy runs"))
+    answers.append(await eventually(reaches(final), "the projector to fold the busy runs"))
     assert answers == sorted(answers) and answers[-1] == final
 
     remote = await remote_request(rt.bus.nc, store_id_for(path), QueryRequest(sql="SELECT count(*) FROM runs"))
@@ -610,7 +656,7 @@ async def test_queries_are_answered_by_the_projector_process_while_it_folds(bus:
     assert bad_cli.returncode == 1 and "syntax error" in bad_cli.stderr.lower(), bad_cli.stderr
     assert projector.poll() is None
     run_id, _ = await bus.run(pjb_outer, {"name": "after-errors.txt"})
-    await eventually(await reaches(await bus.last_seq()), "the projector to fold after the bad queries")
+    await eventually(reaches(await bus.last_seq()), "the projector to fold after the bad queries")
 
     # Other processes of the same workspace are answered by it too (the store stays locked).
     via_query = await bus.python("p", QUERY_SCRIPT, f"SELECT status FROM runs WHERE run_id = '{run_id}'")
@@ -655,21 +701,31 @@ async def test_cli_sql_runs_lineage_and_export(bus: Bus) -> None:
     expected = sorted([(outer, "succeeded"), ("pjbclifail", "failed"), (asking, "waiting")])
     sql = "SELECT run_id, status FROM runs WHERE parent_run_id IS NULL ORDER BY run_id"
 
-    table = await bus.cli("c", "sql", sql)
-    assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
+    shown = await bus.cli("c", "sql", sql)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
     for run_id, status in expected:
-        assert any(run_id in line and status in line for line in lines), table.stdout
-    assert "3 rows" in table.stdout
+        assert any(run_id in line and status in line for line in lines), shown.stdout
+    assert "3 rows" in shown.stdout
 
     as_json = await bus.cli("c", "sql", "--json", sql)
     assert json.loads(as_json.stdout) == [{"run_id": r, "status": s} for r, s in expected]
 
-    as_csv = await bus.cli("c", "sql", "--csv", "SELECT run_id, status, parent_run_id, started_at FROM runs ORDER BY run_id")
+    as_csv = await bus.cli(
+        "c", "sql", "--csv", "SELECT run_id, status, parent_run_id, started_at FROM runs ORDER BY run_id"
+    )
     parsed = list(csv.reader(io.StringIO(as_csv.stdout)))
     assert parsed[0] == ["run_id", "status", "parent_run_id", "started_at"]
     assert [row[:3] for row in parsed[1:]] == [
-        [r, s, p] for r, s, p in sorted([(outer, "succeeded", ""), (child, "succeeded", outer), ("pjbclifail", "failed", ""), (asking, "waiting", "")])
+        [r, s, p]
+        for r, s, p in sorted(
+            [
+                (outer, "succeeded", ""),
+                (child, "succeeded", outer),
+                ("pjbclifail", "failed", ""),
+                (asking, "waiting", ""),
+            ]
+        )
     ]
     assert all(dt.datetime.fromisoformat(row[3]) for row in parsed[1:])
 
@@ -692,7 +748,10 @@ async def test_cli_sql_runs_lineage_and_export(bus: Bus) -> None:
     lineage = await bus.cli("c", "lineage", outer)
     assert lineage.returncode == 0, lineage.stderr
     text = lineage.stdout
-    line_of = {name: next(line for line in text.splitlines() if f"{name} " in line) for name in ("pjb_load_1", "pjb_inner_1", "pjb_count_1")}
+    line_of = {
+        name: next(line for line in text.splitlines() if f"{name} " in line)
+        for name in ("pjb_load_1", "pjb_inner_1", "pjb_count_1")
+    }
     assert "<-" not in line_of["pjb_load_1"]
     assert "<- pjb_load_1" in line_of["pjb_inner_1"]
     count_sources = line_of["pjb_count_1"].split("<-", 1)[1]
@@ -704,9 +763,9 @@ async def test_cli_sql_runs_lineage_and_export(bus: Bus) -> None:
     assert missing.returncode == 1 and "no run pjbnosuchrun" in missing.stderr
 
     target = bus.root / "export" / "snapshot.duckdb"
-    exported = await bus.cli("c", "export", str(target))
-    assert exported.returncode == 0, exported.stderr
-    assert "exported the projections" in exported.stdout
+    written = await bus.cli("c", "export", str(target))
+    assert written.returncode == 0, written.stderr
+    assert "exported the projections" in written.stdout
     assert not target.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     store = await asyncio.to_thread(ProjectionStore.open, store_path(bus.settings(bus.workspace("c"))))
     con = duckdb.connect(str(target), read_only=True)
@@ -766,7 +825,7 @@ async def test_a_large_result_comes_back_complete_in_chunks(service: tuple[Bus, 
                 chunks.append(msgspec.msgpack.decode(msg.data, type=QueryChunk))
     finally:
         await sub.unsubscribe()
-    assert 5000 * 1000 > nc.max_payload  # the result cannot fit in one message
+    assert nc.max_payload < 5000 * 1000  # the result cannot fit in one message
     assert len(chunks) > 1 and all(c.more for c in chunks[:-1])
     assert sum(len(c.rows) for c in chunks) == 5000
 
@@ -802,6 +861,6 @@ async def test_a_value_the_wire_cannot_carry_is_answered_with_an_error(service: 
     except ProjectionError:
         return  # an error the caller can read
     assert answer is not None, (
-        "PACKAGE BUG: the query service never answered a query whose result it could not encode "
+        "the query service never answered a query whose result it could not encode "
         "(msgpack OverflowError in QueryService._send is not caught), so the requester saw no projector"
     )

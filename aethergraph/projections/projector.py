@@ -112,12 +112,15 @@ class Projector:
         nc, js = self._bus.nc, self._bus.js
         buffer: collections.deque[tuple[int, str, bytes, str]] = collections.deque()
         wake = asyncio.Event()
+        # Messages the consumer has yet to deliver after the latest one received; None until one arrives.
+        pending: list[int | None] = [None]
 
         def on_message(msg: Msg) -> None:
             if not msg.reply:
                 return  # a status message (no heartbeats or flow control are configured)
-            stream_seq, _pending = delivery_position(msg)
+            stream_seq, left = delivery_position(msg)
             buffer.append((stream_seq, msg.subject, msg.data, msg.reply))
+            pending[0] = left
             wake.set()
 
         inbox = nc.new_inbox()
@@ -143,7 +146,16 @@ class Projector:
         )
         stop_wait: asyncio.Task[bool] | None = asyncio.ensure_future(stop.wait()) if stop else None
         try:
+            if until is not None:
+                info = await js.consumer_info(EVENTS_STREAM, self._consumer)
+                if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                    # What lies between the cursor and the target was deleted: nothing will be delivered.
+                    await asyncio.to_thread(self._store.apply, [], through=until)
             while until is None or self._store.last_seq < until:
+                if not buffer and until is not None and pending[0] == 0:
+                    # Caught up; sequences after the last delivered message were deleted from the stream.
+                    await asyncio.to_thread(self._store.apply, [], through=until)
+                    break
                 if not buffer:
                     wake.clear()
                     if stop_wait is None:
@@ -176,7 +188,7 @@ class Projector:
         items = [d for d in decoded if isinstance(d, Decoded)]
         dead = [d for d in decoded if isinstance(d, DeadLetter)]
         try:
-            self._store.apply(items, dead, through=batch[-1][0])
+            self._store.apply(items, dead, through=max(seq for seq, _, _, _ in batch))
         except (duckdb.Error, ProjectionError):
             # Isolate what a projection could not fold, one message at a time, in stream order.
             dead = []

@@ -99,7 +99,7 @@ CREATE TABLE events (
 CREATE TABLE runs (
     run_id VARCHAR,
     graph_id VARCHAR,
-    status VARCHAR NOT NULL,
+    status VARCHAR,
     parent_run_id VARCHAR,
     parent_node_id VARCHAR,
     root_run_id VARCHAR,

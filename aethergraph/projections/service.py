@@ -135,10 +135,15 @@ class QueryService:
                 result = QueryResult(
                     columns=("projection", "last_seq"), types=("VARCHAR", "BIGINT"), rows=list(cursors)
                 )
+            await self._send(reply, result)
         except (msgspec.DecodeError, ProjectionError) as exc:
-            await self._nc.publish(reply, _encoder.encode(QueryChunk(error=str(exc))))
-            return
-        await self._send(reply, result)
+            await self._error(reply, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the requester must always get an answer
+            await self._error(reply, f"cannot answer the query: {type(exc).__name__}: {exc}")
+
+    async def _error(self, reply: str, message: str) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(reply, _encoder.encode(QueryChunk(error=message)))
 
     async def _send(self, reply: str, result: QueryResult) -> None:
         columns, types = list(result.columns), list(result.types)

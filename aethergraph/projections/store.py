@@ -123,13 +123,15 @@ class ProjectionStore:
         the highest sequence in it); every projection's cursor moves to it in
         the same transaction as the rows.
         """
-        highest = max([through or 0, *(item.stream_seq for item in items[-1:]), *(d.stream_seq for d in dead)])
+        highest = max([through or 0, *(item.stream_seq for item in items), *(d.stream_seq for d in dead)])
         with self._write_lock:
             cursors = self.cursors
             floor = min(cursors.values())
             if highest <= floor:
                 return
-            fresh = [item for item in items if item.stream_seq > floor]
+            # One item per stream sequence, in order: a redelivered copy can share a batch with the first.
+            unique = {item.stream_seq: item for item in items if item.stream_seq > floor}
+            fresh = [unique[seq] for seq in sorted(unique)]
             con = self._con
             con.execute("BEGIN")
             try:
@@ -140,7 +142,7 @@ class ProjectionStore:
                         if cursors[name] < highest:
                             for statement in statements:
                                 con.execute(statement, [cursors[name]])
-                fresh_dead = [d for d in dead if d.stream_seq > floor]
+                fresh_dead = list({d.stream_seq: d for d in dead if d.stream_seq > floor}.values())
                 if fresh_dead:
                     con.execute(
                         "INSERT INTO dead_letters SELECT unnest($1), unnest($2), unnest($3)::BLOB, unnest($4) "
