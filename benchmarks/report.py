@@ -118,6 +118,51 @@ HEADLINES = (
     ),
     Headline(benchmark="replay", key="read_run", sync_interval=DEFAULT_SYNC, what="replay read (`read_run`)"),
     Headline(benchmark="codec", key="roundtrip", sync_interval=None, what="encode + decode one event"),
+    Headline(
+        benchmark="projections",
+        key="ingest",
+        sync_interval=DEFAULT_SYNC,
+        what="projection ingest (`Projector.catch_up`, stream to DuckDB)",
+        target=50_000.0,
+        target_text="≥ 50,000 events/s",
+    ),
+    Headline(
+        benchmark="projections",
+        key="store_apply",
+        sync_interval=None,
+        what="projection store only (`ProjectionStore.apply`)",
+    ),
+    Headline(
+        benchmark="projections",
+        key="rebuild",
+        sync_interval=DEFAULT_SYNC,
+        what="projection rebuild, empty store to caught up (1M events in full mode)",
+    ),
+    Headline(
+        benchmark="projections",
+        key="lineage_ancestors_artifact",
+        sync_interval=None,
+        what="lineage `ancestors(artifact)` on the rebuilt store, p99",
+        target=100.0,
+        target_text="≤ 100 ms",
+        value=lambda figure: figure.p99,
+    ),
+    Headline(
+        benchmark="projections",
+        key="lineage_descendants_root",
+        sync_interval=None,
+        what="lineage `descendants(run)` on the rebuilt store, p99",
+        target=100.0,
+        target_text="≤ 100 ms",
+        value=lambda figure: figure.p99,
+    ),
+    Headline(
+        benchmark="projections",
+        key="live_count_by_status",
+        sync_interval=DEFAULT_SYNC,
+        what="`runs` aggregate via the projector while it ingests, p99",
+        value=lambda figure: figure.p99,
+    ),
 )
 
 
@@ -137,6 +182,10 @@ def verdict(headline: Headline, figure: Figure) -> str:
     value = headline.value(figure)
     if value is None:
         return "—"
+    if figure.better == "higher":
+        if value >= headline.target:
+            return "met"
+        return f"missed by {(1 - value / headline.target) * 100:.0f}%"
     if value <= headline.target:
         return "met"
     return f"missed by {(value / headline.target - 1) * 100:.0f}%"

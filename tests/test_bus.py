@@ -12,10 +12,12 @@ import msgspec
 import nats
 import pytest
 from helpers import read_events, run_message_count, start_nats_server
+from nats.aio.msg import Msg
 
 import aethergraph
 from aethergraph import graph_fn, tool
 from aethergraph.bus.connection import ensure_topology
+from aethergraph.bus.dispatch import dispatch_synchronously
 from aethergraph.bus.event_log import JetStreamEventLog, JetStreamRunWriter
 from aethergraph.bus.topology import (
     COMMANDS_STREAM,
@@ -418,3 +420,27 @@ async def test_unacknowledged_events_fail_at_their_deadline(tmp_path: Path) -> N
     finally:
         await nc.close()
         server.stop()
+
+
+async def test_a_synchronously_dispatched_subscription_is_never_a_slow_consumer(runtime: Runtime) -> None:
+    """Bytes handed to the handler are released: far more than the byte limit can pass through."""
+    nc = runtime.bus.nc
+    inbox = nc.new_inbox()
+    received: list[bytes] = []
+    done = asyncio.Event()
+
+    def on_message(msg: Msg) -> None:
+        received.append(msg.data)
+        if len(received) == 500:
+            done.set()
+
+    sub = await nc.subscribe(inbox, pending_bytes_limit=10_000)
+    dispatch_synchronously(sub, on_message)
+    try:
+        for index in range(500):
+            await nc.publish(inbox, b"%04d" % index + b"x" * 996)  # 500 kB through a 10 kB limit
+        await asyncio.wait_for(done.wait(), timeout=30)
+    finally:
+        await sub.unsubscribe()
+    assert [data[:4] for data in received] == [b"%04d" % i for i in range(500)]
+    assert sub._pending_size == 0

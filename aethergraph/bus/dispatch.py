@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-__all__ = ["SyncDispatchQueue", "delivery_position"]
+__all__ = ["SyncDispatchQueue", "delivery_position", "dispatch_synchronously"]
 
 
 class SyncDispatchQueue(asyncio.Queue[Msg]):
@@ -15,15 +16,26 @@ class SyncDispatchQueue(asyncio.Queue[Msg]):
 
     Installed as a subscription's pending queue, it replaces nats-py's
     per-message task dispatch: for high-rate inboxes (acknowledgements,
-    consumer deliveries) that hop costs more than the work itself.
+    consumer deliveries) that hop costs more than the work itself. The client
+    counts each message's bytes as pending on the subscription before handing
+    it over; the message is consumed here, so its bytes are released here too
+    (otherwise the subscription would be declared a slow consumer after its
+    byte limit had passed through it and drop every later message).
     """
 
-    def __init__(self, handler: Callable[[Msg], None]) -> None:
+    def __init__(self, handler: Callable[[Msg], None], subscription: Subscription) -> None:
         super().__init__()
         self._handler = handler
+        self._subscription = subscription
 
     def put_nowait(self, item: Msg) -> None:
+        self._subscription._pending_size -= len(item.data)
         self._handler(item)
+
+
+def dispatch_synchronously(subscription: Subscription, handler: Callable[[Msg], None]) -> None:
+    """Deliver ``subscription``'s messages straight to ``handler`` (see :class:`SyncDispatchQueue`)."""
+    subscription._pending_queue = SyncDispatchQueue(handler, subscription)
 
 
 def delivery_position(msg: Msg) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.events import AnyEvent, Event
 
-from .dispatch import SyncDispatchQueue, delivery_position
+from .dispatch import delivery_position, dispatch_synchronously
 from .topology import EVENTS_STREAM, event_subject, run_events_filter
 
 # Events read in one direct get before a reader switches to a consumer.
@@ -105,7 +105,7 @@ class _AckRouter:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._prefix + ".*")
-        self._sub._pending_queue = SyncDispatchQueue(self._on_reply)
+        dispatch_synchronously(self._sub, self._on_reply)
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -30,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from aethergraph.bus.connection import BusConnection
-from aethergraph.bus.dispatch import SyncDispatchQueue, delivery_position
+from aethergraph.bus.dispatch import delivery_position, dispatch_synchronously
 from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject, projector_consumer
 from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import ProjectionError
@@ -125,7 +125,7 @@ class Projector:
 
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        sub._pending_queue = SyncDispatchQueue(on_message)
+        dispatch_synchronously(sub, on_message)
         start = self._store.last_seq + 1
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(EVENTS_STREAM, self._consumer)

@@ -276,11 +276,15 @@ CREATE OR REPLACE MACRO run_entity(run_id) AS 'run:' || run_id;
 CREATE OR REPLACE MACRO node_entity(run_id, node_id) AS 'node:' || run_id || '/' || node_id;
 CREATE OR REPLACE MACRO artifact_entity(artifact_id) AS 'artifact:' || artifact_id;
 CREATE OR REPLACE MACRO wait_entity(run_id, wait_id) AS 'wait:' || run_id || '/' || wait_id;
+CREATE OR REPLACE MACRO entity_run(ent) AS CASE
+    WHEN starts_with(ent, 'artifact:') THEN (SELECT min(run_id) FROM artifacts WHERE artifact_id = ent[10:])
+    ELSE split_part(split_part(ent, ':', 2), '/', 1)
+END;
 CREATE OR REPLACE MACRO lineage_root(ent) AS (
-    SELECT min(root_run_id) FROM edges WHERE dst = ent OR src = ent
+    SELECT coalesce(min(root_run_id), entity_run(ent)) FROM lineage_roots WHERE run_id = entity_run(ent)
 );
 CREATE OR REPLACE MACRO ancestors(ent) AS TABLE
-    WITH RECURSIVE tree AS (
+    WITH RECURSIVE tree AS MATERIALIZED (
         SELECT src, dst, kind FROM edges WHERE root_run_id = lineage_root(ent)
     ), walk(entity, via, depth) AS (
         SELECT ent, NULL::VARCHAR, 0
@@ -290,7 +294,7 @@ CREATE OR REPLACE MACRO ancestors(ent) AS TABLE
     SELECT entity, arg_min(via, depth) AS via, min(depth) AS depth
     FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
 CREATE OR REPLACE MACRO descendants(ent) AS TABLE
-    WITH RECURSIVE tree AS (
+    WITH RECURSIVE tree AS MATERIALIZED (
         SELECT src, dst, kind FROM edges WHERE root_run_id = lineage_root(ent)
     ), walk(entity, via, depth) AS (
         SELECT ent, NULL::VARCHAR, 0
