@@ -106,7 +106,7 @@ async def serve_projections(
         await projector.catch_up(on_progress=on_progress)
         if on_ready is not None:
             on_ready(projector)
-        await projector.follow(stop)
+        await projector.follow(stop, on_progress=on_progress)
     finally:
         await service.stop()
         store.close()

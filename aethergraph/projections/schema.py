@@ -291,7 +291,7 @@ CREATE OR REPLACE MACRO ancestors(ent) AS TABLE
         UNION
         SELECT t.src, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.dst = w.entity WHERE w.depth < 64
     )
-    SELECT entity, arg_min(via, depth) AS via, min(depth) AS depth
+    SELECT entity, arg_min(via, (depth, via)) AS via, min(depth) AS depth
     FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
 CREATE OR REPLACE MACRO descendants(ent) AS TABLE
     WITH RECURSIVE tree AS MATERIALIZED (
@@ -301,6 +301,6 @@ CREATE OR REPLACE MACRO descendants(ent) AS TABLE
         UNION
         SELECT t.dst, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.src = w.entity WHERE w.depth < 64
     )
-    SELECT entity, arg_min(via, depth) AS via, min(depth) AS depth
+    SELECT entity, arg_min(via, (depth, via)) AS via, min(depth) AS depth
     FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
 """
