@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,19 @@ def wait_until(check: Callable[[], T | None], *, timeout_s: float, what: str, in
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(interval_s)
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str, *, timeout_s: float = 60.0) -> T:
+    """Poll an async ``check`` until it returns something other than ``None`` (``timeout_s`` is a safety bound)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                value = await check()
+                if value is not None:
+                    return value
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}") from None
 
 
 def port_accepts(host: str, port: int) -> bool:

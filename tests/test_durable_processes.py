@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ import nats
 import pytest
 from helpers import (
     NatsServer,
+    eventually,
     port_accepts,
     read_events,
     run_python,
@@ -249,19 +250,6 @@ def assert_consistent_chain(chain: Sequence[ev.Event], outputs: dict[str, Any]) 
         assert event.parent is None or event.parent < event.seq
     assert sum(isinstance(e, ev.RunCompleted) for e in chain) == 1
     assert isinstance(chain[-1], ev.RunCompleted) and chain[-1].outputs == outputs
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Poll an async ``check`` until it returns something other than ``None`` (bounded by SAFETY_S)."""
-    try:
-        async with asyncio.timeout(SAFETY_S):
-            while True:
-                value = await check()
-                if value is not None:
-                    return value
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {SAFETY_S}s waiting for {what}") from None
 
 
 async def outcome_of(run_id: str) -> Any:

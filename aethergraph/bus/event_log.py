@@ -330,56 +330,46 @@ class JetStreamEventLog:
         async for record in self._consume(run_id, follow=follow, start_seq=after + 1):
             yield record
 
-    async def _direct_batch(self, run_id: str) -> tuple[list[StoredRecord], bool]:
-        """Up to ``DIRECT_BATCH`` of the run's first events by direct get; True if that is all of them."""
+    async def _direct_get(self, request: dict[str, object], what: str) -> AsyncIterator[Msg]:
+        """The messages a batched direct get of ``AG_EVENTS`` returns, until its end-of-batch status."""
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)
-        records: list[StoredRecord] = []
-        request = msgspec.json.encode({"seq": 1, "next_by_subj": run_events_filter(run_id), "batch": DIRECT_BATCH})
         try:
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", request, reply=inbox)
-            pending = 0
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", msgspec.json.encode(request), reply=inbox)
             while True:
                 msg = await sub.next_msg(timeout=self._direct_timeout_s)
                 headers = msg.headers or {}
                 status = headers.get("Status")
-                if status is not None:
-                    if status in ("204", "404"):  # end of batch / nothing stored for the run
-                        return records, pending == 0 and len(records) < DIRECT_BATCH
-                    raise EventRejectedError(
-                        f"direct get of run {run_id} failed: {status} {headers.get('Description', '')}", run_id=run_id
-                    )
-                records.append(StoredRecord(event=decode_event(msg.data), stream_seq=int(headers["Nats-Sequence"])))
-                pending = int(headers.get("Nats-Num-Pending", "0"))
+                if status is None:
+                    yield msg
+                elif status in ("204", "404"):  # end of batch / nothing stored
+                    return
+                else:
+                    raise EventRejectedError(f"direct get of {what} failed: {status} {headers.get('Description', '')}")
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+    async def _direct_batch(self, run_id: str) -> tuple[list[StoredRecord], bool]:
+        """Up to ``DIRECT_BATCH`` of the run's first events by direct get; True if that is all of them."""
+        records: list[StoredRecord] = []
+        pending = 0
+        request = {"seq": 1, "next_by_subj": run_events_filter(run_id), "batch": DIRECT_BATCH}
+        async for msg in self._direct_get(request, f"run {run_id}"):
+            headers = msg.headers or {}
+            records.append(StoredRecord(event=decode_event(msg.data), stream_seq=int(headers["Nats-Sequence"])))
+            pending = int(headers.get("Nats-Num-Pending", "0"))
+        return records, pending == 0 and len(records) < DIRECT_BATCH
 
     async def started_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` have a ``run.started`` on the stream (one batched direct get)."""
         if not run_ids:
             return set()
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        found: set[str] = set()
         subjects = [event_subject(run_id, "run.started") for run_id in run_ids]
-        request = msgspec.json.encode({"multi_last": subjects, "batch": len(subjects)})
-        try:
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", request, reply=inbox)
-            while True:
-                msg = await sub.next_msg(timeout=self._direct_timeout_s)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:
-                    if status in ("204", "404"):
-                        return found
-                    raise EventRejectedError(
-                        f"direct get of run starts failed: {status} {headers.get('Description', '')}"
-                    )
-                found.add(headers["Nats-Subject"].split(".")[2])
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        request = {"multi_last": subjects, "batch": len(subjects)}
+        return {
+            (msg.headers or {})["Nats-Subject"].split(".")[2] async for msg in self._direct_get(request, "run starts")
+        }
 
     async def _consume(self, run_id: str, *, follow: bool, start_seq: int = 1) -> AsyncIterator[StoredRecord]:
         buffer: collections.deque[tuple[bytes, int, bool]] = collections.deque()

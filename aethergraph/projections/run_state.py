@@ -18,6 +18,7 @@ from typing import Any
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import RunNotFoundError
+from aethergraph.core.events import ToolCalled
 from aethergraph.core.ids import child_run_id
 
 from .fold import Decoded
@@ -63,15 +64,11 @@ class RunState:
     open_waits: list[OpenWait]
 
 
-async def _fold_run(event_log: JetStreamEventLog, run_id: str, store: ProjectionStore) -> int:
-    items = [
+async def _read_run(event_log: JetStreamEventLog, run_id: str) -> list[Decoded]:
+    return [
         Decoded(record.stream_seq, record.event, encode_event(record.event).decode())
         async for record in event_log.read_run(run_id)
     ]
-    # Runs of a tree interleave on the stream: fold each run by itself, in stream order.
-    store.cursors = dict.fromkeys(store.cursors, 0)
-    store.apply(items)
-    return len(items)
 
 
 async def rebuild_run_state(
@@ -79,28 +76,32 @@ async def rebuild_run_state(
 ) -> RunState:
     """Fold ``run_id`` and its nested runs from the stream into ``store`` and read its state back.
 
-    ``store`` defaults to a fresh in-memory store, closed before returning.
+    ``store`` defaults to a fresh in-memory store, closed before returning;
+    a store passed in must not have folded any of the stream yet.
     Raises :class:`RunNotFoundError` if the stream holds no event of the run.
     """
+    items = await _read_run(event_log, run_id)
+    if not items:
+        raise RunNotFoundError(f"no run {run_id} on the bus; check the id with `aethergraph runs`", run_id=run_id)
+    tree = [run_id]
+    frontier = items
+    while frontier:
+        # A nested run's id follows from the parent node that started it (child_run_id); ask which exist.
+        candidates = [
+            child_run_id(item.event.run_id, item.event.node_id)
+            for item in frontier
+            if isinstance(item.event, ToolCalled) and item.event.node_id is not None
+        ]
+        started = await event_log.started_runs(candidates)
+        children = [child for child in candidates if child in started and child not in tree]
+        tree.extend(children)
+        frontier = [item for child in children for item in await _read_run(event_log, child)]
+        items.extend(frontier)
     own = store is None
     store = store if store is not None else ProjectionStore.open(":memory:")
     try:
-        if await _fold_run(event_log, run_id, store) == 0:
-            raise RunNotFoundError(f"no run {run_id} on the bus; check the id with `aethergraph runs`", run_id=run_id)
-        tree = [run_id]
-        frontier = [run_id]
-        while frontier:
-            # A nested run's id follows from its parent node (child_run_id); ask which exist.
-            nodes = store.query(
-                "SELECT run_id, node_id FROM nodes WHERE run_id IN (SELECT unnest($1)) ORDER BY first_seq",
-                [frontier],
-            ).rows
-            candidates = [child_run_id(parent, node) for parent, node in nodes]
-            started = await event_log.started_runs(candidates)
-            frontier = [child for child in candidates if child in started and child not in tree]
-            for child in frontier:
-                await _fold_run(event_log, child, store)
-            tree.extend(frontier)
+        # The runs of a tree interleave on the stream: one batch in stream order folds them all.
+        store.apply(sorted(items, key=lambda item: item.stream_seq))
         return _read_state(store, run_id, tree)
     finally:
         if own:

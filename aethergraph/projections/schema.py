@@ -271,7 +271,7 @@ def projection(name: str) -> ProjectionSchema:
 
 # Lineage walks stay inside the entity's run tree (edges carry the root run), which
 # keeps them fast on large stores; ``depth`` is the shortest distance.
-MACROS: Final = """
+_HELPER_MACROS: Final = """
 CREATE OR REPLACE MACRO run_entity(run_id) AS 'run:' || run_id;
 CREATE OR REPLACE MACRO node_entity(run_id, node_id) AS 'node:' || run_id || '/' || node_id;
 CREATE OR REPLACE MACRO artifact_entity(artifact_id) AS 'artifact:' || artifact_id;
@@ -283,24 +283,27 @@ END;
 CREATE OR REPLACE MACRO lineage_root(ent) AS (
     SELECT coalesce(min(root_run_id), entity_run(ent)) FROM lineage_roots WHERE run_id = entity_run(ent)
 );
-CREATE OR REPLACE MACRO ancestors(ent) AS TABLE
+"""
+
+
+def _walk_macro(name: str, *, step_to: str, step_from: str) -> str:
+    """A table macro walking ``edges`` of the entity's run tree from ``step_from`` to ``step_to``."""
+    return f"""
+CREATE OR REPLACE MACRO {name}(ent) AS TABLE
     WITH RECURSIVE tree AS MATERIALIZED (
         SELECT src, dst, kind FROM edges WHERE root_run_id = lineage_root(ent)
     ), walk(entity, via, depth) AS (
         SELECT ent, NULL::VARCHAR, 0
         UNION
-        SELECT t.src, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.dst = w.entity WHERE w.depth < 64
-    )
-    SELECT entity, arg_min(via, (depth, via)) AS via, min(depth) AS depth
-    FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
-CREATE OR REPLACE MACRO descendants(ent) AS TABLE
-    WITH RECURSIVE tree AS MATERIALIZED (
-        SELECT src, dst, kind FROM edges WHERE root_run_id = lineage_root(ent)
-    ), walk(entity, via, depth) AS (
-        SELECT ent, NULL::VARCHAR, 0
-        UNION
-        SELECT t.dst, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.src = w.entity WHERE w.depth < 64
+        SELECT t.{step_to}, t.kind, w.depth + 1 FROM tree t JOIN walk w ON t.{step_from} = w.entity WHERE w.depth < 64
     )
     SELECT entity, arg_min(via, (depth, via)) AS via, min(depth) AS depth
     FROM walk WHERE depth > 0 GROUP BY entity ORDER BY depth, entity;
 """
+
+
+MACROS: Final = (
+    _HELPER_MACROS
+    + _walk_macro("ancestors", step_to="src", step_from="dst")
+    + _walk_macro("descendants", step_to="dst", step_from="src")
+)
