@@ -8,34 +8,48 @@ on first use from :class:`~aethergraph.core.settings.Settings`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import importlib
 import importlib.util
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from aethergraph.bus.commands import JetStreamCommands, ResumeOutcome
 from aethergraph.bus.connection import BusConnection, connect_bus
 from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
+from aethergraph.bus.node_reports import JetStreamNodeReports
+from aethergraph.bus.topology import ALL_CANCELS, run_id_of_command
 from aethergraph.core.environment import set_environment_provider
-from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError
-from aethergraph.core.executor import load_journal
+from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
+from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
+from aethergraph.core.ports import ParentLink, ReportSink
+from aethergraph.core.registry import must_get_graph
 from aethergraph.core.resume import check_resume, journal_state
+from aethergraph.core.run_control import bind_run_inputs, force_cancel
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
+from aethergraph.engine.node_executor import NodeExecutor
 from aethergraph.engine.queries import ProjectionAccess, serve_projections
 from aethergraph.engine.runs import RunDriver, RunHandle, Suspended
 from aethergraph.engine.worker import Worker
 
 __all__ = [
     "Runtime",
+    "cancel",
+    "retry",
     "close_runtime",
     "get_run",
     "get_runtime",
@@ -63,7 +77,11 @@ class Runtime:
     leases: JetStreamLeases
     worker_id: str
     inline_answers: bool
+    node_reports: JetStreamNodeReports
     driver: RunDriver = field(init=False)
+    node_executor: NodeExecutor | None = field(init=False, default=None)
+    _cancel_sub: Subscription | None = field(init=False, default=None)
+    _executor_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.driver = RunDriver(self, self.leases)
@@ -81,7 +99,7 @@ class Runtime:
             inline_answers = settings.console_input == "always" or (
                 settings.console_input == "auto" and sys.stdin is not None and sys.stdin.isatty()
             )
-        return cls(
+        runtime = cls(
             settings=settings,
             bus=bus,
             event_log=event_log,
@@ -89,7 +107,10 @@ class Runtime:
             leases=leases,
             worker_id=worker_id,
             inline_answers=inline_answers,
+            node_reports=JetStreamNodeReports(bus.js, event_log),
         )
+        runtime._cancel_sub = await bus.nc.subscribe(ALL_CANCELS, cb=runtime._on_cancel)
+        return runtime
 
     @property
     def always_suspend(self) -> bool:
@@ -102,9 +123,99 @@ class Runtime:
     async def schedule_wait_expiry(self, run_id: str, wait_id: str, deadline_us: int) -> None:
         await self.commands.schedule_expiry(run_id, wait_id, deadline_us)
 
+    # --- static graphs ------------------------------------------------------------------
+
+    async def follow_node_reports(
+        self, run_id: str, sink: ReportSink, *, from_start: bool
+    ) -> Callable[[], Awaitable[None]]:
+        return await self.node_reports.follow(run_id, sink, from_start=from_start)
+
+    async def ensure_node_executor(self) -> None:
+        """Execute nodes of static graphs in this process too (started on first use)."""
+        if self.node_executor is not None:
+            return
+        async with self._executor_lock:
+            if self.node_executor is None:
+                executor = NodeExecutor(
+                    self,
+                    self.node_reports,
+                    capacity=self.settings.node_concurrency,
+                    ack_wait_s=self.settings.node_ack_wait_s,
+                )
+                await executor.start(self.bus.nc)
+                self.node_executor = executor
+
+    # --- run management -------------------------------------------------------------------
+
+    async def spawn_run(self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str, parent: ParentLink) -> bool:
+        if await self.event_log.started_runs([run_id]):
+            return False
+        self.driver.start(spec, inputs, run_id, parent=parent)
+        return True
+
+    async def cancel_run(self, run_id: str, reason: str = "", *, grace_s: float = 5.0) -> str:
+        """Cancel a run wherever it runs; returns its status afterwards.
+
+        Every process hears the request on ``ag.cmd.cancel.<run_id>`` and
+        cancels what it runs of the run (the driving task journals
+        ``run.cancelled``). A waiting run, or one whose driver does not end
+        it within ``grace_s``, is cancelled by journaling ``run.cancelled``
+        here under a fenced claim.
+        """
+        state = journal_state(run_id, (await load_journal(self, check_run_id(run_id)))[0])
+        if state.started is None:
+            raise RunNotFoundError(f"run {run_id} does not exist on this bus", run_id=run_id)
+        if state.ended is not None:
+            return state.status
+        await self.commands.publish_cancel(run_id, reason)
+        if state.status != "waiting":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    return await RunHandle(run_id, self).wait_for_status("cancelled", "failed", "succeeded")
+        return await force_cancel(self, run_id, reason)
+
+    def _on_cancel_request(self, run_id: str) -> None:
+        self.driver.cancel(run_id)
+        if self.node_executor is not None:
+            self.node_executor.cancel_run(run_id)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        self._on_cancel_request(run_id_of_command(msg.subject))
+
+    async def retry_run(self, run_id: str) -> RunHandle:
+        """Continue a failed (or cancelled) static run from its failed nodes; completed nodes keep their outputs."""
+        chain, last_stream_seq = await load_journal(self, check_run_id(run_id))
+        state = journal_state(run_id, chain)
+        if state.started is None:
+            raise RunNotFoundError(f"run {run_id} does not exist on this bus", run_id=run_id)
+        if state.status not in ("failed", "cancelled"):
+            raise RunFailedError(
+                f"run {run_id} is {state.status}; only a failed or cancelled run can be retried",
+                run_id=run_id,
+                error_type="NotRetryable",
+            )
+        spec = must_get_graph(state.started.graph_id, run_id=run_id)
+        if spec.kind != "static":
+            raise RunFailedError(
+                f"run {run_id} is a run of {spec.label}; only static graphs (@graphify) continue from their "
+                "failed nodes. Start a new run of it instead",
+                run_id=run_id,
+                error_type="NotRetryable",
+            )
+        started = state.started
+        await self.leases.own(run_id, spec.name)
+        scope = await claim_run(spec, started, chain, last_stream_seq, self, reason="retry")
+        task = self.driver.drive(run_id, functools.partial(drive_run, spec, started.inputs, scope, started.seq))
+        return RunHandle(run_id, self, task)
+
     async def close(self) -> None:
         """Let the runs this process drives end or suspend, then disconnect."""
         await self.driver.drain()
+        if self.node_executor is not None:
+            await self.node_executor.stop()
+        if self._cancel_sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._cancel_sub.unsubscribe()
         await self.leases.close()
         await self.event_log.close()
         await self.bus.close()
@@ -205,14 +316,36 @@ def _import_reference(reference: str) -> object:
         ) from None
 
 
-async def start_run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> RunHandle:
-    """Start a graph_fn or tool as a journaled run in this process; returns its handle at once."""
+async def start_run(
+    target: object,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+    max_concurrency: int | None = None,
+) -> RunHandle:
+    """Start a graph_fn, static graph or tool as a journaled run in this process; returns its handle at once.
+
+    ``max_concurrency`` caps how many nodes of a static graph's run execute at
+    once (over the graph's own ``max_concurrency``).
+    """
     spec = load_target(target)
-    bound = spec.bind((), dict(inputs or {}))
+    bound = bind_run_inputs(spec, inputs)
+    if max_concurrency is not None and (spec.kind != "static" or max_concurrency < 1):
+        raise ValueError("max_concurrency applies to static graphs (@graphify) and must be >= 1")
     runtime = await get_runtime()
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
-    task = runtime.driver.start(spec, bound, run_id)
+    task = runtime.driver.start(spec, bound, run_id, max_concurrency=max_concurrency)
     return RunHandle(run_id, runtime, task)
+
+
+async def cancel(run_id: str, reason: str = "") -> str:
+    """Cancel a run wherever it runs (its nodes and nested runs too); returns its status afterwards."""
+    return await (await get_runtime()).cancel_run(check_run_id(run_id), reason)
+
+
+async def retry(run_id: str) -> RunHandle:
+    """Continue a failed static run from its failed nodes, in this process; completed nodes are not run again."""
+    return await (await get_runtime()).retry_run(run_id)
 
 
 async def get_run(run_id: str) -> RunHandle:
@@ -221,14 +354,18 @@ async def get_run(run_id: str) -> RunHandle:
 
 
 async def run_async(
-    target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None
+    target: object,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+    max_concurrency: int | None = None,
 ) -> dict[str, Any]:
     """Run a graph_fn or tool as a journaled run and return its outputs (start + result).
 
     If the run waits for an answer it is not read inline, this keeps waiting
     until a worker has continued the run to its end.
     """
-    handle = await start_run(target, inputs, run_id=run_id)
+    handle = await start_run(target, inputs, run_id=run_id, max_concurrency=max_concurrency)
     return await handle.result()
 
 
@@ -276,6 +413,7 @@ async def serve_worker(*modules: str, stop: asyncio.Event | None = None) -> None
     for module in modules:
         _import_module(module)
     runtime = await get_runtime(inline_answers=False)
+    await runtime.ensure_node_executor()
     worker = Worker(runtime.driver, runtime.commands)
     serving = asyncio.create_task(worker.serve())
     try:

@@ -27,7 +27,14 @@ from nats.js.client import JetStreamContext
 
 from aethergraph.core.errors import ResumeRejectedError
 
-from .topology import COMMANDS_STREAM, RESUME_CONSUMER, outcome_subject, resume_subject, schedule_subject
+from .topology import (
+    COMMANDS_STREAM,
+    RESUME_CONSUMER,
+    cancel_subject,
+    outcome_subject,
+    resume_subject,
+    schedule_subject,
+)
 
 __all__ = ["JetStreamCommands", "ResumeCommand", "ResumeOutcome", "decode_resume_command"]
 
@@ -84,6 +91,10 @@ class JetStreamCommands:
         body = msgspec.json.encode(ResumeCommand(wait_id=wait_id, payload=payload, expire=expire))
         ack = await self._js.publish(resume_subject(run_id), body, stream=COMMANDS_STREAM)
         return int(ack.seq)
+
+    async def publish_cancel(self, run_id: str, reason: str) -> None:
+        """Ask every process to cancel what it runs of ``run_id`` (stored on the stream for audit)."""
+        await self._js.publish(cancel_subject(run_id), msgspec.json.encode({"reason": reason}), stream=COMMANDS_STREAM)
 
     async def publish_outcome(self, outcome: ResumeOutcome) -> None:
         await self._js.publish(outcome_subject(outcome.run_id), msgspec.json.encode(outcome), stream=COMMANDS_STREAM)

@@ -94,6 +94,10 @@ async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
             f"the NATS server at {url} does not have JetStream enabled; start it with "
             "`nats-server -js` (or `jetstream: enabled` in its config)"
         ) from exc
-    topology = Topology(duplicate_window_s=settings.duplicate_window_s, max_event_bytes=settings.max_event_bytes)
+    topology = Topology(
+        duplicate_window_s=settings.duplicate_window_s,
+        max_event_bytes=settings.max_event_bytes,
+        node_ack_wait_s=settings.node_ack_wait_s,
+    )
     await ensure_topology(js, topology)
     return BusConnection(nc=nc, js=js, url=url, embedded=embedded, topology=topology)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["SyncDispatchQueue", "delivery_position", "dispatch_synchronously"]
+__all__ = ["SyncDispatchQueue", "delivery_position", "dispatch_synchronously", "publish_now"]
 
 
 class SyncDispatchQueue(asyncio.Queue[Msg]):
@@ -51,3 +52,20 @@ def delivery_position(msg: Msg) -> tuple[int, int]:
         return int(tokens[7]), int(tokens[10])
     metadata = msg.metadata
     return metadata.sequence.stream, metadata.num_pending
+
+
+def publish_now(nc: Client, subject: str, payload: bytes, reply: str = "") -> None:
+    """Write a core publish into the client's outbound buffer synchronously (no task, no await).
+
+    Messages written this way keep their order with everything else the
+    client sends; the client's flusher sends them on its next pass.
+    """
+    if reply:
+        cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+    else:
+        cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+    nc._pending.append(cmd)
+    nc._pending_data_size += len(cmd)
+    queue = nc._flush_queue
+    if queue is not None and queue.empty():
+        queue.put_nowait(asyncio.get_running_loop().create_future())

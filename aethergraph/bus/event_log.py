@@ -310,6 +310,30 @@ class JetStreamEventLog:
     def writer(self, run_id: str, *, last_stream_seq: int = 0) -> JetStreamRunWriter:
         return JetStreamRunWriter(self, run_id, last_stream_seq)
 
+    def publish_acked(self, subject: str, payload: bytes, *, msg_id: str) -> asyncio.Future[int]:
+        """Publish to any stream through the pipelined acknowledgement inbox; resolves to the stream sequence.
+
+        A republish with the same ``msg_id`` inside the duplicate window is stored once (and resolves too).
+        """
+        result: asyncio.Future[int] = self._loop.create_future()
+        result.add_done_callback(_retrieve)
+
+        def on_ack(ack: PublishedAck | BaseException) -> None:
+            if result.done():
+                return
+            if isinstance(ack, BaseException):
+                result.set_exception(ack)
+            elif ack.error is not None:
+                result.set_exception(
+                    EventRejectedError(f"JetStream refused a publish to {subject}: {ack.error.description}")
+                )
+            else:
+                result.set_result(ack.seq)
+
+        headers = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % msg_id.encode()
+        self._router.publish(subject, headers, payload, on_ack)
+        return result
+
     async def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredRecord]:
         """Every stored event of ``run_id`` in stream order; with ``follow``, then wait for more.
 

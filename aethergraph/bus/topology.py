@@ -11,6 +11,12 @@ Public subject contract (documented in docs/events.md):
   command (accepted, rejected with a reason, deferred).
 * ``ag.cmd.schedule.<run_id>.<wait_id>`` holds a wait's deadline as a
   JetStream message schedule that publishes the expiry to the resume subject.
+* ``ag.cmd.report.<run_id>`` carries workers' reports on the nodes of a
+  static run (one per node attempt; the run's scheduler journals them).
+* ``ag.cmd.cancel.<run_id>`` carries cancellation requests (every process
+  listens and stops what it runs of that run).
+* ``ag.evt.*.node.ready`` events are the work queue of static graphs: workers
+  take them from the shared durable consumer ``ag-work``.
 * ``ag.proj.<store_id>.query`` is where the process that owns a projection
   store answers SQL queries for other processes (request/reply, not stored).
 * ``ag.lease.worker.<worker_id>`` is a process's heartbeat (a message with a
@@ -36,23 +42,29 @@ from nats.js.api import (
 from aethergraph.core.ids import check_run_id
 
 __all__ = [
+    "ALL_CANCELS",
     "ALL_COMMANDS",
     "ALL_EVENTS",
     "ALL_LEASES",
     "COMMANDS_STREAM",
     "EVENTS_STREAM",
     "LEASES_STREAM",
+    "NODE_READY_EVENTS",
     "RESUME_CONSUMER",
     "WORKER_LEASES",
+    "WORK_CONSUMER",
     "Topology",
+    "cancel_subject",
     "event_subject",
     "outcome_subject",
     "parse_run_owner",
     "projector_consumer",
     "projector_query_subject",
+    "report_subject",
     "resume_subject",
     "run_events_filter",
     "run_id_of_command",
+    "run_id_of_subject",
     "run_owner_subject",
     "run_owners_filter",
     "schedule_subject",
@@ -64,6 +76,9 @@ EVENTS_STREAM: Final = "AG_EVENTS"
 COMMANDS_STREAM: Final = "AG_COMMANDS"
 LEASES_STREAM: Final = "AG_LEASES"
 RESUME_CONSUMER: Final = "ag-resume"
+WORK_CONSUMER: Final = "ag-work"
+NODE_READY_EVENTS: Final = "ag.evt.*.node.ready"
+ALL_CANCELS: Final = "ag.cmd.cancel.>"
 
 ALL_EVENTS: Final = "ag.evt.>"
 ALL_COMMANDS: Final = "ag.cmd.>"
@@ -71,6 +86,8 @@ ALL_LEASES: Final = "ag.lease.>"
 _RESUME_PREFIX: Final = "ag.cmd.resume."
 _OUTCOME_PREFIX: Final = "ag.cmd.outcome."
 _SCHEDULE_PREFIX: Final = "ag.cmd.schedule."
+_REPORT_PREFIX: Final = "ag.cmd.report."
+_CANCEL_PREFIX: Final = "ag.cmd.cancel."
 WORKER_LEASES: Final = "ag.lease.worker.>"
 _WORKER_LEASE_PREFIX: Final = "ag.lease.worker."
 _RUN_OWNER_PREFIX: Final = "ag.lease.run."
@@ -101,6 +118,20 @@ def outcome_subject(run_id: str) -> str:
 
 def schedule_subject(run_id: str, wait_id: str) -> str:
     return f"{_SCHEDULE_PREFIX}{check_run_id(run_id)}.{wait_id}"
+
+
+def report_subject(run_id: str) -> str:
+    """Where workers report on the nodes of static run ``run_id``."""
+    return _REPORT_PREFIX + run_id
+
+
+def cancel_subject(run_id: str) -> str:
+    return _CANCEL_PREFIX + check_run_id(run_id)
+
+
+def run_id_of_subject(subject: str) -> str:
+    """The run id token of ``ag.evt.<run_id>.<type>`` (third token)."""
+    return subject.split(".", 3)[2]
 
 
 def worker_lease_subject(worker_id: str) -> str:
@@ -143,6 +174,7 @@ class Topology:
     max_event_bytes: int = 256 * 1024
     commands_max_age_s: float = 7 * 24 * 3600.0
     replicas: int = 1
+    node_ack_wait_s: float = 30.0
 
     def events_stream(self) -> StreamConfig:
         """The journal: every event of every run, kept until deleted (limits retention)."""
@@ -206,4 +238,15 @@ class Topology:
             max_deliver=-1,
             max_ack_pending=10_000,
         )
-        return ((COMMANDS_STREAM, resume),)
+        work = ConsumerConfig(
+            durable_name=WORK_CONSUMER,
+            description="Workers take the nodes of static graphs (node.ready events) from here",
+            filter_subject=NODE_READY_EVENTS,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.node_ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=100_000,
+            max_waiting=4096,
+        )
+        return ((COMMANDS_STREAM, resume), (EVENTS_STREAM, work))

@@ -14,6 +14,7 @@ from .codec import normalise_value
 from .events import CheckpointSaved, ValueRecorded
 from .ids import ROOT_NODE
 from .logger import NodeLogger
+from .run_control import RunManager
 from .scope import RunScope, cursor
 from .waits import Wait, wait_for
 
@@ -82,6 +83,10 @@ class NodeContext:
     def channel(self, name: str | None = None) -> Channel:
         """The console channel, or the named channel whose questions always wait durably."""
         return Channel(self._scope, self.node_id, name or "console")
+
+    def runs(self) -> RunManager:
+        """Start, wait for and cancel runs from this node (children carry this run and node as parent)."""
+        return RunManager(self._scope, self.node_id)
 
     async def wait(self, wait: Wait) -> Any:
         """Wait durably for an external answer (see :class:`~aethergraph.Wait`); returns the resume payload."""

@@ -8,6 +8,7 @@ from typing import Any, overload
 
 from .environment import get_environment
 from .executor import call_tool_detached, call_tool_detached_async, call_tool_in_run
+from .graphify import current_build
 from .registry import register_graph
 from .scope import current_scope
 from .spec import CallableSpec, build_spec
@@ -40,6 +41,9 @@ class Tool:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         spec = self.__aethergraph_spec__
+        build = current_build()
+        if build is not None:
+            return build.add(spec, args, kwargs)
         scope = current_scope()
         if scope is not None:
             return call_tool_in_run(scope, spec, args, kwargs)
@@ -69,7 +73,14 @@ class GraphFunction:
     def name(self) -> str:
         return self.__aethergraph_spec__.name
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``await g(...)`` runs the graph; inside a ``@graphify`` body the call records a node instead."""
+        build = current_build()
+        if build is not None:
+            return build.add(self.__aethergraph_spec__, args, kwargs)
+        return self._run(args, kwargs)
+
+    async def _run(self, args: Any, kwargs: Any) -> dict[str, Any]:
         spec = self.__aethergraph_spec__
         scope = current_scope()
         if scope is not None:

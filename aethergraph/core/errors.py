@@ -15,6 +15,8 @@ __all__ = [
     "DecorationError",
     "EventRejectedError",
     "EventTooLargeError",
+    "GraphBuildError",
+    "GraphInputError",
     "GraphNotFoundError",
     "NonDeterminismError",
     "NotInRunError",
@@ -93,6 +95,14 @@ class EventRejectedError(AetherGraphError):
 
 class StaleWriterError(EventRejectedError):
     """Another writer appended to this run's journal first; this writer is fenced out."""
+
+
+class GraphBuildError(AetherGraphError, ValueError):
+    """A ``@graphify`` body describes a graph that cannot run (cycle, duplicate id, unknown reference, ...)."""
+
+
+class GraphInputError(AetherGraphError, TypeError):
+    """A run was submitted with inputs its graph does not accept (missing, unknown)."""
 
 
 class GraphNotFoundError(AetherGraphError, LookupError):

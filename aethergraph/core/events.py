@@ -19,6 +19,7 @@ import msgspec
 __all__ = [
     "EVENT_TYPES",
     "AnyEvent",
+    "ClaimReason",
     "ArtifactSaved",
     "ChannelSent",
     "CheckpointSaved",
@@ -26,6 +27,8 @@ __all__ = [
     "LogRecorded",
     "NodeCompleted",
     "NodeFailed",
+    "NodeReady",
+    "NodeSkipped",
     "NodeStarted",
     "RunCancelled",
     "RunClaimed",
@@ -66,6 +69,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     epoch: int = 1
 
 
+ClaimReason: TypeAlias = Literal["resume", "takeover", "replay", "retry", "cancel"]
+"""Why a writer claimed a run: answer a wait, take over a dead process's run, test-mode replay,
+re-run a failed static run's failed nodes, or journal a cancellation."""
+
 # --- runs -----------------------------------------------------------------------
 
 
@@ -76,12 +83,15 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     parent_node_id: str | None = None
     # The top-level run of a tree of nested runs (None: this run is the root).
     root_run_id: str | None = None
+    # Static graphs: the structure digest of the TaskGraph, and the cap on nodes running at once.
+    plan_digest: str = ""
+    max_concurrency: int | None = None
 
 
 class RunClaimed(Event, frozen=True, kw_only=True, tag="run.claimed"):
     """A writer took over an unfinished run to continue it by replay; its epoch begins here."""
 
-    reason: Literal["resume", "takeover", "replay"]
+    reason: ClaimReason
     previous_worker: str | None = None
 
 
@@ -111,20 +121,54 @@ class RunCancelled(Event, frozen=True, kw_only=True, tag="run.cancelled"):
 # --- nodes of static graphs ------------------------------------------------------
 
 
+class NodeReady(Event, frozen=True, kw_only=True, tag="node.ready"):
+    """A node of a static graph is dispatched: workers take it from the work queue and execute it.
+
+    ``args`` are the node's resolved arguments; ``root_run_id`` is the
+    top-level run of the tree (None: this run); ``timeout_s`` bounds one
+    attempt. A node dispatched again with the same ``attempt`` (after its wait
+    was answered) continues its node run instead of starting over.
+    """
+
+    tool: str
+    args: dict[str, Any] = {}
+    attempt: int = 1
+    root_run_id: str | None = None
+    timeout_s: float | None = None
+
+
 class NodeStarted(Event, frozen=True, kw_only=True, tag="node.started"):
     tool: str
     attempt: int = 1
 
 
 class NodeCompleted(Event, frozen=True, kw_only=True, tag="node.completed"):
+    """A node's committed outputs; ``executor`` names the worker that ran it, ``started_us`` when."""
+
     outputs: dict[str, Any] = {}
     attempt: int = 1
+    executor: str = ""
+    started_us: int = 0
+    duration_us: int = 0
 
 
 class NodeFailed(Event, frozen=True, kw_only=True, tag="node.failed"):
+    """A node attempt failed; ``retry_at_us`` is set when the retry policy runs it again then."""
+
     error_type: str
     message: str
     attempt: int = 1
+    executor: str = ""
+    started_us: int = 0
+    duration_us: int = 0
+    retry_at_us: int | None = None
+
+
+class NodeSkipped(Event, frozen=True, kw_only=True, tag="node.skipped"):
+    """A node will not run: its ``condition`` was false, or ``upstream`` (a node it needs) was skipped or failed."""
+
+    reason: Literal["condition", "upstream_skipped", "upstream_failed", "cancelled"]
+    upstream: str | None = None
 
 
 # --- journaled steps ------------------------------------------------------------
@@ -265,9 +309,11 @@ AnyEvent: TypeAlias = (
     | RunFailed
     | RunCancelled
     | RunWaiting
+    | NodeReady
     | NodeStarted
     | NodeCompleted
     | NodeFailed
+    | NodeSkipped
     | ToolCalled
     | ToolReturned
     | ToolFailed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from .codec import digest, normalise_value
 from .context import NodeContext
@@ -21,6 +21,7 @@ from .errors import (
 )
 from .events import (
     AnyEvent,
+    ClaimReason,
     RunCancelled,
     RunClaimed,
     RunCompleted,
@@ -33,10 +34,11 @@ from .events import (
 )
 from .ids import ROOT_NODE, check_run_id, child_run_id, new_run_id
 from .journal import RunJournal
-from .ports import RunEnvironment
+from .ports import ParentLink, RunEnvironment
 from .replay import ReplayCursor, journal_chain, rebuild_error
 from .scope import RunScope, current_scope, cursor, run_scope_var
 from .spec import CallableSpec, normalise_outputs
+from .static_run import drive_static_run
 
 __all__ = [
     "call_tool_detached",
@@ -63,36 +65,44 @@ async def execute_run(
     run_id: str | None = None,
     env: RunEnvironment | None = None,
     parent_node_id: str | None = None,
+    parent: ParentLink | None = None,
+    max_concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``spec`` (a graph_fn, or a tool as a one-step run) and return its outputs.
+    """Run ``spec`` (a graph_fn, a static graph, or a tool as a one-step run) and return its outputs.
 
-    Inside another run this is a child run linked to the calling run and node.
-    The run's events: ``run.started``, the steps, then ``run.completed``,
-    ``run.failed`` or ``run.cancelled``. An exception from the body is
-    journaled and re-raised unchanged.
+    Inside another run this is a child run linked to the calling run and node
+    (``parent`` links it explicitly instead). The run's events: ``run.started``,
+    the steps, then ``run.completed``, ``run.failed`` or ``run.cancelled``. An
+    exception from the body is journaled and re-raised unchanged.
     """
     parent_scope = current_scope()
     if env is None:
         env = parent_scope.env if parent_scope is not None else await get_environment()
+    if parent is None and parent_scope is not None and parent_node_id is not None:
+        parent = ParentLink(run_id=parent_scope.run_id, node_id=parent_node_id, root_run_id=parent_scope.root_run_id)
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     journal = RunJournal(run_id, env.event_log.writer(run_id), env.worker_id)
     normalised_inputs, _ = normalise_value(dict(inputs), what=f"the inputs of {spec.label}")
+    plan_digest = spec.task_graph().digest if spec.kind == "static" else ""
     start_seq = await journal.commit(
         RunStarted,
         parent=None,
         graph_id=spec.name,
         inputs=normalised_inputs,
-        parent_run_id=parent_scope.run_id if parent_scope else None,
-        parent_node_id=parent_node_id if parent_scope else None,
-        root_run_id=parent_scope.root_run_id if parent_scope else None,
+        parent_run_id=parent.run_id if parent else None,
+        parent_node_id=parent.node_id if parent else None,
+        root_run_id=parent.root_run_id if parent else None,
+        plan_digest=plan_digest,
+        max_concurrency=max_concurrency,
     )
     scope = RunScope(
         run_id=run_id,
         graph_id=spec.name,
-        root_run_id=parent_scope.root_run_id if parent_scope else run_id,
+        root_run_id=parent.root_run_id if parent else run_id,
         journal=journal,
         env=env,
         suspend_after_each_step=env.always_suspend,
+        max_concurrency=max_concurrency,
     )
     return await drive_run(spec, inputs, scope, start_seq)
 
@@ -116,7 +126,7 @@ async def resume_run(
     run_id: str,
     *,
     env: RunEnvironment | None = None,
-    reason: Literal["resume", "takeover", "replay"] = "resume",
+    reason: ClaimReason = "resume",
 ) -> dict[str, Any]:
     """Continue a run from its journal: replay the recorded steps, then go live.
 
@@ -155,13 +165,23 @@ async def claim_run(
     last_stream_seq: int,
     env: RunEnvironment,
     *,
-    reason: Literal["resume", "takeover", "replay"],
+    reason: ClaimReason,
 ) -> RunScope:
     """Take an unfinished run over for replay: commit a fenced ``run.claimed`` opening this writer's epoch.
 
     Raises :class:`StaleWriterError` if anyone appended to the run after ``chain`` was read.
     """
     run_id = started.run_id
+    if spec.kind == "static" and started.plan_digest and started.plan_digest != spec.task_graph().digest:
+        raise NonDeterminismError(
+            f"run {run_id} was started from another version of graph {spec.name!r} (structure digest "
+            f"{started.plan_digest}, this process builds {spec.task_graph().digest}); continue it with the "
+            "code it started with, or start a new run",
+            run_id=run_id,
+            seq=started.seq,
+            recorded=f"graph digest {started.plan_digest}",
+            attempted=f"graph digest {spec.task_graph().digest}",
+        )
     writer = env.event_log.writer(run_id, last_stream_seq=last_stream_seq)
     journal = RunJournal(run_id, writer, env.worker_id, last_seq=chain[-1].seq)
     await journal.commit(RunClaimed, parent=chain[-1].seq, reason=reason, previous_worker=chain[-1].worker)
@@ -175,6 +195,9 @@ async def claim_run(
         replay=replay,
         checkpoints={key: event.state for key, event in replay.checkpoints.items()},
         suspend_after_each_step=env.always_suspend,
+        history=chain,
+        max_concurrency=started.max_concurrency,
+        claim_reason=reason,
     )
 
 
@@ -185,6 +208,8 @@ async def drive_run(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
     """
     while True:
         try:
+            if spec.kind == "static":
+                return await drive_static_run(spec, inputs, scope, scope.history)
             return await _run_body(spec, inputs, scope, start_seq)
         except RunSuspended as suspended:
             if not scope.suspend_after_each_step or suspended.wait_id is not None:
@@ -309,7 +334,7 @@ async def call_tool_in_run(
     outer_cursor = cursor.set(called_seq)
     cursor_restored = False
     try:
-        if spec.kind == "graph_fn":
+        if spec.kind in ("graph_fn", "static"):
             result: Any = await _run_child(scope, spec, arguments, node_id)
         else:
             context = NodeContext(scope, node_id) if spec.context_param is not None else None

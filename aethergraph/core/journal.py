@@ -56,3 +56,7 @@ class RunJournal:
         seq, committed = self.append(cls, parent=parent, node_id=node_id, **fields)
         await committed
         return seq
+
+    async def flush(self) -> None:
+        """Wait until every appended event is acknowledged (raises the first refusal)."""
+        await self._writer.flush()

@@ -6,15 +6,29 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .events import AnyEvent, Event
 
 if TYPE_CHECKING:
+    from .node_report import NodeReport
     from .spec import CallableSpec
 
-__all__ = ["EventLog", "RunEnvironment", "RunWriter", "StoredEvent"]
+__all__ = ["EventLog", "ParentLink", "ReportSink", "RunEnvironment", "RunWriter", "StoredEvent"]
+
+ReportSink = Callable[["NodeReport | None"], None]
+"""Receives a static run's node reports in order; ``None`` once the stored ones have all been delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    """Where a run was started from: the parent run and node, and the top of the run tree."""
+
+    run_id: str
+    node_id: str
+    root_run_id: str
 
 
 class StoredEvent(Protocol):
@@ -84,4 +98,28 @@ class RunEnvironment(Protocol):
 
     async def schedule_wait_expiry(self, run_id: str, wait_id: str, deadline_us: int) -> None:
         """Arrange for ``wait.expired`` to be journaled at ``deadline_us`` unless the wait is answered first."""
+        ...
+
+    async def follow_node_reports(
+        self, run_id: str, sink: ReportSink, *, from_start: bool
+    ) -> Callable[[], Awaitable[None]]:
+        """Deliver the node reports of static run ``run_id`` to ``sink`` (stored ones first if ``from_start``).
+
+        Returns a coroutine function that stops the delivery.
+        """
+        ...
+
+    async def ensure_node_executor(self) -> None:
+        """Make sure this process also executes nodes from the work queue (the embedded default)."""
+        ...
+
+    async def spawn_run(self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str, parent: ParentLink) -> bool:
+        """Start run ``run_id`` of ``spec`` detached (driven here, taken over if this process dies).
+
+        Returns False if the run already exists (it was spawned before).
+        """
+        ...
+
+    async def cancel_run(self, run_id: str, reason: str) -> str:
+        """Cancel a run wherever it is driven; returns its status afterwards."""
         ...

@@ -22,6 +22,7 @@ from .events import (
     Event,
     LogRecorded,
     RunCancelled,
+    RunClaimed,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -74,6 +75,8 @@ def journal_state(run_id: str, chain: Sequence[Event]) -> JournalState:
             state.ended, state.status = event, "failed"
         elif isinstance(event, RunCancelled):
             state.ended, state.status = event, "cancelled"
+        elif isinstance(event, RunClaimed) and state.ended is not None:
+            state.ended, state.status = None, "running"  # a failed static run retried from its failed nodes
     if state.ended is None:
         last = next((event for event in reversed(chain) if not isinstance(event, LogRecorded)), None)
         if isinstance(last, RunWaiting):

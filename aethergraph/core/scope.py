@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NonDeterminismError
+from .events import Event
 from .journal import RunJournal
 from .ports import RunEnvironment
 from .replay import ReplayCursor
@@ -32,6 +34,12 @@ class RunScope:
     checkpoints: dict[tuple[str | None, str], Any] = field(default_factory=dict)
     # Test mode: suspend after every live step and continue by replay.
     suspend_after_each_step: bool = False
+    # The journal read when this writer claimed the run (empty for a new run).
+    history: Sequence[Event] = ()
+    # Static graphs: the cap on nodes running at once, as recorded in run.started.
+    max_concurrency: int | None = None
+    # Why this writer claimed the run (None: it started the run).
+    claim_reason: str | None = None
 
     def replaying(self) -> ReplayCursor | None:
         """The replay cursor while recorded steps remain, else ``None``."""

@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     seconds, at least 1). ``console_input`` decides whether console questions
     are answered inline: ``auto`` when standard input is a terminal,
     ``always`` (e.g. answers piped in), or ``never`` (every question is a
-    durable wait answered by a resume command).
+    durable wait answered by a resume command). ``node_concurrency`` is how
+    many nodes of static graphs one process executes at once;
+    ``node_ack_wait_s`` is how long a node may go without its worker's
+    heartbeat before the work queue hands it to another worker (a worker
+    sends one every third of that while the node runs).
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     always_suspend: bool = False
     lease_s: Annotated[float, Field(ge=1, le=3600)] = 1.0
     console_input: Literal["auto", "always", "never"] = "auto"
+    node_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    node_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
 
     @field_validator("sync_interval")
     @classmethod

@@ -6,9 +6,12 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import DecorationError, OutputError
+
+if TYPE_CHECKING:
+    from .task_graph import TaskGraph
 
 __all__ = ["CallableSpec", "build_spec", "normalise_outputs"]
 
@@ -21,17 +24,26 @@ _CONTEXT_NAME = "context"
 class CallableSpec:
     """What a decorator learned about a function, fixed at decoration time."""
 
-    kind: Literal["tool", "graph_fn"]
+    kind: Literal["tool", "graph_fn", "static"]
     name: str
     fn: Callable[..., Any]
     outputs: tuple[str, ...]
     is_async: bool
     context_param: str | None
     signature: inspect.Signature
+    # Static graphs (``@graphify``): builds (once) the TaskGraph the scheduler runs.
+    plan: Callable[[], TaskGraph] | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.name!r}"
+        kind = "graph" if self.kind == "static" else self.kind
+        return f"{kind} {self.name!r}"
+
+    def task_graph(self) -> TaskGraph:
+        """The TaskGraph of a static graph (built on first use)."""
+        if self.plan is None:
+            raise TypeError(f"{self.label} is not a static graph (@graphify)")
+        return self.plan()
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Bind a call's arguments by name, leaving out the context parameter."""

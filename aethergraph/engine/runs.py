@@ -18,11 +18,11 @@ from typing import Any
 
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.core.errors import RunFailedError, RunNotFoundError, RunSuspended, StaleWriterError
-from aethergraph.core.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.core.executor import execute_run, load_journal
-from aethergraph.core.ports import RunEnvironment
+from aethergraph.core.ports import ParentLink, RunEnvironment
 from aethergraph.core.replay import ChainBuilder
 from aethergraph.core.resume import JournalState, RunStatus, journal_state
+from aethergraph.core.run_control import follow_run_end
 from aethergraph.core.spec import CallableSpec
 
 __all__ = ["RunDriver", "RunHandle", "Suspended"]
@@ -52,13 +52,24 @@ class RunDriver:
         self.leases = leases
         self.tasks: dict[str, asyncio.Task[RunEnd]] = {}
         self.on_suspend: Callable[[Suspended], None] | None = None
+        self.cancel_requested: set[str] = set()
 
-    def start(self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str) -> asyncio.Task[RunEnd]:
+    def start(
+        self,
+        spec: CallableSpec,
+        inputs: Mapping[str, Any],
+        run_id: str,
+        *,
+        parent: ParentLink | None = None,
+        max_concurrency: int | None = None,
+    ) -> asyncio.Task[RunEnd]:
         """Start a new run; ownership is recorded before its first event."""
 
         async def run() -> dict[str, Any]:
             await self.leases.own(run_id, spec.name)
-            return await execute_run(spec, inputs, run_id=run_id, env=self.env)
+            return await execute_run(
+                spec, inputs, run_id=run_id, env=self.env, parent=parent, max_concurrency=max_concurrency
+            )
 
         return self.drive(run_id, run)
 
@@ -68,6 +79,11 @@ class RunDriver:
         async def guarded() -> RunEnd:
             try:
                 return await body()
+            except asyncio.CancelledError:
+                if run_id not in self.cancel_requested:
+                    raise
+                self.cancel_requested.discard(run_id)
+                raise RunFailedError(f"run {run_id} was cancelled", run_id=run_id, error_type="Cancelled") from None
             except RunSuspended as suspended:
                 if suspended.wait_id is None:
                     raise RuntimeError(f"run {run_id} suspended without a wait outside always-suspend mode") from None
@@ -99,24 +115,19 @@ class RunDriver:
         if not task.cancelled() and task.exception() is not None:
             log.debug("run %s stopped in this process: %r", run_id, task.exception())
 
+    def cancel(self, run_id: str) -> bool:
+        """Cancel the task driving ``run_id`` here, if any (it journals ``run.cancelled``)."""
+        task = self.tasks.get(run_id)
+        if task is None or task.done():
+            return False
+        self.cancel_requested.add(run_id)
+        task.cancel()
+        return True
+
     async def drain(self) -> None:
         """Wait until every run this process drives has ended or suspended."""
         while self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-
-
-def _failure(run_id: str, end: RunFailed | RunCancelled) -> RunFailedError:
-    if isinstance(end, RunFailed):
-        where = f" at node {end.failed_node_id}" if end.failed_node_id else ""
-        return RunFailedError(
-            f"run {run_id} failed{where}: {end.error_type}: {end.message}",
-            run_id=run_id,
-            error_type=end.error_type,
-            node_id=end.failed_node_id,
-        )
-    return RunFailedError(
-        f"run {run_id} was cancelled: {end.reason or 'no reason given'}", run_id=run_id, error_type="Cancelled"
-    )
 
 
 class RunHandle:
@@ -159,16 +170,11 @@ class RunHandle:
             return await self._follow()
 
     async def _follow(self) -> dict[str, Any]:
-        builder = ChainBuilder()
-        async for record in self._env.event_log.read_run(self.run_id, follow=True):
-            event = record.event
-            if not builder.add(event):
-                continue
-            if isinstance(event, RunCompleted):
-                return dict(event.outputs)
-            if isinstance(event, (RunFailed, RunCancelled)):
-                raise _failure(self.run_id, event)
-        raise RunNotFoundError(f"stopped reading run {self.run_id} before it ended", run_id=self.run_id)
+        return await follow_run_end(self._env, self.run_id)
+
+    async def cancel(self, reason: str = "") -> RunStatus:
+        """Cancel the run wherever it runs (its running nodes too); returns its status afterwards."""
+        return await self._env.cancel_run(self.run_id, reason)  # type: ignore[return-value]
 
     async def wait_for_status(self, *statuses: RunStatus) -> RunStatus:
         """Wait until the run reaches one of ``statuses`` (e.g. ``"waiting"``) and return it.

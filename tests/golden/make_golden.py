@@ -50,6 +50,17 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "failed_node_id": "analyze_2",
     },
     "run.cancelled": {"seq": 5, "parent": 4, "node_id": None, "reason": "cancelled by operator"},
+    "node.ready": {
+        "seq": 2,
+        "parent": 1,
+        "node_id": "fetch_1",
+        "tool": "fetch",
+        "args": {"url": "https://example.org"},
+        "attempt": 2,
+        "root_run_id": "0mb4x2k9qparentrun0001",
+        "timeout_s": 30.0,
+    },
+    "node.skipped": {"seq": 4, "parent": 3, "node_id": "report_1", "reason": "upstream_failed", "upstream": "fetch_1"},
     "node.started": {"seq": 2, "parent": 1, "node_id": "fetch_1", "tool": "fetch", "attempt": 2},
     "node.completed": {"seq": 3, "parent": 2, "node_id": "fetch_1", "outputs": {"body": "hello"}, "attempt": 2},
     "node.failed": {

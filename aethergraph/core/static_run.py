@@ -1,0 +1,461 @@
+"""The event-driven scheduler of a static graph's run.
+
+The run's scheduler is its journal's only writer. It journals ``node.ready``
+for every node whose dependencies are done; that event is the dispatch:
+workers take ``node.ready`` events from the shared work queue, execute the
+node and publish a :class:`~aethergraph.core.node_report.NodeReport`. Each
+report that arrives journals the node's outcome and makes its dependents
+ready. Nothing polls: the scheduler sleeps until a report (or a retry's
+backoff timer) wakes it.
+
+The scheduler's state is a fold of the run's journal plus the reports not
+yet journaled, so whichever process continues the run (after a crash, a
+resume, or a retry of a failed run) rebuilds it and goes on without running
+a completed node again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .codec import normalise_value
+from .errors import EventTooLargeError, RunFailedError, RunSuspended, SerializationError
+from .events import (
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeReady,
+    NodeSkipped,
+    RunCancelled,
+    RunClaimed,
+    RunCompleted,
+    RunFailed,
+    RunWaiting,
+    WaitExpired,
+    WaitResumed,
+)
+from .graph_refs import GraphRef, resolve_refs
+from .ids import child_run_id
+from .node_report import NodeReport
+from .replay import journal_chain
+from .scope import RunScope
+from .spec import CallableSpec
+from .task_graph import TaskGraph, TaskNode
+
+__all__ = ["drive_static_run", "node_run_id"]
+
+Status = Literal["pending", "queued", "dispatched", "waiting", "retrying", "completed", "failed", "skipped"]
+_DONE = ("completed", "skipped")
+
+
+def node_run_id(run_id: str, node_id: str, attempt: int) -> str:
+    """The run in which attempt ``attempt`` of a node journals its own steps (see docs/static-graphs.md)."""
+    return child_run_id(run_id, node_id if attempt == 1 else f"{node_id}-{attempt}")
+
+
+@dataclass(kw_only=True)
+class _NodeState:
+    status: Status = "pending"
+    attempt: int = 0
+    seq: int = 0  # journal seq of the node's latest event (the causal parent of what follows)
+    skip_reason: str = ""
+    waiting: NodeReport | None = None
+    error: tuple[str, str] = ("", "")
+
+
+class _StaticRun:
+    def __init__(self, spec: CallableSpec, graph: TaskGraph, inputs: Mapping[str, Any], scope: RunScope) -> None:
+        self.spec = spec
+        self.graph = graph
+        self.inputs = inputs
+        self.scope = scope
+        self.journal = scope.journal
+        self.root_run_id = scope.root_run_id if scope.root_run_id != scope.run_id else None
+        self.states = {node_id: _NodeState() for node_id in graph.order}
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self.ready: collections.deque[tuple[str, int]] = collections.deque()
+        self.unchecked_waits: list[str] = []
+        self.inflight = 0
+        self.retry_timers: dict[str, asyncio.TimerHandle] = {}
+        self.failed: list[str] = []
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.caught_up = False
+        self.limit = scope.max_concurrency or graph.max_concurrency or 0
+        self.last_seq = 0
+
+    # --- rebuilding from the journal ------------------------------------------------
+
+    def fold(self, history: Sequence[Event]) -> None:
+        """Node states from the journal (a retry claim makes failed and their skipped nodes pending again)."""
+        states = self.states
+        for event in history:
+            node_id = event.node_id
+            state = states.get(node_id) if node_id is not None else None
+            if isinstance(event, NodeReady) and state is not None:
+                state.status, state.attempt, state.seq = "dispatched", event.attempt, event.seq
+            elif isinstance(event, NodeCompleted) and state is not None:
+                state.status, state.seq = "completed", event.seq
+                self.outputs[event.node_id or ""] = dict(event.outputs)
+            elif isinstance(event, NodeFailed) and state is not None:
+                state.seq, state.error = event.seq, (event.error_type, event.message)
+                state.status = "retrying" if event.retry_at_us is not None else "failed"
+            elif isinstance(event, NodeSkipped) and state is not None:
+                state.status, state.seq, state.skip_reason = "skipped", event.seq, event.reason
+            elif isinstance(event, RunClaimed) and event.reason == "retry":
+                self._reset_failed()
+            self.last_seq = event.seq
+        if self.scope.claim_reason == "retry":
+            self._reset_failed()
+
+    def _reset_failed(self) -> None:
+        """A retry of the run: failed nodes, and what they kept from running, become pending again."""
+        for state in self.states.values():
+            if state.status in ("failed", "dispatched", "retrying", "waiting") or (
+                state.status == "skipped" and state.skip_reason != "condition"
+            ):
+                state.status, state.skip_reason = "pending", ""
+
+    def start(self) -> None:
+        """Queue what can run now, re-arm retry timers; dispatched nodes stay with their workers."""
+        for node_id in self.graph.order:
+            state = self.states[node_id]
+            if state.status == "dispatched":
+                self.inflight += 1
+            elif state.status == "retrying":
+                self._arm_retry(node_id, state.attempt + 1, 0.0)
+            elif state.status == "failed":
+                self.failed.append(node_id)
+            elif state.status == "pending" and self._deps_done(node_id):
+                self._release(node_id)
+        self.dispatch_ready()
+
+    # --- events in --------------------------------------------------------------------
+
+    def on_report(self, report: NodeReport | None) -> None:
+        self.queue.put_nowait(("report", report))
+
+    def handle(self, kind: str, item: Any) -> None:
+        if kind == "report":
+            if item is None:
+                self.caught_up = True
+            else:
+                self._on_report(item)
+        elif kind == "retry":
+            node_id, attempt = item
+            self.retry_timers.pop(node_id, None)
+            if not self.failed:
+                self._enqueue(node_id, attempt)
+        elif kind == "error":
+            raise item
+        self.dispatch_ready()
+
+    def _on_report(self, report: NodeReport) -> None:
+        state = self.states.get(report.node_id)
+        if state is None or report.attempt != state.attempt or state.status not in ("dispatched", "waiting"):
+            return  # a duplicate, a late report of an attempt already decided, or another graph's node
+        if state.status == "dispatched":
+            self.inflight -= 1
+        if report.status == "completed":
+            self.outputs[report.node_id] = dict(report.outputs)
+            state.status = "completed"
+            state.seq = self._append(
+                NodeCompleted,
+                parent=state.seq,
+                node_id=report.node_id,
+                outputs=report.outputs,
+                attempt=report.attempt,
+                executor=report.executor,
+                started_us=report.started_us,
+                duration_us=report.duration_us,
+            )
+            self._release_dependents(report.node_id)
+        elif report.status == "waiting":
+            state.status, state.waiting = "waiting", report
+            self.unchecked_waits.append(report.node_id)
+        else:
+            self._on_failure(report.node_id, state, report)
+
+    def _on_failure(self, node_id: str, state: _NodeState, report: NodeReport) -> None:
+        error_type = report.error_type or ("Cancelled" if report.status == "cancelled" else "Error")
+        policy = self.graph.nodes[node_id].retry
+        retry = policy is not None and report.status != "cancelled" and policy.retries(state.attempt, error_type)
+        delay = policy.delay_s(state.attempt) if policy is not None and retry else 0.0
+        state.error = (error_type, report.message)
+        state.seq = self._append(
+            NodeFailed,
+            parent=state.seq,
+            node_id=node_id,
+            error_type=error_type,
+            message=report.message,
+            attempt=state.attempt,
+            executor=report.executor,
+            started_us=report.started_us,
+            duration_us=report.duration_us,
+            retry_at_us=time.time_ns() // 1000 + int(delay * 1_000_000) if retry else None,
+        )
+        if retry:
+            state.status = "retrying"
+            self._arm_retry(node_id, state.attempt + 1, delay)
+            return
+        state.status = "failed"
+        self.failed.append(node_id)
+        self._skip_dependents(node_id, "upstream_failed")
+
+    def _arm_retry(self, node_id: str, attempt: int, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.retry_timers[node_id] = loop.call_later(delay, self.queue.put_nowait, ("retry", (node_id, attempt)))
+
+    # --- readiness ----------------------------------------------------------------------
+
+    def _deps_done(self, node_id: str) -> bool:
+        return all(self.states[dep].status in _DONE for dep in self.graph.nodes[node_id].dependencies)
+
+    def _release_dependents(self, node_id: str) -> None:
+        for dependent in self.graph.dependents(node_id):
+            if self.states[dependent].status == "pending" and self._deps_done(dependent):
+                self._release(dependent)
+
+    def _release(self, node_id: str) -> None:
+        """All dependencies are done: skip the node (a skipped upstream, a false condition) or queue it."""
+        node = self.graph.nodes[node_id]
+        skipped = next((dep for dep in node.dependencies if self.states[dep].status == "skipped"), None)
+        if skipped is not None:
+            self._skip(node_id, "upstream_skipped", skipped)
+            return
+        if not self._condition_holds(node):
+            self._skip(node_id, "condition", None)
+            return
+        self._enqueue(node_id, self.states[node_id].attempt + 1)
+
+    def _condition_holds(self, node: TaskNode) -> bool:
+        condition = node.condition
+        if condition is None:
+            return True
+        if isinstance(condition, GraphRef):
+            return bool(resolve_refs(condition, self.inputs, self.outputs))
+        return bool(condition)
+
+    def _skip(
+        self,
+        node_id: str,
+        reason: Literal["condition", "upstream_skipped", "upstream_failed"],
+        upstream: str | None,
+    ) -> None:
+        state = self.states[node_id]
+        parent = self.states[upstream].seq if upstream is not None else self._parent_of(node_id)
+        state.status, state.skip_reason = "skipped", reason
+        state.seq = self._append(NodeSkipped, parent=parent or None, node_id=node_id, reason=reason, upstream=upstream)
+        if reason == "upstream_failed":
+            self._skip_dependents(node_id, "upstream_failed")
+        else:
+            self._release_dependents(node_id)
+
+    def _skip_dependents(self, node_id: str, reason: Literal["upstream_failed"]) -> None:
+        for dependent in self.graph.dependents(node_id):
+            if self.states[dependent].status == "pending":
+                self._skip(dependent, reason, node_id)
+
+    def _parent_of(self, node_id: str) -> int:
+        deps = self.graph.nodes[node_id].dependencies
+        return max((self.states[dep].seq for dep in deps), default=1)
+
+    def _enqueue(self, node_id: str, attempt: int) -> None:
+        self.states[node_id].status = "queued"
+        self.ready.append((node_id, attempt))
+
+    def redispatch(self, node_id: str) -> None:
+        """Hand a waiting node back to the workers: its wait was answered, its node run continues."""
+        state = self.states[node_id]
+        if state.status == "waiting":
+            state.waiting = None
+            self._enqueue(node_id, state.attempt)
+
+    def dispatch_ready(self) -> None:
+        """Journal ``node.ready`` for queued nodes, up to the run's concurrency cap."""
+        limit = self.limit
+        while self.ready and not self.failed:
+            if limit and self.inflight >= limit:
+                return
+            node_id, attempt = self.ready.popleft()
+            state = self.states[node_id]
+            state.status, state.attempt = "dispatched", attempt
+            self.inflight += 1
+            self._dispatch(node_id)
+        if self.failed:
+            for node_id, _ in self.ready:
+                self.states[node_id].status = "pending"
+            self.ready.clear()
+
+    def _dispatch(self, node_id: str) -> None:
+        node = self.graph.nodes[node_id]
+        state = self.states[node_id]
+        try:
+            args, _ = normalise_value(
+                resolve_refs(dict(node.args), self.inputs, self.outputs), what=f"the arguments of node {node_id}"
+            )
+            state.seq = self._append(
+                NodeReady,
+                parent=self._parent_of(node_id) or None,
+                node_id=node_id,
+                tool=node.tool,
+                args=args,
+                attempt=state.attempt,
+                root_run_id=self.root_run_id or self.scope.run_id,
+                timeout_s=node.timeout_s,
+            )
+        except (KeyError, EventTooLargeError, SerializationError) as exc:
+            # The node cannot even be handed to a worker: it fails without retry.
+            self.inflight -= 1
+            message = exc.message if isinstance(exc, (EventTooLargeError, SerializationError)) else str(exc)
+            report = NodeReport(
+                run_id=self.scope.run_id,
+                node_id=node_id,
+                attempt=state.attempt,
+                status="failed",
+                error_type=type(exc).__name__,
+                message=message,
+            )
+            state.status = "failed"
+            state.error = (report.error_type, report.message)
+            state.seq = self._append(
+                NodeFailed,
+                parent=state.seq or None,
+                node_id=node_id,
+                error_type=report.error_type,
+                message=report.message,
+                attempt=state.attempt,
+            )
+            self.failed.append(node_id)
+            self._skip_dependents(node_id, "upstream_failed")
+
+    # --- journal ------------------------------------------------------------------------
+
+    def _append(self, cls: type[Event], /, *, parent: int | None, node_id: str | None = None, **fields: Any) -> int:
+        seq, committed = self.journal.append(cls, parent=parent, node_id=node_id, **fields)
+        if isinstance(committed, asyncio.Future):
+            committed.add_done_callback(self._check_commit)
+        self.last_seq = seq
+        return seq
+
+    def _check_commit(self, future: asyncio.Future[int]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.queue.put_nowait(("error", future.exception()))
+
+    # --- the run's end ------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        return all(state.status in _DONE for state in self.states.values())
+
+    def stuck_on_waits(self) -> list[str]:
+        """Waiting nodes, if nothing else can make progress (else an empty list)."""
+        if self.inflight or self.retry_timers or self.ready or not self.caught_up or self.unchecked_waits:
+            return []
+        return [node_id for node_id, state in self.states.items() if state.status == "waiting"]
+
+    def run_outputs(self) -> dict[str, Any]:
+        values = resolve_refs(dict(self.graph.outputs), self.inputs, self.outputs)
+        normalised, _ = normalise_value(values, what=self.spec.label)
+        return dict(normalised)
+
+
+async def drive_static_run(
+    spec: CallableSpec, inputs: Mapping[str, Any], scope: RunScope, history: Sequence[Event]
+) -> dict[str, Any]:
+    """Schedule a static run to its end, or until it only waits; see the module docstring."""
+    graph = spec.task_graph()
+    run = _StaticRun(spec, graph, inputs, scope)
+    run.fold(history)
+    env = scope.env
+    await env.ensure_node_executor()
+    stop = await env.follow_node_reports(scope.run_id, run.on_report, from_start=len(history) > 1)
+    try:
+        run.start()
+        while True:
+            if run.failed and not run.inflight:
+                return await _fail(run)
+            if run.finished():
+                outputs = run.run_outputs()
+                await scope.journal.commit(RunCompleted, parent=run.last_seq, outputs=outputs)
+                return outputs
+            if run.unchecked_waits and run.caught_up:
+                await _recheck_waits(run)
+                continue
+            waiting = run.stuck_on_waits()
+            if waiting and not run.failed:
+                await _suspend(run, waiting[0])
+            kind, item = await run.queue.get()
+            run.handle(kind, item)
+            while not run.queue.empty():
+                kind, item = run.queue.get_nowait()
+                run.handle(kind, item)
+            if scope.suspend_after_each_step and run.caught_up:
+                await scope.journal.flush()
+                raise RunSuspended(scope.run_id, "always-suspend test mode")
+    except asyncio.CancelledError:
+        for handle in run.retry_timers.values():
+            handle.cancel()
+        with contextlib.suppress(Exception):  # cancellation wins over a refused journal write
+            await scope.journal.commit(RunCancelled, parent=run.last_seq or None, reason="cancelled")
+        raise
+    finally:
+        for handle in run.retry_timers.values():
+            handle.cancel()
+        await stop()
+
+
+async def _recheck_waits(run: _StaticRun) -> None:
+    """Re-dispatch waiting nodes whose wait has been answered (in their node run's journal) meanwhile."""
+    nodes, run.unchecked_waits = run.unchecked_waits, []
+    for node_id in nodes:
+        report = run.states[node_id].waiting
+        if report is None or report.wait_id is None:
+            continue
+        events = [record.event async for record in run.scope.env.event_log.read_run(report.wait_run_id or "")]
+        answered = any(
+            isinstance(event, (WaitResumed, WaitExpired)) and event.wait_id == report.wait_id
+            for event in journal_chain(events)
+        )
+        if answered:
+            run.redispatch(node_id)
+    run.dispatch_ready()
+
+
+async def _fail(run: _StaticRun) -> dict[str, Any]:
+    node_id = run.failed[0]
+    error_type, message = run.states[node_id].error
+    await run.journal.commit(
+        RunFailed, parent=run.states[node_id].seq, error_type=error_type, message=message, failed_node_id=node_id
+    )
+    raise RunFailedError(
+        f"run {run.scope.run_id} failed at node {node_id}: {error_type}: {message}",
+        run_id=run.scope.run_id,
+        error_type=error_type,
+        node_id=node_id,
+    )
+
+
+async def _suspend(run: _StaticRun, node_id: str) -> None:
+    report = run.states[node_id].waiting
+    assert report is not None and report.wait_id is not None
+    await run.journal.commit(
+        RunWaiting,
+        parent=run.states[node_id].seq,
+        wait_id=report.wait_id,
+        wait_run_id=report.wait_run_id or run.scope.run_id,
+        kind=report.kind,
+        prompt=report.prompt,
+    )
+    raise RunSuspended(
+        run.scope.run_id,
+        f"node {node_id} waits for {report.kind} wait {report.wait_id}",
+        wait_id=report.wait_id,
+        wait_run_id=report.wait_run_id,
+        kind=report.kind,
+        prompt=report.prompt,
+    )

@@ -1,0 +1,215 @@
+"""``NodeExecutor``: executes the nodes of static graphs that this process takes from the work queue.
+
+Each ``node.ready`` taken from ``ag-work`` runs the node's tool and publishes
+a :class:`~aethergraph.core.node_report.NodeReport`; the work item is
+acknowledged only once the report is stored, so a worker that dies mid-node
+leaves the item to be delivered to another worker.
+
+A tool that takes no ``context`` runs bare (it is the step; its outputs are
+recorded by the run's scheduler). A tool that takes a ``context``, a
+``DualStageTool`` and a nested graph run as a *node run* (see
+:func:`~aethergraph.core.static_run.node_run_id`): a child run with its own
+journal, so logs, journaled values, service calls and waits work as in a
+graph_fn, and a node re-executed after a crash continues its node run by
+replay instead of starting over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aethergraph.bus.node_reports import JetStreamNodeReports
+from aethergraph.bus.work_queue import JetStreamWorkQueue, WorkItem
+from aethergraph.core.codec import normalise_value
+from aethergraph.core.errors import (
+    EventTooLargeError,
+    GraphNotFoundError,
+    RunFailedError,
+    RunSuspended,
+    StaleWriterError,
+)
+from aethergraph.core.events import NodeReady
+from aethergraph.core.executor import error_type_name, execute_run, resume_run
+from aethergraph.core.node_report import NodeReport
+from aethergraph.core.ports import ParentLink, RunEnvironment
+from aethergraph.core.registry import must_get_graph
+from aethergraph.core.spec import CallableSpec, normalise_outputs
+from aethergraph.core.static_run import node_run_id
+
+__all__ = ["NodeExecutor"]
+
+log = logging.getLogger("aethergraph.nodes")
+
+
+class NodeExecutor:
+    """Runs up to ``capacity`` nodes at once for this process; see the module docstring."""
+
+    def __init__(
+        self,
+        env: RunEnvironment,
+        reports: JetStreamNodeReports,
+        *,
+        capacity: int,
+        ack_wait_s: float,
+        graphs: Callable[[str], CallableSpec] = must_get_graph,
+        defer_delay_s: float = 1.0,
+    ) -> None:
+        self._env = env
+        self._reports = reports
+        self._capacity = capacity
+        self._heartbeat_s = max(0.2, ack_wait_s / 3)
+        self._graphs = graphs
+        self._defer_delay_s = defer_delay_s
+        self._queue: JetStreamWorkQueue | None = None
+        self._running: dict[asyncio.Task[None], WorkItem] = {}
+        self._cancelled: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._deferred: set[str] = set()
+        self.executed = 0
+
+    async def start(self, nc: Any) -> None:
+        self._queue = JetStreamWorkQueue(nc, capacity=self._capacity, handler=self._on_item)
+        await self._queue.start()
+
+    async def stop(self) -> None:
+        """Stop taking nodes and let the running ones finish (their reports are published)."""
+        if self._queue is not None:
+            await self._queue.stop()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    def cancel_run(self, run_id: str) -> int:
+        """Cancel the running nodes of ``run_id`` (or of a run tree whose top is ``run_id``)."""
+        count = 0
+        for task, item in list(self._running.items()):
+            event = item.event
+            if event.run_id == run_id or event.root_run_id == run_id:
+                self._cancelled.add(task)
+                task.cancel()
+                count += 1
+        return count
+
+    # --- taking work --------------------------------------------------------------------
+
+    def _on_item(self, item: WorkItem) -> None:
+        task = asyncio.get_running_loop().create_task(self._execute(item))
+        self._running[task] = item
+        task.add_done_callback(self._forget)
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._beat)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._cancelled.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node task failed unexpectedly: %r", task.exception())
+
+    def _beat(self) -> None:
+        """Tell the work queue every running node is still in progress."""
+        self._heartbeat = None
+        queue = self._queue
+        if queue is None or not self._running:
+            return
+        for item in self._running.values():
+            queue.in_progress(item)
+        self._heartbeat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._beat)
+
+    async def _execute(self, item: WorkItem) -> None:
+        queue = self._queue
+        assert queue is not None
+        event = item.event
+        try:
+            spec = self._graphs(event.tool)
+        except GraphNotFoundError as exc:
+            if event.tool not in self._deferred:
+                self._deferred.add(event.tool)
+                log.warning("node %s of run %s left for another worker: %s", event.node_id, event.run_id, exc)
+            queue.nak(item, self._defer_delay_s)
+            return
+        started_us = time.time_ns() // 1000
+        started = time.perf_counter_ns()
+        common: dict[str, Any] = {
+            "run_id": event.run_id,
+            "node_id": event.node_id or "",
+            "attempt": event.attempt,
+            "executor": self._env.worker_id,
+            "started_us": started_us,
+        }
+        try:
+            outputs = await self._run_node(spec, event)
+            report = NodeReport(status="completed", outputs=outputs, **common, duration_us=_since(started))
+        except RunSuspended as suspended:
+            report = NodeReport(
+                status="waiting",
+                wait_id=suspended.wait_id,
+                wait_run_id=suspended.wait_run_id,
+                kind=suspended.kind,
+                prompt=suspended.prompt,
+                **common,
+                duration_us=_since(started),
+            )
+        except asyncio.CancelledError:
+            if asyncio.current_task() not in self._cancelled:
+                raise  # the process is stopping: the item is redelivered to another worker
+            report = NodeReport(status="cancelled", error_type="Cancelled", message="the run was cancelled", **common)
+        except TimeoutError:
+            report = NodeReport(
+                status="failed",
+                error_type="TimeoutError",
+                message=f"node {event.node_id} ran longer than its timeout of {event.timeout_s:g}s",
+                **common,
+                duration_us=_since(started),
+            )
+        except StaleWriterError:
+            queue.nak(item, 0.2)  # another worker continues this node run right now
+            return
+        except Exception as exc:  # noqa: BLE001 - reported to the scheduler, which journals it
+            error_type = exc.error_type if isinstance(exc, RunFailedError) else error_type_name(exc)
+            message = exc.message if isinstance(exc, (EventTooLargeError, RunFailedError)) else str(exc)
+            report = NodeReport(
+                status="failed", error_type=error_type, message=message, **common, duration_us=_since(started)
+            )
+        try:
+            await self._reports.publish(report)
+        except Exception:
+            log.exception("could not store the report of node %s of run %s", event.node_id, event.run_id)
+            queue.nak(item, self._defer_delay_s)
+            return
+        self.executed += 1
+        queue.ack(item)
+
+    async def _run_node(self, spec: CallableSpec, event: NodeReady) -> dict[str, Any]:
+        async with asyncio.timeout(event.timeout_s):
+            if spec.kind == "tool" and spec.context_param is None:
+                if spec.is_async:
+                    result = await spec.fn(**event.args)
+                elif event.timeout_s is not None:
+                    result = await asyncio.to_thread(spec.fn, **event.args)
+                else:
+                    result = spec.fn(**event.args)
+                outputs, _ = normalise_value(normalise_outputs(spec, result), what=spec.label)
+                return dict(outputs)
+            return await self._run_node_run(spec, event)
+
+    async def _run_node_run(self, spec: CallableSpec, event: NodeReady) -> dict[str, Any]:
+        node_id = event.node_id or ""
+        run_id = node_run_id(event.run_id, node_id, event.attempt)
+        parent = ParentLink(run_id=event.run_id, node_id=node_id, root_run_id=event.root_run_id or event.run_id)
+        try:
+            return await execute_run(spec, event.args, run_id=run_id, env=self._env, parent=parent)
+        except StaleWriterError as exc:
+            if exc.seq != 1:
+                raise
+        # The node run exists: this node ran before (a crash, or its wait was answered). Continue it.
+        return await resume_run(spec, run_id, env=self._env)
+
+
+def _since(started_ns: int) -> int:
+    return (time.perf_counter_ns() - started_ns) // 1000
