@@ -11,16 +11,21 @@ from aethergraph.core.context import NodeContext
 from aethergraph.core.decorators import GraphFunction, Tool, graph_fn, tool
 from aethergraph.core.dual_stage import DualStageTool
 from aethergraph.core.errors import AetherGraphError
+from aethergraph.core.graphify import TaskGraphBuilder, graphify
+from aethergraph.core.run_control import RunManager
 from aethergraph.core.settings import Settings
+from aethergraph.core.task_graph import RetryPolicy, TaskGraph
 from aethergraph.core.waits import Wait
 from aethergraph.engine.runs import RunHandle
 from aethergraph.runtime import (
+    cancel,
     close_runtime,
     get_run,
     get_runtime,
     query,
     query_async,
     resume,
+    retry,
     run,
     run_async,
     serve_projector,
@@ -34,18 +39,25 @@ __all__ = [
     "DualStageTool",
     "GraphFunction",
     "NodeContext",
+    "RetryPolicy",
     "RunHandle",
+    "RunManager",
     "Settings",
+    "TaskGraph",
+    "TaskGraphBuilder",
     "Tool",
     "Wait",
+    "cancel",
     "close_runtime",
     "errors",
     "get_run",
     "get_runtime",
     "graph_fn",
+    "graphify",
     "query",
     "query_async",
     "resume",
+    "retry",
     "run",
     "run_async",
     "serve_projector",

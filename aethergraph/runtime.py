@@ -53,6 +53,7 @@ __all__ = [
     "close_runtime",
     "get_run",
     "get_runtime",
+    "import_modules",
     "load_target",
     "query",
     "query_async",
@@ -107,7 +108,7 @@ class Runtime:
             leases=leases,
             worker_id=worker_id,
             inline_answers=inline_answers,
-            node_reports=JetStreamNodeReports(bus.js, event_log),
+            node_reports=JetStreamNodeReports(bus.nc, bus.js, event_log),
         )
         runtime._cancel_sub = await bus.nc.subscribe(ALL_CANCELS, cb=runtime._on_cancel)
         return runtime
@@ -295,6 +296,12 @@ def _import_module(module_name: str, *, reference: str | None = None) -> ModuleT
         return importlib.import_module(module_name)
     except ImportError as exc:
         raise GraphNotFoundError(f"cannot import module {module_name!r} for {what!r}: {exc}") from exc
+
+
+def import_modules(*modules: str) -> None:
+    """Import ``pkg.module`` or ``path/to/file.py`` modules so that their graphs and tools register."""
+    for module in modules:
+        _import_module(module)
 
 
 def _import_reference(reference: str) -> object:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
+from aethergraph.core.run_control import bind_run_inputs
 from aethergraph.engine.runs import RunHandle, Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
 from aethergraph.runtime import get_runtime, load_target, resume, serve_worker
@@ -60,6 +61,9 @@ def run(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="if the run waits for an answer, wait until a worker finishes it")
     ] = False,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", min=1, help="static graphs: nodes of this run executing at once")
+    ] = None,
 ) -> None:
     """Run a graph_fn (or tool) as a journaled run and print its outputs.
 
@@ -69,8 +73,10 @@ def run(
     """
     try:
         spec = load_target(graph)
-        inputs = spec.bind((), _parse_inputs(input or [], inputs_json))
+        inputs = bind_run_inputs(spec, _parse_inputs(input or [], inputs_json))
         chosen = check_run_id(run_id) if run_id else new_run_id()
+        if max_concurrency is not None and spec.kind != "static":
+            raise ValueError("--max-concurrency applies to static graphs (@graphify)")
     except (AetherGraphError, TypeError, ValueError) as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -83,7 +89,7 @@ def run(
         waiting = False
         async with RunProgress(runtime.bus.nc, chosen, spec.name, err_console):
             try:
-                end = await runtime.driver.start(spec, inputs, chosen)
+                end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
                 if isinstance(end, Suspended) and wait:
                     end = await RunHandle(chosen, runtime).result()
                 if isinstance(end, Suspended):
@@ -299,10 +305,11 @@ def nats_command(
         console.print(f"[bold]{key}[/]: {value}")
 
 
-# The projection commands (projector, sql, runs, lineage, export) register on the same app.
-from . import cli_projections  # noqa: E402
+# The projection commands (projector, sql, runs, lineage, export) and the static-graph
+# commands (graph, cancel, retry) register on the same app.
+from . import cli_graphs, cli_projections  # noqa: E402
 
-__all__ += ["cli_projections"]
+__all__ += ["cli_graphs", "cli_projections"]
 
 
 def main() -> None:

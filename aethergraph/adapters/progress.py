@@ -13,7 +13,16 @@ from rich.status import Status
 
 from aethergraph.bus.topology import run_events_filter
 from aethergraph.core.codec import decode_event
-from aethergraph.core.events import LogRecorded, ToolCalled, ToolFailed, ToolReturned
+from aethergraph.core.events import (
+    LogRecorded,
+    NodeCompleted,
+    NodeFailed,
+    NodeReady,
+    NodeSkipped,
+    ToolCalled,
+    ToolFailed,
+    ToolReturned,
+)
 
 __all__ = ["RunProgress"]
 
@@ -59,9 +68,9 @@ class RunProgress:
         except Exception:  # noqa: BLE001 - progress display must not break the run
             return
         self.events_seen += 1
-        if isinstance(event, ToolCalled) and event.node_id:
+        if isinstance(event, (ToolCalled, NodeReady)) and event.node_id:
             self._running[event.node_id] = event.tool
-        elif isinstance(event, (ToolReturned, ToolFailed)) and event.node_id:
+        elif isinstance(event, (ToolReturned, ToolFailed, NodeCompleted, NodeFailed, NodeSkipped)) and event.node_id:
             self._running.pop(event.node_id, None)
             self.steps_done += 1
         elif isinstance(event, LogRecorded):

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
@@ -16,7 +17,7 @@ from nats.js.api import DeliverPolicy
 from aethergraph.core.node_report import NodeReport
 from aethergraph.core.ports import ReportSink
 
-from .dispatch import delivery_position
+from .dispatch import delivery_position, dispatch_synchronously
 from .event_log import JetStreamEventLog
 from .topology import report_subject
 
@@ -31,7 +32,8 @@ _decode = msgspec.json.Decoder(NodeReport).decode
 class JetStreamNodeReports:
     """Publishes and follows node reports (stored on ``AG_COMMANDS``)."""
 
-    def __init__(self, js: JetStreamContext, event_log: JetStreamEventLog) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, event_log: JetStreamEventLog) -> None:
+        self._nc = nc
         self._js = js
         self._event_log = event_log
 
@@ -69,6 +71,14 @@ class JetStreamNodeReports:
             if not caught_up and delivery_position(msg)[1] == 0:
                 mark_caught_up()
 
+        def deliver_now(msg: Msg) -> None:
+            with contextlib.suppress(msgspec.DecodeError):
+                sink(_decode(msg.data))
+
+        # Reports reach the scheduler twice: at once over core NATS (as the server receives them) and
+        # in order from the stream (nothing is missed across reconnects); the scheduler keeps the first.
+        live = await self._nc.subscribe(report_subject(run_id))
+        dispatch_synchronously(live, deliver_now)
         sub = await self._js.subscribe(
             report_subject(run_id),
             cb=deliver,
@@ -84,6 +94,8 @@ class JetStreamNodeReports:
                 mark_caught_up()
 
         async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await live.unsubscribe()
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 

@@ -56,7 +56,7 @@ class NodeExecutor:
         capacity: int,
         ack_wait_s: float,
         graphs: Callable[[str], CallableSpec] = must_get_graph,
-        defer_delay_s: float = 1.0,
+        defer_delay_s: float = 0.1,
     ) -> None:
         self._env = env
         self._reports = reports
