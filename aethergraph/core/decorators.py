@@ -6,8 +6,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
-from .environment import get_environment
-from .executor import call_tool_detached, call_tool_detached_async, call_tool_in_run
+from .executor import call_graph, call_tool_detached, call_tool_detached_async, call_tool_in_run
 from .graphify import current_build
 from .registry import register_graph
 from .scope import current_scope
@@ -81,11 +80,7 @@ class GraphFunction:
         return self._run(args, kwargs)
 
     async def _run(self, args: Any, kwargs: Any) -> dict[str, Any]:
-        spec = self.__aethergraph_spec__
-        scope = current_scope()
-        if scope is not None:
-            return await call_tool_in_run(scope, spec, args, kwargs)
-        return await (await get_environment()).run_top_level(spec, spec.bind(args, kwargs))
+        return await call_graph(self.__aethergraph_spec__, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<graph_fn {self.name!r} outputs={list(self.spec.outputs)}>"

@@ -41,6 +41,7 @@ from .spec import CallableSpec, normalise_outputs
 from .static_run import drive_static_run
 
 __all__ = [
+    "call_graph",
     "call_tool_detached",
     "call_tool_detached_async",
     "call_tool_in_run",
@@ -388,6 +389,14 @@ async def _run_child(scope: RunScope, spec: CallableSpec, arguments: dict[str, A
         if exc.seq != 1:
             raise
         return await resume_run(spec, run_id, env=scope.env)
+
+
+async def call_graph(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``await g(...)`` of a graph: a nested step inside a run, else a new top-level run."""
+    scope = current_scope()
+    if scope is not None:
+        return await call_tool_in_run(scope, spec, args, kwargs)
+    return await (await get_environment()).run_top_level(spec, spec.bind(args, kwargs))
 
 
 def _detached_context(spec: CallableSpec, kwargs: Mapping[str, Any]) -> NodeContext | None:

@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from .codec import normalise_value
-from .environment import get_environment
 from .errors import DecorationError, GraphBuildError, SerializationError
 from .graph_refs import GraphRef, InputRef, NodeHandle, OutputRef, find_refs, ref_json
 from .registry import register_graph
-from .scope import current_scope
 from .spec import _NAME, CallableSpec, _check_outputs
 from .task_graph import GraphInput, RetryPolicy, TaskGraph, TaskNode
 
@@ -349,13 +347,9 @@ class TaskGraphBuilder:
         return self._run(args, kwargs)
 
     async def _run(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        from .executor import call_tool_in_run  # the executor imports this module's build hook
+        from .executor import call_graph  # the executor imports the scheduler, which imports the graph model
 
-        spec = self.__aethergraph_spec__
-        scope = current_scope()
-        if scope is not None:
-            return await call_tool_in_run(scope, spec, args, kwargs)
-        return await (await get_environment()).run_top_level(spec, spec.bind(args, kwargs))
+        return await call_graph(self.__aethergraph_spec__, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<graphify {self.name!r} outputs={list(self.spec.outputs)}>"

@@ -219,46 +219,51 @@ class TaskGraph:
     def _label(self, node: TaskNode) -> str:
         return f"{node.alias or node.node_id}\\n{node.tool}" if node.alias else f"{node.node_id}\\n{node.tool}"
 
-    def to_dot(self) -> str:
-        """Graphviz DOT: inputs and outputs as ellipses, nodes as boxes, dashed edges for ``_after``/conditions."""
-        lines = [f'digraph "{self.name}" {{', "  rankdir=LR;", "  node [shape=box];"]
-        for item in self.inputs:
-            lines.append(f'  "in:{item.name}" [shape=ellipse, label="{item.name}"];')
+    def _picture(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, bool]]]:
+        """Boxes ``(key, label, shape)`` and edges ``(source, target, dashed)`` shared by DOT and Mermaid.
+
+        Inputs are ``in:<name>``, outputs ``out:<name>``; an edge is dashed when
+        the dependency carries no data (``_after`` or a condition).
+        """
+        boxes = [(f"in:{item.name}", item.name, "ellipse") for item in self.inputs]
+        edges: list[tuple[str, str, bool]] = []
         for node in self.nodes.values():
-            lines.append(f'  "{node.node_id}" [label="{self._label(node)}"];')
-            data = {ref.node_id for ref in find_refs(dict(node.args)) if isinstance(ref, OutputRef)}
-            for dependency in node.dependencies:
-                style = "" if dependency in data else " [style=dashed]"
-                lines.append(f'  "{dependency}" -> "{node.node_id}"{style};')
-            for name in sorted({ref.name for ref in find_refs(dict(node.args)) if isinstance(ref, InputRef)}):
-                lines.append(f'  "in:{name}" -> "{node.node_id}";')
+            boxes.append((node.node_id, self._label(node), "box"))
+            refs = find_refs(dict(node.args))
+            data = {ref.node_id for ref in refs if isinstance(ref, OutputRef)}
+            edges.extend((dependency, node.node_id, dependency not in data) for dependency in node.dependencies)
+            for name in sorted({ref.name for ref in refs if isinstance(ref, InputRef)}):
+                edges.append((f"in:{name}", node.node_id, False))
         for name, value in self.outputs.items():
-            lines.append(f'  "out:{name}" [shape=ellipse, label="{name}"];')
+            boxes.append((f"out:{name}", name, "ellipse"))
             for ref in find_refs(value):
                 source = ref.node_id if isinstance(ref, OutputRef) else f"in:{ref.name}"  # type: ignore[attr-defined]
-                lines.append(f'  "{source}" -> "out:{name}";')
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+                edges.append((source, f"out:{name}", False))
+        return boxes, edges
+
+    def to_dot(self) -> str:
+        """Graphviz DOT: inputs and outputs as ellipses, nodes as boxes, dashed edges for ``_after``/conditions."""
+        boxes, edges = self._picture()
+        lines = [f'digraph "{self.name}" {{', "  rankdir=LR;", "  node [shape=box];"]
+        lines += [
+            f'  "{key}" [shape=ellipse, label="{label}"];' if shape == "ellipse" else f'  "{key}" [label="{label}"];'
+            for key, label, shape in boxes
+        ]
+        lines += [f'  "{src}" -> "{dst}"{" [style=dashed]" if dashed else ""};' for src, dst, dashed in edges]
+        return "\n".join([*lines, "}"]) + "\n"
 
     def to_mermaid(self) -> str:
         """A Mermaid ``flowchart``: the same picture as :meth:`to_dot`."""
+        boxes, edges = self._picture()
+
+        def key(name: str) -> str:
+            return name.replace(":", "_")
+
         lines = ["flowchart LR"]
-        for item in self.inputs:
-            lines.append(f"  in_{item.name}([{item.name}])")
-        for node in self.nodes.values():
-            label = self._label(node).replace("\\n", "<br/>")
-            lines.append(f'  {node.node_id}["{label}"]')
-            data = {ref.node_id for ref in find_refs(dict(node.args)) if isinstance(ref, OutputRef)}
-            for dependency in node.dependencies:
-                arrow = "-->" if dependency in data else "-.->"
-                lines.append(f"  {dependency} {arrow} {node.node_id}")
-            for name in sorted({ref.name for ref in find_refs(dict(node.args)) if isinstance(ref, InputRef)}):
-                lines.append(f"  in_{name} --> {node.node_id}")
-        for name, value in self.outputs.items():
-            lines.append(f"  out_{name}([{name}])")
-            for ref in find_refs(value):
-                source = ref.node_id if isinstance(ref, OutputRef) else f"in_{ref.name}"  # type: ignore[attr-defined]
-                lines.append(f"  {source} --> out_{name}")
+        for name, label, shape in boxes:
+            text = label.replace("\\n", "<br/>")
+            lines.append(f"  {key(name)}([{text}])" if shape == "ellipse" else f'  {key(name)}["{text}"]')
+        lines += [f"  {key(src)} {'-.->' if dashed else '-->'} {key(dst)}" for src, dst, dashed in edges]
         return "\n".join(lines) + "\n"
 
     def __repr__(self) -> str:
