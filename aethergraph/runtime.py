@@ -143,7 +143,7 @@ class Runtime:
                     capacity=self.settings.node_concurrency,
                     ack_wait_s=self.settings.node_ack_wait_s,
                 )
-                await executor.start(self.bus.nc)
+                await executor.start(self.bus.nc, self.bus.js)
                 self.node_executor = executor
 
     # --- run management -------------------------------------------------------------------

@@ -162,7 +162,7 @@ class RunManager:
         key = f"{self._node_id}:spawn"
         count = scope.node_counters.get(key, 0) + 1
         scope.node_counters[key] = count
-        run_id = child_run_id(scope.run_id, f"{self._node_id}-spawn{count}")
+        run_id = child_run_id(scope.run_id, f"{self._node_id}.spawn{count}")
         parent = ParentLink(run_id=scope.run_id, node_id=self._node_id, root_run_id=scope.root_run_id)
         await scope.env.spawn_run(spec, bound, run_id, parent)
         return run_id

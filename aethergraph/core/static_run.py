@@ -55,8 +55,13 @@ _DONE = ("completed", "skipped")
 
 
 def node_run_id(run_id: str, node_id: str, attempt: int) -> str:
-    """The run in which attempt ``attempt`` of a node journals its own steps (see docs/static-graphs.md)."""
-    return child_run_id(run_id, node_id if attempt == 1 else f"{node_id}-{attempt}")
+    """The run in which attempt ``attempt`` of a node journals its own steps (see docs/static-graphs.md).
+
+    Attempt 1 is ``<run_id>-<node_id>`` (as for a graph called in a graph_fn);
+    a later attempt's id is a digest of ``<run_id>-<node_id>.<attempt>``, which
+    no other node's id can produce (node ids have no dots).
+    """
+    return child_run_id(run_id, node_id if attempt == 1 else f"{node_id}.{attempt}")
 
 
 @dataclass(kw_only=True)
@@ -88,6 +93,9 @@ class _StaticRun:
         self.caught_up = False
         self.limit = scope.max_concurrency or graph.max_concurrency or 0
         self.last_seq = 0
+        # Dependencies of each node not yet completed or skipped, and how many nodes are (set by start()).
+        self.remaining: dict[str, int] = {}
+        self.done = 0
 
     # --- rebuilding from the journal ------------------------------------------------
 
@@ -123,6 +131,12 @@ class _StaticRun:
 
     def start(self) -> None:
         """Queue what can run now, re-arm retry timers; dispatched nodes stay with their workers."""
+        done = {node_id for node_id, state in self.states.items() if state.status in _DONE}
+        self.done = len(done)
+        self.remaining = {
+            node_id: sum(1 for dep in node.dependencies if dep not in done)
+            for node_id, node in self.graph.nodes.items()
+        }
         for node_id in self.graph.order:
             state = self.states[node_id]
             if state.status == "dispatched":
@@ -131,7 +145,7 @@ class _StaticRun:
                 self._arm_retry(node_id, state.attempt + 1, 0.0)
             elif state.status == "failed":
                 self.failed.append(node_id)
-            elif state.status == "pending" and self._deps_done(node_id):
+            elif state.status == "pending" and not self.remaining[node_id]:
                 self._release(node_id)
         self.dispatch_ready()
 
@@ -174,7 +188,7 @@ class _StaticRun:
                 started_us=report.started_us,
                 duration_us=report.duration_us,
             )
-            self._release_dependents(report.node_id)
+            self._mark_done(report.node_id)
         elif report.status == "waiting":
             state.status, state.waiting = "waiting", report
             self.unchecked_waits.append(report.node_id)
@@ -213,12 +227,13 @@ class _StaticRun:
 
     # --- readiness ----------------------------------------------------------------------
 
-    def _deps_done(self, node_id: str) -> bool:
-        return all(self.states[dep].status in _DONE for dep in self.graph.nodes[node_id].dependencies)
-
-    def _release_dependents(self, node_id: str) -> None:
+    def _mark_done(self, node_id: str) -> None:
+        """``node_id`` completed or was skipped: release the dependents it was the last dependency of."""
+        self.done += 1
+        remaining = self.remaining
         for dependent in self.graph.dependents(node_id):
-            if self.states[dependent].status == "pending" and self._deps_done(dependent):
+            remaining[dependent] -= 1
+            if not remaining[dependent] and self.states[dependent].status == "pending":
                 self._release(dependent)
 
     def _release(self, node_id: str) -> None:
@@ -253,8 +268,7 @@ class _StaticRun:
         state.seq = self._append(NodeSkipped, parent=parent or None, node_id=node_id, reason=reason, upstream=upstream)
         if reason == "upstream_failed":
             self._skip_dependents(node_id, "upstream_failed")
-        else:
-            self._release_dependents(node_id)
+        self._mark_done(node_id)
 
     def _skip_dependents(self, node_id: str, reason: Literal["upstream_failed"]) -> None:
         for dependent in self.graph.dependents(node_id):
@@ -350,7 +364,7 @@ class _StaticRun:
     # --- the run's end ------------------------------------------------------------------
 
     def finished(self) -> bool:
-        return all(state.status in _DONE for state in self.states.values())
+        return self.done == len(self.states)
 
     def stuck_on_waits(self) -> list[str]:
         """Waiting nodes, if nothing else can make progress (else an empty list)."""

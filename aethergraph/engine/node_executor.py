@@ -22,7 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
 from aethergraph.bus.node_reports import JetStreamNodeReports
+from aethergraph.bus.topology import EVENTS_STREAM, WORK_CONSUMER
 from aethergraph.bus.work_queue import JetStreamWorkQueue, WorkItem
 from aethergraph.core.codec import normalise_value
 from aethergraph.core.errors import (
@@ -71,7 +75,11 @@ class NodeExecutor:
         self._deferred: set[str] = set()
         self.executed = 0
 
-    async def start(self, nc: Any) -> None:
+    async def start(self, nc: Client, js: JetStreamContext) -> None:
+        # The consumer is shared: heartbeat at a third of ITS ack wait (the last process to connect set it).
+        info = await js.consumer_info(EVENTS_STREAM, WORK_CONSUMER)
+        if info.config.ack_wait:
+            self._heartbeat_s = max(0.2, float(info.config.ack_wait) / 3)
         self._queue = JetStreamWorkQueue(nc, capacity=self._capacity, handler=self._on_item)
         await self._queue.start()
 

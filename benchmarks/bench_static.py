@@ -1,0 +1,242 @@
+"""10. Static graphs: DAG throughput with every event durable, and scheduling latency between dependent nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aethergraph import Settings, close_runtime, get_runtime, graphify, tool
+from aethergraph.core.events import NodeCompleted, NodeReady
+from aethergraph.core.replay import journal_chain
+from aethergraph.runtime import Runtime, start_run
+
+from .harness import (
+    DEFAULT_SYNC,
+    SYNC_INTERVALS,
+    BenchContext,
+    CpuMeter,
+    Figure,
+    isolated_server,
+    latency_figure,
+    value_figure,
+)
+
+NAME = "static"
+TITLE = "10. Static graphs (@graphify)"
+
+
+@tool(name="bench_static_noop", outputs=["v"])
+def bench_static_noop(i: int) -> dict[str, Any]:
+    return {"v": i}
+
+
+@tool(name="bench_static_step", outputs=["v"])
+def bench_static_step(x: int) -> dict[str, Any]:
+    return {"v": x + 1}
+
+
+@tool(name="bench_static_reduce", outputs=["total"])
+def bench_static_reduce(values: list[int]) -> dict[str, Any]:
+    return {"total": sum(values)}
+
+
+def wide_graph(width: int) -> Any:
+    """``width`` independent no-op nodes, then one node reducing all their outputs: ``width + 1`` nodes."""
+
+    def body(seed):  # type: ignore[no-untyped-def]
+        nodes = [bench_static_noop(i=i) for i in range(width)]
+        return {"total": bench_static_reduce(values=[node.v for node in nodes]).total}
+
+    return graphify(name=f"bench_static_wide_{width}", inputs=["seed"], outputs=["total"])(body)
+
+
+def chain_graph(length: int) -> Any:
+    """``length`` nodes, each taking the previous one's output."""
+
+    def body(start):  # type: ignore[no-untyped-def]
+        node = bench_static_step(x=start)
+        for _ in range(length - 1):
+            node = bench_static_step(x=node.v)
+        return {"v": node.v}
+
+    return graphify(name=f"bench_static_chain_{length}", inputs=["start"], outputs=["v"])(body)
+
+
+async def _journal(runtime: Runtime, run_id: str) -> list[Any]:
+    return journal_chain([record.event async for record in runtime.event_log.read_run(run_id)])
+
+
+def _edge_latencies(chain: list[Any], graph: Any) -> tuple[list[int], list[int], list[int]]:
+    """Per dependency edge (upstream u -> dependent d whose last-finishing dependency is u), in µs:
+
+    * completed -> started: d's executor start (``started_us`` in d's node.completed) minus the ``ts`` of
+      u's node.completed (when the scheduler journaled u's outcome);
+    * completed -> ready: the ``ts`` of d's node.ready minus the ``ts`` of u's node.completed;
+    * finished -> started: d's executor start minus the end of u's execution on its worker
+      (``started_us + duration_us`` of u): report publish, scheduler, node.ready, work-queue delivery.
+    """
+    completed = {e.node_id: e for e in chain if isinstance(e, NodeCompleted)}
+    ready = {e.node_id: e for e in chain if isinstance(e, NodeReady)}
+    started: list[int] = []
+    readied: list[int] = []
+    finished: list[int] = []
+    for node_id in graph.order:
+        deps = graph.dependencies(node_id)
+        if not deps:
+            continue
+        upstream = max((completed[dep] for dep in deps), key=lambda e: e.seq)
+        node = completed[node_id]
+        started.append(node.started_us - upstream.ts)
+        readied.append(ready[node_id].ts - upstream.ts)
+        finished.append(node.started_us - (upstream.started_us + upstream.duration_us))
+    return started, readied, finished
+
+
+async def _one_run(
+    runtime: Runtime, builder: Any, inputs: dict[str, Any], expected: dict[str, Any]
+) -> tuple[float, list[Any]]:
+    started = time.perf_counter()
+    handle = await start_run(builder, inputs)
+    outputs = await handle.result()
+    elapsed = time.perf_counter() - started
+    if outputs != expected:
+        raise RuntimeError(f"{builder.name} returned {outputs!r}, expected {expected!r}")
+    return elapsed, await _journal(runtime, handle.run_id)
+
+
+async def _measure(ctx: BenchContext, sync: str, width: int, length: int, repeats: int) -> list[Figure]:
+    wide, chain = wide_graph(width), chain_graph(length)
+    build_s = []
+    for builder in (wide, chain):
+        t0 = time.perf_counter()
+        builder.build()
+        build_s.append(time.perf_counter() - t0)
+    wide_graph_, chain_graph_ = wide.build(), chain.build()
+    wide_expected = {"total": sum(range(width))}
+    chain_expected = {"v": length}
+    with isolated_server(sync) as (server, workspace):
+        await get_runtime(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
+        runtime = await get_runtime()
+        try:
+            ctx.say(f"warm-up (sync_interval={sync})")
+            await _one_run(runtime, chain_graph(50), {"start": 0}, {"v": 50})
+            await _one_run(runtime, wide_graph(200), {"seed": 0}, {"total": sum(range(200))})
+            wide_rates: list[float] = []
+            chain_rates: list[float] = []
+            chain_started: list[list[int]] = []
+            chain_ready: list[list[int]] = []
+            chain_finished: list[list[int]] = []
+            reduce_started: list[int] = []
+            wide_cpu, chain_cpu = CpuMeter(server.pid), CpuMeter(server.pid)
+            for index in range(repeats):
+                ctx.say(f"repeat {index + 1}/{repeats}: {width + 1:,}-node wide DAG, {length:,}-node chain ({sync})")
+                with wide_cpu.measure(width + 1):
+                    elapsed, journal = await _one_run(runtime, wide, {"seed": index}, wide_expected)
+                wide_rates.append((width + 1) / elapsed)
+                started, _, _ = _edge_latencies(journal, wide_graph_)
+                reduce_started.append(started[0])
+                with chain_cpu.measure(length):
+                    elapsed, journal = await _one_run(runtime, chain, {"start": 0}, chain_expected)
+                chain_rates.append(length / elapsed)
+                started, readied, finished = _edge_latencies(journal, chain_graph_)
+                chain_started.append(started)
+                chain_ready.append(readied)
+                chain_finished.append(finished)
+        finally:
+            await close_runtime()
+
+    target = "; target ≥ 2,000 nodes/s" if sync == DEFAULT_SYNC else ""
+    figures = [
+        value_figure(
+            NAME,
+            "wide_nodes_per_s",
+            f"wide DAG: {width:,} no-op nodes + 1 reduce, start to result",
+            wide_rates,
+            unit="nodes/s",
+            per_repeat_n=width + 1,
+            better="higher",
+            sync_interval=sync,
+            note=wide_cpu.describe().replace("/op", "/node") + target,
+        ),
+        value_figure(
+            NAME,
+            "chain_nodes_per_s",
+            f"chain: {length:,} nodes, each on the previous one's output",
+            chain_rates,
+            unit="nodes/s",
+            per_repeat_n=length,
+            better="higher",
+            sync_interval=sync,
+            note=chain_cpu.describe().replace("/op", "/node") + target,
+        ),
+        latency_figure(
+            NAME,
+            "completed_to_started",
+            "chain: upstream `node.completed` journaled -> dependent starts executing",
+            chain_started,
+            scale=1.0,
+            sync_interval=sync,
+        ),
+        latency_figure(
+            NAME,
+            "completed_to_ready",
+            "chain: upstream `node.completed` -> dependent `node.ready` (scheduler only)",
+            chain_ready,
+            scale=1.0,
+            sync_interval=sync,
+        ),
+        latency_figure(
+            NAME,
+            "finished_to_started",
+            "chain: upstream finished executing -> dependent starts (report, schedule, dispatch)",
+            chain_finished,
+            scale=1.0,
+            sync_interval=sync,
+        ),
+        value_figure(
+            NAME,
+            "reduce_started",
+            f"wide DAG: last of {width:,} `node.completed` -> the reduce starts",
+            [float(value) for value in reduce_started],
+            unit="µs",
+            per_repeat_n=1,
+            better="lower",
+            sync_interval=sync,
+        ),
+    ]
+    if sync == DEFAULT_SYNC:
+        figures.append(
+            value_figure(
+                NAME,
+                "build_wide",
+                f"`.build()` of the {width + 1:,}-node wide DAG (once per graph)",
+                [build_s[0] * 1e3],
+                unit="ms",
+                per_repeat_n=width + 1,
+                better="lower",
+                sync_interval=None,
+            )
+        )
+    return figures
+
+
+def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
+    width = ctx.pick(10_000, 1_000)
+    length = ctx.pick(1_000, 200)
+    figures: list[Figure] = []
+    for sync in SYNC_INTERVALS:
+        # `always` fsyncs every event: fewer repeats keep the suite's run time in bounds.
+        repeats = ctx.pick(5, 2) if sync == DEFAULT_SYNC else ctx.pick(3, 1)
+        figures.extend(asyncio.run(_measure(ctx, sync, width, length, repeats)))
+    notes = [
+        "One process schedules and executes (its in-process node executor takes `node.ready` from the work "
+        "queue `ag-work`), against its own nats-server; every node costs a `node.ready` event, a stored node "
+        "report, a `node.completed` event, and a work-queue delivery and ack. Throughput is nodes divided by the "
+        "wall time from `start_run` to the result (including `run.started` and `run.completed`).",
+        "Latencies come from the journal of each chain run (one sample per edge, 999 per run in full mode), in "
+        "µs on one host clock: `node.completed` ts is when the scheduler journaled the upstream's outcome; the "
+        "dependent's start is `started_us` in its own `node.completed` (the executor's clock when the tool "
+        "was called); the upstream's finish is its `started_us + duration_us`.",
+    ]
+    return figures, notes

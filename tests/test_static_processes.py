@@ -1,0 +1,443 @@
+"""Static graphs across real OS processes: workers racing on one work queue, kill -9, dual-stage resume, CLI.
+
+Every "host" is its own process with its own ``AETHERGRAPH_WORKSPACE``; hosts
+share only the NATS server. The graphs live in ``tests/procs/static_graphs.py``
+and are imported by the subprocesses only; every execution of a node is a
+line in a count file, so executions are counted from outside the processes.
+Processes are parked inside a node by ``SP_HOLDER`` (see that module), never
+by sleeping, and killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import read_events, subprocess_env, wait_until
+
+import aethergraph
+from aethergraph.core import events as ev
+from aethergraph.core.replay import journal_chain
+from aethergraph.core.static_run import node_run_id
+from aethergraph.runtime import Runtime
+
+pytestmark = pytest.mark.slow
+
+GRAPHS = Path(__file__).resolve().parent / "procs" / "static_graphs.py"
+WIDTH = 60  # tests/procs/static_graphs.py: WIDTH
+SAFETY_S = 90  # an upper bound for anything to happen, never a measurement
+ACK_WAIT_S = "2"  # node_ack_wait_s of every process here: a dead worker's node moves on after about 2 s
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+    worker_id: str
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        assert self.popen.wait(timeout=SAFETY_S) == -signal.SIGKILL
+
+    def stop(self) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        return self.popen.wait(timeout=SAFETY_S)
+
+    def exit_code(self) -> int:
+        return self.popen.wait(timeout=SAFETY_S)
+
+
+class Hosts:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[Proc] = []
+
+    def env(self, name: str, **extra: str) -> tuple[dict[str, str], str]:
+        worker_id = f"sp-{name}-{os.urandom(3).hex()}"
+        env = subprocess_env(
+            AETHERGRAPH_WORKSPACE=str(self.root / f"host-{name}"),
+            AETHERGRAPH_WORKER_ID=worker_id,
+            AETHERGRAPH_CONSOLE_INPUT="never",
+            AETHERGRAPH_NODE_ACK_WAIT_S=ACK_WAIT_S,
+            COLUMNS="200",
+        )
+        env.pop("SP_HOLDER", None)
+        env.pop("SP_VARIANT", None)
+        env.update(extra)
+        return env, worker_id
+
+    def spawn(self, name: str, args: Sequence[str], **extra: str) -> Proc:
+        env, worker_id = self.env(name, **extra)
+        out, err = self.root / f"{name}.out", self.root / f"{name}.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "aethergraph", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        proc = Proc(name=name, popen=popen, out=out, err=err, worker_id=worker_id)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, name: str, **extra: str) -> Proc:
+        return self.spawn(name, ["worker", str(GRAPHS)], **extra)
+
+    def driver(self, name: str, graph: str, inputs: dict[str, Any], run_id: str, *more: str, **extra: str) -> Proc:
+        args = ["run", f"{GRAPHS}:{graph}", "--inputs-json", json.dumps(inputs), "--run-id", run_id, "--json", *more]
+        return self.spawn(name, args, **extra)
+
+    def cli(self, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        env, _ = self.env(name, **extra)
+        return subprocess.run(
+            [sys.executable, "-m", "aethergraph", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SAFETY_S,
+            check=False,
+        )
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+                proc.popen.wait(timeout=SAFETY_S)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    h = Hosts(tmp_path)
+    try:
+        yield h
+    finally:
+        h.kill_all()
+
+
+def wait_ready(*workers: Proc) -> None:
+    for worker in workers:
+
+        def ready(worker: Proc = worker) -> bool | None:
+            if worker.popen.poll() is not None:
+                raise AssertionError(f"worker {worker.name} exited with {worker.popen.returncode}:\n{worker.output()}")
+            return True if f"worker {worker.worker_id} ready" in worker.output() else None
+
+        wait_until(ready, timeout_s=SAFETY_S, what=f"worker {worker.name} to be ready")
+
+
+def lines(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def by_label(log: Path, kind: str) -> dict[str, list[int]]:
+    """Per node label, the pids of every ``kind`` line (``run``, ``done``, ``hold``...)."""
+    found: dict[str, list[int]] = {}
+    for parts in lines(log):
+        if parts[0] == kind:
+            found.setdefault(parts[1], []).append(int(parts[2]))
+    return found
+
+
+async def chain_of(rt: Runtime, run_id: str) -> list[ev.Event]:
+    return journal_chain([record.event for record in await read_events(rt, run_id)])
+
+
+async def outcome_of(run_id: str) -> dict[str, Any]:
+    return await asyncio.wait_for((await aethergraph.get_run(run_id)).result(), SAFETY_S)
+
+
+def new_run_id(prefix: str) -> str:
+    return f"sp{prefix}{os.urandom(5).hex()}"
+
+
+WIDE_TOTAL = sum(i + 1 for i in range(WIDTH))
+WIDE_LABELS = sorted(f"w{i}" for i in range(WIDTH))
+
+
+# --- several workers on one work queue -----------------------------------------------------
+
+
+async def test_two_workers_racing_on_one_wide_graph_never_run_a_node_twice(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    log = tmp_path / "count.log"
+    workers = [hosts.worker(name, AETHERGRAPH_NODE_CONCURRENCY="4") for name in ("a", "b")]
+    wait_ready(*workers)
+    run_ids = [new_run_id("race"), new_run_id("race")]
+    # Two runs of the same graph at once, driven by a third process that executes one node at a time.
+    drivers = [
+        hosts.driver(f"d{k}", "sp_wide", {"log": str(log), "sleep_s": 0.02}, run_id, AETHERGRAPH_NODE_CONCURRENCY="1")
+        for k, run_id in enumerate(run_ids)
+    ]
+    for run_id in run_ids:
+        assert await outcome_of(run_id) == {"total": WIDE_TOTAL, "count": WIDTH}
+    for driver in drivers:
+        assert driver.exit_code() == 0, driver.output()
+
+    # Both runs' nodes write the same labels: every label ran exactly twice (once per run), never more.
+    runs, done = by_label(log, "run"), by_label(log, "done")
+    assert sorted(runs) == WIDE_LABELS
+    assert {label: len(pids) for label, pids in runs.items()} == dict.fromkeys(WIDE_LABELS, 2)
+    assert {label: len(pids) for label, pids in done.items()} == dict.fromkeys(WIDE_LABELS, 2)
+    executors = Counter(pid for pids in runs.values() for pid in pids)
+    assert {w.pid for w in workers} <= set(executors), f"both workers should have executed nodes: {executors}"
+
+    worker_ids = {w.worker_id for w in workers} | {d.worker_id for d in drivers}
+    for run_id in run_ids:
+        chain = await chain_of(runtime, run_id)
+        ready = Counter(e.node_id for e in chain if isinstance(e, ev.NodeReady))
+        completed = Counter(e.node_id for e in chain if isinstance(e, ev.NodeCompleted))
+        assert set(ready.values()) == {1} and set(completed.values()) == {1}
+        assert len(completed) == WIDTH + 1
+        assert not [e for e in chain if isinstance(e, ev.NodeFailed)]
+        assert {e.executor for e in chain if isinstance(e, ev.NodeCompleted)} <= worker_ids
+    for worker in workers:
+        assert worker.stop() == 0, worker.output()
+
+
+async def test_kill_9_of_a_worker_mid_node_another_worker_finishes_and_nothing_completed_runs_twice(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    log = tmp_path / "count.log"
+    run_id = new_run_id("kill")
+    holder = hosts.worker("holder", AETHERGRAPH_NODE_CONCURRENCY="2", SP_HOLDER="2")
+    wait_ready(holder)
+    driver = hosts.driver(
+        "driver", "sp_wide", {"log": str(log), "sleep_s": 0.05}, run_id, AETHERGRAPH_NODE_CONCURRENCY="1"
+    )
+
+    def held() -> list[str] | None:
+        labels = [label for label, pids in by_label(log, "hold").items() if holder.pid in pids]
+        return labels if len(labels) == 2 else None
+
+    held_labels = wait_until(held, timeout_s=SAFETY_S, what="the holder worker to park in two nodes")
+    rescuer = hosts.worker("rescuer", AETHERGRAPH_NODE_CONCURRENCY="4")
+    wait_ready(rescuer)
+    holder.kill9()
+
+    assert await outcome_of(run_id) == {"total": WIDE_TOTAL, "count": WIDTH}
+    assert driver.exit_code() == 0, driver.output()
+
+    runs, done = by_label(log, "run"), by_label(log, "done")
+    assert sorted(done) == WIDE_LABELS
+    # Every node finished exactly once; only the two held nodes ran twice (the holder never finished them).
+    assert all(len(pids) == 1 for pids in done.values()), done
+    twice = sorted(label for label, pids in runs.items() if len(pids) > 1)
+    assert twice == sorted(held_labels)
+    for label in held_labels:
+        assert runs[label][0] == holder.pid
+        assert done[label][0] in (driver.pid, rescuer.pid)
+    assert holder.pid not in {pid for pids in done.values() for pid in pids}
+
+    chain = await chain_of(runtime, run_id)
+    completed = [e for e in chain if isinstance(e, ev.NodeCompleted)]
+    assert Counter(e.node_id for e in completed) == Counter({e.node_id: 1 for e in completed})
+    assert len(completed) == WIDTH + 1
+    assert holder.worker_id not in {e.executor for e in completed}
+    # The redelivered nodes were not dispatched again by the scheduler: the work queue moved them.
+    assert Counter(e.node_id for e in chain if isinstance(e, ev.NodeReady)) == Counter(
+        {e.node_id: 1 for e in completed}
+    )
+    assert rescuer.stop() == 0, rescuer.output()
+
+
+# --- a dual-stage node resumed from another process ---------------------------------------------
+
+
+async def test_dual_stage_node_waits_with_no_process_and_a_worker_of_another_host_continues_it(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    log = tmp_path / "count.log"
+    run_id = new_run_id("dual")
+    done = hosts.cli(
+        "a", "run", f"{GRAPHS}:sp_dual", "--inputs-json", json.dumps({"log": str(log)}), "--run-id", run_id
+    )
+    assert done.returncode == 3, done.stdout + done.stderr  # left waiting: the driver process is gone
+    wait_run_id = node_run_id(run_id, "sp_gate_1", 1)
+    assert f"aethergraph resume {wait_run_id}" in done.stderr
+
+    handle = await aethergraph.get_run(run_id)
+    assert await handle.status() == "waiting"
+    chain = await chain_of(runtime, run_id)
+    [waiting] = [e for e in chain if isinstance(e, ev.RunWaiting)]
+    assert waiting.wait_run_id == wait_run_id and waiting.kind == "review"
+    assert [e.node_id for e in chain if isinstance(e, ev.NodeCompleted)] == ["sp_work_1"]
+    assert by_label(log, "setup") == {"gate-1": [by_label(log, "run")["first"][0]]}
+
+    worker = hosts.worker("b")
+    wait_ready(worker)
+    outcome = await aethergraph.resume(wait_run_id, {"ok": True, "note": "fine"}, timeout=SAFETY_S)
+    assert outcome is not None and outcome.status == "accepted", outcome
+    assert outcome.worker == worker.worker_id
+
+    assert await outcome_of(run_id) == {"before": 1, "ok": True, "note": "fine", "after": 2}
+    assert await handle.status() == "succeeded"
+    # setup ran once (in process a), on_resume once (on the worker); no node ran twice.
+    assert len(by_label(log, "setup")["gate-1"]) == 1
+    assert by_label(log, "resumed") == {"gate-1": [worker.pid]}
+    assert {label: len(pids) for label, pids in by_label(log, "run").items()} == {"first": 1, "after": 1}
+    assert by_label(log, "run")["after"] == [worker.pid]
+
+    chain = await chain_of(runtime, run_id)
+    assert [e.node_id for e in chain if isinstance(e, ev.NodeCompleted)] == ["sp_work_1", "sp_gate_1", "sp_work_2"]
+    assert isinstance(chain[-1], ev.RunCompleted)
+    node_chain = await chain_of(runtime, wait_run_id)
+    [resumed] = [e for e in node_chain if isinstance(e, ev.WaitResumed)]
+    assert resumed.payload == {"ok": True, "note": "fine"}
+    assert node_chain[0].parent_run_id == run_id and node_chain[0].parent_node_id == "sp_gate_1"  # type: ignore[attr-defined]
+    assert worker.stop() == 0, worker.output()
+
+
+async def test_dual_stage_review_that_says_no_skips_the_dependent(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    log = tmp_path / "count.log"
+    run_id = new_run_id("dualno")
+    worker = hosts.worker("b")
+    wait_ready(worker)
+    done = hosts.cli(
+        "a", "run", f"{GRAPHS}:sp_dual", "--inputs-json", json.dumps({"log": str(log)}), "--run-id", run_id
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    outcome = await aethergraph.resume(node_run_id(run_id, "sp_gate_1", 1), {"ok": False}, timeout=SAFETY_S)
+    assert outcome is not None and outcome.status == "accepted"
+    assert await outcome_of(run_id) == {"before": 1, "ok": False, "note": "", "after": None}
+    chain = await chain_of(runtime, run_id)
+    [skipped] = [e for e in chain if isinstance(e, ev.NodeSkipped)]
+    assert (skipped.node_id, skipped.reason) == ("sp_work_2", "condition")
+    assert "after" not in by_label(log, "run")
+    assert worker.stop() == 0, worker.output()
+
+
+# --- the command line and a changed graph --------------------------------------------------------
+
+
+def test_cli_graph_prints_mermaid_dot_and_json(hosts: Hosts) -> None:
+    mermaid = hosts.cli("g", "graph", f"{GRAPHS}:sp_retry")
+    assert mermaid.returncode == 0, mermaid.stderr
+    assert mermaid.stdout.startswith("flowchart LR")
+    for edge in ("sp_work_1 --> sp_flaky_1", "sp_flaky_1 --> sp_work_3", "sp_work_3 --> out_v", "in_log --> sp_work_2"):
+        assert edge in mermaid.stdout, mermaid.stdout
+
+    dot = hosts.cli("g", "graph", f"{GRAPHS}:sp_retry", "--format", "dot")
+    assert dot.returncode == 0, dot.stderr
+    assert dot.stdout.startswith('digraph "sp_retry"')
+    assert '"sp_work_1" -> "sp_flaky_1";' in dot.stdout and '"sp_flaky_1" -> "sp_work_3";' in dot.stdout
+
+    as_json = hosts.cli("g", "graph", f"{GRAPHS}:sp_wide", "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["name"] == "sp_wide" and len(data["nodes"]) == WIDTH + 1
+    assert data["order"][-1] == "sp_sum_1"
+    [reduce_node] = [node for node in data["nodes"] if node["id"] == "sp_sum_1"]
+    assert reduce_node["dependencies"] == [f"sp_work_{i}" for i in range(1, WIDTH + 1)]
+    assert set(data["io"]["inputs"]) == {"log", "sleep_s"}
+
+    wrong = hosts.cli("g", "graph", f"{GRAPHS}:sp_sum")
+    assert wrong.returncode == 2
+    assert "not a static graph" in wrong.stderr
+    bad_format = hosts.cli("g", "graph", f"{GRAPHS}:sp_wide", "--format", "png")
+    assert bad_format.returncode == 2 and "--format must be" in bad_format.stderr
+
+
+async def test_cli_run_fails_then_cli_retry_runs_only_the_failed_nodes(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    log, flag = tmp_path / "count.log", tmp_path / "flag"
+    run_id = new_run_id("retry")
+    inputs = {"log": str(log), "flag": str(flag)}
+    failed = hosts.cli("a", "run", f"{GRAPHS}:sp_retry", "--inputs-json", json.dumps(inputs), "--run-id", run_id)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "sp_flaky_1" in failed.stdout + failed.stderr
+    assert await (await aethergraph.get_run(run_id)).status() == "failed"
+
+    flag.touch()
+    retried = hosts.cli("b", "retry", run_id, "-m", str(GRAPHS))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert f"run {run_id} succeeded" in retried.stdout
+    assert await outcome_of(run_id) == {"v": 11}
+    runs = {label: len(pids) for label, pids in by_label(log, "run").items()}
+    assert runs == {"a": 1, "b": 1, "flaky": 2, "c": 1}
+
+    chain = await chain_of(runtime, run_id)
+    claims = [e for e in chain if isinstance(e, ev.RunClaimed)]
+    assert [c.reason for c in claims] == ["retry"]
+    assert [e.node_id for e in chain if isinstance(e, ev.NodeFailed)] == ["sp_flaky_1"]
+    assert isinstance(chain[-1], ev.RunCompleted) and chain[-1].outputs == {"v": 11}
+
+
+async def test_cli_cancel_of_a_run_held_in_a_node_and_of_a_finished_run(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    log = tmp_path / "count.log"
+    run_id = new_run_id("cancel")
+    driver = hosts.driver("d", "sp_chain", {"log": str(log)}, run_id, SP_HOLDER="1")
+    wait_until(lambda: by_label(log, "hold") or None, timeout_s=SAFETY_S, what="the driver to park in the first node")
+    cancelled = hosts.cli("c", "cancel", run_id, "--reason", "test says stop")
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert f"run {run_id} is cancelled" in cancelled.stdout
+    assert driver.exit_code() != 0
+    assert await (await aethergraph.get_run(run_id)).status() == "cancelled"
+    chain = await chain_of(runtime, run_id)
+    assert not [e for e in chain if isinstance(e, ev.NodeCompleted)]
+    assert "done" not in {parts[0] for parts in lines(log)}
+
+    again = hosts.cli("c", "cancel", run_id)  # cancelling a cancelled run changes nothing
+    assert again.returncode == 0 and f"run {run_id} is cancelled" in again.stdout
+    assert [type(e) for e in await chain_of(runtime, run_id)].count(ev.RunCancelled) == 1
+
+
+async def test_a_run_started_by_one_version_of_a_graph_is_not_continued_by_another(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    """kill -9 of the driver mid-node; a worker with a changed graph of the same name refuses the run,
+    a worker with the graph the run started with finishes it."""
+    log = tmp_path / "count.log"
+    run_id = new_run_id("nd")
+    newer = hosts.worker("newer", SP_VARIANT="2")
+    wait_ready(newer)
+    driver = hosts.driver("d", "sp_chain", {"log": str(log)}, run_id, SP_HOLDER="1")
+    wait_until(lambda: by_label(log, "hold") or None, timeout_s=SAFETY_S, what="the driver to park in the first node")
+    driver.kill9()
+
+    wait_until(
+        lambda: True if "NonDeterminismError" in newer.output() or "digest" in newer.output() else None,
+        timeout_s=SAFETY_S,
+        what="the newer worker to refuse the run",
+    )
+    assert await (await aethergraph.get_run(run_id)).status() == "running"
+    chain = await chain_of(runtime, run_id)
+    assert not [e for e in chain if isinstance(e, ev.RunClaimed)]
+
+    same = hosts.worker("same")
+    wait_ready(same)
+    assert await outcome_of(run_id) == {"v": 3}
+    chain = await chain_of(runtime, run_id)
+    [claim] = [e for e in chain if isinstance(e, ev.RunClaimed)]
+    assert claim.reason == "takeover" and claim.worker == same.worker_id
+    done = by_label(log, "done")
+    assert sorted(done) == ["c1", "c2", "c3"] and all(len(p) == 1 for p in done.values())
+    assert "c2b" not in by_label(log, "run")
+    for worker in (newer, same):
+        assert worker.stop() == 0, worker.output()
