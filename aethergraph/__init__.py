@@ -7,10 +7,14 @@ The public surface is this module's ``__all__``; everything under
 from __future__ import annotations
 
 from aethergraph.core import errors
+from aethergraph.core.artifacts import Artifact
 from aethergraph.core.context import NodeContext
 from aethergraph.core.decorators import GraphFunction, Tool, graph_fn, tool
 from aethergraph.core.dual_stage import DualStageTool
 from aethergraph.core.errors import AetherGraphError
+from aethergraph.core.memory import MemoryEntry
+from aethergraph.core.service_base import Service, journal_by_digest, not_journaled
+from aethergraph.core.service_registry import register_context_service
 from aethergraph.core.settings import Settings
 from aethergraph.core.waits import Wait
 from aethergraph.engine.runs import RunHandle
@@ -31,10 +35,13 @@ from aethergraph.runtime import (
 
 __all__ = [
     "AetherGraphError",
+    "Artifact",
     "DualStageTool",
     "GraphFunction",
+    "MemoryEntry",
     "NodeContext",
     "RunHandle",
+    "Service",
     "Settings",
     "Tool",
     "Wait",
@@ -43,8 +50,11 @@ __all__ = [
     "get_run",
     "get_runtime",
     "graph_fn",
+    "journal_by_digest",
+    "not_journaled",
     "query",
     "query_async",
+    "register_context_service",
     "resume",
     "run",
     "run_async",

@@ -23,11 +23,13 @@ from aethergraph.bus.connection import BusConnection, connect_bus
 from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
+from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.core.environment import set_environment_provider
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError
 from aethergraph.core.executor import load_journal
 from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
 from aethergraph.core.resume import check_resume, journal_state
+from aethergraph.core.service_registry import close_services, start_services
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
 from aethergraph.engine.queries import ProjectionAccess, serve_projections
@@ -63,6 +65,7 @@ class Runtime:
     leases: JetStreamLeases
     worker_id: str
     inline_answers: bool
+    service_backends: JetStreamServiceBackends
     driver: RunDriver = field(init=False)
 
     def __post_init__(self) -> None:
@@ -81,7 +84,7 @@ class Runtime:
             inline_answers = settings.console_input == "always" or (
                 settings.console_input == "auto" and sys.stdin is not None and sys.stdin.isatty()
             )
-        return cls(
+        runtime = cls(
             settings=settings,
             bus=bus,
             event_log=event_log,
@@ -89,7 +92,14 @@ class Runtime:
             leases=leases,
             worker_id=worker_id,
             inline_answers=inline_answers,
+            service_backends=open_service_backends(bus.js, settings),
         )
+        try:
+            await start_services()  # registered context services' start() hooks
+        except BaseException:
+            await runtime.close()
+            raise
+        return runtime
 
     @property
     def always_suspend(self) -> bool:
@@ -105,6 +115,7 @@ class Runtime:
     async def close(self) -> None:
         """Let the runs this process drives end or suspend, then disconnect."""
         await self.driver.drain()
+        await close_services()  # context services' close() hooks
         await self.leases.close()
         await self.event_log.close()
         await self.bus.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NonDeterminismError
+from .events import MemoryRecorded
 from .journal import RunJournal
 from .ports import RunEnvironment
 from .replay import ReplayCursor
@@ -32,6 +33,8 @@ class RunScope:
     checkpoints: dict[tuple[str | None, str], Any] = field(default_factory=dict)
     # Test mode: suspend after every live step and continue by replay.
     suspend_after_each_step: bool = False
+    # The run's memory entries (context.memory()), from the journal and this execution; built on first use.
+    memory_log: list[MemoryRecorded] | None = None
 
     def replaying(self) -> ReplayCursor | None:
         """The replay cursor while recorded steps remain, else ``None``."""

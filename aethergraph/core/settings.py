@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     seconds, at least 1). ``console_input`` decides whether console questions
     are answered inline: ``auto`` when standard input is a terminal,
     ``always`` (e.g. answers piped in), or ``never`` (every question is a
-    durable wait answered by a resume command).
+    durable wait answered by a resume command). ``artifact_store`` picks where
+    ``context.artifacts()`` keeps content: ``local`` files under
+    ``artifacts_dir`` (default ``<workspace>/artifacts``), the JetStream
+    ``object_store`` every host can read, or ``auto``: local files on the
+    embedded server, the object store when ``nats_url`` is set.
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     always_suspend: bool = False
     lease_s: Annotated[float, Field(ge=1, le=3600)] = 1.0
     console_input: Literal["auto", "always", "never"] = "auto"
+    artifact_store: Literal["auto", "local", "object_store"] = "auto"
+    artifacts_dir: Path | None = None
 
     @field_validator("sync_interval")
     @classmethod
