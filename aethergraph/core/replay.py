@@ -323,7 +323,10 @@ def rebuild_error(event: ToolFailed | ServiceFailed) -> BaseException:
     cls = getattr(owner, name, None) if owner is not None and "." not in name else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
-            return cls(event.message)
+            rebuilt = cls(event.message)
         except Exception:  # noqa: BLE001 - a type that cannot be built from a message
-            pass
+            rebuilt = None
+        # A constructor that formats its argument would change the message: only an exact rebuild counts.
+        if rebuilt is not None and str(rebuilt) == event.message:
+            return rebuilt
     return ReplayedError(event.message, error_type=event.error_type, run_id=event.run_id, node_id=event.node_id)
