@@ -133,3 +133,21 @@ async def test_bad_input(runtime: Runtime) -> None:
         return {"v": await context.memory().recent(limit=0)}
 
     assert await aethergraph.run_async(flow, {}) == {"v": []}
+
+
+async def test_memories_and_artifacts_are_projected_for_sql(runtime: Runtime) -> None:
+    @graph
+    async def flow(*, context: Any) -> dict[str, Any]:
+        await context.memory().record("fact", {"pump": "hot"}, tags=["hall-b"], name="pump")
+        art = await context.artifacts().save_text("projected", kind="note")
+        return {"v": art.id}
+
+    run_id = new_run_id()
+    artifact_id = (await execute_run(flow.spec, {}, run_id=run_id, env=runtime))["v"]
+    rows = await aethergraph.query_async("SELECT kind, name, data, tags, node_id FROM memories WHERE run_id = ?", [run_id])
+    assert [(r["kind"], r["name"], r["node_id"]) for r in rows] == [("fact", "pump", "root")]
+    assert '"hot"' in str(rows[0]["data"]) and "hall-b" in str(rows[0]["tags"])
+    edges = await aethergraph.query_async(
+        "SELECT src FROM edges WHERE dst = ? AND kind = 'produced'", [f"artifact:{artifact_id}"]
+    )
+    assert [e["src"] for e in edges] == [f"run:{run_id}"]
