@@ -217,9 +217,7 @@ async def test_a_call_in_flight_when_the_process_died_runs_again_under_the_same_
     assert returned.parent == called.seq
 
 
-async def test_unencodable_arguments_and_results_name_the_service_and_method(
-    runtime: Runtime, ledger: Ledger
-) -> None:
+async def test_unencodable_arguments_and_results_name_the_service_and_method(runtime: Runtime, ledger: Ledger) -> None:
     @graph
     async def bad_result(*, context: Any) -> dict[str, Any]:
         await context.ledger().handle()
@@ -309,9 +307,7 @@ def test_a_class_instead_of_an_instance_is_refused() -> None:
     assert "register_context_service('ledger2', MyService())" in str(caught.value)
 
 
-async def test_calling_a_service_without_call_with_arguments_says_what_to_do(
-    runtime: Runtime, ledger: Ledger
-) -> None:
+async def test_calling_a_service_without_call_with_arguments_says_what_to_do(runtime: Runtime, ledger: Ledger) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         return {"v": await context.ledger("acme")}
@@ -348,7 +344,34 @@ async def test_ctx_is_the_calling_node_under_concurrency(runtime: Runtime) -> No
     async def probe_flow(*, context: Any) -> dict[str, Any]:
         results = await asyncio.gather(*(ctx_probe() for _ in range(5)))
         mine = await context.probe().where()
-        return {"v": sorted(r["where"] for r in results) + [mine]}
+        return {"v": [*sorted(r["where"] for r in results), mine]}
 
     outputs = await aethergraph.run_async(probe_flow, {})
     assert outputs["v"] == [f"probe_flow/ctx_probe_{i}" for i in range(1, 6)] + ["probe_flow/root"]
+
+
+async def test_every_service_kind_under_always_suspend(
+    runtime: Runtime, suspending_runtime: Runtime, ledger: Ledger
+) -> None:
+    """The same graph, live and suspended-and-replayed after every step, gives the same outputs."""
+    import os
+
+    key = f"as:{os.urandom(4).hex()}"
+
+    @graph_fn(name="every_service", outputs=["v"])
+    async def every_service(run: int, *, context: Any) -> dict[str, Any]:
+        receipt = (await context.ledger().charge("acme", run))["cents"]
+        count = await context.kv().incr(f"{key}:{run}")
+        art = await context.artifacts().save_text(f"body {run}")
+        await context.memory().record("note", f"note {run}")
+        notes = [e.text for e in await context.memory().recent("note")]
+        listed = [a.id for a in await context.artifacts().list()]
+        return {"v": [receipt, count, await context.artifacts().load_text(art), notes, listed == [art.id]]}
+
+    expected = {"v": [1, 1, "body 1", ["note 1"], True]}
+    assert await execute_run(every_service.spec, {"run": 1}, env=runtime) == expected
+    ledger.calls.clear()
+    assert await execute_run(every_service.spec, {"run": 1}, env=suspending_runtime) == {
+        "v": [1, 2, "body 1", ["note 1"], True]
+    }
+    assert ledger.calls == [("charge", ("acme", 1))]  # called once though the body re-ran after every step

@@ -144,7 +144,9 @@ async def test_memories_and_artifacts_are_projected_for_sql(runtime: Runtime) ->
 
     run_id = new_run_id()
     artifact_id = (await execute_run(flow.spec, {}, run_id=run_id, env=runtime))["v"]
-    rows = await aethergraph.query_async("SELECT kind, name, data, tags, node_id FROM memories WHERE run_id = ?", [run_id])
+    rows = await aethergraph.query_async(
+        "SELECT kind, name, data, tags, node_id FROM memories WHERE run_id = ?", [run_id]
+    )
     assert [(r["kind"], r["name"], r["node_id"]) for r in rows] == [("fact", "pump", "root")]
     assert '"hot"' in str(rows[0]["data"]) and "hall-b" in str(rows[0]["tags"])
     edges = await aethergraph.query_async(

@@ -99,11 +99,11 @@ class Storage(Service):
         await self._download(uri, dest)
 
     async def _upload(self, local_path: str, key: str) -> str:
-        BUCKET[key] = Path(local_path).read_bytes()
+        BUCKET[key] = await asyncio.to_thread(Path(local_path).read_bytes)
         return f"mem://bucket/{key}"
 
     async def _download(self, uri: str, dest: str) -> None:
-        Path(dest).write_bytes(BUCKET[uri.removeprefix("mem://bucket/")])
+        await asyncio.to_thread(Path(dest).write_bytes, BUCKET[uri.removeprefix("mem://bucket/")])
 
 
 @graph_fn(name="upload_report", outputs=["uri"])
@@ -221,7 +221,12 @@ async def test_register_at_startup_then_call_anywhere(runtime: Runtime) -> None:
     records = await read_events(runtime, handle.run_id)
     [called] = tagged(records, ev.ServiceCalled)
     [returned] = tagged(records, ev.ServiceReturned)
-    assert (called.service, called.method, called.args, called.node_id) == ("trainer", "submit", [{"epochs": 10}], "root")
+    assert (called.service, called.method, called.args, called.node_id) == (
+        "trainer",
+        "submit",
+        [{"epochs": 10}],
+        "root",
+    )
     assert returned.parent == called.seq and returned.result == outputs["job_id"]
 
 
@@ -237,8 +242,7 @@ async def test_train_and_wait_uses_the_service_from_graph_and_tool(runtime: Runt
 
 async def test_storage_wrapper_logs_through_its_callers_context(runtime: Runtime, tmp_path: Path) -> None:
     register_context_service("storage", Storage())
-    report = Path("/tmp/report.pdf")
-    report.write_bytes(b"%PDF-1.7 quarterly numbers")
+    await asyncio.to_thread(Path("/tmp/report.pdf").write_bytes, b"%PDF-1.7 quarterly numbers")
     handle = await aethergraph.start_run(upload_report, {})
     assert await handle.result() == {"uri": "mem://bucket/reports/2025-01-01.pdf"}
     records = await read_events(runtime, handle.run_id)
@@ -357,8 +361,6 @@ async def test_tutorial_graphs_replay_without_calling_services_again(suspending_
     """Always-suspend mode: every run suspends after each step and continues by replay."""
     SUBMITTED.clear()
     register_context_service("trainer", Trainer())
-    outputs = await execute_run(
-        train_and_wait.spec, {"spec": {"epochs": 1}}, env=suspending_runtime
-    )
+    outputs = await execute_run(train_and_wait.spec, {"spec": {"epochs": 1}}, env=suspending_runtime)
     assert outputs["done"] is True
     assert SUBMITTED == [{"epochs": 1}]  # submitted once, though the body re-ran after every step
