@@ -28,6 +28,7 @@ from . import (
     bench_publish,
     bench_replay,
     bench_resume,
+    bench_services,
     bench_steps,
     bench_suspended_memory,
     bench_takeover,
@@ -64,6 +65,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_suspended_memory,
         bench_takeover,
         bench_projections,
+        bench_services,
     )
 }
 REPO = Path(__file__).resolve().parent.parent
