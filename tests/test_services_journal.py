@@ -375,3 +375,16 @@ async def test_every_service_kind_under_always_suspend(
         "v": [1, 2, "body 1", ["note 1"], True]
     }
     assert ledger.calls == [("charge", ("acme", 1))]  # called once though the body re-ran after every step
+
+
+def test_services_doc_names_every_built_in_and_setting() -> None:
+    from pathlib import Path
+
+    from aethergraph.core.service_registry import BUILTIN_SERVICES
+    from aethergraph.core.settings import Settings
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "services.md").read_text()
+    missing = [name for name in sorted(BUILTIN_SERVICES) if f"`{name}`" not in text]
+    assert not missing, f"docs/services.md does not list the built-in names {missing}"
+    for setting in ("artifact_store", "artifacts_dir"):
+        assert setting in Settings.model_fields and f"AETHERGRAPH_{setting.upper()}" in text

@@ -43,7 +43,7 @@ log = logging.getLogger("aethergraph.services")
 
 # Names the runtime provides (or reserves for what it will provide) on every NodeContext.
 BUILTIN_SERVICES = frozenset(
-    {"artifacts", "channel", "kv", "llm", "logger", "mcp", "memory", "rag", "runs", "viz", "wait", "clock"}
+    {"artifacts", "channel", "kv", "llm", "logger", "mcp", "memory", "rag", "runs", "viz", "wait"}
 )
 # Attributes of a Service that are its machinery, never journaled as calls.
 _MACHINERY = frozenset({"ctx", "critical", "run_blocking", "start", "close"})
@@ -104,7 +104,7 @@ def get_context_service(name: str) -> object:
         known = sorted(_services)
         raise UnknownServiceError(
             f"context.{name}() names no registered context service (registered: "
-            f"{', '.join(known) or 'none'}; built in: {', '.join(sorted(BUILTIN_SERVICES - {'clock'}))}). "
+            f"{', '.join(known) or 'none'}; built in: {', '.join(sorted(BUILTIN_SERVICES))}). "
             f"Register one with register_context_service({name!r}, MyService())",
             service=name,
             registered=tuple(known),
