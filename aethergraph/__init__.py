@@ -7,12 +7,16 @@ The public surface is this module's ``__all__``; everything under
 from __future__ import annotations
 
 from aethergraph.core import errors
+from aethergraph.core.artifacts import Artifact
 from aethergraph.core.context import NodeContext
 from aethergraph.core.decorators import GraphFunction, Tool, graph_fn, tool
 from aethergraph.core.dual_stage import DualStageTool
 from aethergraph.core.errors import AetherGraphError
 from aethergraph.core.graphify import TaskGraphBuilder, graphify
+from aethergraph.core.memory import MemoryEntry
 from aethergraph.core.run_control import RunManager
+from aethergraph.core.service_base import Service, journal_by_digest, not_journaled
+from aethergraph.core.service_registry import register_context_service
 from aethergraph.core.settings import Settings
 from aethergraph.core.task_graph import RetryPolicy, TaskGraph
 from aethergraph.core.waits import Wait
@@ -36,12 +40,15 @@ from aethergraph.runtime import (
 
 __all__ = [
     "AetherGraphError",
+    "Artifact",
     "DualStageTool",
     "GraphFunction",
+    "MemoryEntry",
     "NodeContext",
     "RetryPolicy",
     "RunHandle",
     "RunManager",
+    "Service",
     "Settings",
     "TaskGraph",
     "TaskGraphBuilder",
@@ -54,8 +61,11 @@ __all__ = [
     "get_runtime",
     "graph_fn",
     "graphify",
+    "journal_by_digest",
+    "not_journaled",
     "query",
     "query_async",
+    "register_context_service",
     "resume",
     "retry",
     "run",

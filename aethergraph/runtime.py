@@ -30,6 +30,7 @@ from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
+from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.bus.topology import ALL_CANCELS, run_id_of_command
 from aethergraph.core.environment import set_environment_provider
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
@@ -39,6 +40,7 @@ from aethergraph.core.ports import ParentLink, ReportSink
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.resume import check_resume, journal_state
 from aethergraph.core.run_control import bind_run_inputs, force_cancel
+from aethergraph.core.service_registry import close_services, start_services
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
 from aethergraph.engine.node_executor import NodeExecutor
@@ -79,6 +81,7 @@ class Runtime:
     worker_id: str
     inline_answers: bool
     node_reports: JetStreamNodeReports
+    service_backends: JetStreamServiceBackends
     driver: RunDriver = field(init=False)
     node_executor: NodeExecutor | None = field(init=False, default=None)
     _cancel_sub: Subscription | None = field(init=False, default=None)
@@ -109,8 +112,14 @@ class Runtime:
             worker_id=worker_id,
             inline_answers=inline_answers,
             node_reports=JetStreamNodeReports(bus.nc, bus.js, event_log),
+            service_backends=open_service_backends(bus.js, settings),
         )
         runtime._cancel_sub = await bus.nc.subscribe(ALL_CANCELS, cb=runtime._on_cancel)
+        try:
+            await start_services()  # registered context services' start() hooks
+        except BaseException:
+            await runtime.close()
+            raise
         return runtime
 
     @property
@@ -217,6 +226,7 @@ class Runtime:
         if self._cancel_sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._cancel_sub.unsubscribe()
+        await close_services()  # context services' close() hooks
         await self.leases.close()
         await self.event_log.close()
         await self.bus.close()

@@ -28,6 +28,7 @@ from . import (
     bench_publish,
     bench_replay,
     bench_resume,
+    bench_services,
     bench_static,
     bench_steps,
     bench_suspended_memory,
@@ -66,6 +67,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_takeover,
         bench_projections,
         bench_static,
+        bench_services,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

@@ -136,6 +136,17 @@ COLUMNS: dict[str, dict[str, str]] = {
         "tool": "the producing node's tool",
         "saved_at": "time of the save",
     },
+    "memories": {
+        "run_id": "the run whose memory holds the entry (primary key with `seq`)",
+        "seq": "`seq` of the `memory.recorded` event",
+        "node_id": "the node that recorded it",
+        "kind": "the entry's kind (e.g. `chat`, `fact`)",
+        "name": "its name, if given (`last_by_name` looks it up)",
+        "data": "what was recorded (JSON)",
+        "tags": "tags (JSON array)",
+        "text": "the searchable text",
+        "recorded_at": "time of the record",
+    },
     "edges": {
         "src": "the entity `dst` was derived from",
         "dst": "the derived entity",

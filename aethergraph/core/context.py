@@ -7,7 +7,7 @@ import os
 import time
 import uuid as _uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .channel import Channel
 from .codec import normalise_value
@@ -17,6 +17,11 @@ from .logger import NodeLogger
 from .run_control import RunManager
 from .scope import RunScope, cursor
 from .waits import Wait, wait_for
+
+if TYPE_CHECKING:
+    from .artifacts import ArtifactService
+    from .kv import KeyValueService
+    from .memory import MemoryService
 
 __all__ = ["NodeContext"]
 
@@ -87,6 +92,32 @@ class NodeContext:
     def runs(self) -> RunManager:
         """Start, wait for and cancel runs from this node (children carry this run and node as parent)."""
         return RunManager(self._scope, self.node_id)
+
+    def kv(self) -> KeyValueService:
+        """The key-value store every host shares (JetStream KV); every call is journaled."""
+        from .kv import KeyValueService
+
+        return KeyValueService(self)
+
+    def artifacts(self) -> ArtifactService:
+        """Content-addressed artifacts: save, load, list, search, pin (see docs/services.md)."""
+        from .artifacts import ArtifactService
+
+        return ArtifactService(self)
+
+    def memory(self) -> MemoryService:
+        """The run's memory: record entries, read recent ones, search them, chat history."""
+        from .memory import MemoryService
+
+        return MemoryService(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """``context.<name>()``: a context service registered with ``register_context_service``."""
+        if name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        from .service_registry import service_accessor
+
+        return service_accessor(self, name)
 
     async def wait(self, wait: Wait) -> Any:
         """Wait durably for an external answer (see :class:`~aethergraph.Wait`); returns the resume payload."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AetherGraphError",
+    "ArtifactNotFoundError",
     "BusUnavailableError",
     "DecorationError",
     "EventRejectedError",
@@ -18,6 +19,7 @@ __all__ = [
     "GraphBuildError",
     "GraphInputError",
     "GraphNotFoundError",
+    "KeyConflictError",
     "NonDeterminismError",
     "NotInRunError",
     "OutputError",
@@ -29,7 +31,9 @@ __all__ = [
     "RunNotFoundError",
     "RunSuspended",
     "SerializationError",
+    "ServiceNameError",
     "StaleWriterError",
+    "UnknownServiceError",
     "WaitExpiredError",
     "WorkspaceError",
 ]
@@ -175,6 +179,45 @@ class ProjectionError(AetherGraphError):
 
 class ProjectionLockedError(ProjectionError):
     """Another process holds the projection store's DuckDB file (one writer per file)."""
+
+
+class UnknownServiceError(AetherGraphError, AttributeError):
+    """``context.<name>()`` names no registered context service; ``registered`` lists the names that exist."""
+
+    def __init__(self, message: str, *, service: str = "", registered: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.service = service
+        self.registered = registered
+
+
+class ServiceNameError(AetherGraphError, ValueError):
+    """A context service cannot be registered under this name (a built-in, or not an identifier)."""
+
+    def __init__(self, message: str, *, service: str = "") -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class KeyConflictError(AetherGraphError):
+    """``context.kv().set(..., expected_revision=n)`` found the key at another revision.
+
+    ``key``, ``expected`` and ``actual`` (``0``: the key does not exist) say
+    what was found; read the key again and retry.
+    """
+
+    def __init__(self, message: str, *, key: str = "", expected: int = 0, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class ArtifactNotFoundError(AetherGraphError, LookupError):
+    """No artifact with this URI or id is in the artifact store."""
+
+    def __init__(self, message: str, *, ref: str = "") -> None:
+        super().__init__(message)
+        self.ref = ref
 
 
 class RunSuspended(BaseException):

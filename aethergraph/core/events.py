@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointSaved",
     "Event",
     "LogRecorded",
+    "MemoryRecorded",
     "NodeCompleted",
     "NodeFailed",
     "NodeReady",
@@ -198,18 +199,33 @@ class ToolFailed(Event, frozen=True, kw_only=True, tag="tool.failed"):
 
 
 class ServiceCalled(Event, frozen=True, kw_only=True, tag="service.called"):
+    """A context service method was called (``context.<service>().<method>(*args, **kwargs)``).
+
+    ``args_ref`` is set, and ``args``/``kwargs`` left empty, when the encoded
+    arguments were too large for an event: it is the URI of their encoding in
+    the artifact store.
+    """
+
     service: str
     method: str
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     args_digest: str
+    args_ref: str | None = None
 
 
 class ServiceReturned(Event, frozen=True, kw_only=True, tag="service.returned"):
+    """A service call's committed result; ``parent`` is its ``service.called``.
+
+    ``result_ref`` is the URI of the encoded result in the artifact store when
+    it was too large for an event (``result`` is then null).
+    """
+
     service: str
     method: str
     result: Any = None
     duration_us: int = 0
+    result_ref: str | None = None
 
 
 class ServiceFailed(Event, frozen=True, kw_only=True, tag="service.failed"):
@@ -293,6 +309,22 @@ class ArtifactSaved(Event, frozen=True, kw_only=True, tag="artifact.saved"):
     tool: str = ""
 
 
+# --- memory -----------------------------------------------------------------------
+
+
+class MemoryRecorded(Event, frozen=True, kw_only=True, tag="memory.recorded"):
+    """An entry of a run's memory: ``context.memory().record(kind, data, tags=..., name=...)``.
+
+    ``text`` is the entry's searchable text (lexical search matches its words).
+    """
+
+    kind: str
+    data: Any = None
+    name: str = ""
+    tags: list[str] = []
+    text: str = ""
+
+
 # --- observability --------------------------------------------------------------
 
 
@@ -327,6 +359,7 @@ AnyEvent: TypeAlias = (
     | ChannelSent
     | CheckpointSaved
     | ArtifactSaved
+    | MemoryRecorded
     | LogRecorded
 )
 

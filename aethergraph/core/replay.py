@@ -19,12 +19,17 @@ from typing import TypeVar
 
 from .errors import NonDeterminismError, ReplayedError
 from .events import (
+    ArtifactSaved,
     ChannelSent,
     CheckpointSaved,
     Event,
     LogRecorded,
+    MemoryRecorded,
     RunClaimed,
     RunStarted,
+    ServiceCalled,
+    ServiceFailed,
+    ServiceReturned,
     ToolCalled,
     ToolFailed,
     ToolReturned,
@@ -80,10 +85,19 @@ def journal_chain(events: Iterable[E]) -> list[E]:
     return chain
 
 
+# Events that open a step the re-running code takes again, and the outcomes of calls.
+_OPENINGS = (ToolCalled, ValueRecorded, WaitRequested, ChannelSent, ServiceCalled, ArtifactSaved, MemoryRecorded)
+_CALLS = (ToolCalled, ServiceCalled)
+_OUTCOMES = (ToolReturned, ToolFailed, ServiceReturned, ServiceFailed)
+
+Opening = ToolCalled | ValueRecorded | WaitRequested | ChannelSent | ServiceCalled | ArtifactSaved | MemoryRecorded
+Outcome = ToolReturned | ToolFailed | ServiceReturned | ServiceFailed
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedStep:
-    opening: ToolCalled | ValueRecorded | WaitRequested | ChannelSent
-    outcome: ToolReturned | ToolFailed | None
+    opening: Opening
+    outcome: Outcome | None
 
 
 def _describe(event: Event) -> str:
@@ -95,11 +109,18 @@ def _describe(event: Event) -> str:
         return f"a {event.kind!r} wait (node {event.node_id}, prompt {event.prompt!r})"
     if isinstance(event, ChannelSent):
         return f"a message on channel {event.channel!r} (node {event.node_id})"
+    if isinstance(event, ServiceCalled):
+        where = f"node {event.node_id}, arguments digest {event.args_digest}"
+        return f"service call {event.service}.{event.method}() ({where})"
+    if isinstance(event, ArtifactSaved):
+        return f"an artifact save (node {event.node_id}, content {event.artifact_id[:16]}...)"
+    if isinstance(event, MemoryRecorded):
+        return f"a {event.kind!r} memory record (node {event.node_id})"
     return str(event.__struct_config__.tag)
 
 
 def _inside_finished_calls(journal: Sequence[Event], outcomes: Mapping[int, Event]) -> set[int]:
-    """Sequences of the events recorded inside tool calls that finished.
+    """Sequences of the events recorded inside tool or service calls that finished.
 
     Replay returns a finished call's recorded outcome without executing it, so
     the steps its code took (its own waits, values, messages, nested tool
@@ -111,18 +132,18 @@ def _inside_finished_calls(journal: Sequence[Event], outcomes: Mapping[int, Even
     enclosing: dict[int, int | None] = {}
 
     def enclosing_call(seq: int | None) -> int | None:
-        """The ``tool.called`` enclosing the event with sequence ``seq`` (None: the graph body)."""
+        """The ``tool.called``/``service.called`` enclosing the event with sequence ``seq`` (None: the graph body)."""
         path: list[int] = []
         found: int | None = None
         while seq is not None and seq not in enclosing:
             event = by_seq.get(seq)
             if event is None:
                 break
-            if isinstance(event, ToolCalled):
+            if isinstance(event, _CALLS):
                 found = seq
                 break
             path.append(seq)
-            if isinstance(event, (ToolReturned, ToolFailed)) and event.parent is not None:
+            if isinstance(event, _OUTCOMES) and event.parent is not None:
                 opening = by_seq.get(event.parent)
                 seq = opening.parent if opening is not None else None
             else:
@@ -136,7 +157,7 @@ def _inside_finished_calls(journal: Sequence[Event], outcomes: Mapping[int, Even
 
     hidden: set[int] = set()
     for event in journal:
-        call = enclosing_call(event.parent) if not isinstance(event, (ToolReturned, ToolFailed)) else None
+        call = enclosing_call(event.parent) if not isinstance(event, _OUTCOMES) else None
         while call is not None:
             if call in outcomes or call in hidden:
                 hidden.add(event.seq)
@@ -149,20 +170,18 @@ def _inside_finished_calls(journal: Sequence[Event], outcomes: Mapping[int, Even
 class ReplayCursor:
     """Hands recorded steps to a re-running function, in journal order."""
 
-    __slots__ = ("_logs_to_skip", "_run_id", "_steps", "checkpoints", "resolutions")
+    __slots__ = ("_logs_to_skip", "_run_id", "_steps", "checkpoints", "memories", "resolutions")
 
     def __init__(self, run_id: str, journal: Sequence[Event]) -> None:
         self._run_id = run_id
-        outcomes: dict[int, ToolReturned | ToolFailed] = {
-            event.parent: event
-            for event in journal
-            if isinstance(event, (ToolReturned, ToolFailed)) and event.parent is not None
+        outcomes: dict[int, Outcome] = {
+            event.parent: event for event in journal if isinstance(event, _OUTCOMES) and event.parent is not None
         }
         hidden = _inside_finished_calls(journal, outcomes)
         self._steps: deque[RecordedStep] = deque(
-            RecordedStep(event, outcomes.get(event.seq) if isinstance(event, ToolCalled) else None)
+            RecordedStep(event, outcomes.get(event.seq) if isinstance(event, _CALLS) else None)
             for event in journal
-            if isinstance(event, (ToolCalled, ValueRecorded, WaitRequested, ChannelSent)) and event.seq not in hidden
+            if isinstance(event, _OPENINGS) and event.seq not in hidden
         )
         self.resolutions: dict[str, WaitResumed | WaitExpired] = {
             event.wait_id: event for event in journal if isinstance(event, (WaitResumed, WaitExpired))
@@ -170,10 +189,14 @@ class ReplayCursor:
         self.checkpoints: dict[tuple[str | None, str], CheckpointSaved] = {
             (event.node_id, event.key): event for event in journal if isinstance(event, CheckpointSaved)
         }
+        # The run's memory as journaled so far (context.memory() reads continue from it).
+        self.memories: list[MemoryRecorded] = [event for event in journal if isinstance(event, MemoryRecorded)]
         # Only the graph body re-runs on replay; logs written inside recorded
-        # tool calls are not repeated, so only the body's logs are skipped.
+        # tool or service calls are not repeated, so only the body's own logs are skipped.
         self._logs_to_skip = sum(
-            1 for event in journal if isinstance(event, LogRecorded) and event.node_id == ROOT_NODE
+            1
+            for event in journal
+            if isinstance(event, LogRecorded) and event.node_id == ROOT_NODE and event.seq not in hidden
         )
 
     @property
@@ -211,6 +234,44 @@ class ReplayCursor:
             raise self._mismatch(opening, f"tool {tool!r} (node {node_id}, arguments digest {args_digest})")
         self._steps.popleft()
         return step
+
+    def take_service(self, service: str, method: str, args_digest: str, node_id: str) -> RecordedStep | None:
+        """The recorded step for this service call, or ``None`` when replay is over."""
+        if not self._steps:
+            return None
+        step = self._steps[0]
+        opening = step.opening
+        if (
+            not isinstance(opening, ServiceCalled)
+            or opening.service != service
+            or opening.method != method
+            or opening.args_digest != args_digest
+        ):
+            raise self._mismatch(
+                opening, f"service call {service}.{method}() (node {node_id}, arguments digest {args_digest})"
+            )
+        self._steps.popleft()
+        return step
+
+    def take_artifact(self, artifact_id: str, node_id: str) -> ArtifactSaved | None:
+        """The recorded ``artifact.saved`` for this save (same content), or ``None`` when replay is over."""
+        if not self._steps:
+            return None
+        opening = self._steps[0].opening
+        if not isinstance(opening, ArtifactSaved) or opening.artifact_id != artifact_id:
+            raise self._mismatch(opening, f"an artifact save (node {node_id}, content {artifact_id[:16]}...)")
+        self._steps.popleft()
+        return opening
+
+    def take_memory(self, kind: str, node_id: str) -> MemoryRecorded | None:
+        """The recorded ``memory.recorded`` for this record, or ``None`` when replay is over."""
+        if not self._steps:
+            return None
+        opening = self._steps[0].opening
+        if not isinstance(opening, MemoryRecorded) or opening.kind != kind:
+            raise self._mismatch(opening, f"a {kind!r} memory record (node {node_id})")
+        self._steps.popleft()
+        return opening
 
     def unfinished(self) -> NonDeterminismError | None:
         """The divergence if the code finished while recorded steps remain."""
@@ -255,14 +316,17 @@ class ReplayCursor:
         return opening
 
 
-def rebuild_error(event: ToolFailed) -> BaseException:
+def rebuild_error(event: ToolFailed | ServiceFailed) -> BaseException:
     """The recorded failure as an exception of the same type where that type can be rebuilt."""
     module, _, name = event.error_type.rpartition(".")
     owner = sys.modules.get(module) if module else builtins
     cls = getattr(owner, name, None) if owner is not None and "." not in name else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
-            return cls(event.message)
+            rebuilt = cls(event.message)
         except Exception:  # noqa: BLE001 - a type that cannot be built from a message
-            pass
+            rebuilt = None
+        # A constructor that formats its argument would change the message: only an exact rebuild counts.
+        if rebuilt is not None and str(rebuilt) == event.message:
+            return rebuilt
     return ReplayedError(event.message, error_type=event.error_type, run_id=event.run_id, node_id=event.node_id)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NonDeterminismError
-from .events import Event
+from .events import Event, MemoryRecorded
 from .journal import RunJournal
 from .ports import RunEnvironment
 from .replay import ReplayCursor
@@ -40,6 +40,8 @@ class RunScope:
     max_concurrency: int | None = None
     # Why this writer claimed the run (None: it started the run).
     claim_reason: str | None = None
+    # The run's memory entries (context.memory()), from the journal and this execution; built on first use.
+    memory_log: list[MemoryRecorded] | None = None
 
     def replaying(self) -> ReplayCursor | None:
         """The replay cursor while recorded steps remain, else ``None``."""

@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     many nodes of static graphs one process executes at once;
     ``node_ack_wait_s`` is how long a node may go without its worker's
     heartbeat before the work queue hands it to another worker (a worker
-    sends one every third of that while the node runs).
+    sends one every third of that while the node runs). ``artifact_store`` picks where
+    ``context.artifacts()`` keeps content: ``local`` files under
+    ``artifacts_dir`` (default ``<workspace>/artifacts``), the JetStream
+    ``object_store`` every host can read, or ``auto``: local files on the
+    embedded server, the object store when ``nats_url`` is set.
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -55,6 +59,8 @@ class Settings(BaseSettings):
     console_input: Literal["auto", "always", "never"] = "auto"
     node_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     node_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
+    artifact_store: Literal["auto", "local", "object_store"] = "auto"
+    artifacts_dir: Path | None = None
 
     @field_validator("sync_interval")
     @classmethod

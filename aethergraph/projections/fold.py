@@ -54,6 +54,7 @@ _FIELDS: Final[dict[str, str]] = {
     "channel": "VARCHAR", "deadline_us": "BIGINT", "payload": "JSON", "command_seq": "BIGINT",
     "artifact_id": "VARCHAR", "uri": "VARCHAR", "name": "VARCHAR", "mime": "VARCHAR", "size": "BIGINT",
     "labels": "JSON",
+    "data": "JSON", "tags": "JSON", "text": "VARCHAR",
 }  # fmt: skip
 
 _STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
@@ -285,6 +286,11 @@ _ARTIFACTS = (
     "e.node_id, e.tool, make_timestamp(e.ts) FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'"
 )
 
+_MEMORIES = (
+    "INSERT INTO memories SELECT e.run_id, e.seq, e.node_id, e.kind, e.name, e.data, e.tags, e.text, "
+    "make_timestamp(e.ts) FROM staging WHERE stream_seq > $1 AND e.type = 'memory.recorded'"
+)
+
 _ROOTS = (
     "INSERT INTO lineage_roots SELECT e.run_id, arg_min(coalesce(e.root_run_id, e.run_id), stream_seq) "
     "FROM staging WHERE stream_seq > $1 AND e.type = 'run.started' GROUP BY e.run_id"
@@ -381,5 +387,6 @@ FOLDS: Final[dict[str, tuple[str, ...]]] = {
     "calls": (_TOOL_CALLS, _SERVICE_CALLS),
     "waits": (_WAITS,),
     "artifacts": (_ARTIFACTS,),
+    "memories": (_MEMORIES,),
     "lineage": (_ROOTS, _STRUCTURAL_EDGES, _PRODUCED_VALUES, _DATA_EDGES),
 }

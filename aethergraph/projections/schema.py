@@ -232,6 +232,25 @@ CREATE TABLE artifacts (
         },
     ),
     ProjectionSchema(
+        name="memories",
+        version=1,
+        description="one row per memory.recorded event: every run's context.memory() entries",
+        tables={
+            "memories": """
+CREATE TABLE memories (
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    node_id VARCHAR,
+    kind VARCHAR NOT NULL,
+    name VARCHAR,
+    data JSON,
+    tags JSON,
+    text VARCHAR,
+    recorded_at TIMESTAMP NOT NULL
+)""",
+        },
+    ),
+    ProjectionSchema(
         name="lineage",
         version=1,
         description="causal and data-flow edges between runs, nodes, waits and artifacts",

@@ -175,6 +175,16 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "labels": {"stage": "final"},
         "tool": "render",
     },
+    "memory.recorded": {
+        "seq": 6,
+        "parent": 5,
+        "node_id": "root",
+        "kind": "chat",
+        "data": {"role": "user", "text": "how warm is hall B?"},
+        "name": "user",
+        "tags": ["hall-b"],
+        "text": "how warm is hall B?",
+    },
     "log.recorded": {
         "seq": 4,
         "parent": 3,
