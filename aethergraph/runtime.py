@@ -86,6 +86,7 @@ class Runtime:
     node_executor: NodeExecutor | None = field(init=False, default=None)
     _cancel_sub: Subscription | None = field(init=False, default=None)
     _executor_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    _local_report_sinks: dict[str, ReportSink] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.driver = RunDriver(self, self.leases)
@@ -138,7 +139,17 @@ class Runtime:
     async def follow_node_reports(
         self, run_id: str, sink: ReportSink, *, from_start: bool
     ) -> Callable[[], Awaitable[None]]:
-        return await self.node_reports.follow(run_id, sink, from_start=from_start)
+        # Nodes of this run executed here reach its scheduler at once, before their report is stored
+        # (the scheduler's node.completed is the commit; the stored report is for other processes).
+        self._local_report_sinks[run_id] = sink
+        stop_following = await self.node_reports.follow(run_id, sink, from_start=from_start)
+
+        async def stop() -> None:
+            if self._local_report_sinks.get(run_id) is sink:
+                del self._local_report_sinks[run_id]
+            await stop_following()
+
+        return stop
 
     async def ensure_node_executor(self) -> None:
         """Execute nodes of static graphs in this process too (started on first use)."""
@@ -151,6 +162,7 @@ class Runtime:
                     self.node_reports,
                     capacity=self.settings.node_concurrency,
                     ack_wait_s=self.settings.node_ack_wait_s,
+                    local_sinks=self._local_report_sinks,
                 )
                 await executor.start(self.bus.nc, self.bus.js)
                 self.node_executor = executor

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nats.aio.client import Client
@@ -39,7 +39,7 @@ from aethergraph.core.errors import (
 from aethergraph.core.events import NodeReady
 from aethergraph.core.executor import error_type_name, execute_run, resume_run
 from aethergraph.core.node_report import NodeReport
-from aethergraph.core.ports import ParentLink, RunEnvironment
+from aethergraph.core.ports import ParentLink, ReportSink, RunEnvironment
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.spec import CallableSpec, normalise_outputs
 from aethergraph.core.static_run import node_run_id
@@ -61,6 +61,7 @@ class NodeExecutor:
         ack_wait_s: float,
         graphs: Callable[[str], CallableSpec] = must_get_graph,
         defer_delay_s: float = 0.1,
+        local_sinks: Mapping[str, ReportSink] | None = None,
     ) -> None:
         self._env = env
         self._reports = reports
@@ -73,6 +74,7 @@ class NodeExecutor:
         self._cancelled: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.TimerHandle | None = None
         self._deferred: set[str] = set()
+        self._local_sinks = local_sinks if local_sinks is not None else {}
         self.executed = 0
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
@@ -184,6 +186,9 @@ class NodeExecutor:
             report = NodeReport(
                 status="failed", error_type=error_type, message=message, **common, duration_us=_since(started)
             )
+        local = self._local_sinks.get(event.run_id)
+        if local is not None:
+            local(report)  # the run's scheduler is in this process: no round trip through the server
         try:
             await self._reports.publish(report)
         except Exception:
