@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import ag_graphs
@@ -211,7 +210,7 @@ async def w_hold(p: dict) -> dict:
     done = run_ids[: count - keep]
     correct = sum(1 for index, run_id in enumerate(done) if watch.values.get(run_id) == _answer(index, single) + 1)
     left = run_ids[count - keep :]
-    _write_json(Path(p["workdir"], "left.json"), left)
+    pc.save_left(p["workdir"], left)
     stop.set()
     await serving
     for sub in subs:
@@ -230,14 +229,6 @@ async def w_hold(p: dict) -> dict:
     }
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value))
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def _answer(index: int, single: int) -> int:
     # singles are answered with their index; the burst with its position in the burst
     return index if index < single else index - single
@@ -245,7 +236,7 @@ def _answer(index: int, single: int) -> int:
 
 async def w_other(p: dict) -> dict:
     """A fresh process (the holder has exited): serve as a worker and resume the runs it left suspended."""
-    left = _read_json(Path(p["workdir"], "left.json"))
+    left = pc.load_left(p["workdir"])
     runtime = await aethergraph.get_runtime(inline_answers=False)
     nc = runtime.bus.nc
     watch = Watch()

@@ -99,6 +99,15 @@ def timed_runs(count: int, body: Callable[[], object]) -> list[float]:
     return out
 
 
+def save_left(workdir: str, ids: list[str]) -> None:
+    """W4: the workflows the holder leaves suspended, for another process to resume."""
+    Path(workdir, "left.json").write_text(json.dumps(ids))
+
+
+def load_left(workdir: str) -> list[str]:
+    return json.loads(Path(workdir, "left.json").read_text())
+
+
 def summary_ms(latencies_ns: Sequence[int]) -> dict[str, float]:
     values = [value / 1e6 for value in latencies_ns]
     return {"p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99), "n": len(values)}
