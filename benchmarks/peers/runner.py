@@ -72,6 +72,7 @@ class Sizes:
     wf_steps: int = 10
     concurrent_runs: int = 2
     concurrent_warmup: int = 1
+    concurrent_warmup_workflows: int = 20  # the warm-up batch: every code path once, not the full load
     held: int = 1000  # W4
     single: int = 20
     other: int = 10
@@ -181,6 +182,7 @@ def w3_concurrent(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], w
         "steps": sizes.wf_steps,
         "runs": sizes.concurrent_runs,
         "warmup": sizes.concurrent_warmup,
+        "warmup_workflows": sizes.concurrent_warmup_workflows,
         "workdir": str(work),
     }
     out = invoke(peer, python, "concurrent", p, env, work)

@@ -91,13 +91,11 @@ async def w_fanout(p: dict) -> dict:
 async def w_concurrent(p: dict) -> dict:
     count, steps = p["workflows"], p["steps"]
 
-    async def together() -> None:
-        outs = await asyncio.gather(
-            *(aethergraph.run_async(ag_graphs.peer_chain, {"steps": steps}) for _ in range(count))
-        )
+    async def together(n: int = count) -> None:
+        outs = await asyncio.gather(*(aethergraph.run_async(ag_graphs.peer_chain, {"steps": steps}) for _ in range(n)))
         assert all(out == {"value": steps} for out in outs)
 
-    await timed(p["warmup"], together)
+    await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
     runs = await timed(p["runs"], together)
     await aethergraph.close_runtime()
     return {"run_s": runs}

@@ -62,11 +62,11 @@ async def w_fanout(p: dict) -> dict:
 async def w_concurrent(p: dict) -> dict:
     count, steps = p["workflows"], p["steps"]
 
-    async def together() -> None:
-        results = await asyncio.gather(*(chain(steps) for _ in range(count)))
-        assert results == [steps] * count
+    async def together(n: int = count) -> None:
+        results = await asyncio.gather(*(chain(steps) for _ in range(n)))
+        assert results == [steps] * n
 
-    await timed(p["warmup"], together)
+    await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
     return {"run_s": await timed(p["runs"], together)}
 
 

@@ -160,10 +160,10 @@ async def w_concurrent(p: dict) -> dict:
     launch(p)
     count, steps = p["workflows"], p["steps"]
 
-    async def together() -> None:
-        assert await asyncio.gather(*(achain(steps) for _ in range(count))) == [steps] * count
+    async def together(n: int = count) -> None:
+        assert await asyncio.gather(*(achain(steps) for _ in range(n))) == [steps] * n
 
-    await timed(p["warmup"], together)
+    await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
     return {"run_s": await timed(p["runs"], together)}
 
 

@@ -198,13 +198,13 @@ async def w_concurrent(p: dict) -> dict:
     async with AsyncSqliteSaver.from_conn_string(db_path(p)) as saver:
         graphs = build_async(saver)
 
-        async def together() -> None:
+        async def together(n: int = count) -> None:
             results = await asyncio.gather(
-                *(graphs["chain"].ainvoke(steps, config(fresh_thread()), durability=DURABILITY) for _ in range(count))
+                *(graphs["chain"].ainvoke(steps, config(fresh_thread()), durability=DURABILITY) for _ in range(n))
             )
-            assert results == [steps] * count
+            assert results == [steps] * n
 
-        await timed(p["warmup"], together)
+        await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
         runs = await timed(p["runs"], together)
         return {"run_s": runs, "settings": await async_settings(saver)}
 
