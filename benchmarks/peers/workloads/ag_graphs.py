@@ -8,10 +8,14 @@ register once under the same names in every process.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import peer_common as pc
 
 from aethergraph import NodeContext, Wait, graph_fn, tool
+
+# W1 sets this to a list: the wall time of every ``await peer_incr(x)`` inside the graph, in nanoseconds.
+STEP_SAMPLES: list[int] | None = None
 
 
 @tool(name="peer_incr", outputs=["value"])
@@ -34,8 +38,12 @@ def peer_traced_incr(x: int) -> int:
 async def peer_chain(steps: int) -> dict[str, int]:
     """W1/W3: ``steps`` sequential journaled steps."""
     x = 0
+    samples = STEP_SAMPLES
     for _ in range(steps):
+        started = time.perf_counter_ns()
         x = (await peer_incr(x))["value"]
+        if samples is not None:
+            samples.append(time.perf_counter_ns() - started)
     return {"value": x}
 
 

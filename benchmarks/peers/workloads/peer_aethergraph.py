@@ -60,16 +60,23 @@ async def w_seq(p: dict) -> dict:
         await raw_requests(nc, steps, payload, "none")
     runs: list[float] = []
     floor_us: list[float] = []
+    floor_mean_us: list[float] = []
+    step_p50_us: list[float] = []
     for index in range(p["runs"]):
         # Interleaved with the runs, taking turns going first: one awaited JetStream publish
         # acknowledgement (no headers) on the same server, the floor of any design that commits each step.
         for variant in ("run", "floor") if index % 2 == 0 else ("floor", "run"):
             if variant == "run":
+                ag_graphs.STEP_SAMPLES = []
                 runs.extend(await timed(1, one))
+                step_p50_us.append(pc.median(ag_graphs.STEP_SAMPLES) / 1e3)
+                ag_graphs.STEP_SAMPLES = None
             else:
-                floor_us.append(pc.median(await raw_requests(nc, steps, payload, "none")) / 1e3)
+                acks = await raw_requests(nc, steps, payload, "none")
+                floor_us.append(pc.median(acks) / 1e3)
+                floor_mean_us.append(sum(acks) / len(acks) / 1e3)
     await aethergraph.close_runtime()
-    return {"run_s": runs, "floor_us": floor_us}
+    return {"run_s": runs, "floor_us": floor_us, "floor_mean_us": floor_mean_us, "step_p50_us": step_p50_us}
 
 
 async def w_fanout(p: dict) -> dict:
