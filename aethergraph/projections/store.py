@@ -13,6 +13,7 @@ queries run on their own cursors while batches are written.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +24,17 @@ import duckdb
 
 from aethergraph.core.errors import ProjectionError, ProjectionLockedError
 
-from .fold import FOLDS, STAGE, STAGING_DDL, Decoded
+from .fold import BOUNDS, FOLDS, STAGE, STAGING_DDL, Decoded
 from .schema import MACROS, PROJECTIONS, STATE_DDL
 
 __all__ = ["DeadLetter", "ProjectionStore", "QueryResult"]
+
+# How many of the positional parameters ($1 cursor, $2 and $3 batch bounds) each fold statement takes.
+_ARITY: dict[str, int] = {
+    statement: max((int(n) for n in re.findall(r"\$(\d)", statement)), default=0)
+    for statements in FOLDS.values()
+    for statement in statements
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +146,13 @@ class ProjectionStore:
                 if fresh:
                     con.execute("DELETE FROM staging")
                     con.execute(STAGE, [[i.stream_seq for i in fresh], [i.raw for i in fresh]])
+                    low_run = _scalar(con, BOUNDS[0], []) or ""
+                    low_root = _scalar(con, BOUNDS[1], [low_run]) or ""
                     for name, statements in FOLDS.items():
                         if cursors[name] < highest:
+                            params = [cursors[name], low_run, low_root]
                             for statement in statements:
-                                con.execute(statement, [cursors[name]])
+                                con.execute(statement, params[: _ARITY[statement]])
                 fresh_dead = list({d.stream_seq: d for d in dead if d.stream_seq > floor}.values())
                 if fresh_dead:
                     con.execute(
@@ -204,3 +215,8 @@ class ProjectionStore:
             cursor.close()
         path.chmod(0o444)
         return path
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> Any:
+    row = con.execute(sql, params).fetchone()
+    return None if row is None else row[0]
