@@ -80,8 +80,7 @@ STAGE: Final = (
 # names (as a run, a parent run or a root run), then the lowest root run id of its runs, counting
 # the roots recorded for them by earlier batches ($1 here is the first bound).
 BOUNDS: Final = (
-    "SELECT min(least(e.run_id, coalesce(e.parent_run_id, e.run_id), coalesce(e.root_run_id, e.run_id))) "
-    "FROM staging",
+    "SELECT min(least(e.run_id, coalesce(e.parent_run_id, e.run_id), coalesce(e.root_run_id, e.run_id))) FROM staging",
     "SELECT least($1, min(root_run_id)) FROM lineage_roots "
     "WHERE run_id >= $1 AND run_id IN (SELECT e.run_id FROM staging)",
 )
