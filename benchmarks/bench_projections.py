@@ -17,13 +17,12 @@ from typing import Any
 
 import msgspec
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from aethergraph import Settings
 from aethergraph.bus.connection import BusConnection
-from aethergraph.bus.dispatch import delivery_position, dispatch_synchronously
+from aethergraph.bus.dispatch import ack_position, dispatch_raw, release_raw
 from aethergraph.bus.event_log import JetStreamEventLog, JetStreamRunWriter
 from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject
 from aethergraph.core.codec import digest, encode_event
@@ -41,8 +40,7 @@ from aethergraph.core.events import (
 )
 from aethergraph.core.ids import ROOT_NODE, child_run_id, new_run_id
 from aethergraph.engine.queries import serve_projections, store_path
-from aethergraph.projections.fold import Decoded
-from aethergraph.projections.projector import Projector, decode_message
+from aethergraph.projections.projector import Projector, decode_batch
 from aethergraph.projections.service import QueryRequest, remote_request, store_id_for
 from aethergraph.projections.store import ProjectionStore
 from aethergraph.runtime import Runtime
@@ -283,17 +281,16 @@ def _measure_store_only(ctx: BenchContext, scratch: Path) -> tuple[list[Figure],
     for index in range(repeats):
         ctx.say(f"repeat {index + 1}/{repeats}: decode {total:,} events, apply them in {BATCH:,}-event batches")
         started = time.perf_counter()
-        decoded = [[decode_message(seq, subject, data) for seq, subject, data in batch] for batch in batches]
+        decoded = [decode_batch(batch) for batch in batches]
         decode_s.append(time.perf_counter() - started)
-        items: list[list[Decoded]] = [[d for d in batch if isinstance(d, Decoded)] for batch in decoded]
-        if sum(map(len, items)) != total:
+        if sum(len(seqs) for seqs, _, _ in decoded) != total:
             raise RuntimeError("some generated events did not decode")
         path = scratch / f"store-only-{index}.duckdb"
         store = ProjectionStore.open(path)
         try:
             started = time.perf_counter()
-            for batch_items in items:
-                store.apply(batch_items)
+            for seqs, raws, _ in decoded:
+                store.apply_encoded(seqs, raws)
             apply_s.append(time.perf_counter() - started)
             if store.last_seq != total:
                 raise RuntimeError(f"store-only apply stopped at {store.last_seq}, not {total}")
@@ -307,7 +304,7 @@ def _measure_store_only(ctx: BenchContext, scratch: Path) -> tuple[list[Figure],
         value_figure(
             NAME,
             "store_apply",
-            f"store only: `ProjectionStore.apply` of pre-decoded {BATCH:,}-event batches, fresh on-disk store",
+            f"store only: `ProjectionStore.apply_encoded` of pre-decoded {BATCH:,}-event batches, fresh on-disk store",
             apply_rates,
             unit="events/s",
             per_repeat_n=total,
@@ -320,7 +317,7 @@ def _measure_store_only(ctx: BenchContext, scratch: Path) -> tuple[list[Figure],
         value_figure(
             NAME,
             "decode",
-            "`decode_message` (decode + subject check), the projector's step before `apply`",
+            "`decode_batch` (strict decode + subject check), the projector's step before `apply_encoded`",
             [total / elapsed for elapsed in decode_s],
             unit="events/s",
             per_repeat_n=total,
@@ -403,19 +400,19 @@ async def _fill(ctx: BenchContext, runtime: Runtime, total: int) -> Filled:
 async def raw_delivery(bus: BusConnection, target: int) -> float:
     """The projector's consumer (push, AckAll per batch, same window) drained with no decoding or store; seconds."""
     nc, js = bus.nc, bus.js
-    buffer: collections.deque[tuple[int, str]] = collections.deque()
+    buffer: collections.deque[bytes] = collections.deque()
     wake = asyncio.Event()
 
-    def on_message(msg: Msg) -> None:
-        if msg.reply:
-            buffer.append((delivery_position(msg)[0], msg.reply))
+    def on_message(_subject: bytes, reply: bytes, _data: bytes) -> None:
+        if reply:
+            buffer.append(reply)
             wake.set()
 
     consumer = "bench-raw-delivery"
     started = time.perf_counter()
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    dispatch_synchronously(sub, on_message)
+    dispatch_raw(nc, sub, on_message)
     await js.add_consumer(
         EVENTS_STREAM,
         ConsumerConfig(
@@ -438,12 +435,13 @@ async def raw_delivery(bus: BusConnection, target: int) -> float:
                 await wake.wait()
                 continue
             batch = [buffer.popleft() for _ in range(min(len(buffer), BATCH))]
-            last = batch[-1][0]
-            await nc.publish(batch[-1][1], b"+ACK")
+            last = ack_position(batch[-1])[0]
+            await nc.publish(batch[-1].decode(), b"+ACK")
 
     try:
         await asyncio.wait_for(drain(), timeout=600)
     finally:
+        release_raw(nc, sub)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
         with contextlib.suppress(NotFoundError, nats.errors.Error):
@@ -883,8 +881,9 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         "deep (`run.started` with parent run, parent node and root run); every nested run saves an artifact; "
         "every fourth tree waits for an answer and is resumed (`wait.requested`, `run.waiting`, `run.claimed`, "
         f"`wait.resumed`). Event mix: {mix}.",
-        f"Store-only rows: {store_events:,} encoded events decoded with the projector's `decode_message`, then "
-        f"applied with `ProjectionStore.apply` in {BATCH:,}-event batches (the projector's `batch_max`) into a "
+        f"Store-only rows: {store_events:,} encoded events decoded with the projector's `decode_batch`, then "
+        f"applied with `ProjectionStore.apply_encoded` in {BATCH:,}-event batches (the projector's `batch_max`) "
+        "into a "
         "fresh DuckDB file; no bus involved.",
         f"Ingest / rebuild: `Projector.catch_up` (a durable push consumer, window {WINDOW:,}, AckAll per batch, "
         "decode + fold + commit in a worker thread) from an empty store file to the stream's last sequence, "

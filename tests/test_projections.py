@@ -587,7 +587,16 @@ def test_a_batch_holding_a_redelivered_copy_of_a_message_never_counts_it_twice()
         try:
             projector = Projector(None, fresh, store_id="unit")  # type: ignore[arg-type]  # _apply needs no bus
             subject = "ag.evt.rd1.{}"
-            raw = [(i.stream_seq, subject.format(i.event.__struct_config__.tag), i.raw.encode(), "") for i in items]
+            # Deliveries as the client reads them: acknowledgement subject (it carries the stream sequence),
+            # subject, payload.
+            raw = [
+                (
+                    f"$JS.ACK.AG_EVENTS.unit.1.{i.stream_seq}.{i.stream_seq}.0.0".encode(),
+                    subject.format(i.event.__struct_config__.tag).encode(),
+                    i.raw.encode(),
+                )
+                for i in items
+            ]
             projector._apply(raw[:4])
             projector._apply(raw[4:] + raw[5:8])
             assert projector.stats.dead_letters == 0

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["SyncDispatchQueue", "delivery_position", "dispatch_synchronously", "publish_now"]
+__all__ = [
+    "RawHandler",
+    "SyncDispatchQueue",
+    "ack_position",
+    "delivery_position",
+    "dispatch_raw",
+    "dispatch_synchronously",
+    "publish_now",
+    "release_raw",
+]
+
+RawHandler = Callable[[bytes, bytes, bytes], None]
+"""Takes a message as the client read it: subject, reply subject (empty if none) and payload."""
 
 
 class SyncDispatchQueue(asyncio.Queue[Msg]):
@@ -37,6 +50,57 @@ class SyncDispatchQueue(asyncio.Queue[Msg]):
 def dispatch_synchronously(subscription: Subscription, handler: Callable[[Msg], None]) -> None:
     """Deliver ``subscription``'s messages straight to ``handler`` (see :class:`SyncDispatchQueue`)."""
     subscription._pending_queue = SyncDispatchQueue(handler, subscription)
+
+
+_RAW_HANDLERS = "_ag_raw_handlers"
+
+
+def dispatch_raw(nc: Client, subscription: Subscription, handler: RawHandler) -> None:
+    """Hand ``subscription``'s messages to ``handler`` as raw bytes, before the client builds a message.
+
+    For consumers that read nothing but the subject, the reply subject and the
+    payload at tens of thousands of messages a second: the client's header
+    parsing and message objects cost more than the consumer's own work. Flow
+    control, heartbeats and slow-consumer accounting are skipped, so use it
+    only for subscriptions that configure none of them. Undo with
+    :func:`release_raw`.
+    """
+    handlers: dict[int, RawHandler] | None = getattr(nc, _RAW_HANDLERS, None)
+    if handlers is None:
+        handlers = {}
+        original: Callable[..., Awaitable[None]] = nc._process_msg
+        stats: dict[str, Any] = nc.stats
+        table = handlers
+
+        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            raw = table.get(sid)
+            if raw is None:
+                await original(sid, subject, reply, data, headers)
+                return
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(data)
+            raw(subject, reply, data)
+
+        setattr(nc, "_process_msg", process_msg)  # noqa: B010 - replaces a method on this client only
+        setattr(nc, _RAW_HANDLERS, handlers)
+    handlers[subscription._id] = handler
+
+
+def release_raw(nc: Client, subscription: Subscription) -> None:
+    """Stop handing ``subscription``'s messages to its raw handler."""
+    handlers: dict[int, RawHandler] | None = getattr(nc, _RAW_HANDLERS, None)
+    if handlers is not None:
+        handlers.pop(subscription._id, None)
+
+
+def ack_position(reply: bytes) -> tuple[int, int]:
+    """``(stream sequence, pending)`` from a JetStream acknowledgement subject (see :func:`delivery_position`)."""
+    tokens = reply.split(b".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[8])
+    if len(tokens) >= 11:
+        return int(tokens[7]), int(tokens[10])
+    raise ValueError(f"not a JetStream acknowledgement subject: {reply!r}")
 
 
 def delivery_position(msg: Msg) -> tuple[int, int]:

@@ -15,6 +15,13 @@ equals a rebuild.
 
 Every statement takes ``$1``: the projection's cursor; staged rows at or
 below it are skipped (that is how one projection is rebuilt behind others).
+Statements that look rows up in a table that grows with the stream also take
+``$2`` (:data:`LOW_RUN`: no staged row names a run id below it) and ``$3``
+(:data:`LOW_ROOT`: no row the batch touches in the lineage tables has a root
+run id below it). They only narrow the scan of the stored table: run ids
+begin with their creation time, so DuckDB skips the row groups of older
+runs by their min/max statistics; with run ids in any other order the
+bounds are just as correct, only less selective.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import msgspec
 
 from aethergraph.core.events import AnyEvent
 
-__all__ = ["FOLDS", "MIN_LINEAGE_VALUE_BYTES", "STAGE", "STAGING_DDL", "Decoded", "Rule"]
+__all__ = ["BOUNDS", "FOLDS", "MIN_LINEAGE_VALUE_BYTES", "STAGE", "STAGING_DDL", "Decoded", "Rule"]
 
 Rule = Literal["key", "last", "first", "add", "max"]
 
@@ -70,6 +77,15 @@ STAGE: Final = (
     f"INSERT INTO staging SELECT s, r, json_transform(r, '{_STRUCTURE}') FROM (SELECT unnest($1) AS s, unnest($2) AS r)"
 )
 
+# The bounds of a staged batch, $2 and $3 of the fold statements: the lowest run id the batch
+# names (as a run, a parent run or a root run), then the lowest root run id of its runs, counting
+# the roots recorded for them by earlier batches ($1 here is the first bound).
+BOUNDS: Final = (
+    "SELECT min(least(e.run_id, coalesce(e.parent_run_id, e.run_id), coalesce(e.root_run_id, e.run_id))) FROM staging",
+    "SELECT least($1, min(root_run_id)) FROM lineage_roots "
+    "WHERE run_id >= $1 AND run_id IN (SELECT e.run_id FROM staging)",
+)
+
 _MERGE: Final[dict[Rule, str]] = {
     "key": "",
     "last": "coalesce(excluded.{c}, {t}.{c})",
@@ -79,15 +95,18 @@ _MERGE: Final[dict[Rule, str]] = {
 }
 
 
-def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str) -> str:
+def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str, *, low: tuple[str, str]) -> str:
     """``MERGE INTO table USING (SELECT <exprs> <source>)``: merge rows that exist, insert the others.
 
     The tables have no primary-key index (maintaining and checkpointing one
     costs more than the merge): each statement produces one row per key.
+    ``low`` (a key column, the parameter bounding it from below) limits the
+    scan of the stored table to the row groups that can hold the batch's keys.
     """
     names = [name for name, _, _ in columns]
     exprs = ",\n    ".join(f"{expr} AS {name}" for name, _, expr in columns)
     keys = " AND ".join(f"t.{name} = x.{name}" for name, rule, _ in columns if rule == "key")
+    keys += f" AND t.{low[0]} >= {low[1]}"
     updates = ", ".join(
         f"{name} = " + _MERGE[rule].format(t="t", c=name).replace("excluded.", "x.")
         for name, rule, _ in columns
@@ -100,9 +119,9 @@ def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str) -> str
     )
 
 
-def _insert_missing(table: str, keys: tuple[str, ...], select: str) -> str:
+def _insert_missing(table: str, keys: tuple[str, ...], select: str, *, low: tuple[str, str]) -> str:
     """Insert the rows of ``select`` whose key is not in ``table`` yet (``select`` names every column)."""
-    on = " AND ".join(f"t.{key} = x.{key}" for key in keys)
+    on = " AND ".join(f"t.{key} = x.{key}" for key in keys) + f" AND t.{low[0]} >= {low[1]}"
     return f"MERGE INTO {table} AS t USING ({select}) AS x ON {on}\nWHEN NOT MATCHED THEN INSERT BY NAME"
 
 
@@ -164,6 +183,7 @@ _RUNS = _merge(
         ("claims", "add", "count(*) FILTER (WHERE e.type = 'run.claimed')"),
     ],
     f"FROM (SELECT stream_seq AS s, e, {_RUN_STATUS} AS st FROM staging WHERE stream_seq > $1) GROUP BY e.run_id",
+    low=("run_id", "$2"),
 )  # fmt: skip
 
 _NODE_TYPES: Final = (
@@ -204,6 +224,7 @@ _NODES = _merge(
     FROM staging WHERE stream_seq > $1 AND e.type = 'run.started'
           AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
 ) GROUP BY run_id, node_id""",
+    low=("run_id", "$2"),
 )  # fmt: skip
 
 
@@ -230,6 +251,7 @@ def _calls(table: str, opened: str, closed: tuple[str, str], extra: list[tuple[s
         f"FROM (SELECT stream_seq AS s, e FROM staging WHERE stream_seq > $1 AND "
         f"(e.type = '{opened}' OR (e.type IN ('{returned}', '{failed}') AND e.parent IS NOT NULL)))\n"
         f"GROUP BY e.run_id, CASE WHEN e.type = '{opened}' THEN e.seq ELSE e.parent END",
+        low=("run_id", "$2"),
     )  # fmt: skip
 
 
@@ -279,6 +301,7 @@ _WAITS = _merge(
     ],
     "FROM (SELECT stream_seq AS s, e FROM staging WHERE stream_seq > $1 AND "
     "e.type IN ('wait.requested', 'wait.resumed', 'wait.expired')) GROUP BY e.run_id, e.wait_id",
+    low=("run_id", "$2"),
 )  # fmt: skip
 
 _ARTIFACTS = (
@@ -317,8 +340,9 @@ WITH x AS (
 )
 SELECT x.src, x.dst, x.kind, arg_min(coalesce(r.root_run_id, x.run_id), x.s) AS root_run_id,
        arg_min(x.run_id, x.s) AS run_id, min(x.s) AS stream_seq
-FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id
+FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id AND r.run_id >= $2
 GROUP BY x.src, x.dst, x.kind""",
+    low=("root_run_id", "$3"),
 )
 
 # A value worth matching: not null/boolean, and at least MIN_LINEAGE_VALUE_BYTES when encoded.
@@ -349,9 +373,10 @@ WITH produced AS (
         FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
 )
 SELECT md5(v::VARCHAR) AS digest, coalesce(r.root_run_id, x.run_id) AS root_run_id, x.entity, min(x.s) AS stream_seq
-FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id
+FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id AND r.run_id >= $2
 WHERE {_MATCHABLE}
 GROUP BY 1, 2, 3""",
+    low=("root_run_id", "$3"),
 )
 
 _DATA_EDGES = _insert_missing(
@@ -369,14 +394,16 @@ WITH called AS (
         WHERE e.type = 'service.called'
 ), consumed AS (
     SELECT md5(v::VARCHAR) AS digest, coalesce(r.root_run_id, x.run_id) AS root, x.entity, x.run_id, x.s
-    FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id
+    FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id AND r.run_id >= $2
     WHERE {_MATCHABLE}
 )
 SELECT v.entity AS src, c.entity AS dst, 'data' AS kind, c.root AS root_run_id, arg_min(c.run_id, c.s) AS run_id,
        min(c.s) AS stream_seq
 FROM consumed c JOIN lineage_values v
   ON v.digest = c.digest AND v.root_run_id = c.root AND v.stream_seq < c.s AND v.entity <> c.entity
+     AND v.root_run_id >= $3
 GROUP BY v.entity, c.entity, c.root""",
+    low=("root_run_id", "$3"),
 )
 
 # Projection name -> its statements, in order (lineage: roots, then edges and values, then data edges).

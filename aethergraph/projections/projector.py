@@ -3,11 +3,13 @@
 It reads through a durable push consumer (``ag-proj-<store_id>``) created at
 the store's own cursor: the store, not the server, is the source of truth for
 where to resume, because the cursor commits in the same DuckDB transaction as
-the rows. Deliveries land in a buffer without a task per message; each batch
-is decoded, folded and committed in a worker thread, then acknowledged with
-one AckAll acknowledgement, so the server keeps at most ``window`` messages in
-flight and never redelivers what was committed (if it does, the store skips
-it by sequence).
+the rows. Deliveries land in a buffer as the client reads them (raw subject,
+acknowledgement subject and payload: no message object, no header parsing,
+no task per message); each batch is decoded, folded and committed in a
+worker thread, then acknowledged with one AckAll acknowledgement, so the
+server keeps at most ``window`` messages in flight and never redelivers what
+was committed (if it does, the store skips it by sequence). The stream
+sequence of each delivery is read from its acknowledgement subject.
 
 A message that does not decode, or whose body disagrees with its subject, or
 that a projection cannot fold, goes to ``dead_letters`` with the raw bytes and
@@ -19,26 +21,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import duckdb
 import msgspec
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from aethergraph.bus.connection import BusConnection
-from aethergraph.bus.dispatch import delivery_position, dispatch_synchronously
+from aethergraph.bus.dispatch import ack_position, dispatch_raw, release_raw
 from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject, projector_consumer
 from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import ProjectionError
+from aethergraph.core.events import EVENT_TYPES
 
 from .fold import Decoded
 from .store import DeadLetter, ProjectionStore
 
-__all__ = ["ProgressCallback", "Projector", "ProjectorStats", "decode_message"]
+__all__ = ["ProgressCallback", "Projector", "ProjectorStats", "decode_batch", "decode_message"]
 
 ProgressCallback = Callable[[int, int], None]
 """Called after each batch with (stream sequence reached, target sequence or 0 when following)."""
@@ -66,6 +68,43 @@ def decode_message(stream_seq: int, subject: str, data: bytes) -> Decoded | Dead
     return Decoded(stream_seq, event, raw)
 
 
+_TAGS = {cls: tag for tag, cls in EVENT_TYPES.items()}
+
+
+def decode_batch(messages: Iterable[tuple[int, str, bytes]]) -> tuple[list[int], list[str], list[DeadLetter]]:
+    """:func:`decode_message` of many messages: the stream sequences and JSON texts of those that decode, and
+    the dead letters of the others.
+
+    The same strict decoding and subject check, without an object per event:
+    the fold needs only the JSON text once the event is known to be valid.
+    """
+    seqs: list[int] = []
+    raws: list[str] = []
+    dead: list[DeadLetter] = []
+    decode, tags = decode_event, _TAGS
+    for stream_seq, subject, data in messages:
+        try:
+            event = decode(data)
+            raw = data.decode()
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            letter = decode_message(stream_seq, subject, data)
+            assert isinstance(letter, DeadLetter)
+            dead.append(letter)
+            continue
+        if subject != event_subject(event.run_id, tags[type(event)]):
+            letter = decode_message(stream_seq, subject, data)
+            assert isinstance(letter, DeadLetter)
+            dead.append(letter)
+            continue
+        seqs.append(stream_seq)
+        raws.append(raw)
+    return seqs, raws, dead
+
+
+Delivery = tuple[bytes, bytes, bytes]
+"""A delivery as the client read it: acknowledgement subject, subject, payload."""
+
+
 class Projector:
     """Keeps ``store`` up to date with the ``AG_EVENTS`` stream."""
 
@@ -75,8 +114,8 @@ class Projector:
         store: ProjectionStore,
         *,
         store_id: str,
-        batch_max: int = 16384,
-        window: int = 65536,
+        batch_max: int = 65536,
+        window: int = 131072,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -110,22 +149,25 @@ class Projector:
         self, *, until: int | None, stop: asyncio.Event | None, on_progress: ProgressCallback | None
     ) -> None:
         nc, js = self._bus.nc, self._bus.js
-        buffer: collections.deque[tuple[int, str, bytes, str]] = collections.deque()
+        buffer: collections.deque[Delivery] = collections.deque()
         wake = asyncio.Event()
-        # Messages the consumer has yet to deliver after the latest one received; None until one arrives.
-        pending: list[int | None] = [None]
+        # The acknowledgement subject of the latest delivery (it tells how many are still to come).
+        latest: list[bytes] = [b""]
 
-        def on_message(msg: Msg) -> None:
-            if not msg.reply:
+        def on_message(subject: bytes, reply: bytes, data: bytes) -> None:
+            if not reply:
                 return  # a status message (no heartbeats or flow control are configured)
-            stream_seq, left = delivery_position(msg)
-            buffer.append((stream_seq, msg.subject, msg.data, msg.reply))
-            pending[0] = left
+            buffer.append((reply, subject, data))
+            latest[0] = reply
             wake.set()
+
+        def pending() -> int | None:
+            """Messages the consumer has yet to deliver after the latest one received; None until one arrives."""
+            return ack_position(latest[0])[1] if latest[0] else None
 
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        dispatch_synchronously(sub, on_message)
+        dispatch_raw(nc, sub, on_message)
         start = self._store.last_seq + 1
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(EVENTS_STREAM, self._consumer)
@@ -152,7 +194,7 @@ class Projector:
                     # What lies between the cursor and the target was deleted: nothing will be delivered.
                     await asyncio.to_thread(self._store.apply, [], through=until)
             while until is None or self._store.last_seq < until:
-                if not buffer and until is not None and pending[0] == 0:
+                if not buffer and until is not None and pending() == 0:
                     # Caught up; sequences after the last delivered message were deleted from the stream.
                     await asyncio.to_thread(self._store.apply, [], through=until)
                     break
@@ -170,12 +212,13 @@ class Projector:
                 take = min(len(buffer), self._batch_max)
                 batch = [buffer.popleft() for _ in range(take)]
                 await asyncio.to_thread(self._apply, batch)
-                await nc.publish(batch[-1][3], b"+ACK")
+                await nc.publish(batch[-1][0].decode(), b"+ACK")
                 if on_progress is not None:
                     on_progress(self._store.last_seq, until or 0)
         finally:
             if stop_wait is not None:
                 stop_wait.cancel()
+            release_raw(nc, sub)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
             if until is not None:
@@ -183,16 +226,16 @@ class Projector:
                 with contextlib.suppress(NotFoundError, nats.errors.Error):
                     await js.delete_consumer(EVENTS_STREAM, self._consumer)
 
-    def _apply(self, batch: Sequence[tuple[int, str, bytes, str]]) -> None:
-        decoded = [decode_message(stream_seq, subject, data) for stream_seq, subject, data, _ in batch]
-        items = [d for d in decoded if isinstance(d, Decoded)]
-        dead = [d for d in decoded if isinstance(d, DeadLetter)]
+    def _apply(self, batch: Sequence[Delivery]) -> None:
+        messages = [(ack_position(reply)[0], subject.decode(), data) for reply, subject, data in batch]
+        seqs, raws, dead = decode_batch(messages)
+        through = max(seq for seq, _, _ in messages)
         try:
-            self._store.apply(items, dead, through=max(seq for seq, _, _, _ in batch))
+            self._store.apply_encoded(seqs, raws, dead, through=through)
         except (duckdb.Error, ProjectionError):
             # Isolate what a projection could not fold, one message at a time, in stream order.
             dead = []
-            for one in decoded:
+            for one in (decode_message(*message) for message in messages):
                 if isinstance(one, DeadLetter):
                     dead.append(one)
                     self._store.apply([], [one], through=one.stream_seq)

@@ -13,6 +13,7 @@ queries run on their own cursors while batches are written.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +24,17 @@ import duckdb
 
 from aethergraph.core.errors import ProjectionError, ProjectionLockedError
 
-from .fold import FOLDS, STAGE, STAGING_DDL, Decoded
+from .fold import BOUNDS, FOLDS, STAGE, STAGING_DDL, Decoded
 from .schema import MACROS, PROJECTIONS, STATE_DDL
 
 __all__ = ["DeadLetter", "ProjectionStore", "QueryResult"]
+
+# How many of the positional parameters ($1 cursor, $2 and $3 batch bounds) each fold statement takes.
+_ARITY: dict[str, int] = {
+    statement: max((int(n) for n in re.findall(r"\$(\d)", statement)), default=0)
+    for statements in FOLDS.values()
+    for statement in statements
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,25 +131,41 @@ class ProjectionStore:
         the highest sequence in it); every projection's cursor moves to it in
         the same transaction as the rows.
         """
-        highest = max([through or 0, *(item.stream_seq for item in items), *(d.stream_seq for d in dead)])
+        self.apply_encoded([i.stream_seq for i in items], [i.raw for i in items], dead, through=through)
+
+    def apply_encoded(
+        self,
+        seqs: Sequence[int],
+        raws: Sequence[str],
+        dead: Sequence[DeadLetter] = (),
+        *,
+        through: int | None = None,
+    ) -> None:
+        """:meth:`apply` for events already validated, given as stream sequences and JSON texts."""
+        highest = max(through or 0, max(seqs, default=0), max((d.stream_seq for d in dead), default=0))
         with self._write_lock:
             cursors = self.cursors
             floor = min(cursors.values())
             if highest <= floor:
                 return
-            # One item per stream sequence, in order: a redelivered copy can share a batch with the first.
-            unique = {item.stream_seq: item for item in items if item.stream_seq > floor}
-            fresh = [unique[seq] for seq in sorted(unique)]
+            if not _increasing_above(seqs, floor):
+                # One item per stream sequence, in order: a redelivered copy can share a batch with the first.
+                unique = {seq: raw for seq, raw in zip(seqs, raws, strict=True) if seq > floor}
+                seqs = sorted(unique)
+                raws = [unique[seq] for seq in seqs]
             con = self._con
             con.execute("BEGIN")
             try:
-                if fresh:
+                if seqs:
                     con.execute("DELETE FROM staging")
-                    con.execute(STAGE, [[i.stream_seq for i in fresh], [i.raw for i in fresh]])
+                    con.execute(STAGE, [seqs, raws])
+                    low_run = _scalar(con, BOUNDS[0], []) or ""
+                    low_root = _scalar(con, BOUNDS[1], [low_run]) or ""
                     for name, statements in FOLDS.items():
                         if cursors[name] < highest:
+                            params = [cursors[name], low_run, low_root]
                             for statement in statements:
-                                con.execute(statement, [cursors[name]])
+                                con.execute(statement, params[: _ARITY[statement]])
                 fresh_dead = list({d.stream_seq: d for d in dead if d.stream_seq > floor}.values())
                 if fresh_dead:
                     con.execute(
@@ -204,3 +228,18 @@ class ProjectionStore:
             cursor.close()
         path.chmod(0o444)
         return path
+
+
+def _increasing_above(seqs: Sequence[int], floor: int) -> bool:
+    """Whether ``seqs`` are all above ``floor`` and strictly increasing (the usual batch: nothing to sort out)."""
+    previous = floor
+    for seq in seqs:
+        if seq <= previous:
+            return False
+        previous = seq
+    return True
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> Any:
+    row = con.execute(sql, params).fetchone()
+    return None if row is None else row[0]
