@@ -70,6 +70,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for name in workloads:
         title, _ = WORKLOADS[name]
         print(f"\n== {name} {title} ==", flush=True)
+        workload_load, workload_cpu = load_average(), system_cpu()
         samples: dict[str, list[dict[str, Any]]] = {peer.key: [] for peer in peers}
         extras: dict[str, dict[str, Any]] = {peer.key: {} for peer in peers}
         errors: dict[str, str] = {}
@@ -91,7 +92,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 results["settings"].setdefault(peer.key, out["settings"])
                 if out.get("other_note"):
                     extras[peer.key]["other_note"] = out["other_note"]
-        workload: dict[str, Any] = {"title": title, "peers": {}}
+        workload: dict[str, Any] = {
+            "title": title,
+            "peers": {},
+            "measured_at": utc_now(),
+            "load_avg": [workload_load, load_average()],
+            "cpu": busy_between(workload_cpu, system_cpu()),
+        }
         for peer in peers:
             if peer.key in errors:
                 workload["peers"][peer.key] = {"error": errors[peer.key]}

@@ -28,6 +28,7 @@ from langgraph.func import entrypoint, task
 from langgraph.types import Command, interrupt
 
 DURABILITY = "sync"
+CHECKPOINTERS = "SqliteSaver (W1, W2, W5), AsyncSqliteSaver (W3, W4)"
 START_BATCH = 250
 
 
@@ -54,6 +55,7 @@ def sqlite_settings(conn: sqlite3.Connection) -> dict[str, Any]:
         "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
         "synchronous": modes.get(sync, str(sync)),
         "sqlite": sqlite3.sqlite_version,
+        "checkpointer": CHECKPOINTERS,
     }
 
 
@@ -180,7 +182,7 @@ async def async_settings(saver: AsyncSqliteSaver) -> dict[str, Any]:
         "journal_mode": journal,
         "synchronous": modes.get(sync, str(sync)),
         "sqlite": sqlite3.sqlite_version,
-        "checkpointer": "AsyncSqliteSaver",
+        "checkpointer": CHECKPOINTERS,
     }
 
 
