@@ -372,6 +372,29 @@ async def test_kill_9_of_the_driver_then_a_running_worker_takes_over(
     assert worker.stop() == 0, worker.output()
 
 
+async def test_a_process_restarted_under_the_same_worker_id_continues_the_runs_it_was_driving(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    """A stable worker id (a StatefulSet's ``worker-0``): the restarted process takes its own runs back."""
+    log = tmp_path / "count.log"
+    run_id = new_run_id("same")
+    fixed_id = f"dp-fixed-{os.urandom(3).hex()}"
+    driver = hosts.driver(
+        "a", "dp_chain", {"n": 3, "log": str(log), "hold": "after-s1"}, run_id, AETHERGRAPH_WORKER_ID=fixed_id
+    )
+    assert wait_for_hold(log, "after-s1") == driver.pid
+    driver.kill9()
+    worker = hosts.worker("a2", AETHERGRAPH_WORKER_ID=fixed_id)
+
+    assert await outcome_of(run_id) == {"v": 3}
+    runs = executions(log)
+    assert [len(runs[label]) for label in ["s1", "s2", "s3"]] == [1, 1, 1]
+    assert runs["s1"][0][1] == driver.pid and runs["s3"][0][1] == worker.pid
+    _, chain = await journal_of(runtime, run_id)
+    assert [(c.reason, c.worker) for c in chain if isinstance(c, ev.RunClaimed)] == [("takeover", fixed_id)]
+    assert worker.stop() == 0, worker.output()
+
+
 # --- 3. kill -9 of a worker driving a resumed run, a second worker takes over ------------------
 
 

@@ -177,13 +177,22 @@ class Worker:
 
     async def _adopt_orphans(self) -> None:
         live = await self._leases.live_workers()
-        orphans = [owned for owned in await self._leases.owned_runs() if owned.worker_id not in live]
+        # A process restarted under the same worker id (a StatefulSet's ``worker-0``) finds its own
+        # records: the runs they name are orphans unless this process drives them.
+        orphans = [
+            owned
+            for owned in await self._leases.owned_runs()
+            if owned.worker_id not in live or self._is_own_orphan(owned)
+        ]
         if orphans:
             await self._adopt(orphans)
 
+    def _is_own_orphan(self, owned: OwnedRun) -> bool:
+        return owned.worker_id == self.worker_id and owned.run_id not in self._driver.tasks
+
     async def _adopt(self, orphans: list[OwnedRun]) -> None:
         for owned in orphans:
-            if owned.worker_id == self.worker_id:
+            if owned.worker_id == self.worker_id and not self._is_own_orphan(owned):
                 continue
             try:
                 await self._take_over(owned)
@@ -218,6 +227,7 @@ class Worker:
         except StaleWriterError:
             await self._leases.release(owned.run_id)
             return  # another worker took it first
-        await self._leases.release(owned.run_id, worker_id=owned.worker_id)
+        if owned.worker_id != self.worker_id:  # the record now names this process: keep it
+            await self._leases.release(owned.run_id, worker_id=owned.worker_id)
         log.info("took over run %s from %s at event %d", owned.run_id, owned.worker_id, state.last_seq)
         self._driver.drive(owned.run_id, lambda: drive_run(spec, started.inputs, scope, started.seq))
