@@ -298,6 +298,61 @@ async def test_restarted_catch_up_reads_only_new_events_and_equals_a_rebuild(bus
     assert consumer not in await bus.consumers()
 
 
+async def test_a_catch_up_in_many_small_batches_folds_every_message_once(bus: Bus) -> None:
+    """Deliveries keep arriving while a batch is folded and acknowledged; none may be skipped or folded twice."""
+    futures: list[asyncio.Future[int]] = []
+    for r in range(200):
+        run_id = f"many{r:03d}"
+        writer = bus.rt.event_log.writer(run_id)
+        common: dict[str, Any] = {"run_id": run_id, "ts": 1_700_000_000_000_000 + r, "worker": "w-1"}
+        events: list[ev.Event] = [ev.RunStarted(seq=1, graph_id="many", inputs={"r": r}, **common)]
+        for step in range(4):
+            node = f"step_{step + 1}"
+            called = len(events) + 1
+            args = {"data": f"value {r}/{step}"}
+            events.append(
+                ev.ToolCalled(
+                    seq=called, parent=called - 1, node_id=node, tool="t", args=args, args_digest="d", **common
+                )
+            )
+            events.append(
+                ev.ToolReturned(
+                    seq=called + 1,
+                    parent=called,
+                    node_id=node,
+                    tool="t",
+                    outputs={"data": f"value {r}/{step + 1}"},
+                    **common,
+                )
+            )
+        events.append(
+            ev.RunCompleted(seq=len(events) + 1, parent=len(events), outputs={"data": f"value {r}/4"}, **common)
+        )
+        futures += [writer.append(event) for event in events]
+    await asyncio.gather(*futures)
+    target = await bus.last_seq()
+
+    class SlowProjector(Projector):
+        """Folds slowly, so that deliveries arrive while a batch is folded and acknowledged."""
+
+        def _fold(self, decoded: Any) -> None:
+            time.sleep(0.01)
+            super()._fold(decoded)
+
+    store = await asyncio.to_thread(ProjectionStore.open, ":memory:")
+    reference = await catch_up_fresh(bus)
+    try:
+        # A window just above the batch size: the server sends more only as batches are acknowledged.
+        projector = SlowProjector(bus.rt.bus, store, store_id="many-batches", batch_max=37, window=40)
+        assert await projector.catch_up() == target
+        assert rows(store, "SELECT count(*), count(DISTINCT stream_seq) FROM events") == [(target, target)]
+        assert store.last_seq == target
+        assert dump(store) == dump(reference)
+    finally:
+        store.close()
+        reference.close()
+
+
 # --- 5. dead letters --------------------------------------------------------------------------------
 
 

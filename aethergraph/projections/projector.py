@@ -23,6 +23,7 @@ import collections
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import msgspec
@@ -103,6 +104,17 @@ def decode_batch(messages: Iterable[tuple[int, str, bytes]]) -> tuple[list[int],
 
 Delivery = tuple[bytes, bytes, bytes]
 """A delivery as the client read it: acknowledgement subject, subject, payload."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A decoded batch: its messages (sequence, subject, payload), what decoded, and the highest sequence."""
+
+    messages: list[tuple[int, str, bytes]]
+    seqs: list[int]
+    raws: list[str]
+    dead: list[DeadLetter]
+    through: int
 
 
 class Projector:
@@ -187,18 +199,38 @@ class Projector:
             ),
         )
         stop_wait: asyncio.Task[bool] | None = asyncio.ensure_future(stop.wait()) if stop else None
+        # The batch being folded in the worker thread while the next one is decoded, with the
+        # acknowledgement subject of its last message; at most one at a time.
+        folding: tuple[asyncio.Future[None], bytes] | None = None
+        taken = 0  # the highest stream sequence taken from the buffer
+
+        async def settle() -> None:
+            """Wait for the batch being folded, then acknowledge it (AckAll) and report progress."""
+            nonlocal folding
+            if folding is None:
+                return
+            future, reply = folding
+            folding = None
+            await future
+            await nc.publish(reply.decode(), b"+ACK")
+            if on_progress is not None:
+                on_progress(self._store.last_seq, until or 0)
+
         try:
             if until is not None:
                 info = await js.consumer_info(EVENTS_STREAM, self._consumer)
                 if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
                     # What lies between the cursor and the target was deleted: nothing will be delivered.
                     await asyncio.to_thread(self._store.apply, [], through=until)
-            while until is None or self._store.last_seq < until:
-                if not buffer and until is not None and pending() == 0:
-                    # Caught up; sequences after the last delivered message were deleted from the stream.
-                    await asyncio.to_thread(self._store.apply, [], through=until)
-                    break
+            while until is None or max(self._store.last_seq, taken) < until:
                 if not buffer:
+                    await settle()
+                    if buffer:
+                        continue  # more arrived while the last batch was settling
+                    if until is not None and pending() == 0:
+                        # Caught up; sequences after the last delivered message were deleted from the stream.
+                        await asyncio.to_thread(self._store.apply, [], through=until)
+                        break
                     wake.clear()
                     if stop_wait is None:
                         await wake.wait()
@@ -209,13 +241,27 @@ class Projector:
                         if stop_wait.done():
                             break
                     continue
+                if folding is not None and not folding[0].done() and len(buffer) < self._batch_max and pending():
+                    # More is on its way: let the batch fill up while the previous one folds.
+                    wake.clear()
+                    arrived: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+                    folded: asyncio.Future[Any] = folding[0]
+                    await asyncio.wait({arrived, folded}, return_when=asyncio.FIRST_COMPLETED)
+                    arrived.cancel()
+                    continue
                 take = min(len(buffer), self._batch_max)
                 batch = [buffer.popleft() for _ in range(take)]
-                await asyncio.to_thread(self._apply, batch)
-                await nc.publish(batch[-1][0].decode(), b"+ACK")
-                if on_progress is not None:
-                    on_progress(self._store.last_seq, until or 0)
+                # Decoding (Python) overlaps the previous batch's fold (DuckDB, which releases the GIL).
+                decoded = await asyncio.to_thread(self._decode, batch)
+                taken = max(taken, decoded.through)
+                await settle()
+                folding = (asyncio.ensure_future(asyncio.to_thread(self._fold, decoded)), batch[-1][0])
+            await settle()
         finally:
+            if folding is not None:
+                # Leaving on an error or a cancellation: the store must not be closed under the fold.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(folding[0])
             if stop_wait is not None:
                 stop_wait.cancel()
             release_raw(nc, sub)
@@ -227,9 +273,23 @@ class Projector:
                     await js.delete_consumer(EVENTS_STREAM, self._consumer)
 
     def _apply(self, batch: Sequence[Delivery]) -> None:
+        """Decode and fold one batch of deliveries (in one thread; the consumer overlaps the two steps)."""
+        self._fold(self._decode(batch))
+
+    @staticmethod
+    def _decode(batch: Sequence[Delivery]) -> _Batch:
         messages = [(ack_position(reply)[0], subject.decode(), data) for reply, subject, data in batch]
         seqs, raws, dead = decode_batch(messages)
-        through = max(seq for seq, _, _ in messages)
+        return _Batch(messages, seqs, raws, dead, max(seq for seq, _, _ in messages))
+
+    def _fold(self, decoded: _Batch) -> None:
+        messages, seqs, raws, dead, through = (
+            decoded.messages,
+            decoded.seqs,
+            decoded.raws,
+            decoded.dead,
+            decoded.through,
+        )
         try:
             self._store.apply_encoded(seqs, raws, dead, through=through)
         except (duckdb.Error, ProjectionError):
@@ -253,5 +313,5 @@ class Projector:
                     dead.append(letter)
                     self._store.apply([], [letter], through=one.stream_seq)
         self.stats.batches += 1
-        self.stats.messages += len(batch)
+        self.stats.messages += len(messages)
         self.stats.dead_letters += len(dead)
