@@ -139,3 +139,20 @@ def run_python(script: str | Path, *args: str, env: dict[str, str] | None = None
     )
     assert done.returncode == 0, f"subprocess failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# A script for process A of a wait scenario (run with run_python): start the run, return once it waits, and exit.
+START_AND_LEAVE = """
+import asyncio, json, sys
+import aethergraph
+
+async def main():
+    try:
+        handle = await aethergraph.start_run(sys.argv[1], json.loads(sys.argv[2]), run_id=sys.argv[3])
+        async with asyncio.timeout(60):
+            return await handle.wait_for_status("waiting", "succeeded", "failed")
+    finally:
+        await aethergraph.close_runtime()
+
+print(json.dumps(asyncio.run(main())))
+"""

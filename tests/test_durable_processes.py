@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 from helpers import (
+    START_AND_LEAVE,
     NatsServer,
     eventually,
     port_accepts,
@@ -48,23 +49,6 @@ T = TypeVar("T")
 
 GRAPHS = Path(__file__).resolve().parent / "procs" / "dp_graphs.py"
 SAFETY_S = 60  # an upper bound for anything to happen, never a measurement
-
-# Process A of a wait scenario: start the run, return once it waits, and exit.
-START_AND_LEAVE = """
-import asyncio, json, sys
-import aethergraph
-
-async def main():
-    try:
-        handle = await aethergraph.start_run(sys.argv[1], json.loads(sys.argv[2]), run_id=sys.argv[3])
-        async with asyncio.timeout(60):
-            return await handle.wait_for_status("waiting", "succeeded", "failed")
-    finally:
-        await aethergraph.close_runtime()
-
-print(json.dumps(asyncio.run(main())))
-"""
-
 
 # --- processes ------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_python, subprocess_env, wait_until
+from helpers import START_AND_LEAVE, run_python, subprocess_env, wait_until
 
 import aethergraph
 from aethergraph.runtime import Runtime
@@ -25,21 +25,6 @@ pytestmark = pytest.mark.slow
 
 GRAPHS = Path(__file__).resolve().parent / "procs" / "svc_graphs.py"
 SAFETY_S = 60  # an upper bound for anything to happen, never a measurement
-
-START_AND_LEAVE = """
-import asyncio, json, sys
-import aethergraph
-
-async def main():
-    try:
-        handle = await aethergraph.start_run(sys.argv[1], json.loads(sys.argv[2]), run_id=sys.argv[3])
-        async with asyncio.timeout(60):
-            return await handle.wait_for_status("waiting", "succeeded", "failed")
-    finally:
-        await aethergraph.close_runtime()
-
-print(json.dumps(asyncio.run(main())))
-"""
 
 RUN_TO_END = """
 import asyncio, json, sys
