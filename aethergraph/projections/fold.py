@@ -95,7 +95,7 @@ _MERGE: Final[dict[Rule, str]] = {
 }
 
 
-def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str, *, low: tuple[str, str]) -> str:
+def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str, *, low: tuple[str, str] | None = None) -> str:
     """``MERGE INTO table USING (SELECT <exprs> <source>)``: merge rows that exist, insert the others.
 
     The tables have no primary-key index (maintaining and checkpointing one
@@ -106,7 +106,8 @@ def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str, *, low
     names = [name for name, _, _ in columns]
     exprs = ",\n    ".join(f"{expr} AS {name}" for name, _, expr in columns)
     keys = " AND ".join(f"t.{name} = x.{name}" for name, rule, _ in columns if rule == "key")
-    keys += f" AND t.{low[0]} >= {low[1]}"
+    if low is not None:
+        keys += f" AND t.{low[0]} >= {low[1]}"
     updates = ", ".join(
         f"{name} = " + _MERGE[rule].format(t="t", c=name).replace("excluded.", "x.")
         for name, rule, _ in columns
@@ -119,9 +120,11 @@ def _merge(table: str, columns: list[tuple[str, Rule, str]], source: str, *, low
     )
 
 
-def _insert_missing(table: str, keys: tuple[str, ...], select: str, *, low: tuple[str, str]) -> str:
+def _insert_missing(table: str, keys: tuple[str, ...], select: str, *, low: tuple[str, str] | None = None) -> str:
     """Insert the rows of ``select`` whose key is not in ``table`` yet (``select`` names every column)."""
-    on = " AND ".join(f"t.{key} = x.{key}" for key in keys) + f" AND t.{low[0]} >= {low[1]}"
+    on = " AND ".join(f"t.{key} = x.{key}" for key in keys)
+    if low is not None:
+        on += f" AND t.{low[0]} >= {low[1]}"
     return f"MERGE INTO {table} AS t USING ({select}) AS x ON {on}\nWHEN NOT MATCHED THEN INSERT BY NAME"
 
 
