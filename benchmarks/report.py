@@ -130,7 +130,7 @@ HEADLINES = (
         benchmark="projections",
         key="store_apply",
         sync_interval=None,
-        what="projection store only (`ProjectionStore.apply`)",
+        what="projection store only (`ProjectionStore.apply_encoded`)",
     ),
     Headline(
         benchmark="projections",
