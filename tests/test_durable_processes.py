@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
+import process_hosts
 import pytest
 from helpers import (
     START_AND_LEAVE,
@@ -32,9 +30,9 @@ from helpers import (
     read_events,
     run_python,
     start_nats_server,
-    subprocess_env,
     wait_until,
 )
+from process_hosts import lines, wait_ready
 
 import aethergraph
 from aethergraph.bus.embedded import find_nats_server_binary
@@ -53,85 +51,11 @@ SAFETY_S = 60  # an upper bound for anything to happen, never a measurement
 # --- processes ------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    """A subprocess with its output in files (no pipe can fill up) and its worker id."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-    worker_id: str
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-
-    def kill9(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        assert self.popen.wait(timeout=SAFETY_S) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit status (a worker stops serving and exits cleanly)."""
-        self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(timeout=SAFETY_S)
-
-
-class Hosts:
-    """Starts processes, each its own host (workspace folder), and kills what is left at the end."""
+class Hosts(process_hosts.Hosts):
+    """Hosts running the graphs of ``tests/procs/dp_graphs.py``."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[Proc] = []
-
-    def env(self, name: str, **extra: str) -> tuple[dict[str, str], str]:
-        worker_id = f"dp-{name}-{os.urandom(3).hex()}"
-        env = subprocess_env(
-            AETHERGRAPH_WORKSPACE=str(self.root / f"host-{name}"),
-            AETHERGRAPH_WORKER_ID=worker_id,
-            AETHERGRAPH_CONSOLE_INPUT="never",
-            COLUMNS="200",
-        )
-        env.update(extra)
-        return env, worker_id
-
-    def spawn(self, name: str, args: Sequence[str], **extra: str) -> Proc:
-        env, worker_id = self.env(name, **extra)
-        out, err = self.root / f"{name}.out", self.root / f"{name}.err"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "aethergraph", *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-            )
-        proc = Proc(name=name, popen=popen, out=out, err=err, worker_id=worker_id)
-        self.procs.append(proc)
-        return proc
-
-    def worker(self, name: str, **extra: str) -> Proc:
-        return self.spawn(name, ["worker", str(GRAPHS)], **extra)
-
-    def driver(self, name: str, graph: str, inputs: dict[str, Any], run_id: str, **extra: str) -> Proc:
-        """``aethergraph run`` of a graph that does not wait (it is killed at a hold point)."""
-        args = ["run", f"{GRAPHS}:{graph}", "--inputs-json", json.dumps(inputs), "--run-id", run_id, "--json"]
-        return self.spawn(name, args, **extra)
-
-    def cli(self, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        env, _ = self.env(name, **extra)
-        return subprocess.run(
-            [sys.executable, "-m", "aethergraph", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SAFETY_S,
-            check=False,
-        )
+        super().__init__(root, GRAPHS, prefix="dp", safety_s=SAFETY_S)
 
     def leave_waiting(
         self, name: str, graph: str, inputs: dict[str, Any], run_id: str, *, cli: bool = False, **extra: str
@@ -151,12 +75,6 @@ class Hosts:
         status = run_python(START_AND_LEAVE, f"{GRAPHS}:{graph}", json.dumps(inputs), run_id, env=env)
         assert status == "waiting"
 
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-                proc.popen.wait(timeout=SAFETY_S)
-
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Iterator[Hosts]:
@@ -167,23 +85,7 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
         h.kill_all()
 
 
-def wait_ready(*workers: Proc) -> None:
-    """Wait until each worker logged that it serves (it watches deaths and commands from then on)."""
-    for worker in workers:
-
-        def ready(worker: Proc = worker) -> bool | None:
-            if worker.popen.poll() is not None:
-                raise AssertionError(f"worker {worker.name} exited with {worker.popen.returncode}:\n{worker.output()}")
-            return True if f"worker {worker.worker_id} ready" in worker.output() else None
-
-        wait_until(ready, timeout_s=SAFETY_S, what=f"worker {worker.name} to be ready")
-
-
 # --- the count file ----------------------------------------------------------------------
-
-
-def lines(log: Path) -> list[list[str]]:
-    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def executions(log: Path) -> dict[str, list[tuple[str, int]]]:

@@ -13,17 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import process_hosts
 import pytest
-from helpers import read_events, subprocess_env, wait_until
+from helpers import read_events, wait_until
+from process_hosts import lines, wait_ready
 
 import aethergraph
 from aethergraph.core import events as ev
@@ -39,91 +37,18 @@ SAFETY_S = 90  # an upper bound for anything to happen, never a measurement
 ACK_WAIT_S = "2"  # node_ack_wait_s of every process here: a dead worker's node moves on after about 2 s
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-    worker_id: str
+class Hosts(process_hosts.Hosts):
+    """Hosts running the graphs of ``tests/procs/static_graphs.py`` with a short node ack wait."""
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-
-    def kill9(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        assert self.popen.wait(timeout=SAFETY_S) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(timeout=SAFETY_S)
-
-    def exit_code(self) -> int:
-        return self.popen.wait(timeout=SAFETY_S)
-
-
-class Hosts:
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[Proc] = []
-
-    def env(self, name: str, **extra: str) -> tuple[dict[str, str], str]:
-        worker_id = f"sp-{name}-{os.urandom(3).hex()}"
-        env = subprocess_env(
-            AETHERGRAPH_WORKSPACE=str(self.root / f"host-{name}"),
-            AETHERGRAPH_WORKER_ID=worker_id,
-            AETHERGRAPH_CONSOLE_INPUT="never",
-            AETHERGRAPH_NODE_ACK_WAIT_S=ACK_WAIT_S,
-            COLUMNS="200",
+        super().__init__(
+            root,
+            GRAPHS,
+            prefix="sp",
+            safety_s=SAFETY_S,
+            env={"AETHERGRAPH_NODE_ACK_WAIT_S": ACK_WAIT_S},
+            drop_env=("SP_HOLDER", "SP_VARIANT"),
         )
-        env.pop("SP_HOLDER", None)
-        env.pop("SP_VARIANT", None)
-        env.update(extra)
-        return env, worker_id
-
-    def spawn(self, name: str, args: Sequence[str], **extra: str) -> Proc:
-        env, worker_id = self.env(name, **extra)
-        out, err = self.root / f"{name}.out", self.root / f"{name}.err"
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "aethergraph", *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-            )
-        proc = Proc(name=name, popen=popen, out=out, err=err, worker_id=worker_id)
-        self.procs.append(proc)
-        return proc
-
-    def worker(self, name: str, **extra: str) -> Proc:
-        return self.spawn(name, ["worker", str(GRAPHS)], **extra)
-
-    def driver(self, name: str, graph: str, inputs: dict[str, Any], run_id: str, *more: str, **extra: str) -> Proc:
-        args = ["run", f"{GRAPHS}:{graph}", "--inputs-json", json.dumps(inputs), "--run-id", run_id, "--json", *more]
-        return self.spawn(name, args, **extra)
-
-    def cli(self, name: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        env, _ = self.env(name, **extra)
-        return subprocess.run(
-            [sys.executable, "-m", "aethergraph", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SAFETY_S,
-            check=False,
-        )
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-                proc.popen.wait(timeout=SAFETY_S)
 
 
 @pytest.fixture
@@ -133,21 +58,6 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
         yield h
     finally:
         h.kill_all()
-
-
-def wait_ready(*workers: Proc) -> None:
-    for worker in workers:
-
-        def ready(worker: Proc = worker) -> bool | None:
-            if worker.popen.poll() is not None:
-                raise AssertionError(f"worker {worker.name} exited with {worker.popen.returncode}:\n{worker.output()}")
-            return True if f"worker {worker.worker_id} ready" in worker.output() else None
-
-        wait_until(ready, timeout_s=SAFETY_S, what=f"worker {worker.name} to be ready")
-
-
-def lines(log: Path) -> list[list[str]]:
-    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def by_label(log: Path, kind: str) -> dict[str, list[int]]:
