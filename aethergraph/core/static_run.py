@@ -412,8 +412,6 @@ async def drive_static_run(
                 await scope.journal.flush()
                 raise RunSuspended(scope.run_id, "always-suspend test mode")
     except asyncio.CancelledError:
-        for handle in run.retry_timers.values():
-            handle.cancel()
         with contextlib.suppress(Exception):  # cancellation wins over a refused journal write
             await scope.journal.commit(RunCancelled, parent=run.last_seq or None, reason="cancelled")
         raise

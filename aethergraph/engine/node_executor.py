@@ -75,7 +75,6 @@ class NodeExecutor:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._deferred: set[str] = set()
         self._local_sinks = local_sinks if local_sinks is not None else {}
-        self.executed = 0
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
         # The consumer is shared: heartbeat at a third of ITS ack wait (the last process to connect set it).
@@ -195,7 +194,6 @@ class NodeExecutor:
             log.exception("could not store the report of node %s of run %s", event.node_id, event.run_id)
             queue.nak(item, self._defer_delay_s)
             return
-        self.executed += 1
         queue.ack(item)
 
     async def _run_node(self, spec: CallableSpec, event: NodeReady) -> dict[str, Any]:

@@ -36,15 +36,6 @@ def settings() -> dict[str, Any]:
     }
 
 
-async def timed(count: int, make) -> list[float]:
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await make()
-        out.append(time.perf_counter() - started)
-    return out
-
-
 async def w_seq(p: dict) -> dict:
     steps = p["steps"]
     runtime = await aethergraph.get_runtime()
@@ -68,7 +59,7 @@ async def w_seq(p: dict) -> dict:
         for variant in ("run", "floor") if index % 2 == 0 else ("floor", "run"):
             if variant == "run":
                 ag_graphs.STEP_SAMPLES = []
-                runs.extend(await timed(1, one))
+                runs.extend(await pc.timed_awaits(1, one))
                 step_p50_us.append(pc.median(ag_graphs.STEP_SAMPLES) / 1e3)
                 ag_graphs.STEP_SAMPLES = None
             else:
@@ -89,8 +80,8 @@ async def w_fanout(p: dict) -> dict:
         out = await aethergraph.run_async(ag_graphs.peer_fanout, {"width": width})
         ok = ok and out == {"value": expected}
 
-    await timed(p["warmup"], one)
-    runs = await timed(p["runs"], one)
+    await pc.timed_awaits(p["warmup"], one)
+    runs = await pc.timed_awaits(p["runs"], one)
     await aethergraph.close_runtime()
     return {"run_s": runs, "ok": ok}
 
@@ -102,8 +93,8 @@ async def w_concurrent(p: dict) -> dict:
         outs = await asyncio.gather(*(aethergraph.run_async(ag_graphs.peer_chain, {"steps": steps}) for _ in range(n)))
         assert all(out == {"value": steps} for out in outs)
 
-    await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
-    runs = await timed(p["runs"], together)
+    await pc.timed_awaits(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
+    runs = await pc.timed_awaits(p["runs"], together)
     await aethergraph.close_runtime()
     return {"run_s": runs}
 

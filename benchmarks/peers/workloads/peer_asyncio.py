@@ -36,26 +36,17 @@ async def fanout(width: int) -> int:
     return sum(values)
 
 
-async def timed(count: int, make) -> list[float]:
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await make()
-        out.append(time.perf_counter() - started)
-    return out
-
-
 async def w_seq(p: dict) -> dict:
     steps = p["steps"]
-    await timed(p["warmup"], lambda: chain(steps))
-    return {"run_s": await timed(p["runs"], lambda: chain(steps))}
+    await pc.timed_awaits(p["warmup"], lambda: chain(steps))
+    return {"run_s": await pc.timed_awaits(p["runs"], lambda: chain(steps))}
 
 
 async def w_fanout(p: dict) -> dict:
     width = p["width"]
     expected = sum(range(1, width + 1))
-    await timed(p["warmup"], lambda: fanout(width))
-    runs = await timed(p["runs"], lambda: fanout(width))
+    await pc.timed_awaits(p["warmup"], lambda: fanout(width))
+    runs = await pc.timed_awaits(p["runs"], lambda: fanout(width))
     return {"run_s": runs, "ok": await fanout(width) == expected}
 
 
@@ -66,8 +57,8 @@ async def w_concurrent(p: dict) -> dict:
         results = await asyncio.gather(*(chain(steps) for _ in range(n)))
         assert results == [steps] * n
 
-    await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
-    return {"run_s": await timed(p["runs"], together)}
+    await pc.timed_awaits(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
+    return {"run_s": await pc.timed_awaits(p["runs"], together)}
 
 
 async def w_hold(p: dict) -> dict:

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,16 @@ def timed_runs(count: int, body: Callable[[], object]) -> list[float]:
     for _ in range(count):
         started = time.perf_counter()
         body()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def timed_awaits(count: int, make: Callable[[], Awaitable[object]]) -> list[float]:
+    """Wall seconds of ``count`` awaits of ``make()``, one after another."""
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await make()
         out.append(time.perf_counter() - started)
     return out
 

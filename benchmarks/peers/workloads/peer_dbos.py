@@ -133,15 +133,6 @@ def w_seq(p: dict) -> dict:
     return {"run_s": pc.timed_runs(p["runs"], one)}
 
 
-async def timed(count: int, make) -> list[float]:
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await make()
-        out.append(time.perf_counter() - started)
-    return out
-
-
 async def w_fanout(p: dict) -> dict:
     launch(p)
     width = p["width"]
@@ -152,8 +143,8 @@ async def w_fanout(p: dict) -> dict:
         nonlocal ok
         ok = ok and await afanout(width) == expected
 
-    await timed(p["warmup"], one)
-    return {"run_s": await timed(p["runs"], one), "ok": ok}
+    await pc.timed_awaits(p["warmup"], one)
+    return {"run_s": await pc.timed_awaits(p["runs"], one), "ok": ok}
 
 
 async def w_concurrent(p: dict) -> dict:
@@ -163,8 +154,8 @@ async def w_concurrent(p: dict) -> dict:
     async def together(n: int = count) -> None:
         assert await asyncio.gather(*(achain(steps) for _ in range(n))) == [steps] * n
 
-    await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
-    return {"run_s": await timed(p["runs"], together)}
+    await pc.timed_awaits(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
+    return {"run_s": await pc.timed_awaits(p["runs"], together)}
 
 
 async def _start_waiting(ids: list[str]) -> list[Any]:

@@ -186,15 +186,6 @@ async def async_settings(saver: AsyncSqliteSaver) -> dict[str, Any]:
     }
 
 
-async def timed(count: int, make) -> list[float]:
-    out = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await make()
-        out.append(time.perf_counter() - started)
-    return out
-
-
 async def w_concurrent(p: dict) -> dict:
     count, steps = p["workflows"], p["steps"]
     async with AsyncSqliteSaver.from_conn_string(db_path(p)) as saver:
@@ -206,8 +197,8 @@ async def w_concurrent(p: dict) -> dict:
             )
             assert results == [steps] * n
 
-        await timed(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
-        runs = await timed(p["runs"], together)
+        await pc.timed_awaits(p["warmup"], lambda: together(p.get("warmup_workflows", count)))
+        runs = await pc.timed_awaits(p["runs"], together)
         return {"run_s": runs, "settings": await async_settings(saver)}
 
 
