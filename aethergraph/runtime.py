@@ -36,7 +36,7 @@ from aethergraph.core.environment import set_environment_provider
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
 from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
-from aethergraph.core.ports import ParentLink, ReportSink
+from aethergraph.core.ports import LocalReportSink, ParentLink, ReportSink
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.resume import check_resume, journal_state
 from aethergraph.core.run_control import bind_run_inputs, force_cancel
@@ -86,7 +86,7 @@ class Runtime:
     node_executor: NodeExecutor | None = field(init=False, default=None)
     _cancel_sub: Subscription | None = field(init=False, default=None)
     _executor_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
-    _local_report_sinks: dict[str, ReportSink] = field(init=False, default_factory=dict)
+    _local_report_sinks: dict[str, LocalReportSink] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.driver = RunDriver(self, self.leases)
@@ -137,15 +137,17 @@ class Runtime:
     # --- static graphs ------------------------------------------------------------------
 
     async def follow_node_reports(
-        self, run_id: str, sink: ReportSink, *, from_start: bool
+        self, run_id: str, sink: ReportSink, *, from_start: bool, local: LocalReportSink | None = None
     ) -> Callable[[], Awaitable[None]]:
-        # Nodes of this run executed here reach its scheduler at once, before their report is stored
-        # (the scheduler's node.completed is the commit; the stored report is for other processes).
-        self._local_report_sinks[run_id] = sink
+        # Nodes of this run executed here reach its scheduler at once and are not stored at all when
+        # the scheduler journals their outcome (that node.completed is the commit); stored reports are
+        # how nodes executed by other processes reach it.
+        if local is not None:
+            self._local_report_sinks[run_id] = local
         stop_following = await self.node_reports.follow(run_id, sink, from_start=from_start)
 
         async def stop() -> None:
-            if self._local_report_sinks.get(run_id) is sink:
+            if local is not None and self._local_report_sinks.get(run_id) is local:
                 del self._local_report_sinks[run_id]
             await stop_following()
 

@@ -403,7 +403,7 @@ async def raw_delivery(bus: BusConnection, target: int) -> float:
     buffer: collections.deque[bytes] = collections.deque()
     wake = asyncio.Event()
 
-    def on_message(_subject: bytes, reply: bytes, _data: bytes) -> None:
+    def on_message(_subject: bytes, reply: bytes, _data: bytes, _headers: bytes | None) -> None:
         if reply:
             buffer.append(reply)
             wake.set()

@@ -580,3 +580,47 @@ async def test_retried_attempt_of_a_node_does_not_reuse_another_nodes_run(runtim
     out = await ag.run_async(sgr_id_collision, {"tok": tok})
     assert CALLS[tok] == ["A2", "A", "A"]
     assert out == {"a": "A", "a2": "A2"}
+
+
+# --- a lost acknowledgement -----------------------------------------------------------------------
+
+
+@graphify(name="sgr_two_steps", inputs=["tok"], outputs=["v"])
+def sgr_two_steps(tok):  # type: ignore[no-untyped-def]
+    a = sgr_count(tok=tok, label="a", x=1)
+    return {"v": sgr_count(tok=tok, label="b", x=a.v).v}
+
+
+async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_again(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's acknowledgement of node ``a`` is lost after the scheduler journaled its outcome: the
+    server hands ``a`` out again, and the executor acknowledges it without running the tool twice."""
+    tok = token()
+    await runtime.ensure_node_executor()
+    assert runtime.node_executor is not None
+    queue = runtime.node_executor._queue
+    assert queue is not None
+    original_ack = queue.ack
+    lost: list[int] = []
+    redelivered: list[int] = []
+
+    def ack(item: Any) -> None:
+        event = item.event
+        if event.args.get("tok") == tok and event.args.get("label") == "a":
+            if not lost:
+                lost.append(item.deliveries)
+                queue.nak(item)  # as if the +ACK never reached the server: it delivers the item again
+                return
+            redelivered.append(item.deliveries)
+        original_ack(item)
+
+    monkeypatch.setattr(queue, "ack", ack)
+    assert await ag.run_async(sgr_two_steps, {"tok": tok}) == {"v": 3}
+
+    async def settled() -> bool | None:
+        return True if redelivered else None
+
+    await eventually(settled, "the redelivery of node a to be acknowledged")
+    assert lost == [1] and redelivered[0] >= 2
+    assert CALLS[tok] == ["a", "b"]

@@ -19,10 +19,16 @@ __all__ = [
     "dispatch_synchronously",
     "publish_now",
     "release_raw",
+    "status_of",
 ]
 
-RawHandler = Callable[[bytes, bytes, bytes], None]
-"""Takes a message as the client read it: subject, reply subject (empty if none) and payload."""
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+"""Takes a message as the client read it: subject, reply subject (empty if none), payload and header block.
+
+The header block is the raw ``NATS/1.0 ...`` text (None without headers); a
+status message (a pull request's expiry, a missing stream) has an empty
+payload and its status code in the header block's first line.
+"""
 
 
 class SyncDispatchQueue(asyncio.Queue[Msg]):
@@ -79,7 +85,7 @@ def dispatch_raw(nc: Client, subscription: Subscription, handler: RawHandler) ->
                 return
             stats["in_msgs"] += 1
             stats["in_bytes"] += len(data)
-            raw(subject, reply, data)
+            raw(subject, reply, data, headers)
 
         setattr(nc, "_process_msg", process_msg)  # noqa: B010 - replaces a method on this client only
         setattr(nc, _RAW_HANDLERS, handlers)
@@ -91,6 +97,23 @@ def release_raw(nc: Client, subscription: Subscription) -> None:
     handlers: dict[int, RawHandler] | None = getattr(nc, _RAW_HANDLERS, None)
     if handlers is not None:
         handlers.pop(subscription._id, None)
+
+
+def status_of(headers: bytes | None) -> tuple[str, dict[str, str]]:
+    """The status code and header fields of a raw header block (``("", {})`` without headers)."""
+    if not headers:
+        return "", {}
+    lines = headers.decode(errors="replace").split("\r\n")
+    first = lines[0].split(" ", 2)
+    code = first[1] if len(first) > 1 else ""
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip()] = value.strip()
+    if len(first) > 2 and "Description" not in fields:
+        fields["Description"] = first[2].strip()
+    return code, fields
 
 
 def ack_position(reply: bytes) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.events import AnyEvent, Event
 
-from .dispatch import delivery_position, dispatch_synchronously
+from .dispatch import delivery_position, dispatch_raw, release_raw, status_of
 from .topology import EVENTS_STREAM, event_subject, run_events_filter
 
 # Events read in one direct get before a reader switches to a consumer.
@@ -105,10 +105,11 @@ class _AckRouter:
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(self._prefix + ".*")
-        dispatch_synchronously(self._sub, self._on_reply)
+        dispatch_raw(self._nc, self._sub, self._on_reply)
 
     async def stop(self) -> None:
         if self._sub is not None:
+            release_raw(self._nc, self._sub)
             await self._sub.unsubscribe()
             self._sub = None
         if self._timer is not None:
@@ -168,13 +169,13 @@ class _AckRouter:
                 )
             )
 
-    def _on_reply(self, msg: Msg) -> None:
-        entry = self._pending.pop(msg.subject[self._prefix_len :], None)
+    def _on_reply(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+        entry = self._pending.pop(subject[self._prefix_len :].decode(), None)
         if entry is None:
             return
         handler = entry[0]
-        if not msg.data:
-            status = (msg.headers or {}).get("Status", "")
+        if not data:
+            status, _ = status_of(headers)
             handler(
                 BusUnavailableError(
                     f"no JetStream stream answered (status {status or 'unknown'}); "
@@ -183,7 +184,7 @@ class _AckRouter:
             )
             return
         try:
-            ack = _ack_decoder.decode(msg.data)
+            ack = _ack_decoder.decode(data)
         except msgspec.DecodeError as exc:
             handler(EventRejectedError(f"unreadable JetStream acknowledgement: {exc}"))
             return

@@ -13,13 +13,24 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .events import AnyEvent, Event
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .node_report import NodeReport
     from .spec import CallableSpec
 
-__all__ = ["EventLog", "ParentLink", "ReportSink", "RunEnvironment", "RunWriter", "StoredEvent"]
+__all__ = ["EventLog", "LocalReportSink", "ParentLink", "ReportSink", "RunEnvironment", "RunWriter", "StoredEvent"]
 
 ReportSink = Callable[["NodeReport | None"], None]
 """Receives a static run's node reports in order; ``None`` once the stored ones have all been delivered."""
+
+LocalReportSink = Callable[["NodeReport"], "asyncio.Future[bool]"]
+"""Takes the report of a node executed in the scheduler's own process, without storing it first.
+
+The future becomes True once the scheduler's journal holds the node's
+outcome (that entry is the commit, and the work item can be acknowledged);
+False if the scheduler did not journal it, in which case the executor
+stores the report for whichever process continues the run.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +112,11 @@ class RunEnvironment(Protocol):
         ...
 
     async def follow_node_reports(
-        self, run_id: str, sink: ReportSink, *, from_start: bool
+        self, run_id: str, sink: ReportSink, *, from_start: bool, local: LocalReportSink | None = None
     ) -> Callable[[], Awaitable[None]]:
         """Deliver the node reports of static run ``run_id`` to ``sink`` (stored ones first if ``from_start``).
+
+        Nodes executed in this process hand their reports to ``local`` instead, if given.
 
         Returns a coroutine function that stops the delivery.
         """

@@ -93,6 +93,7 @@ class _StaticRun:
         self.caught_up = False
         self.limit = scope.max_concurrency or graph.max_concurrency or 0
         self.last_seq = 0
+        self.last_commit: asyncio.Future[int] | None = None  # the commit of the latest journal append
         # Dependencies of each node not yet completed or skipped, and how many nodes are (set by start()).
         self.remaining: dict[str, int] = {}
         self.done = 0
@@ -154,12 +155,21 @@ class _StaticRun:
     def on_report(self, report: NodeReport | None) -> None:
         self.queue.put_nowait(("report", report))
 
+    def on_local_report(self, report: NodeReport) -> asyncio.Future[bool]:
+        """A report from a node executed in this process; see :data:`~aethergraph.core.ports.LocalReportSink`."""
+        recorded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(("local", (report, recorded)))
+        return recorded
+
     def handle(self, kind: str, item: Any) -> None:
         if kind == "report":
             if item is None:
                 self.caught_up = True
             else:
                 self._on_report(item)
+        elif kind == "local":
+            report, recorded = item
+            _settle_when_committed(recorded, self._on_report(report))
         elif kind == "retry":
             node_id, attempt = item
             self.retry_timers.pop(node_id, None)
@@ -169,10 +179,11 @@ class _StaticRun:
             raise item
         self.dispatch_ready()
 
-    def _on_report(self, report: NodeReport) -> None:
+    def _on_report(self, report: NodeReport) -> asyncio.Future[int] | None:
+        """Journal the node's outcome; returns the commit of that outcome (None if nothing was journaled)."""
         state = self.states.get(report.node_id)
         if state is None or report.attempt != state.attempt or state.status not in ("dispatched", "waiting"):
-            return  # a duplicate, a late report of an attempt already decided, or another graph's node
+            return None  # a duplicate, a late report of an attempt already decided, or another graph's node
         if state.status == "dispatched":
             self.inflight -= 1
         if report.status == "completed":
@@ -189,13 +200,14 @@ class _StaticRun:
                 duration_us=report.duration_us,
             )
             self._mark_done(report.node_id)
-        elif report.status == "waiting":
+            return self.last_commit
+        if report.status == "waiting":
             state.status, state.waiting = "waiting", report
             self.unchecked_waits.append(report.node_id)
-        else:
-            self._on_failure(report.node_id, state, report)
+            return None  # the stored report is what a process continuing the run finds
+        return self._on_failure(report.node_id, state, report)
 
-    def _on_failure(self, node_id: str, state: _NodeState, report: NodeReport) -> None:
+    def _on_failure(self, node_id: str, state: _NodeState, report: NodeReport) -> asyncio.Future[int] | None:
         error_type = report.error_type or ("Cancelled" if report.status == "cancelled" else "Error")
         policy = self.graph.nodes[node_id].retry
         retry = policy is not None and report.status != "cancelled" and policy.retries(state.attempt, error_type)
@@ -213,13 +225,15 @@ class _StaticRun:
             duration_us=report.duration_us,
             retry_at_us=time.time_ns() // 1000 + int(delay * 1_000_000) if retry else None,
         )
+        outcome = self.last_commit
         if retry:
             state.status = "retrying"
             self._arm_retry(node_id, state.attempt + 1, delay)
-            return
+            return outcome
         state.status = "failed"
         self.failed.append(node_id)
         self._skip_dependents(node_id, "upstream_failed")
+        return outcome
 
     def _arm_retry(self, node_id: str, attempt: int, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -354,6 +368,9 @@ class _StaticRun:
         seq, committed = self.journal.append(cls, parent=parent, node_id=node_id, **fields)
         if isinstance(committed, asyncio.Future):
             committed.add_done_callback(self._check_commit)
+            self.last_commit = committed
+        else:
+            self.last_commit = asyncio.ensure_future(committed)
         self.last_seq = seq
         return seq
 
@@ -387,7 +404,9 @@ async def drive_static_run(
     run.fold(history)
     env = scope.env
     await env.ensure_node_executor()
-    stop = await env.follow_node_reports(scope.run_id, run.on_report, from_start=len(history) > 1)
+    stop = await env.follow_node_reports(
+        scope.run_id, run.on_report, from_start=len(history) > 1, local=run.on_local_report
+    )
     try:
         run.start()
         while True:
@@ -419,6 +438,23 @@ async def drive_static_run(
         for handle in run.retry_timers.values():
             handle.cancel()
         await stop()
+        while not run.queue.empty():  # local reports this scheduler will not journal: their workers store them
+            kind, item = run.queue.get_nowait()
+            if kind == "local" and not item[1].done():
+                item[1].set_result(False)
+
+
+def _settle_when_committed(recorded: asyncio.Future[bool], commit: asyncio.Future[int] | None) -> None:
+    """``recorded`` becomes True once ``commit`` is acknowledged; False if there is none or it was refused."""
+    if commit is None:
+        recorded.set_result(False)
+        return
+
+    def settle(done: asyncio.Future[int]) -> None:
+        if not recorded.done():
+            recorded.set_result(not done.cancelled() and done.exception() is None)
+
+    commit.add_done_callback(settle)
 
 
 async def _recheck_waits(run: _StaticRun) -> None:

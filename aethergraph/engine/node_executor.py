@@ -1,9 +1,13 @@
 """``NodeExecutor``: executes the nodes of static graphs that this process takes from the work queue.
 
-Each ``node.ready`` taken from ``ag-work`` runs the node's tool and publishes
-a :class:`~aethergraph.core.node_report.NodeReport`; the work item is
-acknowledged only once the report is stored, so a worker that dies mid-node
-leaves the item to be delivered to another worker.
+Each ``node.ready`` taken from ``ag-work`` runs the node's tool and reports
+the outcome (a :class:`~aethergraph.core.node_report.NodeReport`). When the
+run's scheduler is in this process the report goes straight to it, and the
+work item is acknowledged once the scheduler's journal holds the outcome;
+otherwise the report is stored on the bus and the item acknowledged once it
+is. Either way a worker that dies mid-node leaves the item to be delivered
+to another worker, and a redelivered item whose outcome the run's journal
+already holds is acknowledged without running the node again.
 
 A tool that takes no ``context`` runs bare (it is the step; its outputs are
 recorded by the run's scheduler). A tool that takes a ``context``, a
@@ -36,11 +40,20 @@ from aethergraph.core.errors import (
     RunSuspended,
     StaleWriterError,
 )
-from aethergraph.core.events import NodeReady
+from aethergraph.core.events import (
+    NodeCompleted,
+    NodeFailed,
+    NodeReady,
+    RunCancelled,
+    RunClaimed,
+    RunCompleted,
+    RunFailed,
+)
 from aethergraph.core.executor import error_type_name, execute_run, resume_run
 from aethergraph.core.node_report import NodeReport
-from aethergraph.core.ports import ParentLink, ReportSink, RunEnvironment
+from aethergraph.core.ports import LocalReportSink, ParentLink, RunEnvironment
 from aethergraph.core.registry import must_get_graph
+from aethergraph.core.replay import journal_chain
 from aethergraph.core.spec import CallableSpec, normalise_outputs
 from aethergraph.core.static_run import node_run_id
 
@@ -61,7 +74,7 @@ class NodeExecutor:
         ack_wait_s: float,
         graphs: Callable[[str], CallableSpec] = must_get_graph,
         defer_delay_s: float = 0.1,
-        local_sinks: Mapping[str, ReportSink] | None = None,
+        local_sinks: Mapping[str, LocalReportSink] | None = None,
     ) -> None:
         self._env = env
         self._reports = reports
@@ -72,6 +85,8 @@ class NodeExecutor:
         self._queue: JetStreamWorkQueue | None = None
         self._running: dict[asyncio.Task[None], WorkItem] = {}
         self._cancelled: set[asyncio.Task[None]] = set()
+        self._reporting: set[asyncio.Task[None]] = set()  # finished executing; a cancel no longer applies
+        self._decided: dict[str, asyncio.Task[frozenset[tuple[str, int]]]] = {}
         self._heartbeat: asyncio.TimerHandle | None = None
         self._deferred: set[str] = set()
         self._local_sinks = local_sinks if local_sinks is not None else {}
@@ -99,6 +114,8 @@ class NodeExecutor:
         count = 0
         for task, item in list(self._running.items()):
             event = item.event
+            if task in self._reporting:
+                continue
             if event.run_id == run_id or event.root_run_id == run_id:
                 self._cancelled.add(task)
                 task.cancel()
@@ -117,6 +134,7 @@ class NodeExecutor:
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
         self._cancelled.discard(task)
+        self._reporting.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("node task failed unexpectedly: %r", task.exception())
 
@@ -141,6 +159,9 @@ class NodeExecutor:
                 self._deferred.add(event.tool)
                 log.warning("node %s of run %s left for another worker: %s", event.node_id, event.run_id, exc)
             queue.nak(item, self._defer_delay_s)
+            return
+        if item.deliveries > 1 and await self._already_decided(event):
+            queue.ack(item)  # its outcome was journaled before the acknowledgement was lost: do not run it again
             return
         started_us = time.time_ns() // 1000
         started = time.perf_counter_ns()
@@ -185,9 +206,13 @@ class NodeExecutor:
             report = NodeReport(
                 status="failed", error_type=error_type, message=message, **common, duration_us=_since(started)
             )
+        task = asyncio.current_task()
+        if task is not None:
+            self._reporting.add(task)
         local = self._local_sinks.get(event.run_id)
-        if local is not None:
-            local(report)  # the run's scheduler is in this process: no round trip through the server
+        if local is not None and await local(report):
+            queue.ack(item)  # the run's scheduler is in this process and journaled the outcome
+            return
         try:
             await self._reports.publish(report)
         except Exception:
@@ -195,6 +220,39 @@ class NodeExecutor:
             queue.nak(item, self._defer_delay_s)
             return
         queue.ack(item)
+
+    async def _already_decided(self, event: NodeReady) -> bool:
+        """Whether the run's journal already holds this attempt's outcome, or the run has ended."""
+        decided = self._decided.get(event.run_id)
+        if decided is None:
+            decided = asyncio.get_running_loop().create_task(self._decided_nodes(event.run_id))
+            self._decided[event.run_id] = decided
+            # Redeliveries come in bursts (a worker died): one journal read serves the burst.
+            decided.add_done_callback(
+                lambda _: asyncio.get_running_loop().call_later(1.0, self._decided.pop, event.run_id, None)
+            )
+        try:
+            nodes = await asyncio.shield(decided)
+        except Exception:  # cannot tell: run the node (the scheduler keeps one outcome)
+            log.exception("could not read the journal of run %s", event.run_id)
+            return False
+        return ("", 0) in nodes or (event.node_id or "", event.attempt) in nodes
+
+    async def _decided_nodes(self, run_id: str) -> frozenset[tuple[str, int]]:
+        """(node id, attempt) of every journaled node outcome of ``run_id``; ``("", 0)`` if the run ended."""
+        events = journal_chain([record.event async for record in self._env.event_log.read_run(run_id)])
+        decided: set[tuple[str, int]] = set()
+        ended = False
+        for event in events:
+            if isinstance(event, (NodeCompleted, NodeFailed)):
+                decided.add((event.node_id or "", event.attempt))
+            elif isinstance(event, (RunCompleted, RunFailed, RunCancelled)):
+                ended = True
+            elif isinstance(event, RunClaimed) and event.reason == "retry":
+                ended = False  # a failed run continued: its nodes are dispatched again as new attempts
+        if ended:
+            decided.add(("", 0))
+        return frozenset(decided)
 
     async def _run_node(self, spec: CallableSpec, event: NodeReady) -> dict[str, Any]:
         async with asyncio.timeout(event.timeout_s):

@@ -166,7 +166,7 @@ class Projector:
         # The acknowledgement subject of the latest delivery (it tells how many are still to come).
         latest: list[bytes] = [b""]
 
-        def on_message(subject: bytes, reply: bytes, data: bytes) -> None:
+        def on_message(subject: bytes, reply: bytes, data: bytes, _headers: bytes | None) -> None:
             if not reply:
                 return  # a status message (no heartbeats or flow control are configured)
             buffer.append((reply, subject, data))
