@@ -21,6 +21,7 @@ from helpers import eventually, read_events
 
 import aethergraph as ag
 from aethergraph import RetryPolicy, graph_fn, graphify, tool
+from aethergraph.bus.work_queue import JetStreamWorkQueue
 from aethergraph.core import events as ev
 from aethergraph.core.errors import NonDeterminismError, RunFailedError
 from aethergraph.core.executor import execute_run
@@ -597,15 +598,11 @@ async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_a
     """The worker's acknowledgement of node ``a`` is lost after the scheduler journaled its outcome: the
     server hands ``a`` out again, and the executor acknowledges it without running the tool twice."""
     tok = token()
-    await runtime.ensure_node_executor()
-    assert runtime.node_executor is not None
-    queue = runtime.node_executor._queue
-    assert queue is not None
-    original_ack = queue.ack
+    original_ack = JetStreamWorkQueue.ack
     lost: list[int] = []
     redelivered: list[int] = []
 
-    def ack(item: Any) -> None:
+    def ack(queue: JetStreamWorkQueue, item: Any) -> None:
         event = item.event
         if event.args.get("tok") == tok and event.args.get("label") == "a":
             if not lost:
@@ -613,9 +610,10 @@ async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_a
                 queue.nak(item)  # as if the +ACK never reached the server: it delivers the item again
                 return
             redelivered.append(item.deliveries)
-        original_ack(item)
+        original_ack(queue, item)
 
-    monkeypatch.setattr(queue, "ack", ack)
+    # Every node executor of this process (other tests' runtimes take work from the same queue).
+    monkeypatch.setattr(JetStreamWorkQueue, "ack", ack)
     assert await ag.run_async(sgr_two_steps, {"tok": tok}) == {"v": 3}
 
     async def settled() -> bool | None:

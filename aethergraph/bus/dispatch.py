@@ -19,6 +19,7 @@ __all__ = [
     "dispatch_synchronously",
     "publish_now",
     "release_raw",
+    "server_address",
     "status_of",
 ]
 
@@ -114,6 +115,12 @@ def status_of(headers: bytes | None) -> tuple[str, dict[str, str]]:
     if len(first) > 2 and "Description" not in fields:
         fields["Description"] = first[2].strip()
     return code, fields
+
+
+def server_address(nc: Client) -> str:
+    """``host:port`` of the server ``nc`` is connected to (for error messages)."""
+    url = nc.connected_url
+    return url.netloc if url is not None else "(not connected)"
 
 
 def ack_position(reply: bytes) -> tuple[int, int]:

@@ -41,8 +41,9 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.events import AnyEvent, Event
 
-from .dispatch import delivery_position, dispatch_raw, release_raw, status_of
-from .topology import EVENTS_STREAM, event_subject, run_events_filter
+from .direct_get import DirectGetter, header_value
+from .dispatch import delivery_position, dispatch_raw, release_raw, server_address, status_of
+from .topology import event_subject, run_events_filter
 
 # Events read in one direct get before a reader switches to a consumer.
 DIRECT_BATCH = 64
@@ -165,7 +166,7 @@ class _AckRouter:
             handler(
                 BusUnavailableError(
                     f"JetStream did not acknowledge an event within {self._ack_timeout_s:.1f}s; "
-                    f"is the server at {self._nc.connected_url} running?"
+                    f"is the server at {server_address(self._nc)} running?"
                 )
             )
 
@@ -295,17 +296,19 @@ class JetStreamEventLog:
     """The :class:`aethergraph.core.ports.EventLog` on JetStream."""
 
     def __init__(self, nc: Client, js: JetStreamContext, *, max_event_bytes: int, ack_timeout_s: float = 10.0) -> None:
-        self._direct_timeout_s = ack_timeout_s
         self._nc = nc
         self._js = js
         self.max_event_bytes = max_event_bytes
         self._router = _AckRouter(nc, ack_timeout_s)
+        self._direct = DirectGetter(nc, ack_timeout_s)
         self._loop = asyncio.get_running_loop()
 
     async def start(self) -> None:
         await self._router.start()
+        await self._direct.start()
 
     async def close(self) -> None:
+        await self._direct.stop()
         await self._router.stop()
 
     def writer(self, run_id: str, *, last_stream_seq: int = 0) -> JetStreamRunWriter:
@@ -355,46 +358,26 @@ class JetStreamEventLog:
         async for record in self._consume(run_id, follow=follow, start_seq=after + 1):
             yield record
 
-    async def _direct_get(self, request: dict[str, object], what: str) -> AsyncIterator[Msg]:
-        """The messages a batched direct get of ``AG_EVENTS`` returns, until its end-of-batch status."""
-        inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox)
-        try:
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", msgspec.json.encode(request), reply=inbox)
-            while True:
-                msg = await sub.next_msg(timeout=self._direct_timeout_s)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is None:
-                    yield msg
-                elif status in ("204", "404"):  # end of batch / nothing stored
-                    return
-                else:
-                    raise EventRejectedError(f"direct get of {what} failed: {status} {headers.get('Description', '')}")
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-
     async def _direct_batch(self, run_id: str) -> tuple[list[StoredRecord], bool]:
         """Up to ``DIRECT_BATCH`` of the run's first events by direct get; True if that is all of them."""
-        records: list[StoredRecord] = []
-        pending = 0
         request = {"seq": 1, "next_by_subj": run_events_filter(run_id), "batch": DIRECT_BATCH}
-        async for msg in self._direct_get(request, f"run {run_id}"):
-            headers = msg.headers or {}
-            records.append(StoredRecord(event=decode_event(msg.data), stream_seq=int(headers["Nats-Sequence"])))
-            pending = int(headers.get("Nats-Num-Pending", "0"))
-        return records, pending == 0 and len(records) < DIRECT_BATCH
+        replies = await self._direct.get(request, f"run {run_id}")
+        records = [
+            StoredRecord(
+                event=decode_event(reply.data), stream_seq=int(header_value(reply.headers, b"Nats-Sequence") or 0)
+            )
+            for reply in replies
+        ]
+        pending = header_value(replies[-1].headers, b"Nats-Num-Pending") if replies else None
+        return records, int(pending or 0) == 0 and len(records) < DIRECT_BATCH
 
     async def started_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` have a ``run.started`` on the stream (one batched direct get)."""
         if not run_ids:
             return set()
         subjects = [event_subject(run_id, "run.started") for run_id in run_ids]
-        request = {"multi_last": subjects, "batch": len(subjects)}
-        return {
-            (msg.headers or {})["Nats-Subject"].split(".")[2] async for msg in self._direct_get(request, "run starts")
-        }
+        replies = await self._direct.get({"multi_last": subjects, "batch": len(subjects)}, "run starts")
+        return {(header_value(reply.headers, b"Nats-Subject") or b"").decode().split(".")[2] for reply in replies}
 
     async def _consume(self, run_id: str, *, follow: bool, start_seq: int = 1) -> AsyncIterator[StoredRecord]:
         buffer: collections.deque[tuple[bytes, int, bool]] = collections.deque()

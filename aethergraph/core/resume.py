@@ -12,6 +12,7 @@ replay from its top-level run.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,8 @@ class AcceptedResume:
     wait_id: str
     seq: int
     continuation: Callable[[], Awaitable[dict[str, Any]]]
+    committed: Awaitable[int]
+    """Resolves once the answer is stored (raises if the bus refused it): acknowledge the command then."""
 
 
 async def accept_resume(
@@ -171,8 +174,14 @@ async def accept_resume(
     redelivered command). Raises :class:`ResumeRejectedError` if the resume is
     refused, and :class:`~aethergraph.errors.GraphNotFoundError` (before
     anything is written) if ``graphs`` does not know the run's graph.
-    ``before_claim(root_run_id, root_graph_id)`` runs just before the claim
-    (the driver records its ownership of the run there).
+    ``before_claim(root_run_id, root_graph_id)`` runs alongside the claim
+    (the driver records its ownership of the run there) and has finished when
+    this returns.
+
+    The answer is appended, not awaited: the continuation of a top-level run
+    carries the answer itself and may start at once (a refused answer fences
+    the continuation's next write); the continuation of a nested run reads
+    the answer from the bus, so it waits for ``committed`` first.
     """
     for attempt in range(attempts):
         chain, last_stream_seq = await load_journal(env, run_id)
@@ -199,22 +208,31 @@ async def accept_resume(
                     reason="unknown_run",
                 )
             root_spec = graphs(root_started.graph_id)
-        if before_claim is not None:
-            await before_claim(root_run_id, root_spec.name)
+        owning = asyncio.ensure_future(before_claim(root_run_id, root_spec.name)) if before_claim else None
         try:
             scope = await claim_run(spec, started, chain, last_stream_seq, env, reason="resume")
         except StaleWriterError:
+            if owning is not None:
+                await owning
             if attempt + 1 == attempts:
                 raise
             continue  # someone appended meanwhile (often: the same wait answered); check again
+        except BaseException:
+            if owning is not None:
+                await asyncio.gather(owning, return_exceptions=True)
+            raise
         common: dict[str, Any] = {"wait_id": requested.wait_id, "command_seq": command_seq}
         if expire:
             answer: WaitResumed | WaitExpired
-            seq = await scope.journal.commit(WaitExpired, parent=requested.seq, node_id=requested.node_id, **common)
+            seq, committed = scope.journal.append(
+                WaitExpired, parent=requested.seq, node_id=requested.node_id, **common
+            )
         else:
-            seq = await scope.journal.commit(
+            seq, committed = scope.journal.append(
                 WaitResumed, parent=requested.seq, node_id=requested.node_id, payload=payload, **common
             )
+        if owning is not None:
+            await owning
         answer_cls = WaitExpired if expire else WaitResumed
         answer = answer_cls(
             run_id=run_id,
@@ -232,8 +250,21 @@ async def accept_resume(
             scope.replay.resolutions[requested.wait_id] = answer
             continuation = functools.partial(drive_run, spec, started.inputs, scope, started.seq)
         else:
-            continuation = functools.partial(resume_run, root_spec, root_run_id, env=env, reason="resume")
+            continuation = functools.partial(_after_commit, committed, root_spec, root_run_id, env)
         return AcceptedResume(
-            run_id=run_id, root_run_id=root_run_id, wait_id=requested.wait_id, seq=seq, continuation=continuation
+            run_id=run_id,
+            root_run_id=root_run_id,
+            wait_id=requested.wait_id,
+            seq=seq,
+            continuation=continuation,
+            committed=committed,
         )
     raise AssertionError("unreachable")
+
+
+async def _after_commit(
+    committed: Awaitable[int], root_spec: CallableSpec, root_run_id: str, env: RunEnvironment
+) -> dict[str, Any]:
+    """Continue a run tree from its top once a nested run's answer is stored (its replay reads it back)."""
+    await committed
+    return await resume_run(root_spec, root_run_id, env=env, reason="resume")

@@ -1,0 +1,133 @@
+"""``DirectGetter``: batched direct gets of ``AG_EVENTS`` through one long-lived reply inbox.
+
+A short read (a run's journal when a resume arrives, which runs have
+started) is one request and one batch of replies. Opening and closing a
+subscription per read, and building nats-py message objects with parsed
+headers per reply, cost more than the read itself; here one wildcard inbox
+takes every reply as raw bytes and hands each request's batch back whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from aethergraph.core.errors import BusUnavailableError, EventRejectedError
+
+from .dispatch import dispatch_raw, publish_now, release_raw, server_address, status_of
+from .topology import EVENTS_STREAM
+
+__all__ = ["DirectGetter", "DirectReply", "header_value"]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectReply:
+    """One stored message returned by a direct get: its raw header block and payload."""
+
+    headers: bytes
+    data: bytes
+
+
+def header_value(headers: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` in a raw header block (None if absent)."""
+    start = headers.find(b"\r\n" + name + b":")
+    if start < 0:
+        return None
+    start += len(name) + 3
+    end = headers.find(b"\r\n", start)
+    return headers[start:end].strip()
+
+
+@dataclass(slots=True)
+class _Pending:
+    what: str
+    done: asyncio.Future[list[DirectReply]]
+    replies: list[DirectReply] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class DirectGetter:
+    """Direct gets of ``AG_EVENTS``; see the module docstring."""
+
+    def __init__(self, nc: Client, timeout_s: float) -> None:
+        self._nc = nc
+        self._timeout_s = timeout_s
+        self._prefix = nc.new_inbox()
+        self._prefix_len = len(self._prefix) + 1
+        self._counter = itertools.count(1)
+        self._pending: dict[bytes, _Pending] = {}
+        self._sub: Subscription | None = None
+        self._subject = f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._prefix + ".*")
+        dispatch_raw(self._nc, self._sub, self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            release_raw(self._nc, self._sub)
+            await self._sub.unsubscribe()
+            self._sub = None
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self._fail(entry, BusUnavailableError("the event log was closed during a read"))
+
+    async def get(self, request: dict[str, object], what: str) -> list[DirectReply]:
+        """The stored messages ``request`` selects, in stream order (empty if none).
+
+        ``request`` must be a batched one (``batch`` set): only those end with a status reply.
+        """
+        if "batch" not in request:
+            raise ValueError("DirectGetter.get takes batched requests only; set 'batch' in the request")
+        if self._nc.is_closed:
+            raise BusUnavailableError("the NATS connection is closed")
+        token = str(next(self._counter))
+        loop = asyncio.get_running_loop()
+        entry = _Pending(what=what, done=loop.create_future())
+        entry.timer = loop.call_later(self._timeout_s, self._expire, token.encode())
+        self._pending[token.encode()] = entry
+        publish_now(self._nc, self._subject, msgspec.json.encode(request), f"{self._prefix}.{token}")
+        return await entry.done
+
+    def _on_reply(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+        token = subject[self._prefix_len :]
+        entry = self._pending.get(token)
+        if entry is None:
+            return
+        if data or headers is None or header_value(headers, b"Nats-Sequence") is not None:
+            entry.replies.append(DirectReply(headers=headers or b"", data=data))
+            return
+        del self._pending[token]
+        status, fields = status_of(headers)
+        if status in ("204", "404"):  # the end of the batch / nothing stored
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if not entry.done.done():
+                entry.done.set_result(entry.replies)
+            return
+        description = fields.get("Description", "")
+        self._fail(entry, EventRejectedError(f"direct get of {entry.what} failed: {status} {description}".rstrip()))
+
+    def _expire(self, token: bytes) -> None:
+        entry = self._pending.pop(token, None)
+        if entry is not None:
+            entry.timer = None
+            self._fail(
+                entry,
+                BusUnavailableError(
+                    f"no answer to a read of {entry.what} within {self._timeout_s:.1f}s; "
+                    f"is the server at {server_address(self._nc)} running?"
+                ),
+            )
+
+    @staticmethod
+    def _fail(entry: _Pending, exc: BaseException) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if not entry.done.done():
+            entry.done.set_exception(exc)
