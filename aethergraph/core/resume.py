@@ -152,8 +152,6 @@ class AcceptedResume:
     wait_id: str
     seq: int
     continuation: Callable[[], Awaitable[dict[str, Any]]]
-    committed: Awaitable[int]
-    """Resolves once the answer is stored (raises if the bus refused it): acknowledge the command then."""
 
 
 async def accept_resume(
@@ -175,13 +173,10 @@ async def accept_resume(
     refused, and :class:`~aethergraph.errors.GraphNotFoundError` (before
     anything is written) if ``graphs`` does not know the run's graph.
     ``before_claim(root_run_id, root_graph_id)`` runs alongside the claim
-    (the driver records its ownership of the run there) and has finished when
-    this returns.
-
-    The answer is appended, not awaited: the continuation of a top-level run
-    carries the answer itself and may start at once (a refused answer fences
-    the continuation's next write); the continuation of a nested run reads
-    the answer from the bus, so it waits for ``committed`` first.
+    (the driver records its ownership of the run there) and has finished
+    before the answer is written. The answer is stored when this returns: a
+    continuation started earlier could run a step with side effects before
+    learning that a concurrent resume of the same wait fenced it out.
     """
     for attempt in range(attempts):
         chain, last_stream_seq = await load_journal(env, run_id)
@@ -221,18 +216,16 @@ async def accept_resume(
             if owning is not None:
                 await asyncio.gather(owning, return_exceptions=True)
             raise
+        if owning is not None:
+            await owning  # recorded before the answer: if this process dies now, the run is found and taken over
         common: dict[str, Any] = {"wait_id": requested.wait_id, "command_seq": command_seq}
         if expire:
             answer: WaitResumed | WaitExpired
-            seq, committed = scope.journal.append(
-                WaitExpired, parent=requested.seq, node_id=requested.node_id, **common
-            )
+            seq = await scope.journal.commit(WaitExpired, parent=requested.seq, node_id=requested.node_id, **common)
         else:
-            seq, committed = scope.journal.append(
+            seq = await scope.journal.commit(
                 WaitResumed, parent=requested.seq, node_id=requested.node_id, payload=payload, **common
             )
-        if owning is not None:
-            await owning
         answer_cls = WaitExpired if expire else WaitResumed
         answer = answer_cls(
             run_id=run_id,
@@ -250,21 +243,12 @@ async def accept_resume(
             scope.replay.resolutions[requested.wait_id] = answer
             continuation = functools.partial(drive_run, spec, started.inputs, scope, started.seq)
         else:
-            continuation = functools.partial(_after_commit, committed, root_spec, root_run_id, env)
+            continuation = functools.partial(resume_run, root_spec, root_run_id, env=env, reason="resume")
         return AcceptedResume(
             run_id=run_id,
             root_run_id=root_run_id,
             wait_id=requested.wait_id,
             seq=seq,
             continuation=continuation,
-            committed=committed,
         )
     raise AssertionError("unreachable")
-
-
-async def _after_commit(
-    committed: Awaitable[int], root_spec: CallableSpec, root_run_id: str, env: RunEnvironment
-) -> dict[str, Any]:
-    """Continue a run tree from its top once a nested run's answer is stored (its replay reads it back)."""
-    await committed
-    return await resume_run(root_spec, root_run_id, env=env, reason="resume")

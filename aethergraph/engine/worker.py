@@ -160,19 +160,9 @@ class Worker:
             await self._outcome(msg, run_id, status="duplicate", message="this command was already applied")
             await msg.ack()
             return
-        # The run continues while its answer is being stored; the command is settled once it is.
-        self._driver.drive(accepted.root_run_id, accepted.continuation)
-        try:
-            await accepted.committed
-        except StaleWriterError:
-            await msg.nak(delay=0.05)  # fenced out: checked again (the wait is likely answered by now)
-            return
-        except Exception:
-            log.exception("the answer to resume %s of run %s was not stored; it will be redelivered", seq, run_id)
-            await msg.nak(delay=self._defer_delay_s)
-            return
         await msg.ack()
-        self._spawn(self._outcome(msg, run_id, status="accepted", wait_id=accepted.wait_id))
+        self._driver.drive(accepted.root_run_id, accepted.continuation)
+        self._spawn(self._outcome(msg, run_id, status="accepted", wait_id=accepted.wait_id))  # not awaited
 
     # --- takeover -----------------------------------------------------------------
 
