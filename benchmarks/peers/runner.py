@@ -241,6 +241,9 @@ def w5_recover(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work
 
     side = work / "side.txt"
     p = {"steps": sizes.steps, "kill_at": sizes.kill_at, "workdir": str(work), "run_id": new_run_id()}
+    # The restarted process is the same service coming back (as DBOS's executor id): for AetherGraph the same
+    # worker id, so it takes its own runs back at start instead of waiting for the dead process's lease.
+    env = {**env, "AETHERGRAPH_WORKER_ID": "w5-service"}
     crash_env = {**env, SIDE_ENV: str(side), KILL_ENV: str(sizes.kill_at)}
     invoke(peer, python, "crash", p, crash_env, work, expect_kill=True)
     crashed = _side_lines(side)

@@ -154,10 +154,11 @@ async def _start_waiting(watch: Watch, count: int) -> list[str]:
     return run_ids
 
 
-async def _serve() -> tuple[asyncio.Event, asyncio.Task[None]]:
+async def _serve(*, settle: bool = True) -> tuple[asyncio.Event, asyncio.Task[None]]:
     stop = asyncio.Event()
     serving = asyncio.create_task(aethergraph.serve_worker(GRAPHS_MODULE, stop=stop))
-    await asyncio.sleep(0.2)  # the worker declares its consumer and adopts orphans first
+    if settle:
+        await asyncio.sleep(0.2)  # the worker declares its consumer and adopts orphans first
     return stop, serving
 
 
@@ -260,10 +261,10 @@ def w_crash(p: dict) -> dict:
 
 
 async def w_recover(p: dict) -> dict:
-    """A fresh process after the kill: a worker, which takes the dead process's run over once its lease expires."""
+    """A fresh process after the kill, with the dead one's worker id: its worker takes the run back at start."""
     await aethergraph.get_runtime(inline_answers=False)
     ready = pc.wall_ns()
-    stop, serving = await _serve()
+    stop, serving = await _serve(settle=False)  # the result is followed while the worker starts
     handle = await aethergraph.get_run(p["run_id"])
     out = await handle.result(timeout=120)
     done = pc.wall_ns()
