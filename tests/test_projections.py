@@ -151,6 +151,59 @@ class _Gen:
             return {"nested": self.draw(st.sampled_from(self.pool))}
         return f"input-{next(self.fresh):05d}-text"
 
+    def ready(self, emit: Any, node_id: str, root: str) -> bool:
+        """Dispatches of a static node: failed attempts that retry, a re-dispatch after a wait, an outcome.
+
+        Returns whether the node's outcome was journaled (False: it is still in flight).
+        """
+        draw = self.draw
+        attempt = 1
+        args = {f"a{i}": self.arg() for i in range(draw(st.integers(0, 2)))}
+        executed = {"started_us": BASE_TS + draw(st.integers(0, 10**6)), "duration_us": draw(st.integers(0, 10**6))}
+        while True:
+            emit(ev.NodeReady, node_id, tool="step", args=args, attempt=attempt, root_run_id=root)
+            if draw(st.integers(0, 4)) == 0:
+                emit(ev.NodeReady, node_id, tool="step", args=args, attempt=attempt, root_run_id=root)
+            outcome = draw(st.sampled_from(["completed", "completed", "retry", "failed", "unsent", "open"]))
+            if outcome == "retry" and attempt < 3:
+                emit(
+                    ev.NodeFailed,
+                    node_id,
+                    error_type="OSError",
+                    message="flaky",
+                    attempt=attempt,
+                    executor=draw(st.sampled_from(WORKERS)),
+                    retry_at_us=BASE_TS,
+                    **executed,
+                )
+                attempt += 1
+                continue
+            if outcome == "open":
+                return False
+            if outcome == "completed":
+                outputs = {"out": self.new_value()}
+                emit(
+                    ev.NodeCompleted,
+                    node_id,
+                    outputs=outputs,
+                    attempt=attempt,
+                    executor=draw(st.sampled_from(WORKERS)),
+                    **executed,
+                )
+            elif outcome == "unsent":  # failed before an executor took it: no executor, no timings
+                emit(ev.NodeFailed, node_id, error_type="EventTooLargeError", message="big", attempt=attempt)
+            else:
+                emit(
+                    ev.NodeFailed,
+                    node_id,
+                    error_type="ValueError",
+                    message="bad",
+                    attempt=attempt,
+                    executor=draw(st.sampled_from(WORKERS)),
+                    **executed,
+                )
+            return True
+
     def run(
         self, out: list[tuple[type, dict[str, Any]]], run_id: str, root: str, parent: tuple[str, str] | None, depth: int
     ) -> str:
@@ -288,7 +341,10 @@ class _Gen:
         actions = draw(
             st.lists(
                 st.sampled_from(
-                    ["tool", "tool", "tool", "child", "wait", "claim", "artifact", "log", "value", "channel", "static"]
+                    [
+                        *["tool", "tool", "tool", "child", "wait", "claim", "artifact", "log", "value", "channel"],
+                        *["static", "ready", "ready", "skip"],
+                    ]
                 ),
                 min_size=1,
                 max_size=8,
@@ -384,6 +440,17 @@ class _Gen:
                     emit(ev.NodeFailed, node_id, error_type="OSError", message="flaky", attempt=1)
                     emit(ev.NodeStarted, node_id, tool="step", attempt=2)
                 emit(ev.NodeCompleted, node_id, outputs={"out": self.new_value()}, attempt=draw(st.integers(1, 2)))
+            elif action == "ready":  # a static graph's node as its scheduler journals it
+                node_id = last_node = node("step")
+                if not self.ready(emit, node_id, root):
+                    break  # the node is in flight
+            elif action == "skip":
+                node_id = node("step")
+                reason = draw(st.sampled_from(["condition", "upstream_skipped", "upstream_failed", "cancelled"]))
+                emit(ev.NodeSkipped, node_id, reason=reason, upstream=None if reason == "condition" else last_node)
+                # A retried run may dispatch a node it had skipped.
+                if draw(st.booleans()) and not self.ready(emit, node_id, root):
+                    break
         end = draw(st.sampled_from(["completed", "completed", "failed", "cancelled", "running"]))
         if end == "completed":
             result = self.new_value() if not self.pool or draw(st.booleans()) else draw(st.sampled_from(self.pool))
@@ -488,9 +555,48 @@ def test_incremental_projection_equals_a_rebuild_from_scratch(data: st.DataObjec
         called = {(e.run_id, e.seq) for e in events if isinstance(e, ev.ToolCalled)}
         assert {tuple(r) for r in rebuilt.query("SELECT run_id, call_seq FROM tool_calls").rows} == called
         assert one(rebuilt, "SELECT count(*) FROM artifacts") == sum(isinstance(e, ev.ArtifactSaved) for e in events)
+        assert static_nodes(rebuilt) == expected_static_nodes(events)
     finally:
         rebuilt.close()
         incremental.close()
+
+
+def static_nodes(store: ProjectionStore) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """The rows of static graph nodes (dispatched or skipped): status, attempts, tool, executor, skip."""
+    return {
+        (r[0], r[1]): tuple(r[2:])
+        for r in store.query(
+            "SELECT run_id, node_id, status, attempts, tool, executor, skip_reason, skip_upstream FROM nodes "
+            "WHERE skip_reason IS NOT NULL"
+        ).rows
+    }
+
+
+def expected_static_nodes(events: Sequence[ev.Event]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """What :func:`static_nodes` holds, folded in Python from the events in stream order."""
+    rows: dict[tuple[str, str], list[Any]] = {}
+    for e in events:
+        if not isinstance(e, ev.NodeReady | ev.NodeCompleted | ev.NodeFailed | ev.NodeSkipped) or not e.node_id:
+            continue
+        if isinstance(e, ev.NodeReady | ev.NodeSkipped):
+            row = rows.setdefault((e.run_id, e.node_id), ["", 0, None, None, "", ""])
+        elif (e.run_id, e.node_id) in rows:
+            row = rows[(e.run_id, e.node_id)]
+        else:
+            continue  # a node opened by the legacy node.started
+        if isinstance(e, ev.NodeReady):
+            row[0], row[1], row[2] = "running", max(row[1], e.attempt), row[2] or e.tool
+            row[4] = row[5] = ""
+        elif isinstance(e, ev.NodeSkipped):
+            row[0], row[4], row[5] = "skipped", e.reason, e.upstream or ""
+        else:
+            row[1] = max(row[1], e.attempt)
+            row[3] = e.executor or row[3]
+            if isinstance(e, ev.NodeCompleted):
+                row[0] = "succeeded"
+            else:
+                row[0] = "failed" if e.retry_at_us is None else "retrying"
+    return {key: tuple(row) for key, row in rows.items()}
 
 
 # --- 2. redelivery is idempotent -------------------------------------------------------------------------

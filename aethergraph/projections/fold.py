@@ -61,7 +61,8 @@ _FIELDS: Final[dict[str, str]] = {
     "channel": "VARCHAR", "deadline_us": "BIGINT", "payload": "JSON", "command_seq": "BIGINT",
     "artifact_id": "VARCHAR", "uri": "VARCHAR", "name": "VARCHAR", "mime": "VARCHAR", "size": "BIGINT",
     "labels": "JSON",
-    "data": "JSON", "tags": "JSON", "text": "VARCHAR",
+    "data": "JSON", "tags": "JSON", "text": "VARCHAR", "executor": "VARCHAR", "retry_at_us": "BIGINT",
+    "upstream": "VARCHAR",
 }  # fmt: skip
 
 _STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
@@ -149,8 +150,13 @@ _RUN_STATUS: Final = (
 
 _WHILE_WAITING: Final = "CASE WHEN e.type = 'run.waiting' THEN {} ELSE '' END"
 _RUN_ENDS: Final = "'run.completed', 'run.failed', 'run.cancelled'"
-_NODE_ENDS: Final = "'tool.returned', 'node.completed', 'tool.failed', 'node.failed'"
-_ATTEMPT: Final = "CASE t WHEN 'node.started' THEN coalesce(attempt, 1) WHEN 'tool.called' THEN 1 END"
+_NODE_ENDS: Final = "'tool.returned', 'node.completed', 'tool.failed', 'node.failed', 'node.skipped'"
+# The events that open a node: a graph_fn's tool call, a static graph's dispatch (and its legacy node.started).
+_NODE_OPENS: Final = "'tool.called', 'node.started', 'node.ready'"
+_ATTEMPT: Final = (
+    "CASE WHEN t = 'tool.called' THEN 1 "
+    "WHEN t IN ('node.started', 'node.ready', 'node.completed', 'node.failed') THEN coalesce(attempt, 1) END"
+)
 
 _EVENTS = (
     "INSERT INTO events SELECT stream_seq, e.run_id, e.seq, e.type, make_timestamp(e.ts), e.worker, e.parent, "
@@ -190,40 +196,54 @@ _RUNS = _merge(
 )  # fmt: skip
 
 _NODE_TYPES: Final = (
-    "'tool.called', 'node.started', 'tool.returned', 'node.completed', 'tool.failed', 'node.failed', "
-    "'wait.requested', 'wait.resumed', 'wait.expired'"
+    "'tool.called', 'node.started', 'node.ready', 'tool.returned', 'node.completed', 'tool.failed', 'node.failed', "
+    "'node.skipped', 'wait.requested', 'wait.resumed', 'wait.expired'"
 )
 _NODE_STATUS: Final = (
-    "CASE t WHEN 'tool.called' THEN 'running' WHEN 'node.started' THEN 'running' "
+    "CASE t WHEN 'tool.called' THEN 'running' WHEN 'node.started' THEN 'running' WHEN 'node.ready' THEN 'running' "
     "WHEN 'tool.returned' THEN 'succeeded' WHEN 'node.completed' THEN 'succeeded' "
-    "WHEN 'tool.failed' THEN 'failed' WHEN 'node.failed' THEN 'failed' WHEN 'wait.requested' THEN 'waiting' "
+    "WHEN 'tool.failed' THEN 'failed' "
+    "WHEN 'node.failed' THEN CASE WHEN retry_at_us IS NULL THEN 'failed' ELSE 'retrying' END "
+    "WHEN 'node.skipped' THEN 'skipped' WHEN 'wait.requested' THEN 'waiting' "
     "WHEN 'wait.resumed' THEN 'running' WHEN 'wait.expired' THEN 'running' END"
 )
+# Merging keeps non-null values, so a static node dispatched again after a skip (a retried run) clears its skip with ''.
+_SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} WHEN 'node.ready' THEN '' END"
+# A static node's attempt that ran on an executor (a node failed before dispatch names none).
+_EXECUTED: Final = "t IN ('node.completed', 'node.failed') AND executor <> ''"
 _NODES = _merge(
     "nodes",
     [
         ("run_id", "key", "run_id"),
         ("node_id", "key", "node_id"),
-        ("tool", "first", _first("tool", "t IN ('tool.called', 'node.started')")),
+        ("tool", "first", _first("tool", f"t IN ({_NODE_OPENS})")),
         ("status", "last", _last(_NODE_STATUS, "t <> 'child'")),
         ("attempts", "max", f"coalesce(max({_ATTEMPT}), 0)"),
-        ("started_at", "first", _first("make_timestamp(ts)", "t IN ('tool.called', 'node.started')")),
+        ("started_at", "first", _first("make_timestamp(ts)", f"t IN ({_NODE_OPENS})")),
         ("ended_at", "last", _last("make_timestamp(ts)", f"t IN ({_NODE_ENDS})")),
-        ("duration_us", "last", _last("duration_us", "t IN ('tool.returned', 'tool.failed')")),
+        ("duration_us", "last", _last(
+            "duration_us", f"(t IN ('tool.returned', 'tool.failed') OR ({_EXECUTED}))"
+        )),
         ("worker", "last", _last("worker", "t <> 'child'")),
+        ("executor", "last", _last("executor", _EXECUTED)),
         ("error_type", "last", _last("error_type", "t IN ('tool.failed', 'node.failed')")),
         ("error_message", "last", _last("message", "t IN ('tool.failed', 'node.failed')")),
+        ("skip_reason", "last", _last(_SKIP.format("reason"), "t IN ('node.skipped', 'node.ready')")),
+        ("skip_upstream", "last", _last(
+            _SKIP.format("coalesce(upstream, '')"), "t IN ('node.skipped', 'node.ready')"
+        )),
         ("child_run_id", "first", _first("child", "t = 'child'")),
-        ("first_seq", "first", _first("seq", "t IN ('tool.called', 'node.started')")),
+        ("first_seq", "first", _first("seq", f"t IN ({_NODE_OPENS}, 'node.skipped')")),
         ("last_seq", "max", "max(seq) FILTER (WHERE t <> 'child')"),
     ],
     f"""FROM (
     SELECT stream_seq AS s, e.type AS t, e.run_id, e.node_id, e.tool, e.attempt, e.ts, e.seq, e.worker,
-           e.duration_us, e.error_type, e.message, NULL::VARCHAR AS child
+           e.duration_us, e.error_type, e.message, e.executor, e.retry_at_us, e.reason, e.upstream,
+           NULL::VARCHAR AS child
     FROM staging WHERE stream_seq > $1 AND e.type IN ({_NODE_TYPES}) AND {_IN_NODE}
     UNION ALL
     SELECT stream_seq, 'child', e.parent_run_id, e.parent_node_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           e.run_id
+           NULL, NULL, NULL, NULL, e.run_id
     FROM staging WHERE stream_seq > $1 AND e.type = 'run.started'
           AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
 ) GROUP BY run_id, node_id""",
@@ -333,7 +353,7 @@ WITH x AS (
           AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
     UNION ALL
     SELECT {_RUN}, {_NODE}, 'in_run', e.run_id, stream_seq
-    FROM staging WHERE stream_seq > $1 AND e.type IN ('tool.called', 'node.started') AND {_IN_NODE}
+    FROM staging WHERE stream_seq > $1 AND e.type IN ({_NODE_OPENS}) AND {_IN_NODE}
     UNION ALL
     SELECT 'wait:' || e.run_id || '/' || e.wait_id, {_OWNER}, 'answered', e.run_id, stream_seq
     FROM staging WHERE stream_seq > $1 AND e.type = 'wait.resumed'
@@ -388,10 +408,10 @@ _DATA_EDGES = _insert_missing(
     f"""
 WITH called AS (
     SELECT stream_seq AS s, e, {_NODE} AS entity FROM staging
-    WHERE stream_seq > $1 AND e.type IN ('tool.called', 'service.called') AND {_IN_NODE}
+    WHERE stream_seq > $1 AND e.type IN ('tool.called', 'node.ready', 'service.called') AND {_IN_NODE}
 ), x AS (
     SELECT unnest(map_values(e.args::MAP(VARCHAR, JSON))) AS v, entity, e.run_id, s FROM called
-        WHERE e.type = 'tool.called'
+        WHERE e.type IN ('tool.called', 'node.ready')
     UNION ALL SELECT unnest(e.args::JSON[]), entity, e.run_id, s FROM called WHERE e.type = 'service.called'
     UNION ALL SELECT unnest(map_values(e.kwargs::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM called
         WHERE e.type = 'service.called'

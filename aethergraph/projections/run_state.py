@@ -18,8 +18,9 @@ from typing import Any
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import RunNotFoundError
-from aethergraph.core.events import ToolCalled
+from aethergraph.core.events import NodeReady, ToolCalled
 from aethergraph.core.ids import child_run_id
+from aethergraph.core.static_run import node_run_id
 
 from .fold import Decoded
 from .store import ProjectionStore
@@ -86,12 +87,17 @@ async def rebuild_run_state(
     tree = [run_id]
     frontier = items
     while frontier:
-        # A nested run's id follows from the parent node that started it (child_run_id); ask which exist.
-        candidates = [
-            child_run_id(item.event.run_id, item.event.node_id)
-            for item in frontier
-            if isinstance(item.event, ToolCalled) and item.event.node_id is not None
-        ]
+        # A nested run's id follows from the parent node that started it (child_run_id), or from the
+        # static node and attempt it runs (node_run_id); ask which exist.
+        candidates = list(
+            dict.fromkeys(
+                child_run_id(event.run_id, event.node_id)
+                if isinstance(event, ToolCalled)
+                else node_run_id(event.run_id, event.node_id, event.attempt)
+                for event in (item.event for item in frontier)
+                if isinstance(event, ToolCalled | NodeReady) and event.node_id is not None
+            )
+        )
         started = await event_log.started_runs(candidates)
         children = [child for child in candidates if child in started and child not in tree]
         tree.extend(children)
@@ -117,7 +123,7 @@ def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunStat
     ).rows[0]
     nodes = store.query(
         "SELECT run_id, node_id, tool, status, duration_us, child_run_id FROM nodes "
-        "WHERE run_id IN (SELECT unnest($1)) ORDER BY started_at, run_id",
+        "WHERE run_id IN (SELECT unnest($1)) ORDER BY started_at, run_id, first_seq",
         [tree],
     ).rows
     waits = store.query(

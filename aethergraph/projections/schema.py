@@ -122,7 +122,7 @@ CREATE TABLE runs (
     ),
     ProjectionSchema(
         name="nodes",
-        version=1,
+        version=2,
         description="one row per node of a run (a tool call of a graph_fn, or a node of a static graph)",
         tables={
             "nodes": """
@@ -136,8 +136,11 @@ CREATE TABLE nodes (
     ended_at TIMESTAMP,
     duration_us BIGINT,
     worker VARCHAR,
+    executor VARCHAR,
     error_type VARCHAR,
     error_message VARCHAR,
+    skip_reason VARCHAR,
+    skip_upstream VARCHAR,
     child_run_id VARCHAR,
     first_seq BIGINT,
     last_seq BIGINT
@@ -252,7 +255,7 @@ CREATE TABLE memories (
     ),
     ProjectionSchema(
         name="lineage",
-        version=1,
+        version=2,
         description="causal and data-flow edges between runs, nodes, waits and artifacts",
         tables={
             "edges": """
