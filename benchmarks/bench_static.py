@@ -231,9 +231,10 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         figures.extend(asyncio.run(_measure(ctx, sync, width, length, repeats)))
     notes = [
         "One process schedules and executes (its in-process node executor takes `node.ready` from the work "
-        "queue `ag-work`), against its own nats-server; every node costs a `node.ready` event, a stored node "
-        "report, a `node.completed` event, and a work-queue delivery and ack. Throughput is nodes divided by the "
-        "wall time from `start_run` to the result (including `run.started` and `run.completed`).",
+        "queue `ag-work`), against its own nats-server; every node costs a `node.ready` event, a work-queue "
+        "delivery and ack, and a `node.completed` event (the report is handed to the scheduler in-process, not "
+        "stored). Throughput is nodes divided by the wall time from `start_run` to the result (including "
+        "`run.started` and `run.completed`).",
         "Latencies come from the journal of each chain run (one sample per edge, 999 per run in full mode), in "
         "µs on one host clock: `node.completed` ts is when the scheduler journaled the upstream's outcome; the "
         "dependent's start is `started_us` in its own `node.completed` (the executor's clock when the tool "
