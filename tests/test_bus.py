@@ -17,7 +17,8 @@ from nats.aio.msg import Msg
 import aethergraph
 from aethergraph import graph_fn, tool
 from aethergraph.bus.connection import ensure_topology
-from aethergraph.bus.dispatch import dispatch_synchronously
+from aethergraph.bus.direct_get import header_value
+from aethergraph.bus.dispatch import dispatch_synchronously, status_of
 from aethergraph.bus.event_log import JetStreamEventLog, JetStreamRunWriter
 from aethergraph.bus.topology import (
     COMMANDS_STREAM,
@@ -278,6 +279,27 @@ async def test_read_run_of_an_unknown_run_is_empty(runtime: Runtime) -> None:
     await append_all(runtime.event_log.writer(other), [make_event(other, seq) for seq in range(1, 4)])
     for _ in range(20):
         assert await read_events(runtime, new_run_id(), timeout_s=5) == []
+
+
+async def test_a_direct_get_must_be_batched(runtime: Runtime) -> None:
+    """Only batched direct gets end with a status reply; an unbatched one would wait for its timeout."""
+    with pytest.raises(ValueError, match="batched requests only; set 'batch'"):
+        await runtime.event_log._direct.get({"seq": 1}, "one message")
+
+
+def test_raw_header_blocks_are_read() -> None:
+    stored = b"NATS/1.0\r\nNats-Stream: AG_EVENTS\r\nNats-Sequence: 42\r\nNats-Num-Pending: 0\r\n\r\n"
+    assert header_value(stored, b"Nats-Sequence") == b"42"
+    assert header_value(stored, b"Nats-Num-Pending") == b"0"
+    assert header_value(stored, b"Nats-Subject") is None
+    assert status_of(stored) == ("", {"Nats-Stream": "AG_EVENTS", "Nats-Sequence": "42", "Nats-Num-Pending": "0"})
+    expired = b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 5\r\nNats-Pending-Bytes: 0\r\n\r\n"
+    assert status_of(expired) == (
+        "408",
+        {"Nats-Pending-Messages": "5", "Nats-Pending-Bytes": "0", "Description": "Request Timeout"},
+    )
+    assert status_of(b"NATS/1.0 204\r\n\r\n") == ("204", {})
+    assert status_of(None) == ("", {})
 
 
 async def test_read_run_follow_sees_new_events(runtime: Runtime) -> None:

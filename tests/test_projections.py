@@ -165,43 +165,19 @@ class _Gen:
             if draw(st.integers(0, 4)) == 0:
                 emit(ev.NodeReady, node_id, tool="step", args=args, attempt=attempt, root_run_id=root)
             outcome = draw(st.sampled_from(["completed", "completed", "retry", "failed", "unsent", "open"]))
+            ran = {"attempt": attempt, "executor": draw(st.sampled_from(WORKERS)), **executed}  # on a worker
             if outcome == "retry" and attempt < 3:
-                emit(
-                    ev.NodeFailed,
-                    node_id,
-                    error_type="OSError",
-                    message="flaky",
-                    attempt=attempt,
-                    executor=draw(st.sampled_from(WORKERS)),
-                    retry_at_us=BASE_TS,
-                    **executed,
-                )
+                emit(ev.NodeFailed, node_id, error_type="OSError", message="flaky", retry_at_us=BASE_TS, **ran)
                 attempt += 1
                 continue
             if outcome == "open":
                 return False
             if outcome == "completed":
-                outputs = {"out": self.new_value()}
-                emit(
-                    ev.NodeCompleted,
-                    node_id,
-                    outputs=outputs,
-                    attempt=attempt,
-                    executor=draw(st.sampled_from(WORKERS)),
-                    **executed,
-                )
+                emit(ev.NodeCompleted, node_id, outputs={"out": self.new_value()}, **ran)
             elif outcome == "unsent":  # failed before an executor took it: no executor, no timings
                 emit(ev.NodeFailed, node_id, error_type="EventTooLargeError", message="big", attempt=attempt)
             else:
-                emit(
-                    ev.NodeFailed,
-                    node_id,
-                    error_type="ValueError",
-                    message="bad",
-                    attempt=attempt,
-                    executor=draw(st.sampled_from(WORKERS)),
-                    **executed,
-                )
+                emit(ev.NodeFailed, node_id, error_type="ValueError", message="bad", **ran)
             return True
 
     def run(

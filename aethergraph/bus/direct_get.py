@@ -10,16 +10,14 @@ takes every reply as raw bytes and hands each request's batch back whole.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.subscription import Subscription
 
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError
 
-from .dispatch import dispatch_raw, publish_now, release_raw, server_address, status_of
+from .dispatch import RawReplyInbox, publish_now, server_address, status_of
 from .topology import EVENTS_STREAM
 
 __all__ = ["DirectGetter", "DirectReply", "header_value"]
@@ -57,22 +55,15 @@ class DirectGetter:
     def __init__(self, nc: Client, timeout_s: float) -> None:
         self._nc = nc
         self._timeout_s = timeout_s
-        self._prefix = nc.new_inbox()
-        self._prefix_len = len(self._prefix) + 1
-        self._counter = itertools.count(1)
+        self._inbox = RawReplyInbox(nc)
         self._pending: dict[bytes, _Pending] = {}
-        self._sub: Subscription | None = None
         self._subject = f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._prefix + ".*")
-        dispatch_raw(self._nc, self._sub, self._on_reply)
+        await self._inbox.start(self._on_reply)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            release_raw(self._nc, self._sub)
-            await self._sub.unsubscribe()
-            self._sub = None
+        await self._inbox.stop()
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             self._fail(entry, BusUnavailableError("the event log was closed during a read"))
@@ -86,16 +77,16 @@ class DirectGetter:
             raise ValueError("DirectGetter.get takes batched requests only; set 'batch' in the request")
         if self._nc.is_closed:
             raise BusUnavailableError("the NATS connection is closed")
-        token = str(next(self._counter))
+        token, reply = self._inbox.new_reply()
         loop = asyncio.get_running_loop()
         entry = _Pending(what=what, done=loop.create_future())
-        entry.timer = loop.call_later(self._timeout_s, self._expire, token.encode())
-        self._pending[token.encode()] = entry
-        publish_now(self._nc, self._subject, msgspec.json.encode(request), f"{self._prefix}.{token}")
+        entry.timer = loop.call_later(self._timeout_s, self._expire, token)
+        self._pending[token] = entry
+        publish_now(self._nc, self._subject, msgspec.json.encode(request), reply)
         return await entry.done
 
     def _on_reply(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
-        token = subject[self._prefix_len :]
+        token = self._inbox.token_of(subject)
         entry = self._pending.get(token)
         if entry is None:
             return

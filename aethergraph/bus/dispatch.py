@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from nats.aio.subscription import Subscription
 
 __all__ = [
     "RawHandler",
+    "RawReplyInbox",
     "SyncDispatchQueue",
     "ack_position",
     "delivery_position",
@@ -98,6 +100,41 @@ def release_raw(nc: Client, subscription: Subscription) -> None:
     handlers: dict[int, RawHandler] | None = getattr(nc, _RAW_HANDLERS, None)
     if handlers is not None:
         handlers.pop(subscription._id, None)
+
+
+class RawReplyInbox:
+    """One wildcard reply inbox (``<inbox>.*``) for many requests, its replies handed over raw.
+
+    Each request gets its own token (the last subject token of its reply
+    address); the handler finds the request a reply answers with
+    :meth:`token_of`.
+    """
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._prefix_len = len(self._prefix) + 1
+        self._counter = itertools.count(1)
+        self._sub: Subscription | None = None
+
+    async def start(self, handler: RawHandler) -> None:
+        self._sub = await self._nc.subscribe(self._prefix + ".*")
+        dispatch_raw(self._nc, self._sub, handler)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            release_raw(self._nc, self._sub)
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    def new_reply(self) -> tuple[bytes, str]:
+        """A fresh token and the reply subject that carries it."""
+        token = str(next(self._counter))
+        return token.encode(), f"{self._prefix}.{token}"
+
+    def token_of(self, subject: bytes) -> bytes:
+        """The token of a reply's subject."""
+        return subject[self._prefix_len :]
 
 
 def status_of(headers: bytes | None) -> tuple[str, dict[str, str]]:

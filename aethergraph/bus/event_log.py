@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,6 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -42,7 +40,7 @@ from aethergraph.core.errors import (
 from aethergraph.core.events import AnyEvent, Event
 
 from .direct_get import DirectGetter, header_value
-from .dispatch import delivery_position, dispatch_raw, release_raw, server_address, status_of
+from .dispatch import RawReplyInbox, delivery_position, server_address, status_of
 from .topology import event_subject, run_events_filter
 
 # Events read in one direct get before a reader switches to a consumer.
@@ -87,13 +85,10 @@ class _AckRouter:
 
     def __init__(self, nc: Client, ack_timeout_s: float) -> None:
         self._nc = nc
-        self._prefix = nc.new_inbox()
-        self._prefix_len = len(self._prefix) + 1
-        self._counter = itertools.count(1)
+        self._inbox = RawReplyInbox(nc)
         # token -> (handler, deadline); insertion order is deadline order.
-        self._pending: dict[str, tuple[AckHandler, float]] = {}
+        self._pending: dict[bytes, tuple[AckHandler, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._sub: Subscription | None = None
         self._ack_timeout_s = ack_timeout_s
         self._loop = asyncio.get_running_loop()
         # The public client API makes publish a coroutine; events must enter the
@@ -105,14 +100,10 @@ class _AckRouter:
             )
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._prefix + ".*")
-        dispatch_raw(self._nc, self._sub, self._on_reply)
+        await self._inbox.start(self._on_reply)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            release_raw(self._nc, self._sub)
-            await self._sub.unsubscribe()
-            self._sub = None
+        await self._inbox.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -124,8 +115,7 @@ class _AckRouter:
         nc = self._nc
         if nc.is_closed:
             raise BusUnavailableError("the NATS connection is closed")
-        token = str(next(self._counter))
-        reply = f"{self._prefix}.{token}"
+        token, reply = self._inbox.new_reply()
         deadline = self._loop.time() + self._ack_timeout_s
         self._pending[token] = (handler, deadline)
         if self._timer is None:
@@ -152,7 +142,7 @@ class _AckRouter:
         """
         self._timer = None
         now = self._loop.time()
-        overdue: list[str] = []
+        overdue: list[bytes] = []
         next_deadline: float | None = None
         for token, (_, deadline) in self._pending.items():
             if deadline > now:
@@ -171,7 +161,7 @@ class _AckRouter:
             )
 
     def _on_reply(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
-        entry = self._pending.pop(subject[self._prefix_len :].decode(), None)
+        entry = self._pending.pop(self._inbox.token_of(subject), None)
         if entry is None:
             return
         handler = entry[0]

@@ -365,12 +365,10 @@ class _StaticRun:
     # --- journal ------------------------------------------------------------------------
 
     def _append(self, cls: type[Event], /, *, parent: int | None, node_id: str | None = None, **fields: Any) -> int:
-        seq, committed = self.journal.append(cls, parent=parent, node_id=node_id, **fields)
-        if isinstance(committed, asyncio.Future):
-            committed.add_done_callback(self._check_commit)
-            self.last_commit = committed
-        else:
-            self.last_commit = asyncio.ensure_future(committed)
+        seq, appended = self.journal.append(cls, parent=parent, node_id=node_id, **fields)
+        committed = asyncio.ensure_future(appended)  # the bus's writers already return futures: no new task
+        committed.add_done_callback(self._check_commit)
+        self.last_commit = committed
         self.last_seq = seq
         return seq
 
