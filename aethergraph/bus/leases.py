@@ -122,11 +122,21 @@ class JetStreamLeases:
             ),
         )
         try:
+            # Heartbeats and tombstones carry TTLs: a message counted as pending may expire (or be
+            # replaced by a newer one on its subject) before it is delivered, so the count is only a
+            # hint. Each delivery says how many are left; a fetch that times out asks the server again.
+            latest: dict[str, Msg] = {}
             pending = (await sub.consumer_info()).num_pending or 0
-            messages: list[Msg] = []
-            while len(messages) < pending:
-                messages.extend(await sub.fetch(min(pending - len(messages), 512), timeout=5))
-            return messages
+            while pending > 0:
+                try:
+                    batch = await sub.fetch(min(pending, 512), timeout=1.0)
+                except nats.errors.TimeoutError:
+                    pending = (await sub.consumer_info()).num_pending or 0
+                    continue
+                for msg in batch:
+                    latest[msg.subject] = msg
+                pending = batch[-1].metadata.num_pending if batch else 0
+            return list(latest.values())
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
