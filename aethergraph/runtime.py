@@ -36,6 +36,7 @@ from aethergraph.core.environment import set_environment_provider
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
 from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
+from aethergraph.core.node_report import LocalNode
 from aethergraph.core.ports import LocalReportSink, ParentLink, ReportSink
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.resume import check_resume, journal_state
@@ -164,10 +165,15 @@ class Runtime:
                     self.node_reports,
                     capacity=self.settings.node_concurrency,
                     ack_wait_s=self.settings.node_ack_wait_s,
+                    local_capacity=self.settings.local_node_concurrency,
                     local_sinks=self._local_report_sinks,
                 )
                 await executor.start(self.bus.nc, self.bus.js)
                 self.node_executor = executor
+
+    def run_node_here(self, node: LocalNode, sink: LocalReportSink) -> asyncio.Task[None] | None:
+        executor = self.node_executor
+        return None if executor is None else executor.run_node_here(node, sink)
 
     # --- run management -------------------------------------------------------------------
 

@@ -76,6 +76,17 @@ async def suspending_runtime(_aethergraph_environment: None) -> AsyncIterator[Ru
 
 
 @pytest.fixture
+async def queue_runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
+    """A runtime on the test server whose scheduler never runs nodes in place: every node goes
+    through the work queue (``local_node_concurrency=0``)."""
+    rt = await Runtime.open(load_settings(local_node_concurrency=0))
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture
 def stop_servers() -> Iterator[list[Path]]:
     """Workspaces whose embedded server must be stopped at the end of the test."""
     from aethergraph.bus.embedded import stop_embedded_server

@@ -552,15 +552,17 @@ def expected_static_nodes(events: Sequence[ev.Event]) -> dict[tuple[str, str], t
     """What :func:`static_nodes` holds, folded in Python from the events in stream order."""
     rows: dict[tuple[str, str], list[Any]] = {}
     for e in events:
-        if not isinstance(e, ev.NodeReady | ev.NodeCompleted | ev.NodeFailed | ev.NodeSkipped) or not e.node_id:
+        if not isinstance(e, ev.NodeReady | ev.NodeStarted | ev.NodeCompleted | ev.NodeFailed | ev.NodeSkipped):
             continue
-        if isinstance(e, ev.NodeReady | ev.NodeSkipped):
+        if not e.node_id:
+            continue
+        if isinstance(e, ev.NodeReady | ev.NodeStarted | ev.NodeSkipped):
             row = rows.setdefault((e.run_id, e.node_id), ["", 0, None, None, "", ""])
         elif (e.run_id, e.node_id) in rows:
             row = rows[(e.run_id, e.node_id)]
         else:
-            continue  # a node opened by the legacy node.started
-        if isinstance(e, ev.NodeReady):
+            continue
+        if isinstance(e, ev.NodeReady | ev.NodeStarted):  # dispatched to the work queue, or run in place
             row[0], row[1], row[2] = "running", max(row[1], e.attempt), row[2] or e.tool
             row[4] = row[5] = ""
         elif isinstance(e, ev.NodeSkipped):

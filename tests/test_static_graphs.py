@@ -522,7 +522,7 @@ async def test_fan_out_fan_in_result(graph_env: Runtime) -> None:
     completed = {e.node_id: e for e in chain if isinstance(e, ev.NodeCompleted)}
     assert set(completed) == set(sgb_fan.build().order)
     assert completed["sgb_add_1"].outputs == {"total": 20}
-    ready = [e for e in chain if isinstance(e, ev.NodeReady)]
+    ready = [e for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted)]
     assert [e.node_id for e in ready].count("sgb_add_1") == 1
     [add_ready] = [e for e in ready if e.node_id == "sgb_add_1"]
     assert add_ready.args == {"values": [2, 4, 6, 8]}  # references resolved before dispatch
@@ -537,7 +537,7 @@ async def test_fan_out_fan_in_result(graph_env: Runtime) -> None:
         assert claims and {c.reason for c in claims} == {"replay"}
     else:
         assert claims == []
-    assert len([e for e in chain if isinstance(e, ev.NodeReady)]) == len(completed)
+    assert len([e for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted)]) == len(completed)
 
 
 async def test_map_reduce_word_count(graph_env: Runtime) -> None:
@@ -566,7 +566,7 @@ async def test_false_condition_skips_the_node_and_its_dependents(graph_env: Runt
     chain = await chain_of(graph_env, run_id)
     skipped = {e.node_id: (e.reason, e.upstream) for e in chain if isinstance(e, ev.NodeSkipped)}
     assert skipped == {"sgb_double_1": ("condition", None), "sgb_double_2": ("upstream_skipped", "sgb_double_1")}
-    dispatched = {e.node_id for e in chain if isinstance(e, ev.NodeReady)}
+    dispatched = {e.node_id for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted)}
     assert dispatched == {"sgb_check_1", "sgb_echo_1"}
     assert isinstance(chain[-1], ev.RunCompleted)
 
@@ -584,11 +584,15 @@ async def test_control_keywords_run_in_order(graph_env: Runtime) -> None:
     run_id = new_run_id()
     assert await start(graph_env, sgb_control, {"x": 3}, run_id=run_id) == {"out": [12, 3, "side"]}
     chain = await chain_of(graph_env, run_id)
-    position = {(type(e).__name__, e.node_id): i for i, e in enumerate(chain)}
-    assert position[("NodeCompleted", "sgb_echo_1")] < position[("NodeReady", "sgb_double_1")]
-    assert position[("NodeCompleted", "first")] < position[("NodeReady", "sgb_double_1")]
-    assert position[("NodeCompleted", "sgb_double_1")] < position[("NodeReady", "sgb_echo_2")]
-    [ready] = [e for e in chain if isinstance(e, ev.NodeReady) and e.node_id == "sgb_double_1"]
+    # node.ready (work queue) and node.started (a local node) are both the dispatch.
+    position = {
+        ("dispatched" if isinstance(e, ev.NodeReady | ev.NodeStarted) else type(e).__name__, e.node_id): i
+        for i, e in enumerate(chain)
+    }
+    assert position[("NodeCompleted", "sgb_echo_1")] < position[("dispatched", "sgb_double_1")]
+    assert position[("NodeCompleted", "first")] < position[("dispatched", "sgb_double_1")]
+    assert position[("NodeCompleted", "sgb_double_1")] < position[("dispatched", "sgb_echo_2")]
+    [ready] = [e for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted) and e.node_id == "sgb_double_1"]
     assert ready.timeout_s == 5.0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import process_hosts
 import pytest
-from helpers import read_events, wait_until
+from helpers import eventually, read_events, wait_until
 from process_hosts import lines, wait_ready
 
 import aethergraph
@@ -97,7 +97,14 @@ async def test_two_workers_racing_on_one_wide_graph_never_run_a_node_twice(
     run_ids = [new_run_id("race"), new_run_id("race")]
     # Two runs of the same graph at once, driven by a third process that executes one node at a time.
     drivers = [
-        hosts.driver(f"d{k}", "sp_wide", {"log": str(log), "sleep_s": 0.02}, run_id, AETHERGRAPH_NODE_CONCURRENCY="1")
+        hosts.driver(
+            f"d{k}",
+            "sp_wide",
+            {"log": str(log), "sleep_s": 0.02},
+            run_id,
+            AETHERGRAPH_NODE_CONCURRENCY="1",
+            AETHERGRAPH_LOCAL_NODE_CONCURRENCY="0",
+        )
         for k, run_id in enumerate(run_ids)
     ]
     for run_id in run_ids:
@@ -134,7 +141,12 @@ async def test_kill_9_of_a_worker_mid_node_another_worker_finishes_and_nothing_c
     holder = hosts.worker("holder", AETHERGRAPH_NODE_CONCURRENCY="2", SP_HOLDER="2")
     wait_ready(holder)
     driver = hosts.driver(
-        "driver", "sp_wide", {"log": str(log), "sleep_s": 0.05}, run_id, AETHERGRAPH_NODE_CONCURRENCY="1"
+        "driver",
+        "sp_wide",
+        {"log": str(log), "sleep_s": 0.05},
+        run_id,
+        AETHERGRAPH_NODE_CONCURRENCY="1",
+        AETHERGRAPH_LOCAL_NODE_CONCURRENCY="0",
     )
 
     def held() -> list[str] | None:
@@ -169,6 +181,54 @@ async def test_kill_9_of_a_worker_mid_node_another_worker_finishes_and_nothing_c
     assert Counter(e.node_id for e in chain if isinstance(e, ev.NodeReady)) == Counter(
         {e.node_id: 1 for e in completed}
     )
+    assert rescuer.stop() == 0, rescuer.output()
+
+
+async def test_kill_9_of_the_scheduler_mid_local_node_a_worker_takes_the_run_and_runs_only_that_node_again(
+    runtime: Runtime, hosts: Hosts, tmp_path: Path
+) -> None:
+    """The driver runs nodes of its own run in place (``node.started``, no work item): killed inside one,
+    the run is taken over by another process, which runs that node again and nothing else."""
+    log = tmp_path / "count.log"
+    run_id = new_run_id("local")
+    driver = hosts.driver("driver", "sp_wide", {"log": str(log), "sleep_s": 0.01}, run_id, SP_HOLDER="1")
+
+    def held() -> str | None:
+        labels = [label for label, pids in by_label(log, "hold").items() if driver.pid in pids]
+        return labels[0] if labels else None
+
+    held_label = wait_until(held, timeout_s=SAFETY_S, what="the driver to park in one of its local nodes")
+    held_node = f"sp_work_{int(held_label[1:]) + 1}"
+
+    async def others_committed() -> bool | None:
+        chain = await chain_of(runtime, run_id)
+        completed = {e.node_id for e in chain if isinstance(e, ev.NodeCompleted)}
+        return True if len(completed) == WIDTH - 1 and held_node not in completed else None
+
+    # Every other node's outcome is journaled: only the held node is left when the driver dies.
+    await eventually(others_committed, "every node but the held one to be journaled as completed")
+    rescuer = hosts.worker("rescuer", AETHERGRAPH_NODE_CONCURRENCY="4")
+    wait_ready(rescuer)
+    driver.kill9()
+
+    assert await outcome_of(run_id) == {"total": WIDE_TOTAL, "count": WIDTH}
+    runs, done = by_label(log, "run"), by_label(log, "done")
+    assert sorted(done) == WIDE_LABELS
+    assert all(len(pids) == 1 for pids in done.values()), done
+    assert sorted(label for label, pids in runs.items() if len(pids) > 1) == [held_label]
+    assert runs[held_label] == [driver.pid, rescuer.pid]
+    assert done[held_label] == [rescuer.pid]
+
+    chain = await chain_of(runtime, run_id)
+    dispatches = [e for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted) and e.node_id == held_node]
+    # Started in place by the driver, then again (same attempt: a node run would continue by replay).
+    assert isinstance(dispatches[0], ev.NodeStarted) and dispatches[0].worker == driver.worker_id
+    assert len(dispatches) == 2 and {e.attempt for e in dispatches} == {1}
+    completed = [e for e in chain if isinstance(e, ev.NodeCompleted)]
+    assert Counter(e.node_id for e in completed) == Counter({e.node_id: 1 for e in completed})
+    assert len(completed) == WIDTH + 1
+    assert driver.worker_id not in {e.executor for e in completed if e.node_id == held_node}
+    assert any(isinstance(e, ev.NodeStarted) and e.worker == driver.worker_id for e in chain if e.node_id != held_node)
     assert rescuer.stop() == 0, rescuer.output()
 
 

@@ -28,7 +28,7 @@ from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.static_run import node_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.runtime import Runtime, load_target
 
 # --- what the tools record ------------------------------------------------------------------
 
@@ -193,7 +193,7 @@ async def test_max_concurrency_one_really_serialises(runtime: Runtime) -> None:
     chain = journal_chain([r.event for r in await read_events(runtime, handle.run_id)])
     open_nodes = peak = 0
     for event in chain:
-        if isinstance(event, ev.NodeReady):
+        if isinstance(event, ev.NodeReady | ev.NodeStarted):
             open_nodes += 1
         elif isinstance(event, (ev.NodeCompleted, ev.NodeFailed)):
             open_nodes -= 1
@@ -251,7 +251,7 @@ async def test_node_failing_twice_succeeds_on_the_third_attempt(
     # Backoff 0.05 s then 0.1 s: the retry is announced for at least that much later.
     assert failed[0].retry_at_us is not None and failed[0].retry_at_us - failed[0].ts >= 50_000 - 1_000
     assert failed[1].retry_at_us is not None and failed[1].retry_at_us - failed[1].ts >= 100_000 - 1_000
-    readies = [e for e in chain if isinstance(e, ev.NodeReady) and e.node_id == "sgr_flaky_1"]
+    readies = [e for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted) and e.node_id == "sgr_flaky_1"]
     assert [e.attempt for e in readies] == [1, 2, 3]
     [completed] = [e for e in chain if isinstance(e, ev.NodeCompleted) and e.node_id == "sgr_flaky_1"]
     assert completed.attempt == 3 and completed.outputs == {"v": 40}
@@ -391,7 +391,9 @@ async def test_retry_of_a_failed_run_runs_only_failed_and_skipped_nodes(runtime:
     assert ends == ["RunFailed", "RunCompleted"]
     completed = [e.node_id for e in chain if isinstance(e, ev.NodeCompleted)]
     assert sorted(completed) == ["sgr_count_1", "sgr_count_2", "sgr_count_3", "sgr_flaky_1"]
-    flaky_ready = [e.attempt for e in chain if isinstance(e, ev.NodeReady) and e.node_id == "sgr_flaky_1"]
+    flaky_ready = [
+        e.attempt for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted) and e.node_id == "sgr_flaky_1"
+    ]
     assert flaky_ready == [1, 2]
 
     with pytest.raises(RunFailedError, match="only a failed or cancelled run can be retried"):
@@ -593,7 +595,7 @@ def sgr_two_steps(tok):  # type: ignore[no-untyped-def]
 
 
 async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_again(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    queue_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's acknowledgement of node ``a`` is lost after the scheduler journaled its outcome: the
     server hands ``a`` out again, and the executor acknowledges it without running the tool twice."""
@@ -614,7 +616,8 @@ async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_a
 
     # Every node executor of this process (other tests' runtimes take work from the same queue).
     monkeypatch.setattr(JetStreamWorkQueue, "ack", ack)
-    assert await ag.run_async(sgr_two_steps, {"tok": tok}) == {"v": 3}
+    spec = load_target(sgr_two_steps)
+    assert await execute_run(spec, {"tok": tok}, run_id=new_run_id(), env=queue_runtime) == {"v": 3}
 
     async def settled() -> bool | None:
         return True if redelivered else None

@@ -19,6 +19,7 @@ from aethergraph.core.events import (
     NodeFailed,
     NodeReady,
     NodeSkipped,
+    NodeStarted,
     ToolCalled,
     ToolFailed,
     ToolReturned,
@@ -68,7 +69,7 @@ class RunProgress:
         except Exception:  # noqa: BLE001 - progress display must not break the run
             return
         self.events_seen += 1
-        if isinstance(event, (ToolCalled, NodeReady)) and event.node_id:
+        if isinstance(event, (ToolCalled, NodeReady, NodeStarted)) and event.node_id:
             self._running[event.node_id] = event.tool
         elif isinstance(event, (ToolReturned, ToolFailed, NodeCompleted, NodeFailed, NodeSkipped)) and event.node_id:
             self._running.pop(event.node_id, None)

@@ -139,8 +139,19 @@ class NodeReady(Event, frozen=True, kw_only=True, tag="node.ready"):
 
 
 class NodeStarted(Event, frozen=True, kw_only=True, tag="node.started"):
+    """The run's scheduler runs a node in its own process (a local node) instead of dispatching it.
+
+    The fields mean what they mean in ``node.ready``; the event's ``worker``
+    is the process running the node. No work item exists: a process that
+    continues the run and finds a ``node.started`` without an outcome runs
+    the node again (same attempt, so its node run continues by replay).
+    """
+
     tool: str
     attempt: int = 1
+    args: dict[str, Any] = {}
+    root_run_id: str | None = None
+    timeout_s: float | None = None
 
 
 class NodeCompleted(Event, frozen=True, kw_only=True, tag="node.completed"):

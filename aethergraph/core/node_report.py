@@ -9,11 +9,12 @@ wait it is parked on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["NodeReport", "NodeStatus"]
+__all__ = ["LocalNode", "NodeReport", "NodeStatus"]
 
 NodeStatus = Literal["completed", "failed", "waiting", "cancelled"]
 
@@ -35,3 +36,16 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     wait_run_id: str | None = None
     kind: str = ""
     prompt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalNode:
+    """A node attempt the run's scheduler hands to its own process's executor (journaled as ``node.started``)."""
+
+    run_id: str
+    node_id: str
+    tool: str
+    args: dict[str, Any]
+    attempt: int
+    root_run_id: str | None
+    timeout_s: float | None

@@ -15,7 +15,7 @@ from .events import AnyEvent, Event
 if TYPE_CHECKING:
     import asyncio
 
-    from .node_report import NodeReport
+    from .node_report import LocalNode, NodeReport
     from .spec import CallableSpec
 
 __all__ = ["EventLog", "LocalReportSink", "ParentLink", "ReportSink", "RunEnvironment", "RunWriter", "StoredEvent"]
@@ -124,6 +124,17 @@ class RunEnvironment(Protocol):
 
     async def ensure_node_executor(self) -> None:
         """Make sure this process also executes nodes from the work queue (the embedded default)."""
+        ...
+
+    def run_node_here(self, node: LocalNode, sink: LocalReportSink) -> asyncio.Task[None] | None:
+        """Start ``node`` in this process's executor if it has a free local slot and knows the tool.
+
+        The report goes to ``sink``, and is stored like a worker's if the
+        sink does not journal it. Returns the node's task, which does not run
+        before the caller yields to the event loop (cancelling it before then
+        means the tool never runs); None if nothing was started, in which case
+        the scheduler dispatches the node to the work queue instead.
+        """
         ...
 
     async def spawn_run(self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str, parent: ParentLink) -> bool:

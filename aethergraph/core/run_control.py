@@ -16,6 +16,7 @@ from .errors import GraphNotFoundError, RunFailedError, RunNotFoundError, StaleW
 from .events import (
     Event,
     NodeReady,
+    NodeStarted,
     RunCancelled,
     RunClaimed,
     RunCompleted,
@@ -95,7 +96,7 @@ def _children(run_id: str, chain: Sequence[Event]) -> list[str]:
 
     ids = []
     for event in chain:
-        if isinstance(event, NodeReady) and event.node_id:
+        if isinstance(event, NodeReady | NodeStarted) and event.node_id:
             ids.append(node_run_id(run_id, event.node_id, event.attempt))
         elif isinstance(event, ToolCalled) and event.node_id:
             ids.append(child_run_id(run_id, event.node_id))

@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     are answered inline: ``auto`` when standard input is a terminal,
     ``always`` (e.g. answers piped in), or ``never`` (every question is a
     durable wait answered by a resume command). ``node_concurrency`` is how
-    many nodes of static graphs one process executes at once;
+    many nodes of static graphs one process takes from the work queue at
+    once; ``local_node_concurrency`` is how many nodes of the runs a process
+    schedules itself it may run in place, without the work queue (journaled
+    as ``node.started``; 0 sends every node through the queue);
     ``node_ack_wait_s`` is how long a node may go without its worker's
     heartbeat before the work queue hands it to another worker (a worker
     sends one every third of that while the node runs). ``artifact_store`` picks where
@@ -59,6 +62,7 @@ class Settings(BaseSettings):
     console_input: Literal["auto", "always", "never"] = "auto"
     node_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     node_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
+    local_node_concurrency: Annotated[int, Field(ge=0, le=100_000)] = 16
     artifact_store: Literal["auto", "local", "object_store"] = "auto"
     artifacts_dir: Path | None = None
 

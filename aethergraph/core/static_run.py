@@ -5,7 +5,11 @@ for every node whose dependencies are done; that event is the dispatch:
 workers take ``node.ready`` events from the shared work queue, execute the
 node and publish a :class:`~aethergraph.core.node_report.NodeReport`. Each
 report that arrives journals the node's outcome and makes its dependents
-ready. Nothing polls: the scheduler sleeps until a report (or a retry's
+ready. While the scheduler's own process has a free local slot and knows
+the tool, a ready node runs there instead (a *local node*, journaled as
+``node.started``), which saves the work queue's round trip through the
+server; a process that continues the run and finds a ``node.started``
+without an outcome runs the node again. Nothing polls: the scheduler sleeps until a report (or a retry's
 backoff timer) wakes it.
 
 The scheduler's state is a fold of the run's journal plus the reports not
@@ -32,6 +36,7 @@ from .events import (
     NodeFailed,
     NodeReady,
     NodeSkipped,
+    NodeStarted,
     RunCancelled,
     RunClaimed,
     RunCompleted,
@@ -42,7 +47,7 @@ from .events import (
 )
 from .graph_refs import GraphRef, resolve_refs
 from .ids import child_run_id
-from .node_report import NodeReport
+from .node_report import LocalNode, NodeReport
 from .replay import journal_chain
 from .scope import RunScope
 from .spec import CallableSpec
@@ -50,7 +55,9 @@ from .task_graph import TaskGraph, TaskNode
 
 __all__ = ["drive_static_run", "node_run_id"]
 
-Status = Literal["pending", "queued", "dispatched", "waiting", "retrying", "completed", "failed", "skipped"]
+# "dispatched": handed to a worker or to this process's executor; "started": journaled as a local node by a
+# scheduler before this one, with no outcome (nobody runs it any more).
+Status = Literal["pending", "queued", "dispatched", "started", "waiting", "retrying", "completed", "failed", "skipped"]
 _DONE = ("completed", "skipped")
 
 
@@ -86,6 +93,9 @@ class _StaticRun:
         self.outputs: dict[str, dict[str, Any]] = {}
         self.ready: collections.deque[tuple[str, int]] = collections.deque()
         self.unchecked_waits: list[str] = []
+        self.orphans: list[str] = []  # local nodes of a previous scheduler, run again once reports caught up
+        # The always-suspend test mode stops the scheduler between steps: nodes run only on workers there.
+        self.local_nodes = not scope.suspend_after_each_step
         self.inflight = 0
         self.retry_timers: dict[str, asyncio.TimerHandle] = {}
         self.failed: list[str] = []
@@ -108,6 +118,8 @@ class _StaticRun:
             state = states.get(node_id) if node_id is not None else None
             if isinstance(event, NodeReady) and state is not None:
                 state.status, state.attempt, state.seq = "dispatched", event.attempt, event.seq
+            elif isinstance(event, NodeStarted) and state is not None:
+                state.status, state.attempt, state.seq = "started", event.attempt, event.seq
             elif isinstance(event, NodeCompleted) and state is not None:
                 state.status, state.seq = "completed", event.seq
                 self.outputs[event.node_id or ""] = dict(event.outputs)
@@ -125,7 +137,7 @@ class _StaticRun:
     def _reset_failed(self) -> None:
         """A retry of the run: failed nodes, and what they kept from running, become pending again."""
         for state in self.states.values():
-            if state.status in ("failed", "dispatched", "retrying", "waiting") or (
+            if state.status in ("failed", "dispatched", "started", "retrying", "waiting") or (
                 state.status == "skipped" and state.skip_reason != "condition"
             ):
                 state.status, state.skip_reason = "pending", ""
@@ -142,6 +154,8 @@ class _StaticRun:
             state = self.states[node_id]
             if state.status == "dispatched":
                 self.inflight += 1
+            elif state.status == "started":
+                self.orphans.append(node_id)
             elif state.status == "retrying":
                 self._arm_retry(node_id, state.attempt + 1, 0.0)
             elif state.status == "failed":
@@ -165,6 +179,7 @@ class _StaticRun:
         if kind == "report":
             if item is None:
                 self.caught_up = True
+                self._rerun_orphans()
             else:
                 self._on_report(item)
         elif kind == "local":
@@ -182,7 +197,7 @@ class _StaticRun:
     def _on_report(self, report: NodeReport) -> asyncio.Future[int] | None:
         """Journal the node's outcome; returns the commit of that outcome (None if nothing was journaled)."""
         state = self.states.get(report.node_id)
-        if state is None or report.attempt != state.attempt or state.status not in ("dispatched", "waiting"):
+        if state is None or report.attempt != state.attempt or state.status not in ("dispatched", "started", "waiting"):
             return None  # a duplicate, a late report of an attempt already decided, or another graph's node
         if state.status == "dispatched":
             self.inflight -= 1
@@ -234,6 +249,14 @@ class _StaticRun:
         self.failed.append(node_id)
         self._skip_dependents(node_id, "upstream_failed")
         return outcome
+
+    def _rerun_orphans(self) -> None:
+        """Local nodes a previous scheduler started and nobody reported on run again (same attempt)."""
+        orphans, self.orphans = self.orphans, []
+        for node_id in orphans:
+            state = self.states[node_id]
+            if state.status == "started" and not self.failed:
+                self._enqueue(node_id, state.attempt)
 
     def _arm_retry(self, node_id: str, attempt: int, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -327,16 +350,40 @@ class _StaticRun:
             args, _ = normalise_value(
                 resolve_refs(dict(node.args), self.inputs, self.outputs), what=f"the arguments of node {node_id}"
             )
-            state.seq = self._append(
-                NodeReady,
-                parent=self._parent_of(node_id) or None,
-                node_id=node_id,
-                tool=node.tool,
-                args=args,
-                attempt=state.attempt,
-                root_run_id=self.root_run_id or self.scope.run_id,
-                timeout_s=node.timeout_s,
+            root_run_id = self.root_run_id or self.scope.run_id
+            # A local node starts before its node.started is stored: the scheduler is its only witness,
+            # and whoever continues the run after a crash runs a node.started without outcome again.
+            local = (
+                self.scope.env.run_node_here(
+                    LocalNode(
+                        run_id=self.scope.run_id,
+                        node_id=node_id,
+                        tool=node.tool,
+                        args=args,
+                        attempt=state.attempt,
+                        root_run_id=root_run_id,
+                        timeout_s=node.timeout_s,
+                    ),
+                    self.on_local_report,
+                )
+                if self.local_nodes
+                else None
             )
+            try:
+                state.seq = self._append(
+                    NodeReady if local is None else NodeStarted,
+                    parent=self._parent_of(node_id) or None,
+                    node_id=node_id,
+                    tool=node.tool,
+                    args=args,
+                    attempt=state.attempt,
+                    root_run_id=root_run_id,
+                    timeout_s=node.timeout_s,
+                )
+            except BaseException:
+                if local is not None:
+                    local.cancel()  # not started yet (the scheduler has not yielded): the tool never runs
+                raise
         except (KeyError, EventTooLargeError, SerializationError) as exc:
             # The node cannot even be handed to a worker: it fails without retry.
             self.inflight -= 1

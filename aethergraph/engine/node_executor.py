@@ -1,7 +1,10 @@
 """``NodeExecutor``: executes the nodes of static graphs that this process takes from the work queue.
 
 Each ``node.ready`` taken from ``ag-work`` runs the node's tool and reports
-the outcome (a :class:`~aethergraph.core.node_report.NodeReport`). When the
+the outcome (a :class:`~aethergraph.core.node_report.NodeReport`). A
+scheduler in this process may also hand it a *local node*
+(:meth:`NodeExecutor.run_node_here`, journaled as ``node.started``): it runs
+the same way in one of ``local_capacity`` slots, with no work item at all. When the
 run's scheduler is in this process the report goes straight to it, and the
 work item is acknowledged once the scheduler's journal holds the outcome;
 otherwise the report is stored on the bus and the item acknowledged once it
@@ -50,7 +53,7 @@ from aethergraph.core.events import (
     RunFailed,
 )
 from aethergraph.core.executor import error_type_name, execute_run, resume_run
-from aethergraph.core.node_report import NodeReport
+from aethergraph.core.node_report import LocalNode, NodeReport
 from aethergraph.core.ports import LocalReportSink, ParentLink, RunEnvironment
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.replay import journal_chain
@@ -60,6 +63,9 @@ from aethergraph.core.static_run import node_run_id
 __all__ = ["NodeExecutor"]
 
 log = logging.getLogger("aethergraph.nodes")
+
+NodeWork = NodeReady | LocalNode
+"""A node attempt to execute: a work item's ``node.ready``, or a local node of a scheduler in this process."""
 
 
 class NodeExecutor:
@@ -72,6 +78,7 @@ class NodeExecutor:
         *,
         capacity: int,
         ack_wait_s: float,
+        local_capacity: int = 0,
         graphs: Callable[[str], CallableSpec] = must_get_graph,
         defer_delay_s: float = 0.1,
         local_sinks: Mapping[str, LocalReportSink] | None = None,
@@ -82,8 +89,12 @@ class NodeExecutor:
         self._heartbeat_s = max(0.2, ack_wait_s / 3)
         self._graphs = graphs
         self._defer_delay_s = defer_delay_s
+        self._local_capacity = local_capacity
+        self._local_busy = 0
+        self._stopping = False
         self._queue: JetStreamWorkQueue | None = None
-        self._running: dict[asyncio.Task[None], WorkItem] = {}
+        self._running: dict[asyncio.Task[None], NodeWork] = {}
+        self._items: dict[asyncio.Task[None], WorkItem] = {}  # the running work items (not local nodes)
         self._cancelled: set[asyncio.Task[None]] = set()
         self._reporting: set[asyncio.Task[None]] = set()  # finished executing; a cancel no longer applies
         self._decided: dict[str, asyncio.Task[frozenset[tuple[str, int]]]] = {}
@@ -101,6 +112,7 @@ class NodeExecutor:
 
     async def stop(self) -> None:
         """Stop taking nodes and let the running ones finish (their reports are published)."""
+        self._stopping = True
         if self._queue is not None:
             await self._queue.stop()
         if self._running:
@@ -112,8 +124,7 @@ class NodeExecutor:
     def cancel_run(self, run_id: str) -> int:
         """Cancel the running nodes of ``run_id`` (or of a run tree whose top is ``run_id``)."""
         count = 0
-        for task, item in list(self._running.items()):
-            event = item.event
+        for task, event in list(self._running.items()):
             if task in self._reporting:
                 continue
             if event.run_id == run_id or event.root_run_id == run_id:
@@ -126,13 +137,36 @@ class NodeExecutor:
 
     def _on_item(self, item: WorkItem) -> None:
         task = asyncio.get_running_loop().create_task(self._execute(item))
-        self._running[task] = item
+        self._running[task] = item.event
+        self._items[task] = item
         task.add_done_callback(self._forget)
         if self._heartbeat is None:
             self._heartbeat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._beat)
 
+    def run_node_here(self, node: LocalNode, sink: LocalReportSink) -> asyncio.Task[None] | None:
+        """Start ``node`` of a scheduler in this process if a local slot is free and the tool is known here.
+
+        Returns the node's task (not running before the caller yields), or None if nothing was started.
+        """
+        if self._stopping or self._queue is None or self._local_busy >= self._local_capacity:
+            return None
+        try:
+            spec = self._graphs(node.tool)
+        except GraphNotFoundError:
+            return None
+        self._local_busy += 1
+        task = asyncio.get_running_loop().create_task(self._execute_local(spec, node, sink))
+        self._running[task] = node
+        task.add_done_callback(self._forget_local)
+        return task
+
+    def _forget_local(self, task: asyncio.Task[None]) -> None:
+        self._local_busy -= 1
+        self._forget(task)
+
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._items.pop(task, None)
         self._cancelled.discard(task)
         self._reporting.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -144,7 +178,7 @@ class NodeExecutor:
         queue = self._queue
         if queue is None or not self._running:
             return
-        for item in self._running.values():
+        for item in self._items.values():
             queue.in_progress(item)
         self._heartbeat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._beat)
 
@@ -163,6 +197,53 @@ class NodeExecutor:
         if item.deliveries > 1 and await self._already_decided(event):
             queue.ack(item)  # its outcome was journaled before the acknowledgement was lost: do not run it again
             return
+        report = await self._attempt(spec, event)
+        if report is None:
+            queue.nak(item, 0.2)  # another worker continues this node run right now
+            return
+        if await self._deliver(report):
+            queue.ack(item)
+        else:
+            queue.nak(item, self._defer_delay_s)
+
+    async def _execute_local(self, spec: CallableSpec, node: LocalNode, sink: LocalReportSink) -> None:
+        report = await self._attempt(spec, node)
+        while report is None:  # another process continues this node run right now: try again shortly
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                if asyncio.current_task() not in self._cancelled:
+                    raise
+                report = self._cancelled_report(node)
+                break
+            report = await self._attempt(spec, node)
+        self._mark_reporting()
+        if await sink(report):
+            return  # the scheduler journaled the outcome
+        # Not journaled (a wait, or the scheduler stopped): store it for whichever process continues the run.
+        await self._deliver(report, local=False)
+
+    def _mark_reporting(self) -> None:
+        """The current node finished executing: a cancel of its run no longer applies to it."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._reporting.add(task)
+
+    async def _deliver(self, report: NodeReport, *, local: bool = True) -> bool:
+        """Hand ``report`` to the run's scheduler: directly when it is in this process, else stored."""
+        self._mark_reporting()
+        sink = self._local_sinks.get(report.run_id) if local else None
+        if sink is not None and await sink(report):
+            return True  # the run's scheduler is in this process and journaled the outcome
+        try:
+            await self._reports.publish(report)
+        except Exception:
+            log.exception("could not store the report of node %s of run %s", report.node_id, report.run_id)
+            return False
+        return True
+
+    async def _attempt(self, spec: CallableSpec, event: NodeWork) -> NodeReport | None:
+        """Execute one node attempt; its report, or None if another process continues its node run."""
         started_us = time.time_ns() // 1000
         started = time.perf_counter_ns()
         common: dict[str, Any] = {
@@ -174,9 +255,9 @@ class NodeExecutor:
         }
         try:
             outputs = await self._run_node(spec, event)
-            report = NodeReport(status="completed", outputs=outputs, **common, duration_us=_since(started))
+            return NodeReport(status="completed", outputs=outputs, **common, duration_us=_since(started))
         except RunSuspended as suspended:
-            report = NodeReport(
+            return NodeReport(
                 status="waiting",
                 wait_id=suspended.wait_id,
                 wait_run_id=suspended.wait_run_id,
@@ -188,9 +269,9 @@ class NodeExecutor:
         except asyncio.CancelledError:
             if asyncio.current_task() not in self._cancelled:
                 raise  # the process is stopping: the item is redelivered to another worker
-            report = NodeReport(status="cancelled", error_type="Cancelled", message="the run was cancelled", **common)
+            return self._cancelled_report(event, started_us)
         except TimeoutError:
-            report = NodeReport(
+            return NodeReport(
                 status="failed",
                 error_type="TimeoutError",
                 message=f"node {event.node_id} ran longer than its timeout of {event.timeout_s:g}s",
@@ -198,28 +279,25 @@ class NodeExecutor:
                 duration_us=_since(started),
             )
         except StaleWriterError:
-            queue.nak(item, 0.2)  # another worker continues this node run right now
-            return
+            return None
         except Exception as exc:  # noqa: BLE001 - reported to the scheduler, which journals it
             error_type = exc.error_type if isinstance(exc, RunFailedError) else error_type_name(exc)
             message = exc.message if isinstance(exc, (EventTooLargeError, RunFailedError)) else str(exc)
-            report = NodeReport(
+            return NodeReport(
                 status="failed", error_type=error_type, message=message, **common, duration_us=_since(started)
             )
-        task = asyncio.current_task()
-        if task is not None:
-            self._reporting.add(task)
-        local = self._local_sinks.get(event.run_id)
-        if local is not None and await local(report):
-            queue.ack(item)  # the run's scheduler is in this process and journaled the outcome
-            return
-        try:
-            await self._reports.publish(report)
-        except Exception:
-            log.exception("could not store the report of node %s of run %s", event.node_id, event.run_id)
-            queue.nak(item, self._defer_delay_s)
-            return
-        queue.ack(item)
+
+    def _cancelled_report(self, event: NodeWork, started_us: int = 0) -> NodeReport:
+        return NodeReport(
+            run_id=event.run_id,
+            node_id=event.node_id or "",
+            attempt=event.attempt,
+            status="cancelled",
+            error_type="Cancelled",
+            message="the run was cancelled",
+            executor=self._env.worker_id,
+            started_us=started_us,
+        )
 
     async def _already_decided(self, event: NodeReady) -> bool:
         """Whether the run's journal already holds this attempt's outcome, or the run has ended."""
@@ -254,7 +332,7 @@ class NodeExecutor:
             decided.add(("", 0))
         return frozenset(decided)
 
-    async def _run_node(self, spec: CallableSpec, event: NodeReady) -> dict[str, Any]:
+    async def _run_node(self, spec: CallableSpec, event: NodeWork) -> dict[str, Any]:
         async with asyncio.timeout(event.timeout_s):
             if spec.kind == "tool" and spec.context_param is None:
                 if spec.is_async:
@@ -267,7 +345,7 @@ class NodeExecutor:
                 return dict(outputs)
             return await self._run_node_run(spec, event)
 
-    async def _run_node_run(self, spec: CallableSpec, event: NodeReady) -> dict[str, Any]:
+    async def _run_node_run(self, spec: CallableSpec, event: NodeWork) -> dict[str, Any]:
         node_id = event.node_id or ""
         run_id = node_run_id(event.run_id, node_id, event.attempt)
         parent = ParentLink(run_id=event.run_id, node_id=node_id, root_run_id=event.root_run_id or event.run_id)

@@ -151,7 +151,7 @@ _RUN_STATUS: Final = (
 _WHILE_WAITING: Final = "CASE WHEN e.type = 'run.waiting' THEN {} ELSE '' END"
 _RUN_ENDS: Final = "'run.completed', 'run.failed', 'run.cancelled'"
 _NODE_ENDS: Final = "'tool.returned', 'node.completed', 'tool.failed', 'node.failed', 'node.skipped'"
-# The events that open a node: a graph_fn's tool call, a static graph's dispatch (and its legacy node.started).
+# The events that open a node: a graph_fn's tool call, a static graph's dispatch or local node (node.started).
 _NODE_OPENS: Final = "'tool.called', 'node.started', 'node.ready'"
 _ATTEMPT: Final = (
     "CASE WHEN t = 'tool.called' THEN 1 "
@@ -208,7 +208,7 @@ _NODE_STATUS: Final = (
     "WHEN 'wait.resumed' THEN 'running' WHEN 'wait.expired' THEN 'running' END"
 )
 # Merging keeps non-null values, so a static node dispatched again after a skip (a retried run) clears its skip with ''.
-_SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} WHEN 'node.ready' THEN '' END"
+_SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} WHEN 'node.ready' THEN '' WHEN 'node.started' THEN '' END"
 # A static node's attempt that ran on an executor (a node failed before dispatch names none).
 _EXECUTED: Final = "t IN ('node.completed', 'node.failed') AND executor <> ''"
 _NODES = _merge(
@@ -228,9 +228,9 @@ _NODES = _merge(
         ("executor", "last", _last("executor", _EXECUTED)),
         ("error_type", "last", _last("error_type", "t IN ('tool.failed', 'node.failed')")),
         ("error_message", "last", _last("message", "t IN ('tool.failed', 'node.failed')")),
-        ("skip_reason", "last", _last(_SKIP.format("reason"), "t IN ('node.skipped', 'node.ready')")),
+        ("skip_reason", "last", _last(_SKIP.format("reason"), "t IN ('node.skipped', 'node.ready', 'node.started')")),
         ("skip_upstream", "last", _last(
-            _SKIP.format("coalesce(upstream, '')"), "t IN ('node.skipped', 'node.ready')"
+            _SKIP.format("coalesce(upstream, '')"), "t IN ('node.skipped', 'node.ready', 'node.started')"
         )),
         ("child_run_id", "first", _first("child", "t = 'child'")),
         ("first_seq", "first", _first("seq", f"t IN ({_NODE_OPENS}, 'node.skipped')")),
@@ -408,10 +408,10 @@ _DATA_EDGES = _insert_missing(
     f"""
 WITH called AS (
     SELECT stream_seq AS s, e, {_NODE} AS entity FROM staging
-    WHERE stream_seq > $1 AND e.type IN ('tool.called', 'node.ready', 'service.called') AND {_IN_NODE}
+    WHERE stream_seq > $1 AND e.type IN ('tool.called', 'node.ready', 'node.started', 'service.called') AND {_IN_NODE}
 ), x AS (
     SELECT unnest(map_values(e.args::MAP(VARCHAR, JSON))) AS v, entity, e.run_id, s FROM called
-        WHERE e.type IN ('tool.called', 'node.ready')
+        WHERE e.type IN ('tool.called', 'node.ready', 'node.started')
     UNION ALL SELECT unnest(e.args::JSON[]), entity, e.run_id, s FROM called WHERE e.type = 'service.called'
     UNION ALL SELECT unnest(map_values(e.kwargs::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM called
         WHERE e.type = 'service.called'

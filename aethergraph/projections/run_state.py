@@ -18,7 +18,7 @@ from typing import Any
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import RunNotFoundError
-from aethergraph.core.events import NodeReady, ToolCalled
+from aethergraph.core.events import NodeReady, NodeStarted, ToolCalled
 from aethergraph.core.ids import child_run_id
 from aethergraph.core.static_run import node_run_id
 
@@ -95,7 +95,7 @@ async def rebuild_run_state(
                 if isinstance(event, ToolCalled)
                 else node_run_id(event.run_id, event.node_id, event.attempt)
                 for event in (item.event for item in frontier)
-                if isinstance(event, ToolCalled | NodeReady) and event.node_id is not None
+                if isinstance(event, ToolCalled | NodeReady | NodeStarted) and event.node_id is not None
             )
         )
         started = await event_log.started_runs(candidates)
