@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from aethergraph import Settings, close_runtime, get_runtime, graphify, tool
-from aethergraph.core.events import NodeCompleted, NodeReady
+from aethergraph.core.events import NodeCompleted, NodeReady, NodeStarted
 from aethergraph.core.replay import journal_chain
 from aethergraph.runtime import Runtime, start_run
 
@@ -72,12 +72,13 @@ def _edge_latencies(chain: list[Any], graph: Any) -> tuple[list[int], list[int],
 
     * completed -> started: d's executor start (``started_us`` in d's node.completed) minus the ``ts`` of
       u's node.completed (when the scheduler journaled u's outcome);
-    * completed -> ready: the ``ts`` of d's node.ready minus the ``ts`` of u's node.completed;
+    * completed -> ready: the ``ts`` of d's dispatch (node.ready, or node.started for a local node) minus
+      the ``ts`` of u's node.completed;
     * finished -> started: d's executor start minus the end of u's execution on its worker
-      (``started_us + duration_us`` of u): report publish, scheduler, node.ready, work-queue delivery.
+      (``started_us + duration_us`` of u): report, scheduler, dispatch (and the work-queue delivery).
     """
     completed = {e.node_id: e for e in chain if isinstance(e, NodeCompleted)}
-    ready = {e.node_id: e for e in chain if isinstance(e, NodeReady)}
+    ready = {e.node_id: e for e in chain if isinstance(e, NodeReady | NodeStarted)}
     started: list[int] = []
     readied: list[int] = []
     finished: list[int] = []
@@ -105,7 +106,10 @@ async def _one_run(
     return elapsed, await _journal(runtime, handle.run_id)
 
 
-async def _measure(ctx: BenchContext, sync: str, width: int, length: int, repeats: int) -> list[Figure]:
+async def _measure(
+    ctx: BenchContext, sync: str, width: int, length: int, repeats: int, *, queue_only: bool = False
+) -> list[Figure]:
+    """Figures of one sync interval; ``queue_only`` sends every node through the work queue (no local nodes)."""
     wide, chain = wide_graph(width), chain_graph(length)
     build_s = []
     for builder in (wide, chain):
@@ -116,10 +120,14 @@ async def _measure(ctx: BenchContext, sync: str, width: int, length: int, repeat
     wide_expected = {"total": sum(range(width))}
     chain_expected = {"v": length}
     with isolated_server(sync) as (server, workspace):
-        await get_runtime(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
+        settings = Settings(nats_url=server.url, workspace=workspace, sync_interval=sync)
+        if queue_only:
+            settings = settings.model_copy(update={"local_node_concurrency": 0})
+        await get_runtime(settings)
         runtime = await get_runtime()
         try:
-            ctx.say(f"warm-up (sync_interval={sync})")
+            placement = "work queue only" if queue_only else "default placement"
+            ctx.say(f"warm-up (sync_interval={sync}, {placement})")
             await _one_run(runtime, chain_graph(50), {"start": 0}, {"v": 50})
             await _one_run(runtime, wide_graph(200), {"seed": 0}, {"total": sum(range(200))})
             wide_rates: list[float] = []
@@ -130,7 +138,10 @@ async def _measure(ctx: BenchContext, sync: str, width: int, length: int, repeat
             reduce_started: list[int] = []
             wide_cpu, chain_cpu = CpuMeter(server.pid), CpuMeter(server.pid)
             for index in range(repeats):
-                ctx.say(f"repeat {index + 1}/{repeats}: {width + 1:,}-node wide DAG, {length:,}-node chain ({sync})")
+                ctx.say(
+                    f"repeat {index + 1}/{repeats}: {width + 1:,}-node wide DAG, {length:,}-node chain "
+                    f"({sync}, {placement})"
+                )
                 with wide_cpu.measure(width + 1):
                     elapsed, journal = await _one_run(runtime, wide, {"seed": index}, wide_expected)
                 wide_rates.append((width + 1) / elapsed)
@@ -146,7 +157,40 @@ async def _measure(ctx: BenchContext, sync: str, width: int, length: int, repeat
         finally:
             await close_runtime()
 
-    target = "; target ≥ 2,000 nodes/s" if sync == DEFAULT_SYNC else ""
+    target = "; target ≥ 2,000 nodes/s" if sync == DEFAULT_SYNC and not queue_only else ""
+    if queue_only:
+        return [
+            value_figure(
+                NAME,
+                "wide_nodes_per_s_queue",
+                f"work queue only (`local_node_concurrency=0`): wide DAG of {width + 1:,} nodes",
+                wide_rates,
+                unit="nodes/s",
+                per_repeat_n=width + 1,
+                better="higher",
+                sync_interval=sync,
+                note=wide_cpu.describe().replace("/op", "/node"),
+            ),
+            value_figure(
+                NAME,
+                "chain_nodes_per_s_queue",
+                f"work queue only (`local_node_concurrency=0`): chain of {length:,} nodes",
+                chain_rates,
+                unit="nodes/s",
+                per_repeat_n=length,
+                better="higher",
+                sync_interval=sync,
+                note=chain_cpu.describe().replace("/op", "/node"),
+            ),
+            latency_figure(
+                NAME,
+                "completed_to_started_queue",
+                "work queue only: chain, upstream `node.completed` journaled -> dependent starts executing",
+                chain_started,
+                scale=1.0,
+                sync_interval=sync,
+            ),
+        ]
     figures = [
         value_figure(
             NAME,
@@ -181,7 +225,7 @@ async def _measure(ctx: BenchContext, sync: str, width: int, length: int, repeat
         latency_figure(
             NAME,
             "completed_to_ready",
-            "chain: upstream `node.completed` -> dependent `node.ready` (scheduler only)",
+            "chain: upstream `node.completed` -> dependent dispatched (scheduler only)",
             chain_ready,
             scale=1.0,
             sync_interval=sync,
@@ -229,12 +273,17 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         # `always` fsyncs every event: fewer repeats keep the suite's run time in bounds.
         repeats = ctx.pick(5, 2) if sync == DEFAULT_SYNC else ctx.pick(3, 1)
         figures.extend(asyncio.run(_measure(ctx, sync, width, length, repeats)))
+        if sync == DEFAULT_SYNC:
+            figures.extend(asyncio.run(_measure(ctx, sync, width, length, repeats, queue_only=True)))
     notes = [
-        "One process schedules and executes (its in-process node executor takes `node.ready` from the work "
-        "queue `ag-work`), against its own nats-server; every node costs a `node.ready` event, a work-queue "
+        "One process schedules and executes, against its own nats-server. With the default placement the "
+        "scheduler runs up to `local_node_concurrency` (16) ready nodes in place: such a node costs a "
+        "`node.started` and a `node.completed` event and nothing else; the other nodes go through the work "
+        "queue `ag-work` (the process's own executor takes them too): a `node.ready` event, a work-queue "
         "delivery and ack, and a `node.completed` event (the report is handed to the scheduler in-process, not "
-        "stored). Throughput is nodes divided by the wall time from `start_run` to the result (including "
-        "`run.started` and `run.completed`).",
+        "stored). The `_queue` figures send every node through the work queue, as a run whose scheduler's "
+        "process is busy or lacks the tool does. Throughput is nodes divided by the wall time from `start_run` "
+        "to the result (including `run.started` and `run.completed`).",
         "Latencies come from the journal of each chain run (one sample per edge, 999 per run in full mode), in "
         "µs on one host clock: `node.completed` ts is when the scheduler journaled the upstream's outcome; the "
         "dependent's start is `started_us` in its own `node.completed` (the executor's clock when the tool "
