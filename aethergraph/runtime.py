@@ -45,7 +45,6 @@ from aethergraph.core.service_registry import close_services, start_services
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
 from aethergraph.engine.node_executor import NodeExecutor
-from aethergraph.engine.queries import ProjectionAccess, serve_projections
 from aethergraph.engine.runs import RunDriver, RunHandle, Suspended
 from aethergraph.engine.worker import Worker
 
@@ -475,6 +474,8 @@ async def query_async(sql: str, params: list[Any] | dict[str, Any] | None = None
     Rows come back as dicts keyed by column name. See docs/lineage.md.
     """
     runtime = await get_runtime()
+    from aethergraph.engine.queries import ProjectionAccess  # DuckDB loads on the first query, not at import
+
     result = await ProjectionAccess(runtime.bus, runtime.settings).query(sql, params)
     return result.dicts()
 
@@ -495,6 +496,8 @@ def query(sql: str, params: list[Any] | dict[str, Any] | None = None) -> list[di
 async def serve_projector(stop: asyncio.Event | None = None) -> None:
     """Own the workspace's projection store: fold new events and answer queries until ``stop`` is set."""
     runtime = await get_runtime()
+    from aethergraph.engine.queries import serve_projections  # DuckDB loads here, not at import
+
     await serve_projections(runtime.bus, runtime.settings, stop or asyncio.Event())
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import read_events, subprocess_env
+from helpers import read_events, run_python, subprocess_env
 
 import aethergraph
 from aethergraph import graph_fn, tool
@@ -245,3 +245,14 @@ async def test_runtime_on_an_unusable_workspace_fails_with_workspace_error(tmp_p
     blocker.write_text("")
     with pytest.raises(WorkspaceError, match=str(blocker.resolve())):
         await open_embedded_runtime(blocker / "ws")
+
+
+def test_importing_aethergraph_leaves_the_heavy_optional_modules_unloaded() -> None:
+    """DuckDB, jsonschema, aiofiles and mimetypes load when first used (a query, a schema to check, a file),
+    so a worker restarting after a crash, or a CLI call, does not pay for them at import."""
+    script = (
+        "import json, sys\n"
+        "import aethergraph\n"
+        "print(json.dumps(sorted(m for m in ('duckdb', 'jsonschema', 'aiofiles', 'mimetypes') if m in sys.modules)))"
+    )
+    assert run_python(script) == []

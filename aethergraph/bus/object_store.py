@@ -12,7 +12,6 @@ import hashlib
 import io
 from pathlib import Path
 
-import aiofiles
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -23,6 +22,7 @@ from nats.js.object_store import ObjectStore
 from aethergraph.core.errors import ArtifactNotFoundError
 from aethergraph.core.local_blobs import digest_in_ref
 
+# aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .dispatch import delivery_position
 
 __all__ = ["ARTIFACTS_BUCKET", "JetStreamBlobStore"]
@@ -92,6 +92,8 @@ class JetStreamBlobStore:
         await store.put(sha256, data, meta=self._meta(sha256))
 
     async def put_file(self, sha256: str, path: Path) -> None:
+        import aiofiles
+
         async with aiofiles.open(path, "rb") as source:
             data = await source.read()
         await self.put_bytes(sha256, data)
@@ -142,6 +144,8 @@ class JetStreamBlobStore:
         return data
 
     async def get_file(self, sha256: str, dest: Path | None) -> Path:
+        import aiofiles
+
         target = dest or self._cache_dir / sha256
         if dest is None and target.exists():
             return target  # content-addressed: a cached copy never goes stale

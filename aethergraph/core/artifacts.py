@@ -12,14 +12,13 @@ writing. Loads need no journaling: content behind a URI never changes.
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import aiofiles
 import msgspec
 
+# aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .codec import normalise_value
 from .errors import ArtifactNotFoundError, NonDeterminismError, RunSuspended
 from .events import ArtifactSaved
@@ -82,6 +81,8 @@ def _metric(artifact: Artifact, metric: str) -> float | None:
 
 
 async def _file_digest(path: Path) -> tuple[str, int]:
+    import aiofiles
+
     sha = hashlib.sha256()
     size = 0
     async with aiofiles.open(path, "rb") as source:
@@ -162,7 +163,11 @@ class ArtifactService:
         async def store(blobs: BlobStore) -> None:
             await blobs.put_file(sha, source)
 
-        guessed = mime or mimetypes.guess_type(source.name)[0] or "application/octet-stream"
+        if not mime:
+            import mimetypes  # its table loads on first use (12 ms), not at every process's import
+
+            mime = mimetypes.guess_type(source.name)[0]
+        guessed = mime or "application/octet-stream"
         return await self._save(sha, size, store, kind=kind, name=name or source.name, mime=guessed, labels=labels)
 
     async def _save(

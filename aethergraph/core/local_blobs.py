@@ -13,9 +13,7 @@ import os
 import re
 from pathlib import Path
 
-import aiofiles
-import aiofiles.os
-
+# aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .errors import ArtifactNotFoundError
 
 __all__ = ["CHUNK_BYTES", "LocalBlobStore", "digest_in_ref"]
@@ -46,6 +44,9 @@ class LocalBlobStore:
         return digest_in_ref(ref)
 
     async def has(self, sha256: str) -> bool:
+        import aiofiles
+        import aiofiles.os
+
         return await aiofiles.os.path.exists(self.path(sha256))
 
     async def _install(self, sha256: str, write_to: Path) -> None:
@@ -57,12 +58,16 @@ class LocalBlobStore:
         return target.with_name(f".{sha256}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
     async def put_bytes(self, sha256: str, data: bytes) -> None:
+        import aiofiles
+
         temporary = self._temporary(sha256)
         async with aiofiles.open(temporary, "wb") as out:
             await out.write(data)
         await self._install(sha256, temporary)
 
     async def put_file(self, sha256: str, path: Path) -> None:
+        import aiofiles
+
         temporary = self._temporary(sha256)
         async with aiofiles.open(path, "rb") as source, aiofiles.open(temporary, "wb") as out:
             while chunk := await source.read(CHUNK_BYTES):
@@ -77,6 +82,8 @@ class LocalBlobStore:
         )
 
     async def get_bytes(self, sha256: str) -> bytes:
+        import aiofiles
+
         try:
             async with aiofiles.open(self.path(sha256), "rb") as source:
                 return await source.read()
@@ -84,6 +91,8 @@ class LocalBlobStore:
             raise self._missing(sha256) from None
 
     async def get_file(self, sha256: str, dest: Path | None) -> Path:
+        import aiofiles
+
         stored = self.path(sha256)
         if not await self.has(sha256):
             raise self._missing(sha256)
@@ -96,12 +105,17 @@ class LocalBlobStore:
         return dest
 
     async def pin(self, sha256: str) -> None:
+        import aiofiles
+
         pins = self.root / "pins"
         pins.mkdir(parents=True, exist_ok=True)
         async with aiofiles.open(pins / sha256, "wb"):
             pass
 
     async def pinned(self) -> set[str]:
+        import aiofiles
+        import aiofiles.os
+
         try:
             return set(await aiofiles.os.listdir(self.root / "pins"))
         except FileNotFoundError:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
-from jsonschema.exceptions import SchemaError, ValidationError
-
 from .errors import ResumeRejectedError
 from .events import WaitRequested
 
@@ -18,6 +15,9 @@ def validate_payload(requested: WaitRequested, payload: Any) -> None:
     schema = requested.payload_schema
     if not schema:
         return
+    import jsonschema  # loaded by the first answer that has a schema to meet, not by every process's import
+    from jsonschema.exceptions import SchemaError, ValidationError
+
     try:
         jsonschema.validate(payload, schema)
     except ValidationError as exc:
