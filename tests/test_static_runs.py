@@ -21,9 +21,11 @@ from helpers import eventually, read_events
 
 import aethergraph as ag
 from aethergraph import RetryPolicy, graph_fn, graphify, tool
+from aethergraph.bus.topology import COMMANDS_STREAM, event_subject, report_subject
 from aethergraph.bus.work_queue import JetStreamWorkQueue
 from aethergraph.core import events as ev
-from aethergraph.core.errors import NonDeterminismError, RunFailedError
+from aethergraph.core.codec import encode_event
+from aethergraph.core.errors import NonDeterminismError, RunFailedError, StaleWriterError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
@@ -625,3 +627,69 @@ async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_a
     await eventually(settled, "the redelivery of node a to be acknowledged")
     assert lost == [1] and redelivered[0] >= 2
     assert CALLS[tok] == ["a", "b"]
+
+
+# --- local nodes --------------------------------------------------------------------------------
+
+GATES: dict[tuple[str, str], asyncio.Event] = defaultdict(asyncio.Event)
+
+
+@tool(name="sgr_gated", outputs=["v"])
+async def sgr_gated(tok: str, label: str) -> dict[str, Any]:
+    """Runs until the test opens its gate."""
+    STATE[tok].append(f"started {label}")
+    await GATES[(tok, label)].wait()
+    return {"v": label}
+
+
+@graphify(name="sgr_two_gated", inputs=["tok"], outputs=["a", "b"])
+def sgr_two_gated(tok):  # type: ignore[no-untyped-def]
+    a = sgr_gated(tok=tok, label="a")
+    b = sgr_gated(tok=tok, label="b")
+    return {"a": a.v, "b": b.v}
+
+
+async def test_a_local_node_finishing_after_its_scheduler_stopped_stores_its_report(runtime: Runtime) -> None:
+    """Nodes run in place report straight to their scheduler; once it has stopped (here: fenced out by
+    another writer), a late report is stored for whichever process continues the run, not left hanging."""
+    tok = token()
+    run_id = new_run_id()
+    handle = await ag.start_run(sgr_two_gated, {"tok": tok}, run_id=run_id)
+    try:
+        await _fence_the_scheduler_then_finish_a_late_local_node(runtime, handle, tok, run_id)
+    finally:
+        GATES[(tok, "a")].set()
+        GATES[(tok, "b")].set()
+
+
+async def _fence_the_scheduler_then_finish_a_late_local_node(
+    runtime: Runtime, handle: Any, tok: str, run_id: str
+) -> None:
+
+    async def both_started() -> bool | None:
+        return True if sorted(STATE[tok]) == ["started a", "started b"] else None
+
+    await eventually(both_started, "both nodes to start")
+    chain = journal_chain([record.event for record in await read_events(runtime, run_id)])
+    assert {e.node_id for e in chain if isinstance(e, ev.NodeStarted)} == {"sgr_gated_1", "sgr_gated_2"}
+
+    # Another writer appends to the run: the scheduler's next journal write is refused and it stops.
+    intruder = ev.LogRecorded(
+        run_id=run_id, seq=len(chain) + 1, ts=0, worker="intruder", level="info", message="fence", fields={}
+    )
+    await runtime.bus.js.publish(event_subject(run_id, "log.recorded"), encode_event(intruder))
+    GATES[(tok, "a")].set()
+    # The handle would follow the run to its end wherever it ends; the driving task is what stopped here.
+    driving = handle._task
+    assert driving is not None
+    with pytest.raises(StaleWriterError):
+        await asyncio.wait_for(asyncio.shield(driving), 60)
+
+    GATES[(tok, "b")].set()  # finishes after its scheduler stopped
+
+    async def stored_report_of_b() -> bool | None:
+        info = await runtime.bus.js.stream_info(COMMANDS_STREAM, subjects_filter=report_subject(run_id))
+        # a's report was stored when its outcome could not be journaled; b's is the second one.
+        return True if info.state.subjects and info.state.subjects.get(report_subject(run_id), 0) == 2 else None
+
+    await eventually(stored_report_of_b, "the late local node's report to be stored")

@@ -101,6 +101,7 @@ class _StaticRun:
         self.failed: list[str] = []
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.caught_up = False
+        self.stopped = False  # the scheduler has returned: local reports are no longer journaled here
         self.limit = scope.max_concurrency or graph.max_concurrency or 0
         self.last_seq = 0
         self.last_commit: asyncio.Future[int] | None = None  # the commit of the latest journal append
@@ -172,7 +173,10 @@ class _StaticRun:
     def on_local_report(self, report: NodeReport) -> asyncio.Future[bool]:
         """A report from a node executed in this process; see :data:`~aethergraph.core.ports.LocalReportSink`."""
         recorded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait(("local", (report, recorded)))
+        if self.stopped:
+            recorded.set_result(False)  # the executor stores it for whichever process continues the run
+        else:
+            self.queue.put_nowait(("local", (report, recorded)))
         return recorded
 
     def handle(self, kind: str, item: Any) -> None:
@@ -480,6 +484,7 @@ async def drive_static_run(
             await scope.journal.commit(RunCancelled, parent=run.last_seq or None, reason="cancelled")
         raise
     finally:
+        run.stopped = True
         for handle in run.retry_timers.values():
             handle.cancel()
         await stop()
