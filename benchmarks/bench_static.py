@@ -158,30 +158,40 @@ async def _measure(
             await close_runtime()
 
     target = "; target ≥ 2,000 nodes/s" if sync == DEFAULT_SYNC and not queue_only else ""
+    suffix, prefix = ("_queue", "work queue only (`local_node_concurrency=0`): ") if queue_only else ("", "")
+
+    def throughput(key: str, label: str, rates: list[float], nodes: int, cpu: CpuMeter) -> Figure:
+        note = cpu.describe().replace("/op", "/node") + target
+        return value_figure(
+            NAME,
+            key + suffix,
+            prefix + label,
+            rates,
+            unit="nodes/s",
+            per_repeat_n=nodes,
+            better="higher",
+            sync_interval=sync,
+            note=note,
+        )
+
+    wide_figure = throughput(
+        "wide_nodes_per_s",
+        f"wide DAG: {width:,} no-op nodes + 1 reduce, start to result",
+        wide_rates,
+        width + 1,
+        wide_cpu,
+    )
+    chain_figure = throughput(
+        "chain_nodes_per_s",
+        f"chain: {length:,} nodes, each on the previous one's output",
+        chain_rates,
+        length,
+        chain_cpu,
+    )
     if queue_only:
         return [
-            value_figure(
-                NAME,
-                "wide_nodes_per_s_queue",
-                f"work queue only (`local_node_concurrency=0`): wide DAG of {width + 1:,} nodes",
-                wide_rates,
-                unit="nodes/s",
-                per_repeat_n=width + 1,
-                better="higher",
-                sync_interval=sync,
-                note=wide_cpu.describe().replace("/op", "/node"),
-            ),
-            value_figure(
-                NAME,
-                "chain_nodes_per_s_queue",
-                f"work queue only (`local_node_concurrency=0`): chain of {length:,} nodes",
-                chain_rates,
-                unit="nodes/s",
-                per_repeat_n=length,
-                better="higher",
-                sync_interval=sync,
-                note=chain_cpu.describe().replace("/op", "/node"),
-            ),
+            wide_figure,
+            chain_figure,
             latency_figure(
                 NAME,
                 "completed_to_started_queue",
@@ -192,28 +202,8 @@ async def _measure(
             ),
         ]
     figures = [
-        value_figure(
-            NAME,
-            "wide_nodes_per_s",
-            f"wide DAG: {width:,} no-op nodes + 1 reduce, start to result",
-            wide_rates,
-            unit="nodes/s",
-            per_repeat_n=width + 1,
-            better="higher",
-            sync_interval=sync,
-            note=wide_cpu.describe().replace("/op", "/node") + target,
-        ),
-        value_figure(
-            NAME,
-            "chain_nodes_per_s",
-            f"chain: {length:,} nodes, each on the previous one's output",
-            chain_rates,
-            unit="nodes/s",
-            per_repeat_n=length,
-            better="higher",
-            sync_interval=sync,
-            note=chain_cpu.describe().replace("/op", "/node") + target,
-        ),
+        wide_figure,
+        chain_figure,
         latency_figure(
             NAME,
             "completed_to_started",

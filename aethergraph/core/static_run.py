@@ -354,21 +354,18 @@ class _StaticRun:
             args, _ = normalise_value(
                 resolve_refs(dict(node.args), self.inputs, self.outputs), what=f"the arguments of node {node_id}"
             )
-            root_run_id = self.root_run_id or self.scope.run_id
+            dispatch: dict[str, Any] = {
+                "tool": node.tool,
+                "args": args,
+                "attempt": state.attempt,
+                "root_run_id": self.root_run_id or self.scope.run_id,
+                "timeout_s": node.timeout_s,
+            }
             # A local node starts before its node.started is stored: the scheduler is its only witness,
             # and whoever continues the run after a crash runs a node.started without outcome again.
             local = (
                 self.scope.env.run_node_here(
-                    LocalNode(
-                        run_id=self.scope.run_id,
-                        node_id=node_id,
-                        tool=node.tool,
-                        args=args,
-                        attempt=state.attempt,
-                        root_run_id=root_run_id,
-                        timeout_s=node.timeout_s,
-                    ),
-                    self.on_local_report,
+                    LocalNode(run_id=self.scope.run_id, node_id=node_id, **dispatch), self.on_local_report
                 )
                 if self.local_nodes
                 else None
@@ -378,11 +375,7 @@ class _StaticRun:
                     NodeReady if local is None else NodeStarted,
                     parent=self._parent_of(node_id) or None,
                     node_id=node_id,
-                    tool=node.tool,
-                    args=args,
-                    attempt=state.attempt,
-                    root_run_id=root_run_id,
-                    timeout_s=node.timeout_s,
+                    **dispatch,
                 )
             except BaseException:
                 if local is not None:
