@@ -81,6 +81,14 @@ def new_run_id(prefix: str) -> str:
     return f"sp{prefix}{os.urandom(5).hex()}"
 
 
+def completed_once(chain: list[ev.Event]) -> list[ev.NodeCompleted]:
+    """The wide graph's ``node.completed`` events, after checking every node has exactly one."""
+    completed = [e for e in chain if isinstance(e, ev.NodeCompleted)]
+    assert Counter(e.node_id for e in completed) == Counter({e.node_id: 1 for e in completed})
+    assert len(completed) == WIDTH + 1
+    return completed
+
+
 WIDE_TOTAL = sum(i + 1 for i in range(WIDTH))
 WIDE_LABELS = sorted(f"w{i}" for i in range(WIDTH))
 
@@ -173,9 +181,7 @@ async def test_kill_9_of_a_worker_mid_node_another_worker_finishes_and_nothing_c
     assert holder.pid not in {pid for pids in done.values() for pid in pids}
 
     chain = await chain_of(runtime, run_id)
-    completed = [e for e in chain if isinstance(e, ev.NodeCompleted)]
-    assert Counter(e.node_id for e in completed) == Counter({e.node_id: 1 for e in completed})
-    assert len(completed) == WIDTH + 1
+    completed = completed_once(chain)
     assert holder.worker_id not in {e.executor for e in completed}
     # The redelivered nodes were not dispatched again by the scheduler: the work queue moved them.
     assert Counter(e.node_id for e in chain if isinstance(e, ev.NodeReady)) == Counter(
@@ -224,9 +230,7 @@ async def test_kill_9_of_the_scheduler_mid_local_node_a_worker_takes_the_run_and
     # Started in place by the driver, then again (same attempt: a node run would continue by replay).
     assert isinstance(dispatches[0], ev.NodeStarted) and dispatches[0].worker == driver.worker_id
     assert len(dispatches) == 2 and {e.attempt for e in dispatches} == {1}
-    completed = [e for e in chain if isinstance(e, ev.NodeCompleted)]
-    assert Counter(e.node_id for e in completed) == Counter({e.node_id: 1 for e in completed})
-    assert len(completed) == WIDTH + 1
+    completed = completed_once(chain)
     assert driver.worker_id not in {e.executor for e in completed if e.node_id == held_node}
     assert any(isinstance(e, ev.NodeStarted) and e.worker == driver.worker_id for e in chain if e.node_id != held_node)
     assert rescuer.stop() == 0, rescuer.output()
