@@ -65,7 +65,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "status": "`running`, `waiting`, `succeeded` or `failed`; static graph nodes also `retrying` (an attempt "
         "failed and the retry policy runs it again) and `skipped`",
         "attempts": "attempts started (static graphs retry; a graph_fn step counts 1)",
-        "started_at": "first start (a static node's first `node.ready`, its dispatch)",
+        "started_at": "first start (a static node's first `node.ready` or `node.started`, its dispatch)",
         "ended_at": "end of the latest attempt (or the skip)",
         "duration_us": "how long the tool ran in the latest attempt that ran (µs)",
         "worker": "the process that wrote the node's latest event (a static graph's scheduler)",

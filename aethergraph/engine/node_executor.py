@@ -176,8 +176,8 @@ class NodeExecutor:
         """Tell the work queue every running node is still in progress."""
         self._heartbeat = None
         queue = self._queue
-        if queue is None or not self._running:
-            return
+        if queue is None or not self._items:
+            return  # local nodes have no work item to keep
         for item in self._items.values():
             queue.in_progress(item)
         self._heartbeat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._beat)
@@ -221,7 +221,7 @@ class NodeExecutor:
         if await sink(report):
             return  # the scheduler journaled the outcome
         # Not journaled (a wait, or the scheduler stopped): store it for whichever process continues the run.
-        await self._deliver(report, local=False)
+        await self._deliver(report, via_scheduler=False)
 
     def _mark_reporting(self) -> None:
         """The current node finished executing: a cancel of its run no longer applies to it."""
@@ -229,10 +229,10 @@ class NodeExecutor:
         if task is not None:
             self._reporting.add(task)
 
-    async def _deliver(self, report: NodeReport, *, local: bool = True) -> bool:
+    async def _deliver(self, report: NodeReport, *, via_scheduler: bool = True) -> bool:
         """Hand ``report`` to the run's scheduler: directly when it is in this process, else stored."""
         self._mark_reporting()
-        sink = self._local_sinks.get(report.run_id) if local else None
+        sink = self._local_sinks.get(report.run_id) if via_scheduler else None
         if sink is not None and await sink(report):
             return True  # the run's scheduler is in this process and journaled the outcome
         try:

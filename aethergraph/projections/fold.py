@@ -208,7 +208,8 @@ _NODE_STATUS: Final = (
     "WHEN 'wait.resumed' THEN 'running' WHEN 'wait.expired' THEN 'running' END"
 )
 # Merging keeps non-null values, so a static node dispatched again after a skip (a retried run) clears its skip with ''.
-_SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} WHEN 'node.ready' THEN '' WHEN 'node.started' THEN '' END"
+_SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} ELSE '' END"
+_SKIP_EVENTS: Final = "t IN ('node.skipped', 'node.ready', 'node.started')"
 # A static node's attempt that ran on an executor (a node failed before dispatch names none).
 _EXECUTED: Final = "t IN ('node.completed', 'node.failed') AND executor <> ''"
 _NODES = _merge(
@@ -228,10 +229,8 @@ _NODES = _merge(
         ("executor", "last", _last("executor", _EXECUTED)),
         ("error_type", "last", _last("error_type", "t IN ('tool.failed', 'node.failed')")),
         ("error_message", "last", _last("message", "t IN ('tool.failed', 'node.failed')")),
-        ("skip_reason", "last", _last(_SKIP.format("reason"), "t IN ('node.skipped', 'node.ready', 'node.started')")),
-        ("skip_upstream", "last", _last(
-            _SKIP.format("coalesce(upstream, '')"), "t IN ('node.skipped', 'node.ready', 'node.started')"
-        )),
+        ("skip_reason", "last", _last(_SKIP.format("reason"), _SKIP_EVENTS)),
+        ("skip_upstream", "last", _last(_SKIP.format("coalesce(upstream, '')"), _SKIP_EVENTS)),
         ("child_run_id", "first", _first("child", "t = 'child'")),
         ("first_seq", "first", _first("seq", f"t IN ({_NODE_OPENS}, 'node.skipped')")),
         ("last_seq", "max", "max(seq) FILTER (WHERE t <> 'child')"),
