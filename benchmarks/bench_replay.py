@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from nats.js.api import DeliverPolicy
 
@@ -17,7 +18,7 @@ from aethergraph.engine.runs import Suspended
 from aethergraph.runtime import Runtime, load_target
 
 from . import graphs_durable
-from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, median, rotate, value_figure
+from .harness import DEFAULT_SYNC, BenchContext, CpuMeter, Figure, isolated_server, median, rotate, value_figure
 from .workload import chunks, step_events
 
 NAME = "replay"
@@ -25,6 +26,9 @@ TITLE = "4. Replay speed"
 EVENTS = 20_000
 STEPS = 5_000
 TARGET_ENTRIES_PER_S = 50_000
+SHORT_RUNS = 2_000  # 4-event journals, read as a worker reads one on each resume
+SHORT_EVENTS = 4
+SHORT_READS = 1_000
 
 
 async def _raw_read(runtime: Runtime, run_id: str, expected: int) -> float:
@@ -160,6 +164,77 @@ async def _measure_resume(ctx: BenchContext, runtime: Runtime, repeats: int) -> 
     ]
 
 
+async def _short_reads(ctx: BenchContext, runtime: Runtime, server_pid: int, repeats: int) -> list[Figure]:
+    """Reads of 4-event journals in a stream of about 50,000 events, 32 at a time: wall and nats-server CPU.
+
+    Beside ``read_run`` (exactly sized direct gets), one direct get asking for
+    up to 64 events, as reads were made before: nats-server then searches the
+    rest of the stream for the events that are not there.
+    """
+    ctx.say(f"writing {SHORT_RUNS:,} runs of {SHORT_EVENTS} events")
+    short_ids = [new_run_id() for _ in range(SHORT_RUNS)]
+    for batch in chunks(short_ids, 250):
+        writers = [runtime.event_log.writer(rid) for rid in batch]
+        for writer, rid in zip(writers, batch, strict=True):
+            for event in step_events(rid, SHORT_EVENTS):
+                writer.append(event)
+        for writer in writers:
+            await writer.flush()
+    direct = runtime.event_log._direct
+
+    async def read_run(rid: str) -> None:
+        count = sum([1 async for _ in runtime.event_log.read_run(rid)])
+        if count != SHORT_EVENTS:
+            raise RuntimeError(f"read_run returned {count} events of run {rid}; expected {SHORT_EVENTS}")
+
+    async def one_get_of_64(rid: str) -> None:
+        replies = await direct.get({"seq": 1, "next_by_subj": run_events_filter(rid), "batch": 64}, rid)
+        if len(replies) != SHORT_EVENTS:
+            raise RuntimeError(f"the direct get returned {len(replies)} events of run {rid}")
+
+    readers = {"read_run": read_run, "one_get_of_64": one_get_of_64}
+    walls: dict[str, list[float]] = {name: [] for name in readers}
+    server_us: dict[str, list[float]] = {name: [] for name in readers}
+    gate = asyncio.Semaphore(32)
+
+    async def gated(reader: Callable[[str], Awaitable[None]], rid: str) -> None:
+        async with gate:
+            await reader(rid)
+
+    for index in range(repeats):
+        ctx.say(f"repeat {index + 1}/{repeats}: {SHORT_READS:,} reads of a {SHORT_EVENTS}-event journal, two ways")
+        for name in rotate(list(readers), index):
+            picks = [short_ids[(index * 7919 + k * 104_729) % SHORT_RUNS] for k in range(SHORT_READS)]
+            meter = CpuMeter(server_pid)
+            started = time.perf_counter()
+            with meter.measure(SHORT_READS):
+                await asyncio.gather(*(gated(readers[name], rid) for rid in picks))
+            walls[name].append((time.perf_counter() - started) / SHORT_READS * 1e6)
+            server_us[name].append(meter.per_op_us()[1])
+    stream_events = (await runtime.bus.js.stream_info("AG_EVENTS")).state.messages
+    where = f"a stream of {stream_events:,} events"
+    labels = {
+        "read_run": f"`read_run` of a {SHORT_EVENTS}-event journal in {where}, 32 at a time",
+        "one_get_of_64": "one direct get asking for up to 64 events (the former read), same journals",
+    }
+    figures: list[Figure] = []
+    for name in readers:
+        for what, values, unit in (("wall", walls[name], "µs/read"), ("server_cpu", server_us[name], "µs/read")):
+            figures.append(
+                value_figure(
+                    NAME,
+                    f"short_{name}_{what}",
+                    f"{labels[name]}: {'wall time' if what == 'wall' else 'nats-server CPU'} per read",
+                    values,
+                    unit=unit,
+                    per_repeat_n=SHORT_READS,
+                    better="lower",
+                    sync_interval=DEFAULT_SYNC,
+                )
+            )
+    return figures
+
+
 async def _measure(ctx: BenchContext) -> list[Figure]:
     repeats = ctx.pick(7, 3)
     sync = DEFAULT_SYNC
@@ -186,6 +261,7 @@ async def _measure(ctx: BenchContext) -> list[Figure]:
                     else:
                         results[variant].append(await _raw_read(runtime, run_id, EVENTS))
             resume_figures = await _measure_resume(ctx, runtime, repeats)
+            short_figures = await _short_reads(ctx, runtime, server.pid, repeats)
         finally:
             await runtime.close()
     return [
@@ -210,6 +286,7 @@ async def _measure(ctx: BenchContext) -> list[Figure]:
             sync_interval=sync,
         ),
         *resume_figures,
+        *short_figures,
     ]
 
 
@@ -223,5 +300,9 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         "then an unanswered `context.wait`) the way a worker does (`resume_run`): `load_journal`, `claim_run`, "
         "`drive_run`; the body takes every step's outcome from the journal and suspends again at the wait, so "
         "nothing runs live. Journal entries are the events of the run's journal (two per step).",
+        f"The short-read rows read {SHORT_READS:,} journals of {SHORT_EVENTS} events (of {SHORT_RUNS:,} such runs, "
+        "written after the long ones), 32 reads in flight, as a worker reads a waiting run's journal on each resume. "
+        "nats-server CPU is read from /proc for the whole server over the reads, so it includes everything the "
+        "server did meanwhile (nothing else ran).",
     ]
     return figures, notes

@@ -17,9 +17,9 @@ from nats.aio.msg import Msg
 import aethergraph
 from aethergraph import graph_fn, tool
 from aethergraph.bus.connection import ensure_topology
-from aethergraph.bus.direct_get import header_value
+from aethergraph.bus.direct_get import DirectReply, header_value
 from aethergraph.bus.dispatch import dispatch_synchronously, status_of
-from aethergraph.bus.event_log import JetStreamEventLog, JetStreamRunWriter
+from aethergraph.bus.event_log import READ_BATCH, JetStreamEventLog, JetStreamRunWriter
 from aethergraph.bus.topology import (
     COMMANDS_STREAM,
     EVENTS_STREAM,
@@ -279,6 +279,50 @@ async def test_read_run_of_an_unknown_run_is_empty(runtime: Runtime) -> None:
     await append_all(runtime.event_log.writer(other), [make_event(other, seq) for seq in range(1, 4)])
     for _ in range(20):
         assert await read_events(runtime, new_run_id(), timeout_s=5) == []
+
+
+async def test_a_journal_longer_than_one_read_batch_is_read_whole_and_in_order(runtime: Runtime) -> None:
+    """Three direct gets (one event, then READ_BATCH, then the rest), interleaved with another run's events."""
+    run_id, other = new_run_id(), new_run_id()
+    count = READ_BATCH + 7
+    writer, other_writer = runtime.event_log.writer(run_id), runtime.event_log.writer(other)
+    for first in range(1, count + 1, 500):
+        last = min(first + 500, count + 1)
+        await append_all(writer, [make_event(run_id, seq) for seq in range(first, last)])
+        await append_all(other_writer, [make_event(other, seq) for seq in range(first, last)])
+    records = await read_events(runtime, run_id, timeout_s=30)
+    assert [record.event.seq for record in records] == list(range(1, count + 1))
+    assert all(record.event.run_id == run_id for record in records)
+    assert [record.stream_seq for record in records] == sorted(record.stream_seq for record in records)
+
+
+async def test_a_journal_read_never_asks_for_more_events_than_are_left(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking for more than is left makes nats-server search the rest of the whole stream.
+
+    That search costs the server time in proportion to every run's events, so
+    each direct get of a journal asks for one event, then exactly the number
+    the server says is left: every request is answered in full.
+    """
+    run_id = new_run_id()
+    await append_all(runtime.event_log.writer(run_id), [make_event(run_id, seq) for seq in range(1, 6)])
+    later = new_run_id()  # events stored after the run's last one: what an unbounded batch would search
+    await append_all(runtime.event_log.writer(later), [make_event(later, seq) for seq in range(1, 50)])
+    getter = runtime.event_log._direct
+    asked: list[tuple[int, int]] = []
+    real_get = getter.get
+
+    async def recording_get(request: dict[str, object], what: str) -> list[DirectReply]:
+        replies = await real_get(request, what)
+        batch = request["batch"]
+        assert isinstance(batch, int)
+        asked.append((batch, len(replies)))
+        return replies
+
+    monkeypatch.setattr(getter, "get", recording_get)
+    assert [record.event.seq for record in await read_events(runtime, run_id)] == [1, 2, 3, 4, 5]
+    assert asked == [(1, 1), (4, 4)]
 
 
 async def test_a_direct_get_must_be_batched(runtime: Runtime) -> None:

@@ -43,8 +43,9 @@ from .direct_get import DirectGetter, header_value
 from .dispatch import RawReplyInbox, delivery_position, server_address, status_of
 from .topology import event_subject, run_events_filter
 
-# Events read in one direct get before a reader switches to a consumer.
-DIRECT_BATCH = 64
+# The most events, and about the most bytes, one direct get of a run's journal asks for.
+READ_BATCH = 4096
+READ_MAX_BYTES = 8 * 1024 * 1024
 
 __all__ = ["JetStreamEventLog", "JetStreamRunWriter", "PublishedAck", "StoredRecord"]
 
@@ -331,35 +332,46 @@ class JetStreamEventLog:
     async def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredRecord]:
         """Every stored event of ``run_id`` in stream order; with ``follow``, then wait for more.
 
-        A short journal is read with one batched direct get (no consumer is
-        created). A longer one, and a followed one, comes through an ordered
-        consumer's callback into a local buffer; the stream sequence and the
-        pending count are read from the acknowledgement subject rather than by
-        building nats-py's metadata objects, which halves the cost per event.
+        The stored events are read by batched direct gets of exactly the
+        number of events the server says are left (no consumer is created).
+        A batch asked for more than is left would make the server search the
+        rest of the stream for a match that is not there: that search costs
+        the server time in proportion to the whole stream, every run's events,
+        not this run's. A followed run then continues through an ordered
+        consumer that starts after the last stored event; each delivery's
+        stream sequence is read from its acknowledgement subject rather than
+        by building nats-py's metadata objects.
         """
-        after = 0
-        if not follow:
-            batch, complete = await self._direct_batch(run_id)
+        last = 0
+        async for batch in self._stored_batches(run_id):
             for record in batch:
                 yield record
-            if complete:
-                return
-            after = batch[-1].stream_seq
-        async for record in self._consume(run_id, follow=follow, start_seq=after + 1):
-            yield record
+            last = batch[-1].stream_seq
+        if follow:
+            async for record in self._follow(run_id, start_seq=last + 1):
+                yield record
 
-    async def _direct_batch(self, run_id: str) -> tuple[list[StoredRecord], bool]:
-        """Up to ``DIRECT_BATCH`` of the run's first events by direct get; True if that is all of them."""
-        request = {"seq": 1, "next_by_subj": run_events_filter(run_id), "batch": DIRECT_BATCH}
-        replies = await self._direct.get(request, f"run {run_id}")
-        records = [
-            StoredRecord(
-                event=decode_event(reply.data), stream_seq=int(header_value(reply.headers, b"Nats-Sequence") or 0)
-            )
-            for reply in replies
-        ]
-        pending = header_value(replies[-1].headers, b"Nats-Num-Pending") if replies else None
-        return records, int(pending or 0) == 0 and len(records) < DIRECT_BATCH
+    async def _stored_batches(self, run_id: str) -> AsyncIterator[list[StoredRecord]]:
+        """The run's stored events, a direct get at a time: the first one alone, then as many as are left."""
+        subject_filter = run_events_filter(run_id)
+        start, want = 1, 1
+        while True:
+            request = {"seq": start, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
+            replies = await self._direct.get(request, f"run {run_id}")
+            if not replies:
+                return
+            batch = [
+                StoredRecord(
+                    event=decode_event(reply.data),
+                    stream_seq=int(header_value(reply.headers, b"Nats-Sequence") or 0),
+                )
+                for reply in replies
+            ]
+            yield batch
+            left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0)
+            if left <= 0:
+                return
+            start, want = batch[-1].stream_seq + 1, min(left, READ_BATCH)
 
     async def started_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` have a ``run.started`` on the stream (one batched direct get)."""
@@ -369,13 +381,14 @@ class JetStreamEventLog:
         replies = await self._direct.get({"multi_last": subjects, "batch": len(subjects)}, "run starts")
         return {(header_value(reply.headers, b"Nats-Subject") or b"").decode().split(".")[2] for reply in replies}
 
-    async def _consume(self, run_id: str, *, follow: bool, start_seq: int = 1) -> AsyncIterator[StoredRecord]:
-        buffer: collections.deque[tuple[bytes, int, bool]] = collections.deque()
+    async def _follow(self, run_id: str, *, start_seq: int) -> AsyncIterator[StoredRecord]:
+        """The run's events from stream sequence ``start_seq`` on, as they are stored, until the reader stops."""
+        buffer: collections.deque[tuple[bytes, int]] = collections.deque()
         wake = asyncio.Event()
 
         async def deliver(msg: Msg) -> None:
-            stream_seq, pending = delivery_position(msg)
-            buffer.append((msg.data, stream_seq, pending == 0))
+            stream_seq, _pending = delivery_position(msg)
+            buffer.append((msg.data, stream_seq))
             wake.set()
 
         # The server drops the consumer soon after this reader unsubscribes.
@@ -384,25 +397,15 @@ class JetStreamEventLog:
             cb=deliver,
             ordered_consumer=True,
             inactive_threshold=1.0,
-            **(
-                {"deliver_policy": DeliverPolicy.ALL}
-                if start_seq <= 1
-                else {"config": ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)}
-            ),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq),
         )
         try:
-            if not follow:
-                info = await sub.consumer_info()
-                if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
-                    return
             while True:
                 while not buffer:
                     wake.clear()
                     await wake.wait()
-                data, stream_seq, caught_up = buffer.popleft()
+                data, stream_seq = buffer.popleft()
                 yield StoredRecord(event=decode_event(data), stream_seq=stream_seq)
-                if caught_up and not follow:
-                    return
         finally:
             # The connection may already be draining or closed when a reader stops early.
             with contextlib.suppress(nats.errors.Error):
