@@ -282,7 +282,7 @@ async def test_read_run_of_an_unknown_run_is_empty(runtime: Runtime) -> None:
 
 
 async def test_a_journal_longer_than_one_read_batch_is_read_whole_and_in_order(runtime: Runtime) -> None:
-    """Three direct gets (one event, then READ_BATCH, then the rest), interleaved with another run's events."""
+    """Three direct gets (one event to count, READ_BATCH from the start, then the rest), amid another run."""
     run_id, other = new_run_id(), new_run_id()
     count = READ_BATCH + 7
     writer, other_writer = runtime.event_log.writer(run_id), runtime.event_log.writer(other)
@@ -302,8 +302,8 @@ async def test_a_journal_read_never_asks_for_more_events_than_are_left(
     """Asking for more than is left makes nats-server search the rest of the whole stream.
 
     That search costs the server time in proportion to every run's events, so
-    each direct get of a journal asks for one event, then exactly the number
-    the server says is left: every request is answered in full.
+    a read asks for one event (its pending count says how many the run has),
+    then for exactly that many from the start: every request is answered in full.
     """
     run_id = new_run_id()
     await append_all(runtime.event_log.writer(run_id), [make_event(run_id, seq) for seq in range(1, 6)])
@@ -322,7 +322,7 @@ async def test_a_journal_read_never_asks_for_more_events_than_are_left(
 
     monkeypatch.setattr(getter, "get", recording_get)
     assert [record.event.seq for record in await read_events(runtime, run_id)] == [1, 2, 3, 4, 5]
-    assert asked == [(1, 1), (4, 4)]
+    assert asked == [(1, 1), (5, 5)]
 
 
 async def test_a_direct_get_must_be_batched(runtime: Runtime) -> None:

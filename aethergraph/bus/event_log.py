@@ -352,14 +352,28 @@ class JetStreamEventLog:
                 yield record
 
     async def _stored_batches(self, run_id: str) -> AsyncIterator[list[StoredRecord]]:
-        """The run's stored events, a direct get at a time: the first one alone, then as many as are left."""
+        """The run's stored events in exactly sized direct gets.
+
+        The first get asks for one event, to learn from its pending count how
+        many the run has. The second asks again from the stream's start for
+        that many: nats-server finds a filter's first event from its subject
+        index, but from a start inside the stream it walks the stream to the
+        next match, so starting over is the cheaper request. Later gets (a
+        journal longer than ``READ_BATCH``) go on from the last event read.
+        """
         subject_filter = run_events_filter(run_id)
         start, want = 1, 1
+        counting = True
         while True:
             request = {"seq": start, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
             replies = await self._direct.get(request, f"run {run_id}")
             if not replies:
                 return
+            left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0)
+            if counting and left > 0:
+                counting, want = False, min(left + 1, READ_BATCH)
+                continue
+            counting = False
             batch = [
                 StoredRecord(
                     event=decode_event(reply.data),
@@ -368,7 +382,6 @@ class JetStreamEventLog:
                 for reply in replies
             ]
             yield batch
-            left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0)
             if left <= 0:
                 return
             start, want = batch[-1].stream_seq + 1, min(left, READ_BATCH)
