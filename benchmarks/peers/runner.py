@@ -178,7 +178,10 @@ def w2_fanout(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work:
     if not out["ok"]:
         raise PeerError(f"{peer.key} fanout: wrong result")
     run_s = median(out["run_s"])
-    return {"sample": {"run_ms": run_s * 1e3, "steps_per_s": (sizes.width + 1) / run_s}, "settings": out["settings"]}
+    sample = {"run_ms": run_s * 1e3, "steps_per_s": (sizes.width + 1) / run_s}
+    if "static_run_s" in out:  # AetherGraph: the same fan-out as a @graphify static graph
+        sample["static_run_ms"] = median(out["static_run_s"]) * 1e3
+    return {"sample": sample, "settings": out["settings"]}
 
 
 def w3_concurrent(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work: Path) -> dict[str, Any]:

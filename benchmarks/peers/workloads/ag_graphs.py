@@ -12,7 +12,7 @@ import time
 
 import peer_common as pc
 
-from aethergraph import NodeContext, Wait, graph_fn, tool
+from aethergraph import NodeContext, Wait, graph_fn, graphify, tool
 
 # W1 sets this to a list: the wall time of every ``await peer_incr(x)`` inside the graph, in nanoseconds.
 STEP_SAMPLES: list[int] | None = None
@@ -50,12 +50,19 @@ async def peer_chain(steps: int) -> dict[str, int]:
 @graph_fn(name="peer_fanout", outputs=["value"])
 async def peer_fanout(width: int) -> dict[str, int]:
     """W2: ``width`` steps in parallel, then a reduce step over their outputs."""
-    # STATIC-GRAPH VARIANT: when the static-graph scheduler lands, add a variant here that
-    # declares the same fan-out/fan-in as a static graph (width parallel nodes and one reduce
-    # node) and register it in peer_aethergraph.WORKLOADS as "fanout_static".
     outputs = await asyncio.gather(*(peer_incr(i) for i in range(width)))
     total = await peer_sum([out["value"] for out in outputs])
     return {"value": total["value"]}
+
+
+STATIC_WIDTH = 50  # a static graph's shape is fixed when it is built
+
+
+@graphify(name="peer_fanout_static", inputs=[], outputs=["value"])
+def peer_fanout_static():  # type: ignore[no-untyped-def]
+    """W2 as a static graph: ``STATIC_WIDTH`` nodes with no dependencies, then a reduce node over their outputs."""
+    outputs = [peer_incr(x=i) for i in range(STATIC_WIDTH)]
+    return {"value": peer_sum(values=[out.value for out in outputs]).value}
 
 
 @graph_fn(name="peer_wait", outputs=["value"])

@@ -71,19 +71,31 @@ async def w_seq(p: dict) -> dict:
 
 
 async def w_fanout(p: dict) -> dict:
+    """The fan-out as a graph_fn (``asyncio.gather`` of tool calls) and as a ``@graphify`` static graph, interleaved."""
     width = p["width"]
     expected = sum(range(1, width + 1))
-    ok = True
+    ok = width == ag_graphs.STATIC_WIDTH
 
-    async def one() -> None:
+    async def dynamic() -> None:
         nonlocal ok
         out = await aethergraph.run_async(ag_graphs.peer_fanout, {"width": width})
         ok = ok and out == {"value": expected}
 
-    await pc.timed_awaits(p["warmup"], one)
-    runs = await pc.timed_awaits(p["runs"], one)
+    async def static() -> None:
+        nonlocal ok
+        out = await aethergraph.run_async(ag_graphs.peer_fanout_static, {})
+        ok = ok and out == {"value": expected}
+
+    await pc.timed_awaits(p["warmup"], dynamic)
+    await pc.timed_awaits(p["warmup"], static)
+    runs: list[float] = []
+    static_runs: list[float] = []
+    for index in range(p["runs"]):
+        order = ((runs, dynamic), (static_runs, static)) if index % 2 == 0 else ((static_runs, static), (runs, dynamic))
+        for samples, one in order:
+            samples.extend(await pc.timed_awaits(1, one))
     await aethergraph.close_runtime()
-    return {"run_s": runs, "ok": ok}
+    return {"run_s": runs, "static_run_s": static_runs, "ok": ok}
 
 
 async def w_concurrent(p: dict) -> dict:
