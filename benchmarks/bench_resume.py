@@ -240,7 +240,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
             results,
             "idle",
             lambda s: s.claimed_ns - s.sent_ns,
-            "command delivery, journal read (one direct get), ownership record alongside the claim",
+            "command delivery, journal read (two direct gets), ownership record alongside the claim",
         ),
         _figure(
             "stage_resumed",
