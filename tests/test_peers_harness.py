@@ -49,6 +49,9 @@ def test_fanout_and_concurrency(results: dict[str, dict[str, dict]]) -> None:
         assert results["W2"][key]["sample"]["run_ms"] > 0
         sample = results["W3"][key]["sample"]
         assert sample["steps_per_s"] == pytest.approx(sample["workflows_per_s"] * SIZES.wf_steps)
+    # AetherGraph also ran the fan-out as a @graphify static graph (its result checked in the workload).
+    assert results["W2"]["aethergraph"]["sample"]["static_run_ms"] > 0
+    assert "static_run_ms" not in results["W2"]["asyncio"]["sample"]
 
 
 def test_suspended_workflows_resume_here_and_in_another_process(results: dict[str, dict[str, dict]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import peer_common as pc
 
@@ -55,14 +56,24 @@ async def peer_fanout(width: int) -> dict[str, int]:
     return {"value": total["value"]}
 
 
-STATIC_WIDTH = 50  # a static graph's shape is fixed when it is built
+_STATIC_FANOUTS: dict[int, Any] = {}
 
 
-@graphify(name="peer_fanout_static", inputs=[], outputs=["value"])
-def peer_fanout_static():  # type: ignore[no-untyped-def]
-    """W2 as a static graph: ``STATIC_WIDTH`` nodes with no dependencies, then a reduce node over their outputs."""
-    outputs = [peer_incr(x=i) for i in range(STATIC_WIDTH)]
-    return {"value": peer_sum(values=[out.value for out in outputs]).value}
+def peer_fanout_static(width: int) -> Any:
+    """W2 as a ``@graphify`` static graph of ``width`` nodes without dependencies and a reduce node.
+
+    A static graph's shape is fixed when it is built, so there is one graph per width
+    (``peer_fanout_static_<width>``), built on first use.
+    """
+    if width not in _STATIC_FANOUTS:
+
+        @graphify(name=f"peer_fanout_static_{width}", inputs=[], outputs=["value"])
+        def fanout():  # type: ignore[no-untyped-def]
+            outputs = [peer_incr(x=i) for i in range(width)]
+            return {"value": peer_sum(values=[out.value for out in outputs]).value}
+
+        _STATIC_FANOUTS[width] = fanout
+    return _STATIC_FANOUTS[width]
 
 
 @graph_fn(name="peer_wait", outputs=["value"])

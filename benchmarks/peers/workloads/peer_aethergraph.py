@@ -74,7 +74,8 @@ async def w_fanout(p: dict) -> dict:
     """The fan-out as a graph_fn (``asyncio.gather`` of tool calls) and as a ``@graphify`` static graph, interleaved."""
     width = p["width"]
     expected = sum(range(1, width + 1))
-    ok = width == ag_graphs.STATIC_WIDTH
+    static_graph = ag_graphs.peer_fanout_static(width)
+    ok = True
 
     async def dynamic() -> None:
         nonlocal ok
@@ -83,7 +84,7 @@ async def w_fanout(p: dict) -> dict:
 
     async def static() -> None:
         nonlocal ok
-        out = await aethergraph.run_async(ag_graphs.peer_fanout_static, {})
+        out = await aethergraph.run_async(static_graph, {})
         ok = ok and out == {"value": expected}
 
     await pc.timed_awaits(p["warmup"], dynamic)
