@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from .executor import call_graph, call_tool_detached, call_tool_detached_async, call_tool_in_run
 from .graphify import current_build
-from .registry import register_graph
+from .registry import RegisteredCallable
 from .scope import current_scope
 from .spec import CallableSpec, build_spec
 
 __all__ = ["GraphFunction", "Tool", "graph_fn", "tool"]
 
 
-class Tool:
+class Tool(RegisteredCallable):
     """A function made into a tool.
 
     Inside a run, ``await my_tool(...)`` is a journaled step returning the
@@ -23,20 +22,8 @@ class Tool:
     returns its outputs dict, an async tool returns an awaitable of it.
     """
 
-    __aethergraph_spec__: CallableSpec
-
     def __init__(self, spec: CallableSpec) -> None:
-        self.__aethergraph_spec__ = spec
-        functools.update_wrapper(self, spec.fn)
-        register_graph(spec)
-
-    @property
-    def spec(self) -> CallableSpec:
-        return self.__aethergraph_spec__
-
-    @property
-    def name(self) -> str:
-        return self.__aethergraph_spec__.name
+        self._register(spec, spec.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         spec = self.__aethergraph_spec__
@@ -54,23 +41,11 @@ class Tool:
         return f"<tool {self.name!r} outputs={list(self.spec.outputs)}>"
 
 
-class GraphFunction:
+class GraphFunction(RegisteredCallable):
     """An ``async def`` made into a reactive graph: ``await g(**inputs)`` runs it as a journaled run."""
 
-    __aethergraph_spec__: CallableSpec
-
     def __init__(self, spec: CallableSpec) -> None:
-        self.__aethergraph_spec__ = spec
-        functools.update_wrapper(self, spec.fn)
-        register_graph(spec)
-
-    @property
-    def spec(self) -> CallableSpec:
-        return self.__aethergraph_spec__
-
-    @property
-    def name(self) -> str:
-        return self.__aethergraph_spec__.name
+        self._register(spec, spec.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``await g(...)`` runs the graph; inside a ``@graphify`` body the call records a node instead."""

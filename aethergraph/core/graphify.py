@@ -22,7 +22,6 @@ everything that depends on it), ``_timeout`` (seconds per attempt) and
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any, overload
 from .codec import normalise_value
 from .errors import DecorationError, GraphBuildError, SerializationError
 from .graph_refs import GraphRef, InputRef, NodeHandle, OutputRef, find_refs, ref_json
-from .registry import register_graph
+from .registry import RegisteredCallable
 from .spec import _NAME, CallableSpec, _check_outputs
 from .task_graph import GraphInput, RetryPolicy, TaskGraph, TaskNode
 
@@ -263,10 +262,8 @@ class GraphBuild:
         return mapped
 
 
-class TaskGraphBuilder:
+class TaskGraphBuilder(RegisteredCallable):
     """What ``@graphify`` returns: ``.build()`` gives the TaskGraph; ``await g(**inputs)`` runs it."""
-
-    __aethergraph_spec__: CallableSpec
 
     def __init__(
         self,
@@ -285,7 +282,6 @@ class TaskGraphBuilder:
         self._retry = retry
         self._timeout_s = timeout_s
         self._graph: TaskGraph | None = None
-        functools.update_wrapper(self, fn)
         params = [
             inspect.Parameter(
                 item.name,
@@ -294,7 +290,7 @@ class TaskGraphBuilder:
             )
             for item in inputs
         ]
-        self.__aethergraph_spec__ = CallableSpec(
+        spec = CallableSpec(
             kind="static",
             name=name,
             fn=fn,
@@ -304,15 +300,7 @@ class TaskGraphBuilder:
             signature=inspect.Signature(params),
             plan=self.build,
         )
-        register_graph(self.__aethergraph_spec__)
-
-    @property
-    def spec(self) -> CallableSpec:
-        return self.__aethergraph_spec__
-
-    @property
-    def name(self) -> str:
-        return self.__aethergraph_spec__.name
+        self._register(spec, fn)
 
     def build(self) -> TaskGraph:
         """Run the body with placeholders (once) and return the checked :class:`TaskGraph`."""

@@ -7,10 +7,14 @@ definition.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, cast
+
 from .errors import GraphNotFoundError
 from .spec import CallableSpec
 
-__all__ = ["must_get_graph", "register_graph", "registered_graphs"]
+__all__ = ["RegisteredCallable", "must_get_graph", "register_graph", "registered_graphs"]
 
 _graphs: dict[str, CallableSpec] = {}
 
@@ -36,3 +40,22 @@ def must_get_graph(name: str, *, run_id: str | None = None) -> CallableSpec:
             run_id=run_id,
         )
     return spec
+
+
+class RegisteredCallable:
+    """What the decorators return: it carries its spec, looks like the function, and is registered by name."""
+
+    __aethergraph_spec__: CallableSpec
+
+    def _register(self, spec: CallableSpec, fn: Callable[..., Any]) -> None:
+        self.__aethergraph_spec__ = spec
+        functools.update_wrapper(cast("Callable[..., Any]", self), fn)  # every subclass defines __call__
+        register_graph(spec)
+
+    @property
+    def spec(self) -> CallableSpec:
+        return self.__aethergraph_spec__
+
+    @property
+    def name(self) -> str:
+        return self.__aethergraph_spec__.name
