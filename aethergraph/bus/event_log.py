@@ -362,29 +362,28 @@ class JetStreamEventLog:
         journal longer than ``READ_BATCH``) go on from the last event read.
         """
         subject_filter = run_events_filter(run_id)
-        start, want = 1, 1
-        counting = True
-        while True:
+
+        async def get(start: int, want: int) -> tuple[list[StoredRecord], int]:
             request = {"seq": start, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
             replies = await self._direct.get(request, f"run {run_id}")
-            if not replies:
-                return
-            left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0)
-            if counting and left > 0:
-                counting, want = False, min(left + 1, READ_BATCH)
-                continue
-            counting = False
-            batch = [
+            records = [
                 StoredRecord(
                     event=decode_event(reply.data),
                     stream_seq=int(header_value(reply.headers, b"Nats-Sequence") or 0),
                 )
                 for reply in replies
             ]
+            left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0) if replies else 0
+            return records, left
+
+        batch, left = await get(1, 1)
+        if left > 0:
+            batch, left = await get(1, min(left + 1, READ_BATCH))
+        while batch:
             yield batch
             if left <= 0:
                 return
-            start, want = batch[-1].stream_seq + 1, min(left, READ_BATCH)
+            batch, left = await get(batch[-1].stream_seq + 1, min(left, READ_BATCH))
 
     async def started_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` have a ``run.started`` on the stream (one batched direct get)."""
