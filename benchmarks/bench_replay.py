@@ -295,7 +295,8 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     notes = [
         f"The stream holds the {EVENTS:,}-event run and another run of the same size written interleaved in "
         "1,000-event chunks, so the read is subject-filtered as in a shared stream.",
-        "Timed from the call to the last event, including consumer creation and teardown.",
+        "Timed from the call to the last event: every request (read_run's direct gets; the raw row's "
+        "consumer creation and teardown).",
         f"The replay rows continue a run of `bench_replay_chain` ({STEPS:,} steps of a tool returning a small int, "
         "then an unanswered `context.wait`) the way a worker does (`resume_run`): `load_journal`, `claim_run`, "
         "`drive_run`; the body takes every step's outcome from the journal and suspends again at the wait, so "
