@@ -79,10 +79,10 @@ class NatsServer:
                 self.process.wait(timeout=10)
 
 
-def start_nats_server(directory: Path, *, jetstream: bool = True) -> NatsServer:
-    """Start a nats-server on 127.0.0.1 with a random port and wait until it accepts clients."""
+def start_nats_server(directory: Path, *, jetstream: bool = True, port: int = -1) -> NatsServer:
+    """Start a nats-server on 127.0.0.1 (a random port unless ``port`` is given) and wait until it accepts clients."""
     directory.mkdir(parents=True, exist_ok=True)
-    args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(directory)]
+    args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "--ports_file_dir", str(directory)]
     if jetstream:
         args += ["-js", "-sd", str(directory / "jetstream")]
     with open(directory / "server.log", "ab") as log:
