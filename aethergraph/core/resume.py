@@ -37,7 +37,15 @@ from .payloads import validate_payload
 from .ports import RunEnvironment
 from .spec import CallableSpec
 
-__all__ = ["AcceptedResume", "JournalState", "RunStatus", "accept_resume", "check_resume", "journal_state"]
+__all__ = [
+    "AcceptedResume",
+    "AlreadyApplied",
+    "JournalState",
+    "RunStatus",
+    "accept_resume",
+    "check_resume",
+    "journal_state",
+]
 
 RunStatus = Literal["unknown", "running", "waiting", "succeeded", "failed", "cancelled"]
 
@@ -154,6 +162,24 @@ class AcceptedResume:
     continuation: Callable[[], Awaitable[dict[str, Any]]]
 
 
+@dataclass(frozen=True, kw_only=True)
+class AlreadyApplied:
+    """The command's answer is already journaled (event ``seq``): it was handled before and changes nothing now."""
+
+    run_id: str
+    wait_id: str
+    seq: int
+
+
+def _applied_by(state: JournalState, command_seq: int | None) -> AlreadyApplied | None:
+    if command_seq is None:
+        return None
+    for closed in state.closed_waits.values():
+        if closed.command_seq == command_seq:
+            return AlreadyApplied(run_id=state.run_id, wait_id=closed.wait_id, seq=closed.seq)
+    return None
+
+
 async def accept_resume(
     env: RunEnvironment,
     run_id: str,
@@ -165,11 +191,12 @@ async def accept_resume(
     graphs: Callable[[str], CallableSpec],
     before_claim: Callable[[str, str], Awaitable[None]] | None = None,
     attempts: int = 3,
-) -> AcceptedResume | None:
+) -> AcceptedResume | AlreadyApplied:
     """Check and commit an answer to a wait; return how to continue the run.
 
-    Returns ``None`` if this very command was already committed (a
-    redelivered command). Raises :class:`ResumeRejectedError` if the resume is
+    Returns :class:`AlreadyApplied` if this very command (``command_seq``) was
+    already committed: a redelivered command, whatever wait it named or
+    whether the run has ended since. Raises :class:`ResumeRejectedError` if the resume is
     refused, and :class:`~aethergraph.errors.GraphNotFoundError` (before
     anything is written) if ``graphs`` does not know the run's graph.
     ``before_claim(root_run_id, root_graph_id)`` runs alongside the claim
@@ -181,12 +208,10 @@ async def accept_resume(
     for attempt in range(attempts):
         chain, last_stream_seq = await load_journal(env, run_id)
         state = journal_state(run_id, chain)
-        if command_seq is not None and wait_id is not None:
-            closed = state.closed_waits.get(wait_id)
-            if closed is not None and closed.command_seq == command_seq:
-                return None
-        if expire and wait_id is not None and wait_id not in state.open_waits:
-            return None  # answered before its deadline: the expiry has nothing to do
+        applied = _applied_by(state, command_seq)
+        if applied is not None:
+            return applied
+        # An expiry of a wait answered before its deadline is refused like any resume of a closed wait.
         requested = check_resume(state, wait_id, payload, expire=expire)
         started = state.started
         assert started is not None
