@@ -8,6 +8,8 @@ Every command on ``ag.cmd.resume.>`` ends in one final outcome, stored on
   journaled (its worker died before the outcome, or the acknowledgement was
   lost) is answered ``accepted`` again; JetStream keeps only the first
   (``Nats-Msg-Id: outcome:<command_seq>``).
+* ``duplicate``: a wait's expiry that fell due after the wait was answered
+  (or its run ended); it changed nothing.
 * ``rejected`` with a ``reason``: the command could not apply and changed
   nothing (``invalid_run_id``, ``malformed``, ``payload_too_large``,
   ``unknown_run``, ``run_ended``, ``no_open_wait``, ``ambiguous_wait``,
@@ -34,7 +36,7 @@ from aethergraph.bus.commands import (
     decode_resume_command,
 )
 from aethergraph.core.errors import EventTooLargeError, GraphNotFoundError, ResumeRejectedError, StaleWriterError
-from aethergraph.core.resume import AlreadyApplied, accept_resume
+from aethergraph.core.resume import AlreadyAnswered, accept_resume
 from aethergraph.core.spec import CallableSpec
 
 from .runs import RunDriver
@@ -133,15 +135,21 @@ class CommandHandler:
         except Exception as exc:  # noqa: BLE001 - every command gets an outcome; see _failed
             await self._failed(delivery, run_id, exc, reason="internal_error")
             return
-        if isinstance(result, AlreadyApplied):
-            message = f"already applied as event {result.seq} by an earlier delivery of this command"
-            await self._settle(
-                delivery, self._outcome(delivery, run_id, status="accepted", wait_id=result.wait_id, message=message)
-            )
+        if isinstance(result, AlreadyAnswered):
+            await self._settle(delivery, self._answered_before(delivery, result))
             return
         # The answer is stored: the run continues now, and the outcome is stored while it does.
         self._driver.drive(result.root_run_id, result.continuation)
         await self._settle(delivery, self._outcome(delivery, run_id, status="accepted", wait_id=result.wait_id))
+
+    def _answered_before(self, delivery: CommandDelivery, answered: AlreadyAnswered) -> ResumeOutcome:
+        if answered.by_this_command:  # accepted before: the outcome that delivery stored (if it did) is kept
+            message = f"applied as event {answered.seq} by an earlier delivery of this command"
+            return self._outcome(
+                delivery, answered.run_id, status="accepted", wait_id=answered.wait_id, message=message
+            )
+        message = f"wait {answered.wait_id} was no longer open when its deadline fell due; the expiry changed nothing"
+        return self._outcome(delivery, answered.run_id, status="duplicate", wait_id=answered.wait_id, message=message)
 
     async def _settle(self, delivery: CommandDelivery, outcome: ResumeOutcome) -> None:
         if not await delivery.settle(outcome, retry_delay_s=self._policy.retry_delay(delivery.num_delivered)):
