@@ -111,7 +111,7 @@ class Runtime:
             settings=settings,
             bus=bus,
             event_log=event_log,
-            commands=JetStreamCommands(bus.nc, bus.js),
+            commands=JetStreamCommands(bus.nc, bus.js, max_event_bytes=settings.max_event_bytes),
             leases=leases,
             worker_id=worker_id,
             inline_answers=inline_answers,
