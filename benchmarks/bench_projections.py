@@ -283,14 +283,14 @@ def _measure_store_only(ctx: BenchContext, scratch: Path) -> tuple[list[Figure],
         started = time.perf_counter()
         decoded = [decode_batch(batch) for batch in batches]
         decode_s.append(time.perf_counter() - started)
-        if sum(len(seqs) for seqs, _, _ in decoded) != total:
+        if sum(len(seqs) for seqs, _, _, _ in decoded) != total:
             raise RuntimeError("some generated events did not decode")
         path = scratch / f"store-only-{index}.duckdb"
         store = ProjectionStore.open(path)
         try:
             started = time.perf_counter()
-            for seqs, raws, _ in decoded:
-                store.apply_encoded(seqs, raws)
+            for seqs, raws, keys, _ in decoded:
+                store.apply_encoded(seqs, raws, keys)
             apply_s.append(time.perf_counter() - started)
             if store.last_seq != total:
                 raise RuntimeError(f"store-only apply stopped at {store.last_seq}, not {total}")
