@@ -13,8 +13,13 @@ later non-null value wins), ``first`` (the first non-null value stays),
 in one batch or in many gives the same tables: an incremental projection
 equals a rebuild.
 
-Every statement takes ``$1``: the projection's cursor; staged rows at or
-below it are skipped (that is how one projection is rebuilt behind others).
+Only events of their run's journal are staged (the store sorts each batch by
+the journal rule first), in journal order: ``ord`` numbers them, and the
+state merges order by it. ``pos`` is the stream sequence at which an event
+joined its journal: its own, or that of the event that filled the gap before
+it. Every statement takes ``$1``: the projection's cursor; staged rows whose
+``pos`` is at or below it are skipped (that is how one projection is rebuilt
+behind others).
 Statements that look rows up in a table that grows with the stream also take
 ``$2`` (:data:`LOW_RUN`: no staged row names a run id below it) and ``$3``
 (:data:`LOW_ROOT`: no row the batch touches in the lineage tables has a root

@@ -13,7 +13,8 @@ sequence of each delivery is read from its acknowledgement subject.
 
 A message that does not decode, or whose body disagrees with its subject, or
 that a projection cannot fold, goes to ``dead_letters`` with the raw bytes and
-the reason; the projector does not stop.
+the reason; the projector does not stop. Of the events that decode, the store
+folds only those of their run's journal (the journal rule, see ``journal.py``).
 """
 
 from __future__ import annotations

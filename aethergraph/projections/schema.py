@@ -6,6 +6,10 @@ sequence folded into them. Bumping a version (a new column, a changed meaning)
 drops that projection's tables and rebuilds them from stream sequence 0 on the
 next start; nothing is migrated in place.
 
+The ``journal`` projection holds the journal rule's state (chain heads, events
+held beyond a gap, rejected events); the other projections fold only the
+events it takes, so their tables describe the runs' journals and nothing else.
+
 Lineage entities are strings: ``run:<run_id>``, ``node:<run_id>/<node_id>``,
 ``artifact:<artifact_id>`` and ``wait:<run_id>/<wait_id>``. An edge
 ``src -> dst`` means *dst was derived from src*.
@@ -109,7 +113,7 @@ CREATE TABLE rejected_events (
     ProjectionSchema(
         name="events",
         version=2,
-        description="every event, decoded: envelope columns plus the full event as JSON",
+        description="every journal event, decoded: envelope columns plus the full event as JSON",
         tables={
             "events": """
 CREATE TABLE events (
