@@ -52,7 +52,7 @@ async def _trial(runtime: Runtime, workspace_url: str, pid: int, workspace: obje
     spec = load_target(bench_outage_chain)
     run_ids = [new_run_id() for _ in range(RUNS)]
     tasks = [runtime.driver.start(spec, {"steps": STEPS}, run_id) for run_id in run_ids]
-    while min(len(_COMMITS.get(run_id, [])) for run_id in run_ids) < 5:
+    while min(len(_COMMITS.get(run_id, [])) for run_id in run_ids) < 5:  # noqa: ASYNC110 - a sampling loop
         await asyncio.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
     await asyncio.to_thread(os.waitpid, pid, 0)
