@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -84,6 +85,7 @@ def run(
 
     async def go() -> tuple[dict[str, Any], list[Any]]:
         runtime = await get_runtime()
+        runtime.driver.on_suspend = functools.partial(_announce_suspension, continue_here=wait)
         failure: BaseException | None = None
         outputs: dict[str, Any] = {}
         waiting = False
@@ -91,7 +93,7 @@ def run(
             try:
                 end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
                 if isinstance(end, Suspended) and wait:
-                    end = await RunHandle(chosen, runtime).result()
+                    end = await RunHandle(chosen, runtime, intake=runtime.resume_intake).result()
                 if isinstance(end, Suspended):
                     waiting = True
                 else:
@@ -118,6 +120,21 @@ def run(
     console.print(outputs_table(outputs))
     if events:
         _print_events(chosen, journal)
+
+
+def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:
+    where = "" if suspended.wait_run_id == suspended.run_id else f" (in nested run {suspended.wait_run_id})"
+    how = (
+        "this process continues it when the answer comes"
+        if continue_here
+        else "a worker (`aethergraph worker MODULE`) continues it, or rerun with --wait to continue it here"
+    )
+    err_console.print(
+        f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
+        f"{escape(repr(suspended.prompt))}. Answer it with `aethergraph resume {suspended.run_id} "
+        f"--wait-id {suspended.wait_id} --json '...'`; {how}.",
+        soft_wrap=True,
+    )
 
 
 def _print_events(run_id: str, journal: list[Any]) -> None:
@@ -205,7 +222,12 @@ def resume_command(
     wait_id: Annotated[str | None, typer.Option("--wait-id", help="which wait (needed if several are open)")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for a worker's answer")] = 10.0,
 ) -> None:
-    """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>."""
+    """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>.
+
+    Exit status: 0 accepted (the run continues), 1 rejected (the reason is
+    printed; nothing changed), 2 bad arguments, 3 queued (no process that
+    serves the run's graph took it yet; the message says what to start).
+    """
     checked_run_id(run_id)
     try:
         payload = _resume_payload(as_json, text, approve)
@@ -224,10 +246,9 @@ def resume_command(
         except ResumeRejectedError as exc:
             err_console.print(f"[red]rejected ({exc.reason}):[/] {exc}")
             raise typer.Exit(1) from None
-        if outcome is None:
-            console.print(f"resume of run {run_id} queued; no worker answered within {timeout:g}s")
-        elif outcome.status == "deferred":
-            console.print(f"[yellow]resume of run {run_id} queued:[/] {outcome.message}")
+        if outcome is None or outcome.status in ("queued", "deferred"):
+            console.print(f"[yellow]resume of run {run_id} queued:[/] {outcome.message if outcome else ''}")
+            raise typer.Exit(3)
         else:
             console.print(
                 f"[green]resume of run {run_id} {outcome.status}[/] by {outcome.worker} (wait {outcome.wait_id})"

@@ -54,7 +54,8 @@ __all__ = [
     "decode_resume_command",
 ]
 
-OutcomeStatus = Literal["accepted", "rejected", "deferred", "duplicate"]
+OutcomeStatus = Literal["accepted", "rejected", "deferred", "duplicate", "queued"]
+"""``queued`` is never published: :func:`aethergraph.resume` says so when nothing has taken a command yet."""
 
 
 class ResumeCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -84,8 +85,9 @@ _outcome_decoder = msgspec.json.Decoder(ResumeOutcome)
 
 
 _ENVELOPE_BYTES = 2048
-_FEED_RETRY_S = 0.5
 """Room left in an event for everything of ``wait.resumed`` but the payload (ids, sequences, tag)."""
+_FEED_RETRY_S = 0.5
+_FETCH_ON_CLOSE = 256
 
 
 def check_command_run_id(target: str) -> str:
@@ -208,6 +210,10 @@ class CommandFeed:
         return [CommandDelivery(msg, self._commands) for msg in messages]
 
     async def close(self) -> None:
+        """Stop taking commands; any delivered to a fetch that was given up go back at once, for another process."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            for msg in await self._sub.fetch(_FETCH_ON_CLOSE, timeout=0.02):
+                await msg.nak()
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
 

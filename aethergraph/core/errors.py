@@ -110,7 +110,11 @@ class GraphInputError(AetherGraphError, TypeError):
 
 
 class GraphNotFoundError(AetherGraphError, LookupError):
-    """A ``module:attribute`` reference does not name a graph or tool."""
+    """A ``module:attribute`` reference, or a registered name (``graph_id``), does not name a graph or tool here."""
+
+    def __init__(self, message: str, *, graph_id: str | None = None, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.graph_id = graph_id
 
 
 class RunNotFoundError(AetherGraphError, LookupError):
