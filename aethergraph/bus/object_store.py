@@ -24,10 +24,11 @@ from aethergraph.core.local_blobs import digest_in_ref
 
 # aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .dispatch import delivery_position
+from .migration import check_bucket_replicas
+from .topology import ARTIFACTS_BUCKET
 
 __all__ = ["ARTIFACTS_BUCKET", "JetStreamBlobStore"]
 
-ARTIFACTS_BUCKET = "AG_ARTIFACTS"
 _PINS = "pins/"
 
 
@@ -60,7 +61,10 @@ class JetStreamBlobStore:
         async with self._opening:
             if self._store is None:
                 try:
-                    self._store = await self._js.object_store(self._bucket_name)
+                    found = await self._js.object_store(self._bucket_name)
+                    info = await self._js.stream_info(f"OBJ_{self._bucket_name}")
+                    check_bucket_replicas(f"OBJ_{self._bucket_name}", info.config.num_replicas, self._replicas)
+                    self._store = found
                 except nats.js.errors.BucketNotFoundError:
                     self._store = await self._js.create_object_store(
                         self._bucket_name,
