@@ -18,6 +18,7 @@ from nats.js.api import StreamConfig
 
 from aethergraph.bus.connection import connect_bus, migrate_topology, open_nats, topology_for
 from aethergraph.bus.migration import check_bucket_replicas, stream_differences
+from aethergraph.bus.stream_errors import no_stream_answer_message
 from aethergraph.bus.topology import COMMANDS_STREAM, EVENTS_STREAM, LEASES_STREAM, Topology
 from aethergraph.core.errors import BusUnavailableError, TopologyMismatchError
 from aethergraph.core.settings import Settings
@@ -175,3 +176,11 @@ async def test_a_server_announcing_jetstream_that_never_serves_it_names_both_cau
         assert "AETHERGRAPH_CONNECT_RETRY_S" in message
     finally:
         node.stop()
+
+
+def test_a_publish_no_stream_answered_names_a_missing_stream_and_a_leaderless_one() -> None:
+    message = no_stream_answer_message(EVENTS_STREAM, "503", server="127.0.0.1:4222")
+    assert "does not exist" in message
+    assert "leader is being re-elected" in message
+    assert "AETHERGRAPH_STREAM_REPLICAS=1" in message
+    assert "status 408" in no_stream_answer_message(EVENTS_STREAM, "408")
