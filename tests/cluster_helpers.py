@@ -104,3 +104,57 @@ def plan_cluster(directory: Path, size: int = 3) -> list[ClusterNode]:
         ClusterNode(f"n{index + 1}", closed_port(), cluster_ports[index], directory / f"n{index + 1}", cluster_ports)
         for index in range(size)
     ]
+
+
+@dataclass
+class ConfiguredServer:
+    """A single nats-server started from a config file on a loopback port (see :func:`start_configured_server`)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def loopback_config(template: str, *, port: int, store: Path) -> str:
+    """A deploy/ config with its client port on 127.0.0.1:``port``, no monitoring port, storing under ``store``."""
+    text = re.sub(r"(?m)^listen:.*$", f"listen: 127.0.0.1:{port}", template)
+    text = re.sub(r"(?m)^http:.*$", "", text)
+    return re.sub(r'store_dir:\s*"[^"]*"', f'store_dir: "{store}"', text)
+
+
+def start_configured_server(
+    directory: Path, config: str, *, port: int, env: dict[str, str] | None = None
+) -> ConfiguredServer:
+    """Start nats-server with ``config`` (already listening on ``port``) and wait until it accepts clients."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "server.conf"
+    path.write_text(config)
+    with open(directory / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [str(find_nats_server_binary()), "-c", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def ready() -> bool | None:
+        if process.poll() is not None:
+            raise AssertionError(f"nats-server exited: {(directory / 'server.log').read_text()[-2000:]}")
+        return True if port_accepts("127.0.0.1", port) else None
+
+    wait_until(ready, timeout_s=20, what="the configured nats-server to accept clients")
+    return ConfiguredServer(process, port, directory)

@@ -76,9 +76,17 @@ def _auth_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-async def _connect(url: str, *, name: str, timeout_s: float, options: dict[str, Any]) -> Client:
-    async def _quiet(_exc: Exception) -> None:
-        return None
+_FIX_URL = (
+    "Start that server, fix AETHERGRAPH_NATS_URL (and AETHERGRAPH_NATS_TLS_*, AETHERGRAPH_NATS_CREDS or "
+    "AETHERGRAPH_NATS_USER/PASSWORD if the server needs them), or unset it to use the embedded server."
+)
+
+
+async def _connect(url: str, *, name: str, timeout_s: float, options: dict[str, Any], seen: list[str]) -> Client:
+    """Connect; errors the client reports while it retries are kept in ``seen`` for the final message."""
+
+    async def _remember(exc: Exception) -> None:
+        seen.append(str(exc) or type(exc).__name__)
 
     try:
         servers = [part.strip() for part in url.split(",") if part.strip()]
@@ -89,16 +97,12 @@ async def _connect(url: str, *, name: str, timeout_s: float, options: dict[str, 
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
-            error_cb=_quiet,
+            error_cb=_remember,
             **options,
         )
     except (TimeoutError, OSError, nats.errors.Error, ssl.SSLError) as exc:
         reason = str(exc) or type(exc).__name__
-        raise BusUnavailableError(
-            f"cannot reach NATS at {url} ({reason}). Start that server, fix "
-            "AETHERGRAPH_NATS_URL (and the TLS or credentials settings if the server needs them), "
-            "or unset it to use the embedded server."
-        ) from exc
+        raise BusUnavailableError(f"cannot reach NATS at {url} ({reason}). {_FIX_URL}") from exc
 
 
 async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
@@ -186,15 +190,17 @@ async def open_nats(
         embedded = ensure_embedded_server(settings.workspace, sync_interval=settings.sync_interval)
         url = embedded.url
     options = _auth_options(settings)
+    seen: list[str] = []
     try:
         nc = await asyncio.wait_for(
-            _connect(url, name=client_name, timeout_s=settings.connect_timeout_s, options=options),
+            _connect(url, name=client_name, timeout_s=settings.connect_timeout_s, options=options, seen=seen),
             timeout=settings.connect_timeout_s * 2,
         )
     except TimeoutError:
+        last = f"; last error: {seen[-1]}" if seen else ""
         raise BusUnavailableError(
-            f"cannot reach NATS at {url} (no connection within {settings.connect_timeout_s * 2:.1f}s). "
-            "Start that server, fix AETHERGRAPH_NATS_URL, or unset it to use the embedded server."
+            f"cannot reach NATS at {url} (no connection within {settings.connect_timeout_s * 2:.1f}s{last}). "
+            + _FIX_URL
         ) from None
     js = nc.jetstream(timeout=settings.connect_timeout_s * 2)
     # The server's INFO says whether it runs JetStream at all: only then is waiting for it worthwhile.
