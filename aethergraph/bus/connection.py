@@ -243,6 +243,15 @@ async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
                 "the cluster, or lower AETHERGRAPH_STREAM_REPLICAS"
             ) from exc
         raise
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        await nc.close()
+        raise BusUnavailableError(
+            f"the NATS server at {url} did not answer the JetStream requests that declare AetherGraph's streams "
+            f"within {settings.connect_retry_s:g}s ({str(exc) or type(exc).__name__}): either this identity may "
+            "not use the JetStream API for them (AetherGraph processes connect as the runtime identity, see "
+            "deploy/nats-accounts.conf; the server log names the permissions violation), or the cluster is "
+            "still electing stream leaders (raise AETHERGRAPH_CONNECT_RETRY_S)"
+        ) from exc
     except BaseException:
         await nc.close()
         raise
