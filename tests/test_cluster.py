@@ -164,3 +164,26 @@ async def test_three_replicas_and_runs_survive_killing_the_events_leader(
     for record in records:
         assert record["outputs"] == {"total": 3 * record["n"] + 3}, record
     assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
+
+
+async def test_connecting_waits_while_a_fresh_cluster_elects_its_meta_leader(tmp_path: Path) -> None:
+    """A process started when only one node of three is up (no JetStream meta leader yet) does not exit with
+    "JetStream not enabled": it keeps asking until the other nodes join, then declares R3 streams."""
+    nodes = plan_cluster(tmp_path / "cluster")
+    try:
+        nodes[0].start()
+        settings = Settings(nats_url=nodes[0].url, workspace=tmp_path / "ws", stream_replicas=3, connect_retry_s=120)
+        connecting = asyncio.create_task(connect_bus(settings, client_name="early"))
+        await asyncio.sleep(0.5)  # let the first JetStream requests go unanswered
+        assert not connecting.done()
+        for node in nodes[1:]:
+            await asyncio.to_thread(node.start)
+        bus = await asyncio.wait_for(connecting, timeout=150)
+        try:
+            for stream in (EVENTS_STREAM, COMMANDS_STREAM, LEASES_STREAM):
+                assert (await replicas_of(bus.js, stream))[0] == 3
+        finally:
+            await bus.close()
+    finally:
+        for node in nodes:
+            node.stop()
