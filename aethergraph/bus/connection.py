@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
@@ -82,11 +83,39 @@ _FIX_URL = (
 )
 
 
-async def _connect(url: str, *, name: str, timeout_s: float, options: dict[str, Any], seen: list[str]) -> Client:
-    """Connect; errors the client reports while it retries are kept in ``seen`` for the final message."""
+# Errors that mean the server will not have us whatever we retry: wrong password, certificate, TLS mismatch.
+_REFUSALS = (
+    nats.errors.AuthorizationError,
+    nats.errors.InvalidUserCredentialsError,
+    nats.errors.SecureConnRequiredError,
+    nats.errors.SecureConnWantedError,
+    nats.errors.SecureConnFailedError,
+    ssl.SSLError,
+)
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, _REFUSALS) or "authorization violation" in text or "authentication" in text
+
+
+@dataclass
+class _ConnectErrors:
+    """What the client reported while connecting: the last error, and the first refusal (which ends the attempt)."""
+
+    last: str | None = None
+    refusal: str | None = None
+    refused: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _connect(url: str, *, name: str, timeout_s: float, options: dict[str, Any], errors: _ConnectErrors) -> Client:
+    """Connect; errors the client reports while it retries are kept in ``errors``."""
 
     async def _remember(exc: Exception) -> None:
-        seen.append(str(exc) or type(exc).__name__)
+        errors.last = str(exc) or type(exc).__name__
+        if _is_refusal(exc) and errors.refusal is None:
+            errors.refusal = errors.last
+            errors.refused.set()
 
     try:
         servers = [part.strip() for part in url.split(",") if part.strip()]
@@ -180,6 +209,30 @@ async def _retrying(attempt: Callable[[], Awaitable[T]], *, retry_s: float) -> T
         pause = min(pause * 2, 1.0)
 
 
+async def _connect_or_refused(url: str, settings: Settings, *, client_name: str, options: dict[str, Any]) -> Client:
+    """The connected client; fails at the first refusal (credentials, TLS) or after twice the connect timeout."""
+    errors = _ConnectErrors()
+    connecting = asyncio.ensure_future(
+        _connect(url, name=client_name, timeout_s=settings.connect_timeout_s, options=options, errors=errors)
+    )
+    refusal = asyncio.ensure_future(errors.refused.wait())
+    try:
+        await asyncio.wait({connecting, refusal}, timeout=settings.connect_timeout_s * 2, return_when="FIRST_COMPLETED")
+    finally:
+        refusal.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connecting
+    if errors.refusal is not None:
+        raise BusUnavailableError(f"NATS at {url} refused this client ({errors.refusal}). {_FIX_URL}")
+    last = f"; last error: {errors.last}" if errors.last else ""
+    raise BusUnavailableError(
+        f"cannot reach NATS at {url} (no connection within {settings.connect_timeout_s * 2:.1f}s{last}). " + _FIX_URL
+    )
+
+
 async def open_nats(
     settings: Settings, *, client_name: str
 ) -> tuple[Client, JetStreamContext, str, EmbeddedServer | None]:
@@ -190,18 +243,7 @@ async def open_nats(
         embedded = ensure_embedded_server(settings.workspace, sync_interval=settings.sync_interval)
         url = embedded.url
     options = _auth_options(settings)
-    seen: list[str] = []
-    try:
-        nc = await asyncio.wait_for(
-            _connect(url, name=client_name, timeout_s=settings.connect_timeout_s, options=options, seen=seen),
-            timeout=settings.connect_timeout_s * 2,
-        )
-    except TimeoutError:
-        last = f"; last error: {seen[-1]}" if seen else ""
-        raise BusUnavailableError(
-            f"cannot reach NATS at {url} (no connection within {settings.connect_timeout_s * 2:.1f}s{last}). "
-            + _FIX_URL
-        ) from None
+    nc = await _connect_or_refused(url, settings, client_name=client_name, options=options)
     js = nc.jetstream(timeout=settings.connect_timeout_s * 2)
     # The server's INFO says whether it runs JetStream at all: only then is waiting for it worthwhile.
     announced = bool(getattr(nc, "_server_info", {}).get("jetstream"))
