@@ -65,7 +65,7 @@ def wait_for_results(path: Path, count: int, driver: subprocess.Popen[bytes], wh
         results = read_results(path)
         return results if sum(1 for record in results if "outputs" in record) >= count else None
 
-    return wait_until(enough, timeout_s=300, what=what, interval_s=0.1)
+    return wait_until(enough, timeout_s=120, what=what, interval_s=0.1)
 
 
 def start_driver(results: Path, stop: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -110,9 +110,10 @@ async def all_current(js: JetStreamContext) -> bool | None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="writes during the stream leader's re-election fail instead of waiting for the new leader: "
-    "run.started appends get status 503 about 4s after the kill (event_log's append, being rewritten by the "
-    "lead), and an Object Store put in flight at the kill raises nats' TimeoutError",
+    reason="the event log does not carry appends across the loss of a stream leader (its rewrite is the "
+    "lead's part): an append in flight on a connection to the killed node is never acknowledged "
+    "(BusUnavailableError 'JetStream did not acknowledge an event within 10.0s', the run fails), and appends "
+    "made while AG_EVENTS has no leader get status 503 (seen about 4s after the kill) instead of waiting",
 )
 async def test_three_replicas_and_runs_survive_killing_the_events_leader(
     cluster: list[ClusterNode], tmp_path: Path
@@ -160,6 +161,8 @@ async def test_three_replicas_and_runs_survive_killing_the_events_leader(
 
     records = read_results(results)
     failed = [record for record in records if "error" in record]
+    if failed:
+        print(failure_summary(failed, killed_at))  # shown with -rx / -s: what failed, when, where
     assert not failed, failure_summary(failed, killed_at)
     for record in records:
         assert record["outputs"] == {"total": 3 * record["n"] + 3}, record
