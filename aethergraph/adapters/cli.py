@@ -291,9 +291,21 @@ def status_command(
 def nats_command(
     stop: Annotated[bool, typer.Option("--stop", help="stop the workspace's embedded server")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the server as JSON")] = False,
+    migrate: Annotated[
+        bool,
+        typer.Option("--migrate", help="update existing streams to these settings' replicas and limits"),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="with --migrate: print the changes only")] = False,
 ) -> None:
-    """Show the bus URL, starting the workspace's embedded nats-server if none runs."""
+    """Show the bus URL, starting the workspace's embedded nats-server if none runs.
+
+    With --migrate: connect, print how the streams differ from the AETHERGRAPH_* settings
+    (replicas, duplicate window, largest event) and update them (see docs/cluster.md).
+    """
     settings = settings_or_exit()
+    if migrate:
+        cli_migrate.migrate_streams(settings, dry_run=dry_run, as_json=as_json)
+        return
     try:
         if settings.nats_url:
             if stop:
@@ -328,9 +340,9 @@ def nats_command(
 
 # The projection commands (projector, sql, runs, lineage, export) and the static-graph
 # commands (graph, cancel, retry) register on the same app.
-from . import cli_graphs, cli_projections  # noqa: E402
+from . import cli_graphs, cli_migrate, cli_projections  # noqa: E402
 
-__all__ += ["cli_graphs", "cli_projections"]
+__all__ += ["cli_graphs", "cli_migrate", "cli_projections"]
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "SerializationError",
     "ServiceNameError",
     "StaleWriterError",
+    "TopologyMismatchError",
     "UnknownServiceError",
     "WaitExpiredError",
     "WorkspaceError",
@@ -87,6 +88,22 @@ class NotInRunError(AetherGraphError, RuntimeError):
 
 class BusUnavailableError(AetherGraphError, ConnectionError):
     """The NATS server cannot be reached or does not have JetStream enabled."""
+
+
+class TopologyMismatchError(BusUnavailableError):
+    """A stream or bucket exists on the server with a configuration other than the settings ask for.
+
+    ``differences`` holds ``(stream, field, existing, wanted)`` tuples. Nothing is changed
+    silently: ``aethergraph nats --migrate`` shows the differences and applies them.
+    """
+
+    def __init__(self, message: str, *, differences: tuple[tuple[str, str, object, object], ...]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(stream for stream, *_ in self.differences))
 
 
 class WorkspaceError(AetherGraphError, OSError):
