@@ -108,13 +108,6 @@ async def all_current(js: JetStreamContext) -> bool | None:
     return True
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the event log does not carry appends across the loss of a stream leader (its rewrite is the "
-    "lead's part): an append in flight on a connection to the killed node is never acknowledged "
-    "(BusUnavailableError 'JetStream did not acknowledge an event within 10.0s', the run fails), and appends "
-    "made while AG_EVENTS has no leader get status 503 (seen about 4s after the kill) instead of waiting",
-)
 async def test_three_replicas_and_runs_survive_killing_the_events_leader(
     cluster: list[ClusterNode], tmp_path: Path
 ) -> None:
