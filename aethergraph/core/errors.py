@@ -170,8 +170,10 @@ class ResumeRejectedError(AetherGraphError, ValueError):
     ``run_ended``, ``malformed``). ``open_waits`` lists the open waits of the
     run's tree when the command named none of them unambiguously: one mapping
     per wait with ``wait_id`` (as the command may name it: ``w4``, or
-    ``<nested_run_id>/w4`` for a nested run's), ``run_id``, ``node_id``,
-    ``kind`` and ``prompt``.
+    ``<nested_run_id>/w4`` for a nested run's), ``run_id`` (the run holding
+    it), ``node_id`` (for a nested run's wait: the node of its parent run that
+    holds the nested run, e.g. the static graph's dual-stage node), ``kind``
+    and ``prompt``.
     """
 
     def __init__(

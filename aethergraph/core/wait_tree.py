@@ -167,25 +167,37 @@ async def nested_runs(env: RunEnvironment, top: TreeRun, *, everything: bool = F
     return found
 
 
+def _node_of(addressed: str, run: TreeRun, wait: WaitRequested) -> str | None:
+    """The node to show for a wait: its own in the addressed run; for a nested run's, the parent's node holding it.
+
+    (A node run's only node is its tool call: the static graph's node that
+    dispatched it says more.)
+    """
+    started = run.state.started
+    if run.run_id == addressed or started is None or started.parent_node_id is None:
+        return wait.node_id
+    return started.parent_node_id
+
+
 def describe_waits(addressed: str, waits: list[tuple[TreeRun, WaitRequested]]) -> str:
-    return "; ".join(
-        f"{wait_ref(addressed, run.run_id, w.wait_id)} (run {run.run_id}"
-        + (f", node {w.node_id}" if w.node_id else "")
-        + f", {w.kind}: {w.prompt!r})"
-        for run, w in waits
-    )
+    parts = []
+    for run, wait in waits:
+        node = _node_of(addressed, run, wait)
+        where = f"run {run.run_id}" + (f", node {node}" if node else "")
+        parts.append(f"{wait_ref(addressed, run.run_id, wait.wait_id)} ({where}, {wait.kind}: {wait.prompt!r})")
+    return "; ".join(parts)
 
 
 def _listing(addressed: str, waits: list[tuple[TreeRun, WaitRequested]]) -> tuple[dict[str, Any], ...]:
     return tuple(
         {
-            "wait_id": wait_ref(addressed, run.run_id, w.wait_id),
+            "wait_id": wait_ref(addressed, run.run_id, wait.wait_id),
             "run_id": run.run_id,
-            "node_id": w.node_id,
-            "kind": w.kind,
-            "prompt": w.prompt,
+            "node_id": _node_of(addressed, run, wait),
+            "kind": wait.kind,
+            "prompt": wait.prompt,
         }
-        for run, w in waits
+        for run, wait in waits
     )
 
 
@@ -196,12 +208,41 @@ def _check_live(top: TreeRun, wait_id: str | None) -> None:
         select_wait(state, wait_id)  # raises unknown_run / run_ended
 
 
+async def _ended_descendant(env: RunEnvironment, run_id: str, ancestor: str) -> TreeRun | None:
+    """Run ``run_id`` if it is nested under ``ancestor`` (a run the tree walk passed by: it ended)."""
+    run = await read_tree_run(env, run_id)
+    current = run
+    for _ in range(64):  # nesting depth bound: a parent link never loops, but a stray journal could
+        started = current.state.started
+        if started is None or started.parent_run_id is None:
+            return None
+        if started.parent_run_id == ancestor:
+            return run
+        current = await read_tree_run(env, started.parent_run_id)
+    return None
+
+
+def _closed_error(addressed: str, holder: TreeRun, wait_id: str) -> ResumeRejectedError:
+    closed = holder.state.closed_waits[wait_id]
+    ref = wait_ref(addressed, holder.run_id, wait_id)
+    how = "resumed" if isinstance(closed, WaitResumed) else "expired"
+    return ResumeRejectedError(
+        f"wait {ref} is closed: it was already {how} (event {closed.seq} of run {holder.run_id}); "
+        "a wait is answered once",
+        run_id=addressed,
+        reason="wait_closed",
+        wait_id=ref,
+    )
+
+
 def _in_nested(addressed: str, holder: TreeRun, wait_id: str) -> LocatedWait:
     """The wait ``wait_id`` of nested run ``holder``, or the rejection naming it as seen from ``addressed``."""
+    ref = wait_ref(addressed, holder.run_id, wait_id)
+    if wait_id in holder.state.closed_waits:
+        raise _closed_error(addressed, holder, wait_id)
     try:
         return LocatedWait(addressed=addressed, run=holder, requested=select_wait(holder.state, wait_id))
     except ResumeRejectedError as exc:
-        ref = wait_ref(addressed, holder.run_id, wait_id)
         raise ResumeRejectedError(str(exc), run_id=addressed, reason=exc.reason, wait_id=ref) from None
 
 
@@ -224,6 +265,8 @@ async def locate_wait(
     nested = await nested_runs(env, top)
     if target is not None and local is not None:
         holder = next((run for run in nested if run.run_id == target), None)
+        if holder is None:
+            holder = await _ended_descendant(env, target, run_id)
         if holder is None:
             raise ResumeRejectedError(
                 f"run {target} is no open run nested under run {run_id}; `aethergraph status {run_id}` "
@@ -269,15 +312,7 @@ def _by_plain_id(
         )
     closer = next((run for run in tree if wait_id in run.state.closed_waits), None)
     if closer is not None:
-        closed = closer.state.closed_waits[wait_id]
-        how = "resumed" if isinstance(closed, WaitResumed) else "expired"
-        raise ResumeRejectedError(
-            f"wait {wait_ref(run_id, closer.run_id, wait_id)} is closed: it was already {how} "
-            f"(event {closed.seq} of run {closer.run_id}); a wait is answered once",
-            run_id=run_id,
-            reason="wait_closed",
-            wait_id=wait_id,
-        )
+        raise _closed_error(run_id, closer, wait_id)
     raise ResumeRejectedError(
         f"run {run_id} has no wait {wait_id!r} in its tree; open waits: {describe_waits(run_id, open_waits) or 'none'}",
         run_id=run_id,
