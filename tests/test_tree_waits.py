@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
@@ -202,6 +203,24 @@ async def test_two_open_waits_are_listed_then_each_answered_by_its_id(runtime: R
         for gate_run, wait in listed.items():
             assert wait["wait_id"].startswith(f"{gate_run}/") and wait["kind"] == "review"
             assert wait["wait_id"] in str(info.value) and wait["prompt"] in str(info.value)
+
+        # The command line says the same and lists both waits with the ids to name them by.
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aethergraph",
+            "resume",
+            run_id,
+            "--approve",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(SAFETY_S):
+            _, err = await cli.communicate()
+        shown = " ".join(err.decode().split())
+        assert cli.returncode == 1 and "rejected (ambiguous_wait)" in shown, shown
+        for wait in listed.values():
+            assert f"--wait-id {wait['wait_id']}" in shown and f"node {wait['node_id']}" in shown
 
         # Wait ids are per run: both node runs opened the same one, so the plain id is ambiguous too.
         local_ids = {wait["wait_id"].split("/")[-1] for wait in listed.values()}
