@@ -39,7 +39,7 @@ from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
 from aethergraph.core.node_report import LocalNode
 from aethergraph.core.ports import LocalReportSink, ParentLink, ReportSink
 from aethergraph.core.registry import must_get_graph
-from aethergraph.core.resume import check_resume, journal_state
+from aethergraph.core.resume import journal_state, resolve_resume
 from aethergraph.core.run_control import bind_run_inputs, force_cancel
 from aethergraph.core.service_registry import close_services, start_services
 from aethergraph.core.settings import Settings, load_settings
@@ -446,9 +446,10 @@ async def resume(
     wait: bool = True,
     timeout: float = 10.0,  # noqa: ASYNC109 - public API
 ) -> ResumeOutcome | None:
-    """Answer a run's wait: publish a resume command to ``ag.cmd.resume.<run_id>``.
+    """Answer a wait of a run or of a run nested under it: publish a resume command to ``ag.cmd.resume.<run_id>``.
 
-    The resume is checked against the run's journal first, so a wrong wait id,
+    The resume is checked against the journals of the run's tree first
+    (``wait_id`` may be ``w4`` or ``<nested_run_id>/w4``), so a wrong wait id,
     a closed wait or a payload failing the wait's schema raises
     :class:`~aethergraph.errors.ResumeRejectedError` at once and publishes
     nothing. With ``wait`` (the default), returns the outcome: ``accepted``
@@ -460,15 +461,14 @@ async def resume(
     takes it. Without ``wait``, returns ``None`` once the command is stored.
     """
     runtime = await get_runtime()
-    chain, _ = await load_journal(runtime, check_run_id(run_id))
-    # Name the wait that was checked, so the answer can never land on a later one.
-    wait_id = check_resume(journal_state(run_id, chain), wait_id, payload).wait_id
+    # Name the wait that was checked (anywhere in the run's tree), so the answer can never land on a later one.
+    wait_id = (await resolve_resume(runtime, check_run_id(run_id), wait_id, payload)).ref
     if not wait:
         await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
         return None
     async with runtime.commands.outcomes(run_id) as outcomes:
         command_seq = await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
-        outcome = await await_resume_outcome(runtime, runtime.leases, outcomes, command_seq, chain, timeout)
+        outcome = await await_resume_outcome(runtime, runtime.leases, outcomes, run_id, command_seq, timeout)
     if outcome.status == "rejected":
         raise ResumeRejectedError(outcome.message, run_id=run_id, reason=outcome.reason, wait_id=outcome.wait_id)
     return outcome

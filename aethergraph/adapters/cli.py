@@ -16,6 +16,7 @@ from rich.markup import escape
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
+from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
 from aethergraph.engine.runs import RunHandle, Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
@@ -213,16 +214,25 @@ def _resume_payload(as_json: str | None, text: str | None, approve: bool | None)
 
 @app.command("resume")
 def resume_command(
-    run_id: Annotated[str, typer.Argument(help="the run (or nested run) whose wait to answer")],
+    run_id: Annotated[
+        str, typer.Argument(help="the run whose wait to answer (a wait of any run nested under it is found too)")
+    ],
     as_json: Annotated[str | None, typer.Option("--json", help="the payload as JSON")] = None,
     text: Annotated[str | None, typer.Option("--text", help="the payload as a plain string")] = None,
     approve: Annotated[
         bool | None, typer.Option("--approve/--reject", help="shorthand for --json '{\"approved\": true|false}'")
     ] = None,
-    wait_id: Annotated[str | None, typer.Option("--wait-id", help="which wait (needed if several are open)")] = None,
+    wait_id: Annotated[
+        str | None,
+        typer.Option("--wait-id", help="which wait, if several are open: w4, or <nested_run_id>/w4 for a nested run's"),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for a worker's answer")] = 10.0,
 ) -> None:
     """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>.
+
+    The wait may be held by the run or by any run nested under it (a graph it
+    called, a dual-stage node of a static graph, a run started with
+    context.runs()); with several open, the rejection lists them.
 
     Exit status: 0 accepted (the run continues), 1 rejected (the reason is
     printed; nothing changed), 2 bad arguments, 3 queued (no process that
@@ -237,14 +247,20 @@ def resume_command(
     settings_or_exit()
 
     async def go() -> None:
-        state = await rebuild_run_state((await get_runtime()).event_log, run_id)
-        for wait in state.open_waits:
-            if wait.run_id == run_id and (wait_id is None or wait.wait_id == wait_id):
-                err_console.print(f"answering wait {wait.wait_id} ({wait.kind}): {escape(wait.prompt)}")
         try:
-            outcome = await resume(run_id, payload, wait_id, timeout=timeout)
+            located = await resolve_resume(await get_runtime(), run_id, wait_id, payload)
+            where = "" if located.run.run_id == run_id else f" of nested run {located.run.run_id}"
+            wait = located.requested
+            err_console.print(f"answering wait {located.ref}{where} ({wait.kind}): {escape(wait.prompt)}")
+            outcome = await resume(run_id, payload, located.ref, timeout=timeout)
         except ResumeRejectedError as exc:
-            err_console.print(f"[red]rejected ({exc.reason}):[/] {exc}")
+            err_console.print(f"[red]rejected ({exc.reason}):[/] {escape(str(exc))}")
+            for open_wait in exc.open_waits:
+                node = f" node {open_wait['node_id']}" if open_wait["node_id"] else ""
+                err_console.print(
+                    f"  --wait-id {open_wait['wait_id']}  (run {open_wait['run_id']}{node}, {open_wait['kind']}): "
+                    f"{escape(str(open_wait['prompt']))}"
+                )
             raise typer.Exit(1) from None
         if outcome is None or outcome.status in ("queued", "deferred"):
             console.print(f"[yellow]resume of run {run_id} queued:[/] {outcome.message if outcome else ''}")

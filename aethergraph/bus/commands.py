@@ -4,7 +4,9 @@ A resume command is a JSON object published to ``ag.cmd.resume.<run_id>``::
 
     {"wait_id": "w7", "payload": {"approved": true}}
 
-``wait_id`` may be left out when the run has exactly one open wait. Workers
+The wait may be held by a run nested under ``<run_id>`` (named
+``<nested_run_id>/<wait_id>``, see docs/events.md); ``wait_id`` may be left
+out when the run's tree has exactly one open wait. Workers
 take commands from the durable consumer ``ag-resume`` (:class:`CommandDelivery`)
 and publish what they did with each to ``ag.cmd.outcome.<run_id>``
 (:class:`ResumeOutcome`). A command's final outcome carries the

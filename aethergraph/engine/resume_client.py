@@ -6,7 +6,7 @@ import asyncio
 
 from aethergraph.bus.commands import ResumeOutcome
 from aethergraph.bus.leases import JetStreamLeases
-from aethergraph.core.events import AnyEvent, RunStarted
+from aethergraph.core.events import RunStarted
 from aethergraph.core.executor import load_journal
 from aethergraph.core.ports import RunEnvironment
 
@@ -20,8 +20,8 @@ async def await_resume_outcome(
     env: RunEnvironment,
     leases: JetStreamLeases,
     outcomes: asyncio.Queue[ResumeOutcome],
+    run_id: str,
     command_seq: int,
-    chain: list[AnyEvent],
     timeout: float,  # noqa: ASYNC109 - the public resume()'s
 ) -> ResumeOutcome:
     """The outcome of resume command ``command_seq`` from ``outcomes``, or a ``queued`` one saying why there is none.
@@ -30,7 +30,6 @@ async def await_resume_outcome(
     serves the graph that would continue the run; if none does, it says so at
     once (``no_process``) rather than waiting out ``timeout`` (``no_answer``).
     """
-    run_id = chain[0].run_id
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     asked = False
@@ -52,7 +51,7 @@ async def await_resume_outcome(
                 run_id=run_id, command_seq=command_seq, status="queued", reason="no_answer", message=message
             )
         asked = True
-        graph_id = await _root_graph(env, chain)
+        graph_id = await _root_graph(env, run_id)
         if not await leases.serving(graph_id):
             message = (
                 f"no live process serves graph {graph_id!r}, so nothing can continue run {run_id} yet; the command "
@@ -67,8 +66,9 @@ def _queued(run_id: str, command_seq: int, reason: str, message: str) -> ResumeO
     return ResumeOutcome(run_id=run_id, command_seq=command_seq, status="queued", reason=reason, message=message)
 
 
-async def _root_graph(env: RunEnvironment, chain: list[AnyEvent]) -> str:
-    """The graph of the top-level run of ``chain``'s run tree: the one a process continues on a resume."""
+async def _root_graph(env: RunEnvironment, run_id: str) -> str:
+    """The graph of the top-level run of ``run_id``'s run tree: the one a process continues on a resume."""
+    chain, _ = await load_journal(env, run_id)
     started = chain[0]
     assert isinstance(started, RunStarted)
     if not started.root_run_id or started.root_run_id == started.run_id:

@@ -125,6 +125,7 @@ class CommandHandler:
                 command_seq=seq,
                 graphs=self._graphs,
                 before_claim=self._before_claim,
+                first_delivery=delivery.num_delivered <= 1,
             )
         except ResumeRejectedError as exc:
             # A deadline falling due after its wait was answered is routine, not worth a warning.
