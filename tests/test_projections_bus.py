@@ -574,7 +574,7 @@ async def test_a_fresh_workspace_in_another_process_rebuilds_a_waiting_run_from_
     wait_run = f"{run_id}-pj_pay_1" if nested else run_id
     left = await bus.cli("a", "run", f"{PROCS}:{graph}", "--inputs-json", '{"item": "tea"}', "--run-id", run_id)
     assert left.returncode == 3, left.stdout + left.stderr  # left waiting
-    assert f"aethergraph resume {wait_run}" in left.stderr
+    assert f"aethergraph resume {run_id} --wait-id {wait_run + '/w4' if nested else 'w'}" in left.stderr
     assert not bus.workspace("b").exists()
 
     status = await bus.cli("b", "status", run_id, "--json")

@@ -249,7 +249,7 @@ async def test_dual_stage_node_waits_with_no_process_and_a_worker_of_another_hos
     )
     assert done.returncode == 3, done.stdout + done.stderr  # left waiting: the driver process is gone
     wait_run_id = node_run_id(run_id, "sp_gate_1", 1)
-    assert f"aethergraph resume {wait_run_id}" in done.stderr
+    assert f"aethergraph resume {run_id} --wait-id {wait_run_id}/w3" in done.stderr  # by the top-level run
 
     handle = await aethergraph.get_run(run_id)
     assert await handle.status() == "waiting"

@@ -124,7 +124,9 @@ def run(
 
 
 def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:
-    where = "" if suspended.wait_run_id == suspended.run_id else f" (in nested run {suspended.wait_run_id})"
+    nested = suspended.wait_run_id != suspended.run_id
+    where = f" (in nested run {suspended.wait_run_id})" if nested else ""
+    wait_ref = f"{suspended.wait_run_id}/{suspended.wait_id}" if nested else suspended.wait_id
     how = (
         "this process continues it when the answer comes"
         if continue_here
@@ -133,7 +135,7 @@ def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:
     err_console.print(
         f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
         f"{escape(repr(suspended.prompt))}. Answer it with `aethergraph resume {suspended.run_id} "
-        f"--wait-id {suspended.wait_id} --json '...'`; {how}.",
+        f"--wait-id {wait_ref} --json '...'`; {how}.",
         soft_wrap=True,
     )
 
