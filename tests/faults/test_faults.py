@@ -1,0 +1,49 @@
+"""Durability checked from outside, under faults: kill -9 storms, nats-server restarts, stray messages, pauses.
+
+Each test is one trial of ``harness.run_trial``: its own nats-server and
+processes, a fault while graph_fn chains and a static fan-out progress, then
+the checks of the harness docstring (every run completes with the right
+outputs; no step the body saw committed is missing from the journal; no
+committed step runs again; executions bounded by the faults). The sizes are
+small so the directory stays well under five minutes on two cores;
+``python -m benchmarks.faults`` runs larger trials and prints the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from harness import Size, run_trial
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+SMALL = Size(chains=3, steps=8, step_sleep_s=0.25, fans=1, fan_width=6, fan_sleep_s=0.4, settle_s=45, stall_s=10)
+
+
+def check(report) -> None:  # type: ignore[no-untyped-def]
+    print(report.summary())
+    assert report.runs and not report.problems(), report.summary()
+
+
+async def test_worker_kill_storm(tmp_path: Path) -> None:
+    """kill -9 the driver, then random workers every 0.8-1.6 s for 6 s, each replaced; the runs finish."""
+    size = Size(**{**SMALL.__dict__, "workers": 3})
+    check(await run_trial("worker-kill-storm", tmp_path, size=size, seed=1))
+
+
+@pytest.mark.parametrize("sync_interval", ["1s", "always"])
+async def test_nats_server_kill_9_and_restart(tmp_path: Path, sync_interval: str) -> None:
+    """kill -9 nats-server three times mid-run, down 0.2-1.5 s each, restarted on its port and store."""
+    size = Size(**{**SMALL.__dict__, "steps": 10, "workers": 1})
+    check(await run_trial("nats-server-restart", tmp_path, size=size, sync_interval=sync_interval, seed=2))
+
+
+async def test_stray_and_malformed_messages_on_every_subject(tmp_path: Path) -> None:
+    """Garbage and well-formed-but-foreign messages on events, commands, leases, work queue and reports."""
+    check(await run_trial("stray-messages", tmp_path, size=SMALL, seed=3))
+
+
+async def test_driver_paused_past_its_lease(tmp_path: Path) -> None:
+    """SIGSTOP the driver for 3 s (lease 1 s): a worker takes its runs over; SIGCONT; nothing runs twice."""
+    check(await run_trial("driver-paused-past-lease", tmp_path, size=SMALL, seed=4))
