@@ -499,6 +499,20 @@ class Trial:
         running = {e.run_id for e in executions}
         return [s for s in self.specs if s.run_id in running]
 
+    def in_flight(self) -> int:
+        """How many runs have steps left to execute, from the step log."""
+        executions, saw = read_step_log(self.step_log)
+        labels: dict[str, set[str]] = {}
+        for e in executions:
+            labels.setdefault(e.run_id, set()).add(e.step)
+        left = 0
+        for spec in self.specs:
+            if spec.graph == "ft_chain":
+                left += max((k for k, _, _ in saw.get(spec.run_id, [])), default=0) < spec.inputs["n"]
+            else:
+                left += len(labels.get(spec.run_id, set())) < spec.width
+        return left
+
     async def wait_all_executing(self) -> None:
         """Until every run executed a step (the driver started them all)."""
         async with asyncio.timeout(SAFETY_S):
@@ -554,7 +568,7 @@ async def worker_kill_storm(trial: Trial) -> None:
     size, rng = trial.size, trial.rng
     assert trial.driver is not None
     trial.kill9(trial.driver)
-    trial.note(f"kill -9 driver pid {trial.driver.pid}")
+    trial.note(f"kill -9 driver pid {trial.driver.pid} ({trial.in_flight()} runs in flight)")
     replacements: list[asyncio.Task[None]] = []
 
     async def replace(delay: float) -> None:
@@ -570,7 +584,7 @@ async def worker_kill_storm(trial: Trial) -> None:
             continue
         victim = rng.choice(live)
         trial.kill9(victim)
-        trial.note(f"kill -9 worker pid {victim.pid}")
+        trial.note(f"kill -9 worker pid {victim.pid} ({trial.in_flight()} runs in flight)")
         replacements.append(asyncio.create_task(replace(rng.uniform(*size.restart_after_s))))
     await asyncio.gather(*replacements)
 
@@ -582,7 +596,7 @@ async def nats_server_restarts(trial: Trial) -> None:
         await asyncio.sleep(rng.uniform(*size.server_gap_s))
         down = rng.uniform(*size.server_down_s)
         trial.kill_server()
-        trial.note(f"kill -9 nats-server, down {down:.2f}s")
+        trial.note(f"kill -9 nats-server, down {down:.2f}s ({trial.in_flight()} runs in flight)")
         await asyncio.sleep(down)
         await asyncio.to_thread(trial.restart_server)
 
@@ -600,7 +614,7 @@ async def pause_driver(trial: Trial) -> None:
             await asyncio.sleep(0.02)
     os.kill(pid, signal.SIGSTOP)
     trial.faulted_pids.add(pid)
-    trial.note(f"SIGSTOP driver pid {pid} for {trial.size.pause_s:.1f}s")
+    trial.note(f"SIGSTOP driver pid {pid} for {trial.size.pause_s:.1f}s ({trial.in_flight()} runs in flight)")
     try:
         await asyncio.sleep(trial.size.pause_s)
     finally:

@@ -35,7 +35,7 @@ async def test_worker_kill_storm(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sync_interval", ["1s", "always"])
 async def test_nats_server_kill_9_and_restart(tmp_path: Path, sync_interval: str) -> None:
     """kill -9 nats-server three times mid-run, down 0.2-1.5 s each, restarted on its port and store."""
-    size = Size(**{**SMALL.__dict__, "steps": 10, "workers": 1})
+    size = Size(**{**SMALL.__dict__, "steps": 14, "workers": 1})
     check(await run_trial("nats-server-restart", tmp_path, size=size, sync_interval=sync_interval, seed=2))
 
 
