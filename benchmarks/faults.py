@@ -49,7 +49,15 @@ FULL = fault_harness.Size(
 QUICK = fault_harness.Size(chains=3, steps=8, fans=1, fan_width=6, workers=2, fault_s=5.0, settle_s=45, stall_s=10)
 # Per fault: what differs from the size above.
 TWEAKS: dict[str, dict[str, Any]] = {
-    "nats-server-restart": {"steps": 20, "workers": 1, "server_kills": 4},
+    "worker-kill-storm": {"step_sleep_s": 0.6, "fans": 2, "fan_sleep_s": 2.0},
+    "nats-server-restart": {
+        "chains": 6,
+        "steps": 300,
+        "step_sleep_s": 0.02,
+        "workers": 1,
+        "server_kills": 8,
+        "server_gap_s": (0.5, 1.0),
+    },
     "driver-paused-past-lease": {"workers": 2},
 }
 
