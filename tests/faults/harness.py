@@ -244,6 +244,7 @@ class Report:
     driver_errors: list[str] = field(default_factory=list)
     faults_injected: list[str] = field(default_factory=list)
     executions: int = 0
+    takeovers: int = 0  # run.claimed events in the chains: a writer took a run over
     seconds: float = 0.0
 
     def problems(self) -> list[str]:
@@ -266,7 +267,8 @@ class Report:
         head = (
             f"{self.fault} (sync_interval {self.sync_interval}): {self.completed}/{self.runs} runs completed, "
             f"{len(self.stuck)} stuck, {len(self.missing)} committed-but-missing, "
-            f"{len(self.reexecuted)} re-executed committed steps; faults: {', '.join(self.faults_injected)}"
+            f"{len(self.reexecuted)} re-executed committed steps, {self.takeovers} takeovers; "
+            f"faults: {', '.join(self.faults_injected)}"
         )
         return "\n".join([head, *problems[:60], *(["..."] if len(problems) > 60 else [])])
 
@@ -275,6 +277,7 @@ class Report:
         self.runs += other.runs
         self.completed += other.completed
         self.executions += other.executions
+        self.takeovers += other.takeovers
         self.seconds += other.seconds
         for name in (
             "stuck",
@@ -315,6 +318,7 @@ def evaluate(
 
     for spec in specs:
         journal = journals[spec.run_id]
+        report.takeovers += sum(isinstance(e, ev.RunClaimed) for e in journal.chain)
         end = journal.end
         if end is None:
             report.stuck.append(f"{spec.run_id} ({spec.graph}): {journal.describe()}")

@@ -51,4 +51,6 @@ async def test_stray_and_malformed_messages_on_every_subject(tmp_path: Path) -> 
 
 async def test_driver_paused_past_its_lease(tmp_path: Path) -> None:
     """SIGSTOP the driver for 3 s (lease 1 s): a worker takes its runs over; SIGCONT; nothing runs twice."""
-    check(await run_trial("driver-paused-past-lease", tmp_path, size=SMALL, seed=4))
+    report = await run_trial("driver-paused-past-lease", tmp_path, size=SMALL, seed=4)
+    check(report)
+    assert report.takeovers, "no worker took a run over from the paused driver"
