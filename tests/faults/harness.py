@@ -144,9 +144,17 @@ class Journal:
                 f"; last stored event {tag(stored_last)} seq {stored_last.seq} epoch {stored_last.epoch} "
                 f"by {stored_last.worker}"
             )
+        after = [e for e in self.stored if e is not None and e.seq == last.seq + 1]
+        later = [e for e in self.stored if e is not None and last.seq + 1 < e.seq < 10_000]
+        if after:
+            gap = f"; seq {last.seq + 1} stored only outside the chain (epochs {sorted({e.epoch for e in after})})"
+        elif later:
+            gap = f"; a hole: seq {last.seq + 1} was never stored, seq {min(e.seq for e in later)}+ were"
+        else:
+            gap = ""
         return (
             f"chain ends at seq {last.seq} {tag(last)} (epoch {last.epoch}, by {last.worker}); "
-            f"{len(self.stored)} stored, {outside} outside the chain, {undecodable} undecodable{tail}"
+            f"{len(self.stored)} stored, {outside} outside the chain, {undecodable} undecodable{tail}{gap}"
         )
 
 

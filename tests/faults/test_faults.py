@@ -46,7 +46,8 @@ async def test_nats_server_kill_9_and_restart(tmp_path: Path, sync_interval: str
 
 async def test_stray_and_malformed_messages_on_every_subject(tmp_path: Path) -> None:
     """Garbage and well-formed-but-foreign messages on events, commands, leases, work queue and reports."""
-    check(await run_trial("stray-messages", tmp_path, size=SMALL, seed=3))
+    size = Size(**{**SMALL.__dict__, "step_sleep_s": 0.6})  # the runs outlast the 6 s of stray messages
+    check(await run_trial("stray-messages", tmp_path, size=size, seed=3))
 
 
 async def test_driver_paused_past_its_lease(tmp_path: Path) -> None:
