@@ -160,7 +160,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for row in results["rows"]:
-        out.append(f"* **{row['fault']}, sync_interval {row['sync_interval']}**, {row['executions']} step executions:")
+        out.append(
+            f"* **{row['fault']}, sync_interval {row['sync_interval']}**: {row['executions']} step executions, "
+            f"{row['takeovers']} takeovers (`run.claimed`), {row['seconds']:.0f} s:"
+        )
         problems = [
             *(f"stuck: {s}" for s in _first(row["stuck"])),
             *(f"failed: {s}" for s in _first(row["failed"])),
