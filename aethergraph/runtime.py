@@ -97,8 +97,11 @@ class Runtime:
         settings = settings or load_settings()
         worker_id = token(settings.worker_id) if settings.worker_id else new_worker_id()
         bus = await connect_bus(settings, client_name=f"aethergraph:{worker_id}")
-        event_log = JetStreamEventLog(bus.nc, bus.js, max_event_bytes=settings.max_event_bytes)
+        event_log = JetStreamEventLog(
+            bus.nc, bus.js, max_event_bytes=settings.max_event_bytes, outage_s=settings.outage_tolerance_s
+        )
         await event_log.start()
+        bus.events.on_disconnect(event_log.connection_lost)
         leases = JetStreamLeases(bus.nc, bus.js, worker_id, lease_s=settings.lease_s)
         if inline_answers is None:
             inline_answers = settings.console_input == "always" or (
@@ -108,7 +111,7 @@ class Runtime:
             settings=settings,
             bus=bus,
             event_log=event_log,
-            commands=JetStreamCommands(bus.nc, bus.js),
+            commands=JetStreamCommands(bus.nc, bus.js, max_event_bytes=settings.max_event_bytes),
             leases=leases,
             worker_id=worker_id,
             inline_answers=inline_answers,

@@ -80,25 +80,17 @@ class NatsServer:
 
 
 def start_nats_server(
-    directory: Path, *, jetstream: bool = True, port: int | None = None, sync_interval: str | None = None
+    directory: Path, *, jetstream: bool = True, port: int = -1, sync_interval: str | None = None
 ) -> NatsServer:
-    """Start a nats-server on 127.0.0.1 and wait until it accepts clients.
+    """Start a nats-server on 127.0.0.1 (a random port unless ``port`` is given) and wait until it accepts clients.
 
-    ``port`` defaults to a random one; pass a stopped server's port and
-    directory to restart it on the same address and store. ``sync_interval``
-    (``"1s"``, ``"always"``) sets JetStream's fsync policy through a config
-    file, as the embedded server does; by default the server's own (``2m``).
+    Pass a stopped server's port and directory to restart it on the same
+    address and store. ``sync_interval`` (``"1s"``, ``"always"``) sets
+    JetStream's fsync policy through a config file, as the embedded server
+    does; by default the server's own (``2m``).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    args = [
-        str(find_nats_server_binary()),
-        "-a",
-        "127.0.0.1",
-        "-p",
-        str(port or -1),
-        "--ports_file_dir",
-        str(directory),
-    ]
+    args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "--ports_file_dir", str(directory)]
     if jetstream and sync_interval is not None:
         config = directory / "server.conf"
         store = json.dumps(str(directory / "jetstream"))

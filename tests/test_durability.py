@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,13 +19,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import read_events, run_python, subprocess_env, wait_until
+import pytest
+from helpers import eventually, read_events, run_python, start_nats_server, subprocess_env, wait_until
 
+from aethergraph import graph_fn, tool
 from aethergraph.bus.embedded import ensure_embedded_server, running_server
 from aethergraph.core import events as ev
+from aethergraph.core.errors import BusUnavailableError
+from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
+from aethergraph.core.resume import journal_state
 from aethergraph.core.settings import Settings
-from aethergraph.runtime import Runtime
+from aethergraph.runtime import Runtime, load_target
 
 GRAPHS = """
 import os, sys, time
@@ -100,7 +106,16 @@ def _start_worker(module_dir: Path, run_id: str, n: int, env: dict[str, str]) ->
     )
 
 
-async def test_kill_9_of_nats_server_loses_no_committed_step(tmp_path: Path, stop_servers: list[Path]) -> None:
+async def _journal_of(workspace: Path, run_id: str) -> list[ev.Event]:
+    rt = await Runtime.open(Settings(nats_url=None, workspace=workspace))
+    try:
+        return journal_chain(record.event for record in await read_events(rt, run_id))
+    finally:
+        await rt.close()
+
+
+async def test_kill_9_of_nats_server_then_a_restart_the_run_goes_on(tmp_path: Path, stop_servers: list[Path]) -> None:
+    """The process driving a run rides out its server's death: when the server is back, it carries on."""
     workspace = tmp_path / "ws"
     stop_servers.append(workspace)
     (tmp_path / "graphs.py").write_text(GRAPHS)
@@ -109,6 +124,50 @@ async def test_kill_9_of_nats_server_loses_no_committed_step(tmp_path: Path, sto
     env.pop("AETHERGRAPH_NATS_URL", None)
     server = ensure_embedded_server(workspace)
     run_id = "killserver" + os.urandom(4).hex()
+    n = 600
+    worker = _start_worker(tmp_path, run_id, n, env)
+    try:
+        wait_until(
+            lambda: len([x for x in _lines(log) if x.startswith("committed")]) >= 200 or None,
+            timeout_s=60,
+            what="200 committed steps",
+        )
+        os.kill(server.pid, signal.SIGKILL)
+        os.waitpid(server.pid, 0)  # noqa: ASYNC222 - started from this process: reap it
+        restarted = ensure_embedded_server(workspace)  # on the same port: the worker reconnects
+        assert restarted.pid != server.pid and restarted.url == server.url
+        out, err = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, err
+    assert f"'v': {n}" in out
+    committed = [int(x.split()[1]) for x in _lines(log) if x.startswith("committed")]
+    assert committed == list(range(1, n + 1))
+    journal = await _journal_of(workspace, run_id)
+    returned = [e.outputs["v"] for e in journal if isinstance(e, ev.ToolReturned)]
+    # Every step the graph saw committed is in the journal, in order, and the run completed.
+    assert returned == committed
+    assert isinstance(journal[-1], ev.RunCompleted) and journal[-1].outputs == {"v": n}
+
+
+async def test_a_server_that_stays_down_fails_the_process_after_the_outage_tolerance(
+    tmp_path: Path, stop_servers: list[Path]
+) -> None:
+    workspace = tmp_path / "ws"
+    stop_servers.append(workspace)
+    (tmp_path / "graphs.py").write_text(GRAPHS)
+    log = tmp_path / "effects.log"
+    env = subprocess_env(
+        AG_TEST_LOG=str(log),
+        AG_TEST_STEP_SLEEP="0.002",
+        AETHERGRAPH_WORKSPACE=str(workspace),
+        AETHERGRAPH_OUTAGE_TOLERANCE_S="1.5",
+    )
+    env.pop("AETHERGRAPH_NATS_URL", None)
+    server = ensure_embedded_server(workspace)
+    run_id = "downserver" + os.urandom(4).hex()
     worker = _start_worker(tmp_path, run_id, 100_000, env)
     _kill_when(
         worker,
@@ -116,19 +175,12 @@ async def test_kill_9_of_nats_server_loses_no_committed_step(tmp_path: Path, sto
         server.pid,
         "200 committed steps",
     )
-    committed = [int(x.split()[1]) for x in _lines(log) if x.startswith("committed")]
     assert worker.returncode != 0  # the run could not go on without its bus
-
+    assert worker.stderr is not None and "AETHERGRAPH_OUTAGE_TOLERANCE_S" in worker.stderr.read()
+    committed = [int(x.split()[1]) for x in _lines(log) if x.startswith("committed")]
     assert running_server(workspace) is None
-    restarted = ensure_embedded_server(workspace)
-    assert restarted.pid != server.pid
-    rt = await Runtime.open(Settings(nats_url=None, workspace=workspace))
-    try:
-        journal = journal_chain(record.event for record in await read_events(rt, run_id))
-    finally:
-        await rt.close()
+    journal = await _journal_of(workspace, run_id)
     returned = [e.outputs["v"] for e in journal if isinstance(e, ev.ToolReturned)]
-    # Every step the graph saw committed is in the journal, in order.
     assert returned[: len(committed)] == committed
     assert committed == list(range(1, len(committed) + 1))
 
@@ -183,3 +235,57 @@ def test_resume_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
     effects = _lines(log)
     assert run_python(RESUME, str(tmp_path), run_id, env=env) == {"v": 3}
     assert _lines(log) == effects
+
+
+@tool(name="dur_slow_step", outputs=["v"])
+async def dur_slow_step(x: int) -> dict[str, int]:
+    await asyncio.sleep(0.01)
+    return {"v": x + 1}
+
+
+@graph_fn(name="dur_slow_chain", outputs=["v"])
+async def dur_slow_chain(n: int) -> dict[str, int]:
+    x = 0
+    for _ in range(n):
+        x = (await dur_slow_step(x))["v"]
+    return {"v": x}
+
+
+async def test_a_run_given_up_on_an_outage_is_failed_when_the_server_returns(tmp_path: Path) -> None:
+    """A live process never lets go of a run silently: past the outage tolerance it fails the run, with the reason."""
+    server = start_nats_server(tmp_path / "nats")
+    port = int(server.url.rpartition(":")[2])
+    rt = await Runtime.open(Settings(nats_url=server.url, workspace=tmp_path / "ws", outage_tolerance_s=1.0))
+    try:
+        run_id = new_run_id()
+        task = rt.driver.start(load_target(dur_slow_chain), {"n": 100_000}, run_id)
+        await eventually(lambda: _has_returned_steps(rt, run_id), "a few committed steps")
+        server.process.kill()
+        server.process.wait()
+        with pytest.raises(BusUnavailableError, match="AETHERGRAPH_OUTAGE_TOLERANCE_S"):
+            await task
+        # The run is not released: its failure is journaled once the server is back (same store, same port).
+        restarted = start_nats_server(tmp_path / "nats", port=port)
+        try:
+            status = await eventually(lambda: _ended_status(rt, run_id), "run.failed after the outage")
+            assert status == "failed"
+            journal = journal_chain(record.event for record in await read_events(rt, run_id))
+            failed = journal[-1]
+            assert isinstance(failed, ev.RunFailed) and failed.error_type.endswith("BusUnavailableError")
+            assert "AETHERGRAPH_OUTAGE_TOLERANCE_S" in failed.message
+            assert run_id not in {owned.run_id for owned in await rt.leases.owned_runs(rt.worker_id)}
+        finally:
+            await rt.close()
+            restarted.stop()
+    finally:
+        server.stop()
+
+
+async def _has_returned_steps(rt: Runtime, run_id: str) -> bool | None:
+    events = [record.event for record in await read_events(rt, run_id)]
+    return True if sum(isinstance(e, ev.ToolReturned) for e in events) >= 3 else None
+
+
+async def _ended_status(rt: Runtime, run_id: str) -> str | None:
+    state = journal_state(run_id, journal_chain(record.event for record in await read_events(rt, run_id)))
+    return state.status if state.ended is not None else None

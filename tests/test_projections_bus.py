@@ -36,7 +36,7 @@ from helpers import NatsServer, eventually, read_events, run_message_count, star
 from test_projections import TABLES, dump
 
 from aethergraph import NodeContext, Wait, graph_fn, tool
-from aethergraph.bus.topology import EVENTS_STREAM, projector_consumer, projector_query_subject
+from aethergraph.bus.topology import EVENTS_STREAM, event_subject, projector_consumer, projector_query_subject
 from aethergraph.core import events as ev
 from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import ProjectionError, ProjectionLockedError
@@ -488,8 +488,7 @@ async def test_a_nested_run_has_spawned_and_data_edges_and_its_artifact_reaches_
     # Nothing emits artifact.saved yet: publish the child node's artifact the way a writer would.
     last = (await read_events(rt, child))[-1]
     artifact_id = hashlib.sha256(upper.encode()).hexdigest()
-    writer = rt.event_log.writer(child, last_stream_seq=last.stream_seq)
-    await writer.append(
+    saved = encode_event(
         ev.ArtifactSaved(
             run_id=child,
             seq=last.event.seq + 1,
@@ -507,6 +506,7 @@ async def test_a_nested_run_has_spawned_and_data_edges_and_its_artifact_reaches_
             tool="pjb_upper",
         )
     )
+    await rt.bus.js.publish(event_subject(child, "artifact.saved"), saved)
 
     store = await catch_up_fresh(bus)
     try:

@@ -27,7 +27,7 @@ from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, Run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.replay import ChainBuilder, journal_chain
-from aethergraph.core.resume import JournalState, accept_resume, journal_state
+from aethergraph.core.resume import AlreadyAnswered, JournalState, accept_resume, journal_state
 from aethergraph.core.spec import CallableSpec, build_spec
 from aethergraph.engine.runs import Suspended
 from aethergraph.engine.worker import Worker
@@ -592,7 +592,7 @@ async def test_a_redelivered_command_is_a_duplicate(runtime: Runtime, slot: Work
         command_seq=outcome.command_seq,
         graphs=must_get_graph,
     )
-    assert again is None
+    assert isinstance(again, AlreadyAnswered) and (again.wait_id, again.by_this_command) == (outcome.wait_id, True)
     assert await records(runtime, handle.run_id) == before
     with pytest.raises(ResumeRejectedError) as info:  # a different command for it is refused
         await accept_resume(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client
@@ -16,7 +17,22 @@ from aethergraph.core.settings import Settings
 from .embedded import EmbeddedServer, ensure_embedded_server
 from .topology import Topology
 
-__all__ = ["BusConnection", "connect_bus", "ensure_topology"]
+__all__ = ["BusConnection", "ConnectionEvents", "connect_bus", "ensure_topology"]
+
+
+@dataclass(slots=True)
+class ConnectionEvents:
+    """Tells the parts of this process that keep state on the server when the connection drops."""
+
+    _on_disconnect: list[Callable[[], None]] = field(default_factory=list)
+
+    def on_disconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronously, on the event loop) each time the connection is lost."""
+        self._on_disconnect.append(callback)
+
+    async def disconnected(self) -> None:
+        for callback in list(self._on_disconnect):
+            callback()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,13 +42,14 @@ class BusConnection:
     url: str
     embedded: EmbeddedServer | None
     topology: Topology
+    events: ConnectionEvents
 
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.drain()
 
 
-async def _connect(url: str, *, name: str, timeout_s: float) -> Client:
+async def _connect(url: str, *, name: str, timeout_s: float, events: ConnectionEvents) -> Client:
     async def _quiet(_exc: Exception) -> None:
         return None
 
@@ -46,6 +63,7 @@ async def _connect(url: str, *, name: str, timeout_s: float) -> Client:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             error_cb=_quiet,
+            disconnected_cb=events.disconnected,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         reason = str(exc) or type(exc).__name__
@@ -75,9 +93,10 @@ async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
     if url is None:
         embedded = ensure_embedded_server(settings.workspace, sync_interval=settings.sync_interval)
         url = embedded.url
+    events = ConnectionEvents()
     try:
         nc = await asyncio.wait_for(
-            _connect(url, name=client_name, timeout_s=settings.connect_timeout_s),
+            _connect(url, name=client_name, timeout_s=settings.connect_timeout_s, events=events),
             timeout=settings.connect_timeout_s * 2,
         )
     except TimeoutError:
@@ -100,4 +119,4 @@ async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
         node_ack_wait_s=settings.node_ack_wait_s,
     )
     await ensure_topology(js, topology)
-    return BusConnection(nc=nc, js=js, url=url, embedded=embedded, topology=topology)
+    return BusConnection(nc=nc, js=js, url=url, embedded=embedded, topology=topology, events=events)

@@ -68,6 +68,12 @@ class DirectGetter:
         for entry in pending.values():
             self._fail(entry, BusUnavailableError("the event log was closed during a read"))
 
+    def connection_lost(self) -> None:
+        """Fail every read in flight at once: its replies, if any, went with the connection."""
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self._fail(entry, BusUnavailableError(f"the connection was lost during a read of {entry.what}"))
+
     async def get(self, request: dict[str, object], what: str) -> list[DirectReply]:
         """The stored messages ``request`` selects, in stream order (empty if none).
 

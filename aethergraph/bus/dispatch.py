@@ -21,6 +21,7 @@ __all__ = [
     "dispatch_synchronously",
     "publish_now",
     "release_raw",
+    "retrieve_exception",
     "server_address",
     "status_of",
 ]
@@ -200,3 +201,9 @@ def publish_now(nc: Client, subject: str, payload: bytes, reply: str = "") -> No
     queue = nc._flush_queue
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def retrieve_exception(fut: asyncio.Future[Any]) -> None:
+    """A done callback that marks a future's exception as retrieved (its awaiter may be gone)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -167,13 +167,34 @@ def running_server(workspace: Path) -> EmbeddedServer | None:
     )
 
 
-def _write_config(nats_dir: Path, sync_interval: str) -> Path:
+def _previous_port(nats_dir: Path) -> int:
+    """The port the workspace's server last listened on, if it is free now (-1: any free port).
+
+    A server that died and comes back on its old port lets the processes
+    connected to it reconnect by themselves and carry on with their runs.
+    """
+    state = _read_state(nats_dir)
+    url = state.get("url") if state else None
+    if not isinstance(url, str):
+        return -1
+    try:
+        port = int(url.rpartition(":")[2])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As nats-server does: connections of the dead server lingering in TIME_WAIT do not hold the port.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+    except (ValueError, OSError):
+        return -1
+    return port
+
+
+def _write_config(nats_dir: Path, sync_interval: str, port: int) -> Path:
     store = nats_dir / "jetstream"
     store.mkdir(exist_ok=True)
     config = nats_dir / "server.conf"
     config.write_text(
         "# Written by AetherGraph for the embedded server of this workspace.\n"
-        "listen: 127.0.0.1:-1\n"
+        f"listen: 127.0.0.1:{port}\n"
         f"ports_file_dir: {json.dumps(str(nats_dir))}\n"
         f"pid_file: {json.dumps(str(nats_dir / 'server.pid'))}\n"
         "max_payload: 8MB\n"
@@ -212,6 +233,21 @@ def _wait_for_port(nats_dir: Path, process: subprocess.Popen[bytes], log_path: P
     )
 
 
+def _launch(binary: Path, config: Path, nats_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    for stale in nats_dir.glob("nats-server_*.ports"):
+        stale.unlink(missing_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(binary), "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return process, _wait_for_port(nats_dir, process, log_path)
+
+
 def ensure_embedded_server(workspace: Path, *, sync_interval: str = "1s") -> EmbeddedServer:
     """Reuse the workspace's running server, or start one and wait until it accepts clients."""
     nats_dir = _nats_dir(workspace)
@@ -220,20 +256,15 @@ def ensure_embedded_server(workspace: Path, *, sync_interval: str = "1s") -> Emb
         if existing is not None:
             return existing
         binary = find_nats_server_binary()
-        config = _write_config(nats_dir, sync_interval)
         log_path = nats_dir / "server.log"
-        for stale in nats_dir.glob("nats-server_*.ports"):
-            stale.unlink(missing_ok=True)
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [str(binary), "-c", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        url = _wait_for_port(nats_dir, process, log_path)
+        previous = _previous_port(nats_dir)
+        try:
+            process, url = _launch(binary, _write_config(nats_dir, sync_interval, previous), nats_dir, log_path)
+        except WorkspaceError:
+            if previous == -1:
+                raise
+            # The old port was taken in the meantime: any free port will do.
+            process, url = _launch(binary, _write_config(nats_dir, sync_interval, -1), nats_dir, log_path)
         state = {"pid": process.pid, "url": url, "sync_interval": sync_interval}
         (nats_dir / _STATE_FILE).write_text(json.dumps(state))
         return EmbeddedServer(

@@ -55,8 +55,10 @@ __all__ = [
     "WORK_CONSUMER",
     "Topology",
     "cancel_subject",
+    "command_target",
     "event_subject",
     "outcome_subject",
+    "outcome_subject_of_command",
     "parse_run_owner",
     "projector_consumer",
     "projector_query_subject",
@@ -110,6 +112,21 @@ def resume_subject(run_id: str) -> str:
 def run_id_of_command(subject: str) -> str:
     """The run id of ``ag.cmd.resume.<run_id>`` (or of an outcome subject)."""
     return subject.rsplit(".", 1)[-1]
+
+
+def command_target(subject: str) -> str:
+    """What follows ``ag.cmd.resume.`` in a command's subject, as published (the run id, if the subject is valid)."""
+    return subject[len(_RESUME_PREFIX) :] if subject.startswith(_RESUME_PREFIX) else subject
+
+
+def outcome_subject_of_command(subject: str) -> str:
+    """``ag.cmd.outcome.<x>`` for a command on ``ag.cmd.resume.<x>``, whatever ``<x>`` is.
+
+    A command on a subject that names no valid run id (``ag.cmd.resume.r$x``,
+    ``ag.cmd.resume.a.b``) is answered on the mirrored subject, so its
+    publisher finds the refusal where it would look for any outcome.
+    """
+    return _OUTCOME_PREFIX + command_target(subject)
 
 
 def outcome_subject(run_id: str) -> str:

@@ -246,3 +246,9 @@ class RunSuspended(BaseException):
         self.wait_run_id = wait_run_id or run_id
         self.kind = kind
         self.prompt = prompt
+
+
+def error_type_name(exc: BaseException) -> str:
+    """How a journal names an exception's type: ``ValueError``, or ``module.Class`` outside builtins."""
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

@@ -18,6 +18,7 @@ from .errors import (
     RunNotFoundError,
     RunSuspended,
     StaleWriterError,
+    error_type_name,
 )
 from .events import (
     AnyEvent,
@@ -52,11 +53,6 @@ __all__ = [
     "load_journal",
     "resume_run",
 ]
-
-
-def error_type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 async def execute_run(

@@ -50,39 +50,64 @@ class ChainBuilder:
 
     The journal is the chain of events with ``seq`` 1, 2, 3, ... whose
     ``epoch`` is that of the writer owning the run at that point: a writer's
-    epoch starts at its (fenced) ``run.started`` or ``run.claimed`` event.
-    Anything else was written by a fenced-out writer and is not part of the
-    journal.
+    epoch starts at its (fenced) ``run.started`` or ``run.claimed`` event,
+    and every later event of the epoch names the same ``worker`` as that
+    opening. Anything else was written by a fenced-out writer, or by someone
+    who is not a writer at all, and is not part of the journal.
+
+    A writer that lost an event to a broker fault republishes it, so an event
+    may be stored after later ones of its run: an event beyond the chain's
+    next position is held until the gap before it fills. At each position the
+    first stored candidate that fits is taken; later ones are ignored.
     """
 
-    __slots__ = ("_epoch", "chain")
+    __slots__ = ("_ahead", "_epoch", "_writer", "chain")
 
     def __init__(self) -> None:
         self.chain: list[Event] = []
         self._epoch = 1
+        self._writer = ""
+        self._ahead: dict[int, list[Event]] = {}
 
-    def add(self, event: Event) -> bool:
-        """Add the next stored event; True if it belongs to the journal."""
-        if event.seq != len(self.chain) + 1:
-            return False
+    def add(self, event: Event) -> list[Event]:
+        """Add the next stored event; returns the events it appended to the journal (in order, often none)."""
+        position = len(self.chain) + 1
+        if event.seq > position:
+            self._ahead.setdefault(event.seq, []).append(event)
+            return []
+        if event.seq != position or not self._fits(event):
+            return []
+        grown = [event]
+        self._take(event)
+        while self._ahead:
+            candidates = self._ahead.pop(len(self.chain) + 1, None)
+            if candidates is None:
+                break
+            follower = next((held for held in candidates if self._fits(held)), None)
+            if follower is None:
+                break
+            grown.append(follower)
+            self._take(follower)
+        return grown
+
+    def _fits(self, event: Event) -> bool:
         if isinstance(event, (RunStarted, RunClaimed)):
-            if event.epoch != event.seq:
-                return False
+            return event.epoch == event.seq
+        return event.epoch == self._epoch and event.worker == self._writer
+
+    def _take(self, event: Event) -> None:
+        if isinstance(event, (RunStarted, RunClaimed)):
             self._epoch = event.seq
-        elif event.epoch != self._epoch:
-            return False
+            self._writer = event.worker
         self.chain.append(event)
-        return True
 
 
 def journal_chain(events: Iterable[E]) -> list[E]:
     """A run's journal from its stored events, in stream order (see :class:`ChainBuilder`)."""
     builder = ChainBuilder()
-    chain: list[E] = []
     for event in events:
-        if builder.add(event):
-            chain.append(event)
-    return chain
+        builder.add(event)
+    return builder.chain  # type: ignore[return-value]
 
 
 # Events that open a step the re-running code takes again, and the outcomes of calls.

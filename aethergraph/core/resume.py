@@ -37,7 +37,15 @@ from .payloads import validate_payload
 from .ports import RunEnvironment
 from .spec import CallableSpec
 
-__all__ = ["AcceptedResume", "JournalState", "RunStatus", "accept_resume", "check_resume", "journal_state"]
+__all__ = [
+    "AcceptedResume",
+    "AlreadyAnswered",
+    "JournalState",
+    "RunStatus",
+    "accept_resume",
+    "check_resume",
+    "journal_state",
+]
 
 RunStatus = Literal["unknown", "running", "waiting", "succeeded", "failed", "cancelled"]
 
@@ -154,6 +162,37 @@ class AcceptedResume:
     continuation: Callable[[], Awaitable[dict[str, Any]]]
 
 
+@dataclass(frozen=True, kw_only=True)
+class AlreadyAnswered:
+    """The wait was answered before (event ``seq``, 0 if none is journaled): this command changes nothing.
+
+    ``by_this_command`` when the answer is this very command's (it was
+    delivered before); otherwise the command is an expiry that fell due after
+    the wait was answered or its run ended.
+    """
+
+    run_id: str
+    wait_id: str
+    seq: int
+    by_this_command: bool
+
+
+def _answered_before(
+    state: JournalState, wait_id: str | None, command_seq: int | None, expire: bool
+) -> AlreadyAnswered | None:
+    if command_seq is not None:
+        for closed in state.closed_waits.values():
+            if closed.command_seq == command_seq:
+                return AlreadyAnswered(
+                    run_id=state.run_id, wait_id=closed.wait_id, seq=closed.seq, by_this_command=True
+                )
+    if expire and wait_id is not None and wait_id not in state.open_waits:
+        answer = state.closed_waits.get(wait_id)
+        seq = answer.seq if answer is not None else 0
+        return AlreadyAnswered(run_id=state.run_id, wait_id=wait_id, seq=seq, by_this_command=False)
+    return None
+
+
 async def accept_resume(
     env: RunEnvironment,
     run_id: str,
@@ -165,11 +204,13 @@ async def accept_resume(
     graphs: Callable[[str], CallableSpec],
     before_claim: Callable[[str, str], Awaitable[None]] | None = None,
     attempts: int = 3,
-) -> AcceptedResume | None:
+) -> AcceptedResume | AlreadyAnswered:
     """Check and commit an answer to a wait; return how to continue the run.
 
-    Returns ``None`` if this very command was already committed (a
-    redelivered command). Raises :class:`ResumeRejectedError` if the resume is
+    Returns :class:`AlreadyAnswered` if this very command (``command_seq``)
+    was already committed (a redelivered command, whatever wait it named or
+    whether the run has ended since), or if it is an expiry of a wait that is
+    no longer open. Raises :class:`ResumeRejectedError` if the resume is
     refused, and :class:`~aethergraph.errors.GraphNotFoundError` (before
     anything is written) if ``graphs`` does not know the run's graph.
     ``before_claim(root_run_id, root_graph_id)`` runs alongside the claim
@@ -181,12 +222,9 @@ async def accept_resume(
     for attempt in range(attempts):
         chain, last_stream_seq = await load_journal(env, run_id)
         state = journal_state(run_id, chain)
-        if command_seq is not None and wait_id is not None:
-            closed = state.closed_waits.get(wait_id)
-            if closed is not None and closed.command_seq == command_seq:
-                return None
-        if expire and wait_id is not None and wait_id not in state.open_waits:
-            return None  # answered before its deadline: the expiry has nothing to do
+        answered = _answered_before(state, wait_id, command_seq, expire)
+        if answered is not None:
+            return answered
         requested = check_resume(state, wait_id, payload, expire=expire)
         started = state.started
         assert started is not None

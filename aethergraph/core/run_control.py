@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import GraphNotFoundError, RunFailedError, RunNotFoundError, StaleWriterError
+from .errors import GraphNotFoundError, RunFailedError, RunNotFoundError, StaleWriterError, error_type_name
 from .events import (
+    ClaimReason,
     Event,
     NodeReady,
     NodeStarted,
@@ -31,7 +32,16 @@ from .replay import ChainBuilder, journal_chain
 from .scope import RunScope
 from .spec import CallableSpec
 
-__all__ = ["RunManager", "bind_run_inputs", "follow_run_end", "force_cancel", "run_failure", "spec_of"]
+__all__ = [
+    "RunManager",
+    "bind_run_inputs",
+    "follow_run_end",
+    "force_cancel",
+    "force_end",
+    "force_fail",
+    "run_failure",
+    "spec_of",
+]
 
 
 def spec_of(graph: object) -> CallableSpec:
@@ -80,13 +90,13 @@ async def follow_run_end(env: RunEnvironment, run_id: str) -> dict[str, Any]:
     )
     builder = ChainBuilder()
     async for record in env.event_log.read_run(run_id, follow=True):
-        event = record.event
-        if not builder.add(event) or event.seq < retried_at:
-            continue
-        if isinstance(event, RunCompleted):
-            return dict(event.outputs)
-        if isinstance(event, (RunFailed, RunCancelled)):
-            raise run_failure(run_id, event)
+        for event in builder.add(record.event):
+            if event.seq < retried_at:
+                continue
+            if isinstance(event, RunCompleted):
+                return dict(event.outputs)
+            if isinstance(event, (RunFailed, RunCancelled)):
+                raise run_failure(run_id, event)
     raise RunNotFoundError(f"stopped reading run {run_id} before it ended", run_id=run_id)
 
 
@@ -103,11 +113,45 @@ def _children(run_id: str, chain: Sequence[Event]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+_ENDED_STATUS: dict[type[Event], str] = {RunCompleted: "succeeded", RunFailed: "failed", RunCancelled: "cancelled"}
+
+
 async def force_cancel(env: RunEnvironment, run_id: str, reason: str, *, attempts: int = 3) -> str:
     """Journal ``run.cancelled`` for a run nobody is driving (waiting, or its driver did not react).
 
     Claims the run (fenced) first, so a driver still writing is fenced out.
     Open nested runs are cancelled the same way. Returns the run's status.
+    """
+    status = await force_end(env, run_id, RunCancelled, {"reason": reason}, claim_reason="cancel", attempts=attempts)
+    if status != "cancelled":
+        return status
+    chain = journal_chain([record.event async for record in env.event_log.read_run(run_id)])
+    for child in _children(run_id, chain):
+        try:
+            await force_cancel(env, child, reason or f"parent run {run_id} was cancelled")
+        except RunNotFoundError:
+            continue
+    return "cancelled"
+
+
+async def force_fail(env: RunEnvironment, run_id: str, error: BaseException) -> str:
+    """Journal ``run.failed`` with ``error`` for a run its driver had to give up; returns the run's status."""
+    fields = {"error_type": error_type_name(error), "message": str(error), "failed_node_id": None}
+    return await force_end(env, run_id, RunFailed, fields, claim_reason="takeover")
+
+
+async def force_end(
+    env: RunEnvironment,
+    run_id: str,
+    end: type[RunCancelled] | type[RunFailed],
+    fields: Mapping[str, Any],
+    *,
+    claim_reason: ClaimReason,
+    attempts: int = 3,
+) -> str:
+    """Claim an unfinished run (fenced: whoever still writes to it is fenced out) and journal its end.
+
+    Returns the run's status afterwards: that of an end already journaled, or the new one.
     """
     for _ in range(attempts):
         stored = [record async for record in env.event_log.read_run(run_id)]
@@ -116,29 +160,22 @@ async def force_cancel(env: RunEnvironment, run_id: str, reason: str, *, attempt
             raise RunNotFoundError(f"run {run_id} does not exist on this bus", run_id=run_id)
         last = chain[-1]
         for event in reversed(chain):
-            if isinstance(event, RunCompleted):
-                return "succeeded"
-            if isinstance(event, RunFailed):
-                return "failed"
-            if isinstance(event, RunCancelled):
-                return "cancelled"
+            if type(event) in _ENDED_STATUS:
+                return _ENDED_STATUS[type(event)]
             if isinstance(event, RunClaimed):
                 break
         writer = env.event_log.writer(run_id, last_stream_seq=stored[-1].stream_seq)
         journal = RunJournal(run_id, writer, env.worker_id, last_seq=last.seq)
         try:
-            claimed = await journal.commit(RunClaimed, parent=last.seq, reason="cancel", previous_worker=last.worker)
-            await journal.commit(RunCancelled, parent=claimed, reason=reason)
+            claimed = await journal.commit(
+                RunClaimed, parent=last.seq, reason=claim_reason, previous_worker=last.worker
+            )
+            await journal.commit(end, parent=claimed, **fields)
         except StaleWriterError:
             continue
-        for child in _children(run_id, chain):
-            try:
-                await force_cancel(env, child, reason or f"parent run {run_id} was cancelled")
-            except RunNotFoundError:
-                continue
-        return "cancelled"
+        return _ENDED_STATUS[end]
     raise RunFailedError(
-        f"run {run_id} kept changing while it was being cancelled; try again", run_id=run_id, error_type="Busy"
+        f"run {run_id} kept changing while it was being ended; try again", run_id=run_id, error_type="Busy"
     )
 
 

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .codec import digest, normalise_value
-from .errors import NonDeterminismError, RunSuspended, SerializationError
+from .errors import NonDeterminismError, RunSuspended, SerializationError, error_type_name
 from .events import ServiceCalled, ServiceFailed, ServiceReturned
-from .executor import error_type_name
 from .replay import rebuild_error
 from .scope import RunScope, cursor
 from .service_base import JournalMode, accessed_context, call_context

@@ -30,7 +30,11 @@ class Settings(BaseSettings):
     mode: every run suspends after each step and continues by replay from the
     stream, so replay is exercised as often as possible. ``lease_s`` is how
     long a process may go silent before workers take its runs over (whole
-    seconds, at least 1). ``console_input`` decides whether console questions
+    seconds, at least 1). ``outage_tolerance_s`` is how long a process rides
+    out a bus it cannot reach (a restarting server, a cluster electing a
+    leader) before it gives a run's events up for lost: meanwhile appends wait,
+    and are checked against the stream and republished when it returns.
+    ``console_input`` decides whether console questions
     are answered inline: ``auto`` when standard input is a terminal,
     ``always`` (e.g. answers piped in), or ``never`` (every question is a
     durable wait answered by a resume command). ``node_concurrency`` is how
@@ -59,6 +63,7 @@ class Settings(BaseSettings):
     stream_replicas: Annotated[int, Field(ge=1, le=5)] = 1
     always_suspend: bool = False
     lease_s: Annotated[float, Field(ge=1, le=3600)] = 1.0
+    outage_tolerance_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     console_input: Literal["auto", "always", "never"] = "auto"
     node_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     node_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256

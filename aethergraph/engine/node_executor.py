@@ -42,6 +42,7 @@ from aethergraph.core.errors import (
     RunFailedError,
     RunSuspended,
     StaleWriterError,
+    error_type_name,
 )
 from aethergraph.core.events import (
     NodeCompleted,
@@ -52,7 +53,7 @@ from aethergraph.core.events import (
     RunCompleted,
     RunFailed,
 )
-from aethergraph.core.executor import error_type_name, execute_run, resume_run
+from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.node_report import LocalNode, NodeReport
 from aethergraph.core.ports import LocalReportSink, ParentLink, RunEnvironment
 from aethergraph.core.registry import must_get_graph

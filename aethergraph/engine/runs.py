@@ -3,8 +3,13 @@
 A :class:`RunDriver` starts and continues top-level runs as tasks. While it
 drives a run it keeps an ownership record on the bus, so that if this process
 dies a worker takes the run over; it releases the record when the run ends or
-suspends on a wait. A :class:`RunHandle` names a run anywhere: its status and
-result come from the run's journal on the bus, so any process can ask.
+suspends on a wait, or when another process took the run over. It never lets
+go of a run silently: a run whose events the bus would not take for the whole
+outage tolerance is failed with that reason (``run.failed``, journaled as
+soon as the bus takes events again), and its record is kept until then.
+
+A :class:`RunHandle` names a run anywhere: its status and result come from
+the run's journal on the bus, so any process can ask.
 """
 
 from __future__ import annotations
@@ -17,12 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from aethergraph.bus.leases import JetStreamLeases
-from aethergraph.core.errors import RunFailedError, RunNotFoundError, RunSuspended, StaleWriterError
+from aethergraph.core.errors import (
+    BusUnavailableError,
+    RunFailedError,
+    RunNotFoundError,
+    RunSuspended,
+    StaleWriterError,
+)
 from aethergraph.core.executor import execute_run, load_journal
 from aethergraph.core.ports import ParentLink, RunEnvironment
 from aethergraph.core.replay import ChainBuilder
 from aethergraph.core.resume import JournalState, RunStatus, journal_state
-from aethergraph.core.run_control import follow_run_end
+from aethergraph.core.run_control import follow_run_end, force_fail
 from aethergraph.core.spec import CallableSpec
 
 __all__ = ["RunDriver", "RunHandle", "Suspended"]
@@ -47,10 +58,14 @@ RunEnd = dict[str, Any] | Suspended
 class RunDriver:
     """Runs top-level runs of this process as tasks, each under an ownership record."""
 
+    # How often a run that had to be given up tries again to journal its failure.
+    FAIL_RETRY_S = 2.0
+
     def __init__(self, env: RunEnvironment, leases: JetStreamLeases) -> None:
         self.env = env
         self.leases = leases
         self.tasks: dict[str, asyncio.Task[RunEnd]] = {}
+        self.given_up: dict[str, asyncio.Task[None]] = {}
         self.on_suspend: Callable[[Suspended], None] | None = None
         self.cancel_requested: set[str] = set()
 
@@ -77,8 +92,13 @@ class RunDriver:
         """Run ``body`` (which drives ``run_id``, already owned) and release ownership when it stops."""
 
         async def guarded() -> RunEnd:
+            keep_record = False
             try:
                 return await body()
+            except BusUnavailableError as exc:
+                keep_record = True  # until run.failed is journaled (see _fail_given_up)
+                self._give_up(run_id, exc)
+                raise
             except asyncio.CancelledError:
                 if run_id not in self.cancel_requested:
                     raise
@@ -99,13 +119,36 @@ class RunDriver:
                 return end
             finally:
                 current = self.tasks.get(run_id)
-                if current is None or current is asyncio.current_task():
+                if not keep_record and (current is None or current is asyncio.current_task()):
                     await self.leases.release(run_id)  # not while a newer drive of the run goes on here
 
         task = asyncio.create_task(guarded(), name=f"aethergraph-run-{run_id}")
         self.tasks[run_id] = task
         task.add_done_callback(lambda done: self._forget(run_id, done))
         return task
+
+    def _give_up(self, run_id: str, error: BusUnavailableError) -> None:
+        if run_id not in self.given_up:
+            task = asyncio.create_task(self._fail_given_up(run_id, error), name=f"aethergraph-fail-{run_id}")
+            self.given_up[run_id] = task
+            task.add_done_callback(lambda _: self.given_up.pop(run_id, None))
+
+    async def _fail_given_up(self, run_id: str, error: BusUnavailableError) -> None:
+        """Journal ``run.failed`` for a run given up on an outage, as soon as the bus takes it; then release it.
+
+        Until then the ownership record stays: if this process ends first, a
+        worker takes the run over when the record's lease expires.
+        """
+        while True:
+            try:
+                status = await force_fail(self.env, run_id, error)
+            except (BusUnavailableError, RunFailedError) as exc:
+                log.debug("run %s: its failure could not be journaled yet (%s)", run_id, exc)
+                await asyncio.sleep(self.FAIL_RETRY_S)
+                continue
+            log.warning("run %s was given up after a bus outage; it is %s now", run_id, status)
+            await self.leases.release(run_id)
+            return
 
     def _forget(self, run_id: str, task: asyncio.Task[RunEnd]) -> None:
         if self.tasks.get(run_id) is task:
@@ -125,9 +168,17 @@ class RunDriver:
         return True
 
     async def drain(self) -> None:
-        """Wait until every run this process drives has ended or suspended."""
+        """Wait until every run this process drives has ended or suspended.
+
+        Runs given up on an outage whose failure is not journaled yet keep
+        their ownership records: workers take them over once this process is gone.
+        """
         while self.tasks:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for task in list(self.given_up.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class RunHandle:
@@ -184,7 +235,7 @@ class RunHandle:
         builder = ChainBuilder()
         async for record in self._env.event_log.read_run(self.run_id, follow=True):
             if not builder.add(record.event):
-                continue
+                continue  # not (yet) part of the journal
             status = journal_state(self.run_id, builder.chain).status
             if status in statuses:
                 return status

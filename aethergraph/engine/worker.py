@@ -4,14 +4,16 @@ A worker does two things, both driven by events:
 
 * it takes resume commands from the shared durable consumer ``ag-resume``,
   checks each against the run's journal, commits the answer and continues
-  the run by replay; what it did is published as a
-  :class:`~aethergraph.bus.commands.ResumeOutcome`;
+  the run by replay; every command gets exactly one final
+  :class:`~aethergraph.bus.commands.ResumeOutcome` (see
+  :mod:`aethergraph.engine.resume_commands`);
 * it watches process heartbeats; when one expires it takes over the runs that
   process was driving (and, when it starts, the runs of processes already
   dead), continuing each by replay under a fenced claim.
 
 A resume for a graph this worker does not know is put back for another worker
-(it stays queued) and announced once as ``deferred``.
+(it stays queued, delivered again with a growing delay) and announced once as
+``deferred``.
 """
 
 from __future__ import annotations
@@ -22,19 +24,16 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import nats.errors
-from nats.aio.msg import Msg
-
-from aethergraph.bus.commands import JetStreamCommands, ResumeOutcome, decode_resume_command
+from aethergraph.bus.commands import JetStreamCommands
 from aethergraph.bus.leases import JetStreamLeases, OwnedRun
-from aethergraph.bus.topology import run_id_of_command
-from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, StaleWriterError
+from aethergraph.core.errors import GraphNotFoundError, StaleWriterError
 from aethergraph.core.events import RunClaimed, RunStarted
 from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.registry import must_get_graph
-from aethergraph.core.resume import accept_resume, journal_state
+from aethergraph.core.resume import journal_state
 from aethergraph.core.spec import CallableSpec
 
+from .resume_commands import CommandHandler, RetryPolicy
 from .runs import RunDriver
 
 __all__ = ["Worker"]
@@ -53,15 +52,24 @@ class Worker:
         graphs: Callable[[str], CallableSpec] = must_get_graph,
         batch: int = 64,
         defer_delay_s: float = 2.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._driver = driver
         self._commands = commands
         self._leases: JetStreamLeases = driver.leases
         self._graphs = graphs
         self._batch = batch
-        self._defer_delay_s = defer_delay_s
+        self._handler = CommandHandler(
+            driver,
+            worker_id=self._leases.worker_id,
+            graphs=graphs,
+            before_claim=self._leases.own,
+            max_event_bytes=commands.max_event_bytes,
+            policy=retry or RetryPolicy(defer_delay_s=defer_delay_s),
+        )
         self._stopping = asyncio.Event()
         self._handling: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()  # command deliveries being handled
         self.ready = asyncio.Event()
 
     @property
@@ -75,94 +83,39 @@ class Worker:
         """Take commands and dead processes' runs until :meth:`stop`; then let running runs finish."""
         await self._leases.start()
         stop_watching = await self._leases.watch_deaths(self._on_death)
-        sub = await self._commands.resume_subscription()
+        feed = await self._commands.resume_feed()
         try:
             await self._adopt_orphans()
             self.ready.set()
             log.info("worker %s ready", self.worker_id)
             while not self._stopping.is_set():
-                fetch = asyncio.ensure_future(sub.fetch(self._batch, timeout=5.0))
-                stopping = asyncio.ensure_future(self._stopping.wait())
-                done, _ = await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if fetch not in done:
-                    fetch.cancel()
+                # At most ``batch`` commands in hand: a flood of commands waits on the stream, not in memory.
+                room = self._batch - len(self._in_flight)
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stopping.wait())}
+                fetch = asyncio.ensure_future(feed.fetch(room, timeout=5.0)) if room > 0 else None
+                waits |= {fetch} if fetch is not None else set(self._in_flight)
+                done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for future in pending - self._in_flight:
+                    future.cancel()
                     with contextlib.suppress(BaseException):
-                        await fetch
-                    break
-                stopping.cancel()
-                try:
-                    messages = fetch.result()
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                for msg in messages:
-                    self._spawn(self._handle_command(msg))
+                        await future
+                if fetch is not None and fetch in done:
+                    for delivery in fetch.result():
+                        task = self._spawn(self._handler.handle(delivery))
+                        self._in_flight.add(task)
+                        task.add_done_callback(self._in_flight.discard)
         finally:
             await stop_watching()
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await feed.close()
             if self._handling:
                 await asyncio.gather(*self._handling, return_exceptions=True)
             await self._driver.drain()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._handling.add(task)
         task.add_done_callback(self._handling.discard)
-
-    # --- resume commands ------------------------------------------------------------
-
-    async def _outcome(self, msg: Msg, run_id: str, **fields: object) -> None:
-        outcome = ResumeOutcome(
-            run_id=run_id,
-            command_seq=msg.metadata.sequence.stream,
-            worker=self.worker_id,
-            **fields,  # type: ignore[arg-type]
-        )
-        with contextlib.suppress(nats.errors.Error):
-            await self._commands.publish_outcome(outcome)
-
-    async def _handle_command(self, msg: Msg) -> None:
-        run_id = run_id_of_command(msg.subject)
-        seq = msg.metadata.sequence.stream
-        try:
-            command = decode_resume_command(run_id, msg.data)
-            accepted = await accept_resume(
-                self._driver.env,
-                run_id,
-                wait_id=command.wait_id,
-                payload=command.payload,
-                expire=command.expire,
-                command_seq=seq,
-                graphs=self._graphs,
-                before_claim=self._leases.own,
-            )
-        except ResumeRejectedError as exc:
-            log.warning("resume %s of run %s rejected: %s", seq, run_id, exc)
-            await self._outcome(
-                msg, run_id, status="rejected", reason=exc.reason, wait_id=exc.wait_id, message=str(exc)
-            )
-            await msg.ack()
-            return
-        except GraphNotFoundError as exc:
-            if msg.metadata.num_delivered <= 1:
-                log.warning("resume %s of run %s deferred: %s", seq, run_id, exc)
-                await self._outcome(msg, run_id, status="deferred", reason="unknown_graph", message=str(exc))
-            await msg.nak(delay=self._defer_delay_s)
-            return
-        except StaleWriterError:
-            await msg.nak(delay=0.05)
-            return
-        except Exception:
-            log.exception("resume %s of run %s could not be handled; it will be redelivered", seq, run_id)
-            await msg.nak(delay=self._defer_delay_s)
-            return
-        if accepted is None:
-            await self._outcome(msg, run_id, status="duplicate", message="this command was already applied")
-            await msg.ack()
-            return
-        await msg.ack()
-        self._driver.drive(accepted.root_run_id, accepted.continuation)
-        self._spawn(self._outcome(msg, run_id, status="accepted", wait_id=accepted.wait_id))  # not awaited
+        return task
 
     # --- takeover -----------------------------------------------------------------
 
@@ -176,14 +129,18 @@ class Worker:
         await self._adopt(await self._leases.owned_runs(worker_id))
 
     async def _adopt_orphans(self) -> None:
+        # Ownership records first, then the live set. A process stores its first heartbeat before
+        # its first ownership record (``JetStreamLeases.own`` awaits ``start``), so every record read
+        # here names a process whose heartbeat was stored before the live set is read: it is in that
+        # set unless its heartbeat expired since, i.e. it died (or was presumed dead, and is then fenced
+        # out on its next event). The other order is unsound: a process that starts heartbeating and
+        # records a run between the two reads would look dead, and two live processes would both drive
+        # the run (two takeover claims, a step run in both).
+        records = await self._leases.owned_runs()
         live = await self._leases.live_workers()
         # A process restarted under the same worker id (a StatefulSet's ``worker-0``) finds its own
         # records: the runs they name are orphans unless this process drives them.
-        orphans = [
-            owned
-            for owned in await self._leases.owned_runs()
-            if owned.worker_id not in live or self._is_own_orphan(owned)
-        ]
+        orphans = [owned for owned in records if owned.worker_id not in live or self._is_own_orphan(owned)]
         if orphans:
             await self._adopt(orphans)
 

@@ -1,0 +1,152 @@
+"""``AckRouter``: pipelined publishes to JetStream with their acknowledgements routed back to handlers.
+
+A publish is written into the client's outbound buffer at once, with a reply
+subject on one shared wildcard inbox; the acknowledgement (or a timeout, or
+the loss of the connection) is handed to the publish's handler. Many
+publishes can be in flight, so a commit costs one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client
+
+from aethergraph.core.errors import BusUnavailableError, EventRejectedError
+
+from .dispatch import RawReplyInbox, server_address, status_of
+
+__all__ = ["AckHandler", "AckRouter", "PublishedAck"]
+
+
+class _AckError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PublishedAck(msgspec.Struct):
+    """JetStream's reply to a publish."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _AckError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(PublishedAck)
+
+AckHandler = Callable[[PublishedAck | BaseException], None]
+
+
+class AckRouter:
+    """Routes JetStream acknowledgements from one wildcard inbox to handlers."""
+
+    def __init__(self, nc: Client, ack_timeout_s: float) -> None:
+        self._nc = nc
+        self._inbox = RawReplyInbox(nc)
+        # token -> (handler, deadline); insertion order is deadline order.
+        self._pending: dict[bytes, tuple[AckHandler, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._ack_timeout_s = ack_timeout_s
+        self._loop = asyncio.get_running_loop()
+        # The public client API makes publish a coroutine; events must enter the
+        # outbound buffer synchronously, in append order, so use the buffer directly.
+        if not (hasattr(nc, "_pending") and hasattr(nc, "_flush_queue") and hasattr(nc, "_pending_data_size")):
+            raise BusUnavailableError(
+                "this nats-py does not expose the outbound buffer the event log writes into; "
+                "install the version pinned in constraints.txt (pip install -c constraints.txt -e .)"
+            )
+
+    async def start(self) -> None:
+        await self._inbox.start(self._on_reply)
+
+    async def stop(self) -> None:
+        await self._inbox.stop()
+        self._fail_all(BusUnavailableError("the event log was closed before the bus acknowledged"))
+
+    def connection_lost(self) -> None:
+        """Fail every publish in flight at once: its acknowledgement, if any, went with the connection."""
+        self._fail_all(
+            BusUnavailableError(f"the connection to {server_address(self._nc)} was lost before JetStream acknowledged")
+        )
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for handler, _ in pending.values():
+            handler(exc)
+
+    def publish(self, subject: str, headers: bytes, payload: bytes, handler: AckHandler) -> None:
+        nc = self._nc
+        if nc.is_closed:
+            raise BusUnavailableError("the NATS connection is closed")
+        token, reply = self._inbox.new_reply()
+        deadline = self._loop.time() + self._ack_timeout_s
+        self._pending[token] = (handler, deadline)
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire_overdue)
+        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            len(headers),
+            len(headers) + len(payload),
+            headers,
+            payload,
+        )
+        nc._pending.append(cmd)
+        nc._pending_data_size += len(cmd)
+        queue = nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(self._loop.create_future())
+
+    def _expire_overdue(self) -> None:
+        """Fail every publish past its deadline; one timer serves all pending publishes.
+
+        Deadlines grow with insertion order, so the scan stops at the first
+        publish still in time and the timer is re-armed for it.
+        """
+        self._timer = None
+        now = self._loop.time()
+        overdue: list[bytes] = []
+        next_deadline: float | None = None
+        for token, (_, deadline) in self._pending.items():
+            if deadline > now:
+                next_deadline = deadline
+                break
+            overdue.append(token)
+        expired = [self._pending.pop(token)[0] for token in overdue]
+        if next_deadline is not None:
+            self._timer = self._loop.call_at(next_deadline, self._expire_overdue)
+        for handler in expired:
+            handler(
+                BusUnavailableError(
+                    f"JetStream did not acknowledge an event within {self._ack_timeout_s:.1f}s; "
+                    f"is the server at {server_address(self._nc)} running?"
+                )
+            )
+
+    def _on_reply(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+        entry = self._pending.pop(self._inbox.token_of(subject), None)
+        if entry is None:
+            return
+        handler = entry[0]
+        if not data:
+            status, _ = status_of(headers)
+            handler(
+                BusUnavailableError(
+                    f"no JetStream stream answered (status {status or 'unknown'}): the stream is missing, "
+                    "or none of its replicas is reachable right now (a cluster electing a leader)"
+                )
+            )
+            return
+        try:
+            ack = _ack_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            handler(EventRejectedError(f"unreadable JetStream acknowledgement: {exc}"))
+            return
+        handler(ack)
