@@ -11,6 +11,7 @@ small so the directory stays well under five minutes on two cores;
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def check(report) -> None:  # type: ignore[no-untyped-def]
 
 async def test_worker_kill_storm(tmp_path: Path) -> None:
     """kill -9 the driver, then random workers every 0.8-1.6 s for 6 s, each replaced; the runs finish."""
-    size = Size(**{**SMALL.__dict__, "steps": 12, "step_sleep_s": 0.4, "fans": 2, "fan_sleep_s": 2.0, "workers": 3})
+    size = replace(SMALL, steps=12, step_sleep_s=0.4, fans=2, fan_sleep_s=2.0, workers=3)
     check(await run_trial("worker-kill-storm", tmp_path, size=size, seed=1))
 
 
@@ -36,17 +37,13 @@ async def test_worker_kill_storm(tmp_path: Path) -> None:
 async def test_nats_server_kill_9_and_restart(tmp_path: Path, sync_interval: str) -> None:
     """kill -9 nats-server six times mid-run (a step every ~25 ms), down 0.2-1.5 s each, restarted on its port
     and store."""
-    size = Size(
-        **{**SMALL.__dict__, "chains": 5, "steps": 250, "step_sleep_s": 0.02, "workers": 1},
-        server_kills=6,
-        server_gap_s=(0.5, 1.0),
-    )
+    size = replace(SMALL, chains=5, steps=250, step_sleep_s=0.02, workers=1, server_kills=6, server_gap_s=(0.5, 1.0))
     check(await run_trial("nats-server-restart", tmp_path, size=size, sync_interval=sync_interval, seed=2))
 
 
 async def test_stray_and_malformed_messages_on_every_subject(tmp_path: Path) -> None:
     """Garbage and well-formed-but-foreign messages on events, commands, leases, work queue and reports."""
-    size = Size(**{**SMALL.__dict__, "step_sleep_s": 0.6})  # the runs outlast the 6 s of stray messages
+    size = replace(SMALL, step_sleep_s=0.6)  # the runs outlast the 6 s of stray messages
     check(await run_trial("stray-messages", tmp_path, size=size, seed=3))
 
 
