@@ -23,8 +23,9 @@ The checks, per run and step:
 * no execution of a step started after the step's committed outcome
   (``tool.returned``/``node.completed`` in the chain) was emitted (else a
   *re-executed committed step*);
-* a step ran at most once, plus once per faulted process (killed or paused)
-  that executed it, plus once per nats-server restart (else *over-executed*);
+* a step ran at most once, plus once per faulted process (killed, paused, or
+  fenced out of the run by a ``run.claimed``) that executed it, plus once per
+  nats-server restart (else *over-executed*);
 * every execution got its predecessor's committed result as input;
 * no execution belongs to a run or node the harness did not start;
 * a driver that was never killed got each run's outputs from ``result()``.
@@ -311,8 +312,15 @@ def evaluate(
     faulted_pids: set[int],
     server_restarts: int,
     driver_results: dict[str, dict[str, Any]] | None,
+    pid_of_worker: dict[str, int] | None = None,
 ) -> Report:
-    """The checks of the module docstring; ``driver_results`` is ``None`` when the driver was killed."""
+    """The checks of the module docstring; ``driver_results`` is ``None`` when the driver was killed.
+
+    ``faulted_pids`` are the processes the fault killed or paused; a process
+    whose writer a ``run.claimed`` fenced out of a run (its ``previous_worker``,
+    mapped to a pid by ``pid_of_worker``) may also have left one execution of
+    that run's step in flight.
+    """
     report = Report(fault=fault, sync_interval=sync_interval, runs=len(specs))
     executions, saw = read_step_log(step_log)
     report.executions = len(executions)
@@ -337,6 +345,11 @@ def evaluate(
             report.failed.append(f"{spec.run_id} ({spec.graph}): {tag(end)} {detail}, expected {spec.outputs}")
 
         committed = committed_outcomes(spec, journal.chain)
+        fenced = {
+            (pid_of_worker or {}).get(e.previous_worker or "", -1)
+            for e in journal.chain
+            if isinstance(e, ev.RunClaimed)
+        }
         for k, pid, t_us in saw.get(spec.run_id, []):
             if str(k) not in committed:
                 report.missing.append(
@@ -354,7 +367,7 @@ def evaluate(
                         f"{outcome.worker} at {outcome.ts}), executed again by pids {_pids(late)} at "
                         f"{[r.t_us for r in late]}"
                     )
-            allowed = 1 + len({r.pid for r in runs} & faulted_pids) + server_restarts
+            allowed = 1 + len({r.pid for r in runs} & (faulted_pids | fenced)) + server_restarts
             if len(runs) > allowed:
                 report.over_executed.append(
                     f"{spec.run_id} step {step}: {len(runs)} executions (pids {_pids(runs)}), at most {allowed} "
@@ -778,6 +791,7 @@ async def run_trial(fault: str, root: Path, *, size: Size, sync_interval: str = 
             faulted_pids=trial.faulted_pids,
             server_restarts=trial.server_restarts,
             driver_results=trial.driver_results(),
+            pid_of_worker={proc.worker_id: proc.pid for proc in trial.hosts.procs},
         )
     finally:
         trial.close()
