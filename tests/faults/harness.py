@@ -476,9 +476,11 @@ class Trial:
     def note(self, what: str) -> None:
         self.faults.append(f"{time.monotonic() - self._t0:.1f}s {what}")
 
-    def start_worker(self) -> Proc:
+    def start_worker(self, worker_id: str | None = None) -> Proc:
+        """A new worker process; ``worker_id`` restarts a dead one under its id (as a StatefulSet would)."""
         self._names += 1
-        worker = self.hosts.worker(f"w{self._names}")
+        extra = {"AETHERGRAPH_WORKER_ID": worker_id} if worker_id else {}
+        worker = self.hosts.worker(f"w{self._names}", **extra)
         self.workers.append(worker)
         return worker
 
@@ -589,17 +591,18 @@ class Trial:
 
 
 async def worker_kill_storm(trial: Trial) -> None:
-    """kill -9 the driver once every run executes, then random workers, each replaced after a moment."""
+    """kill -9 the driver once every run executes, then random workers, each replaced after a moment
+    (half of them by a process under the killed one's worker id)."""
     size, rng = trial.size, trial.rng
     assert trial.driver is not None
     trial.kill9(trial.driver)
     trial.note(f"kill -9 driver pid {trial.driver.pid} ({trial.in_flight()} runs in flight)")
     replacements: list[asyncio.Task[None]] = []
 
-    async def replace(delay: float) -> None:
+    async def replace(delay: float, worker_id: str | None) -> None:
         await asyncio.sleep(delay)
-        worker = trial.start_worker()
-        trial.note(f"started worker pid {worker.pid}")
+        worker = trial.start_worker(worker_id)
+        trial.note(f"started worker pid {worker.pid}" + (" under the killed one's id" if worker_id else ""))
 
     end = time.monotonic() + size.fault_s
     while time.monotonic() < end:
@@ -610,7 +613,8 @@ async def worker_kill_storm(trial: Trial) -> None:
         victim = rng.choice(live)
         trial.kill9(victim)
         trial.note(f"kill -9 worker pid {victim.pid} ({trial.in_flight()} runs in flight)")
-        replacements.append(asyncio.create_task(replace(rng.uniform(*size.restart_after_s))))
+        same_id = victim.worker_id if rng.random() < 0.5 else None  # half come back under the same id
+        replacements.append(asyncio.create_task(replace(rng.uniform(*size.restart_after_s), same_id)))
     await asyncio.gather(*replacements)
 
 
