@@ -82,6 +82,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     trials = args.trials or (1 if args.quick else 3)
     base = QUICK if args.quick else FULL
     rows: list[dict[str, Any]] = []
+    commit = machine_description(REPO)["aethergraph_commit"]
     with tempfile.TemporaryDirectory(prefix="ag-faults-") as tmp:
         for fault, sync_interval in ROWS:
             if args.only and fault not in args.only:
@@ -104,6 +105,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     **asdict(merged),
                     "size": asdict(size),
+                    "commit": commit,
                     "load_before": load_before,
                     "load_after": load_average(),
                 }
@@ -162,7 +164,8 @@ def markdown(results: dict[str, Any]) -> str:
     for row in results["rows"]:
         out.append(
             f"* **{row['fault']}, sync_interval {row['sync_interval']}**: {row['executions']} step executions, "
-            f"{row['takeovers']} takeovers (`run.claimed`), {row['seconds']:.0f} s:"
+            f"{row['takeovers']} takeovers (`run.claimed`), {row['seconds']:.0f} s, aethergraph at "
+            f"{row.get('commit', '?')}:"
         )
         problems = [
             *(f"stuck: {s}" for s in _first(row["stuck"])),
@@ -196,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         results = asyncio.run(measure(args))
         print(f"measured in {time.perf_counter() - started:.0f}s")
-    print(table(results))
     if args.only and out.exists() and not args.render:  # merge into the rows measured before
         measured = {(r["fault"], r["sync_interval"]) for r in results["rows"]}
         kept = [r for r in json.loads(out.read_text())["rows"] if (r["fault"], r["sync_interval"]) not in measured]
         order = {row: i for i, row in enumerate(ROWS)}
         results["rows"] = sorted(kept + results["rows"], key=lambda r: order[(r["fault"], r["sync_interval"])])
+    print(table(results))
     if not args.no_write and not args.render:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
