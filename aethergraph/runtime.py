@@ -171,6 +171,7 @@ class Runtime:
                     local_sinks=self._local_report_sinks,
                 )
                 await executor.start(self.bus.nc, self.bus.js)
+                self.bus.events.on_disconnect(executor.connection_lost)
                 self.node_executor = executor
 
     def run_node_here(self, node: LocalNode, sink: LocalReportSink) -> asyncio.Task[None] | None:

@@ -158,13 +158,14 @@ COLUMNS: dict[str, dict[str, str]] = {
         "kind": "`in_run`, `spawned`, `data`, `answered` or `produced` (see above)",
         "root_run_id": "the top-level run of the tree the edge belongs to",
         "run_id": "the run of the event that created the edge",
-        "stream_seq": "that event's stream sequence",
+        "stream_seq": "the stream sequence at which that event joined its run's journal (its own, unless it was "
+        "stored before the gap in front of it filled)",
     },
     "lineage_values": {
         "digest": "content digest of a produced value",
         "root_run_id": "the run tree it was produced in",
         "entity": "the producer (node, run, wait or artifact)",
-        "stream_seq": "when it was produced",
+        "stream_seq": "when it was produced (the stream sequence at which its event joined the journal)",
     },
     "lineage_roots": {
         "run_id": "a run",
@@ -173,11 +174,36 @@ COLUMNS: dict[str, dict[str, str]] = {
     "dead_letters": {
         "stream_seq": "stream sequence of the message",
         "subject": "its subject",
-        "raw": "its bytes, as stored",
-        "reason": "why no projection could fold it",
+        "raw": "its bytes, as stored (the first 4,096; the reason then gives the full length)",
+        "reason": "why no projection could fold it: undecodable, a subject that does not match the event, a "
+        "projection that failed on it",
+    },
+    "journal_heads": {
+        "run_id": "a run (one row per run with at least one journal event)",
+        "next_seq": "the `seq` its journal expects next",
+        "epoch": "the epoch of the writer owning the run at that point",
+    },
+    "journal_pending": {
+        "stream_seq": "stream sequence of an event stored beyond a gap in its run's journal",
+        "run_id": "its run",
+        "seq": "its `seq` (greater than the run's `next_seq`)",
+        "epoch": "its epoch",
+        "type": "its event type",
+        "raw": "the event as JSON, folded when the gap before it fills",
+    },
+    "rejected_events": {
+        "stream_seq": "stream sequence of an event on a run's subjects that is not part of its journal",
+        "run_id": "its run",
+        "seq": "its `seq`",
+        "epoch": "its epoch",
+        "type": "its event type",
+        "reason": "`stale epoch: ...` (written by a writer that no longer owned the run) or `duplicate "
+        "position: ...` (another event already took that `seq`)",
+        "data": "the whole event as JSON",
     },
     "projection_state": {
-        "projection": "a projection (`events`, `runs`, `nodes`, `calls`, `waits`, `artifacts`, `lineage`)",
+        "projection": "a projection (`journal`, `events`, `runs`, `nodes`, `calls`, `waits`, `artifacts`, "
+        "`memories`, `lineage`)",
         "version": "the version its tables were built with",
         "last_seq": "the last stream sequence folded into it",
     },

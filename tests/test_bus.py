@@ -502,3 +502,38 @@ async def test_a_synchronously_dispatched_subscription_is_never_a_slow_consumer(
         await sub.unsubscribe()
     assert [data[:4] for data in received] == [b"%04d" % i for i in range(500)]
     assert sub._pending_size == 0
+
+
+async def test_stray_messages_on_a_runs_subjects_fence_out_nobody(runtime: Runtime) -> None:
+    """Garbage, foreign events and a claim that does not fit the journal, published among a writer's
+    pipelined and idle appends, refuse some of its publishes; it reads the run back, finds its journal
+    intact, republishes, and every one of its events is committed. A republished event may be stored
+    after later ones; readers put the journal back in seq order."""
+    run_id = new_run_id()
+    js = runtime.bus.js
+    writer = runtime.event_log.writer(run_id)
+    # A claim whose epoch is not its seq never opens an epoch (a well-formed event that fits the journal's
+    # next position is indistinguishable from the writer's own: NATS permissions keep those out, see deploy/).
+    stale_claim = encode_event(msgspec.structs.replace(make_claim(run_id, 40), epoch=7))
+    strays = [
+        (event_subject(run_id, "run.claimed"), b"not json"),
+        (event_subject(run_id, "log.recorded"), b"\x00\x01garbage"),
+        (event_subject(run_id, "run.claimed"), stale_claim),
+        (event_subject(run_id, "run.failed"), encode_event(make_event(new_run_id(), 2))),
+    ]
+    committed: list[int] = []
+    appended: list[ev.Event] = []
+    for round_, (subject, data) in enumerate(strays):
+        batch = [make_event(run_id, seq) for seq in range(round_ * 10 + 1, round_ * 10 + 11)]
+        appended += batch
+        futures = [writer.append(event) for event in batch[:5]]
+        await js.publish(subject, data)
+        futures += [writer.append(event) for event in batch[5:]]
+        async with asyncio.timeout(30):
+            committed += await asyncio.gather(*futures)
+    records = await read_events(runtime, run_id)
+    journal = journal_chain(record.event for record in records)
+    assert journal == appended
+    stream_seq_of = {record.event.seq: record.stream_seq for record in records if record.event in appended}
+    assert committed == [stream_seq_of[seq] for seq in range(1, 41)]
+    assert await run_message_count(runtime, run_id) == 40 + len(strays)

@@ -416,8 +416,9 @@ async def test_bad_messages_become_dead_letters_and_the_projector_keeps_folding(
         store.close()
 
 
-async def test_an_orphan_event_is_folded_and_later_events_are_folded_too(bus: Bus) -> None:
-    """A decodable event for a run whose run.started is not on the stream (an orphan) keeps its rows."""
+async def test_an_orphan_event_is_held_out_of_the_tables_and_later_events_are_folded(bus: Bus) -> None:
+    """A decodable event for a run whose earlier events are not on the stream (an orphan) is not part of a
+    journal: it waits in ``journal_pending`` for the gap before it, changes no table, and stops nothing."""
     rt = bus.rt
     orphan = ev.ToolCalled(
         run_id="pjborphan",
@@ -434,12 +435,11 @@ async def test_an_orphan_event_is_folded_and_later_events_are_folded_too(bus: Bu
     store = await asyncio.to_thread(ProjectionStore.open, ":memory:")
     try:
         await Projector(rt.bus, store, store_id="orphans").catch_up()
-        folded = rows(store, "SELECT type FROM events WHERE stream_seq = ?", [orphan_seq])
-        letters = rows(store, "SELECT reason FROM dead_letters WHERE stream_seq = ?", [orphan_seq])
-        assert (folded, letters) == ([("tool.called",)], [])
-        orphan_rows = rows(store, "SELECT status, graph_id, event_count FROM runs WHERE run_id = 'pjborphan'")
-        assert orphan_rows == [(None, None, 1)]
-        assert rows(store, "SELECT tool, status FROM nodes WHERE run_id = 'pjborphan'") == [("t", "running")]
+        assert rows(store, "SELECT count(*) FROM events WHERE stream_seq = ?", [orphan_seq]) == [(0,)]
+        assert rows(store, "SELECT count(*) FROM dead_letters") == [(0,)]
+        assert rows(store, "SELECT stream_seq, run_id, seq FROM journal_pending") == [(orphan_seq, "pjborphan", 3)]
+        for table in ("runs", "nodes", "tool_calls"):
+            assert rows(store, f"SELECT count(*) FROM {table} WHERE run_id = 'pjborphan'") == [(0,)]
         [(status, count)] = rows(store, "SELECT status, event_count FROM runs WHERE run_id = ?", [after])
         assert (status, count) == ("succeeded", await run_message_count(rt, after))
         assert store.last_seq == await bus.last_seq()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -76,11 +77,14 @@ class ResumeOutcome(msgspec.Struct, kw_only=True, frozen=True):
     worker: str = ""
 
 
+log = logging.getLogger("aethergraph.bus")
+
 _command_decoder = msgspec.json.Decoder(ResumeCommand)
 _outcome_decoder = msgspec.json.Decoder(ResumeOutcome)
 
 
 _ENVELOPE_BYTES = 2048
+_FEED_RETRY_S = 0.5
 """Room left in an event for everything of ``wait.resumed`` but the payload (ids, sequences, tag)."""
 
 
@@ -195,6 +199,11 @@ class CommandFeed:
         try:
             messages = await self._sub.fetch(batch, timeout=timeout)
         except (nats.errors.TimeoutError, TimeoutError):
+            return []
+        except nats.errors.Error as exc:
+            # The server restarting or a cluster electing a leader: the durable consumer is still there.
+            log.info("taking resume commands paused (%s); trying again", exc)
+            await asyncio.sleep(_FEED_RETRY_S)
             return []
         return [CommandDelivery(msg, self._commands) for msg in messages]
 

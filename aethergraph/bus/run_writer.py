@@ -1,15 +1,17 @@
 """``JetStreamRunWriter``: appends one run's events, pipelined, fenced, and repaired after broker faults.
 
 Fencing. A writer's first event opens its epoch: ``run.started`` for a new
-run, ``run.claimed`` for a writer continuing one. The opening carries
-``Nats-Expected-Last-Subject-Sequence`` for ``ag.evt.<run_id>.>``: it is
-stored only if nothing was stored for the run since the writer read it (a new
-run expects nothing at all, so two runs never share an id). Every later event
-carries the same check against ``ag.evt.<run_id>.run.claimed``, expecting the
-writer's own claim (or no claim, for the writer that started the run): once
-anyone else claims the run, not one more event of this writer is stored,
-however many it had in flight. Later events are held until the opening is
-acknowledged.
+run, ``run.claimed`` for a writer continuing one. Each event carries one
+``Nats-Expected-Last-Subject-Sequence`` check. An event sent with nothing of
+the writer's in flight (the opening among them) expects the last message
+stored for the run (``ag.evt.<run_id>.>``) to be the last one the writer
+knows: anything stored in between, a claim or a stray message, refuses it (a
+new run expects nothing at all, so two runs never share an id). An event
+pipelined behind others cannot know that position; it expects the run's
+claim subject (``ag.evt.<run_id>.run.claimed``) to hold the writer's own
+claim (or nothing, for the writer that started the run): once anyone else
+claims the run, not one more event of this writer is stored, however many it
+had in flight. Later events are held until the opening is acknowledged.
 
 No hole. A step is committed when its event and every earlier event of the
 writer are acknowledged: the awaitables resolve in append order. When a
@@ -95,7 +97,7 @@ class JetStreamRunWriter:
         self._run_id = run_id
         self._filter = run_events_filter(run_id)
         self._claim_subject = event_subject(run_id, "run.claimed")
-        self._run_fence = last_stream_seq  # for the opening: the last message stored for the run
+        self._run_fence = last_stream_seq  # the last message known stored for the run
         self._claim_fence = 0  # for later events: the stream sequence of this writer's claim (0: none)
         self._opening: Event | None = None  # the writer's first event
         self._opening_stored = False
@@ -149,7 +151,7 @@ class JetStreamRunWriter:
     def _send(self, item: _Pending) -> None:
         event = item.event
         headers = b"NATS/1.0\r\nNats-Msg-Id: %s:%d:%d\r\n" % (self._run_id.encode(), event.seq, event.epoch)
-        if event is self._opening:
+        if item is self._pending[0]:  # nothing of this writer's in flight before it
             fence, fence_subject = self._run_fence, self._filter
         else:
             fence, fence_subject = self._claim_fence, self._claim_subject
@@ -173,6 +175,8 @@ class JetStreamRunWriter:
                 self._start_repair(_Repair("duplicate opening"))
                 return
             item.stored_at = ack.seq
+            if ack.seq > self._run_fence:
+                self._run_fence = ack.seq
             if is_opening:
                 self._opened(item)
             self._resolve_in_order()

@@ -102,6 +102,10 @@ class JetStreamWorkQueue:
             self._watchdog.cancel()
         self._watchdog = self._loop.call_later(_PULL_EXPIRES_S + 5.0, self._reset)
 
+    def connection_lost(self) -> None:
+        """The server may have forgotten our pull requests: ask again (sent as soon as the client reconnects)."""
+        self._reset()
+
     def _reset(self) -> None:
         self._watchdog = None
         self._requested = 0

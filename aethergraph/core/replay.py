@@ -50,10 +50,9 @@ class ChainBuilder:
 
     The journal is the chain of events with ``seq`` 1, 2, 3, ... whose
     ``epoch`` is that of the writer owning the run at that point: a writer's
-    epoch starts at its (fenced) ``run.started`` or ``run.claimed`` event,
-    and every later event of the epoch names the same ``worker`` as that
-    opening. Anything else was written by a fenced-out writer, or by someone
-    who is not a writer at all, and is not part of the journal.
+    epoch starts at its (fenced) ``run.started`` or ``run.claimed`` event.
+    Anything else was written by a fenced-out writer, or by someone who is not
+    a writer at all, and is not part of the journal.
 
     A writer that lost an event to a broker fault republishes it, so an event
     may be stored after later ones of its run: an event beyond the chain's
@@ -61,12 +60,11 @@ class ChainBuilder:
     first stored candidate that fits is taken; later ones are ignored.
     """
 
-    __slots__ = ("_ahead", "_epoch", "_writer", "chain")
+    __slots__ = ("_ahead", "_epoch", "chain")
 
     def __init__(self) -> None:
         self.chain: list[Event] = []
         self._epoch = 1
-        self._writer = ""
         self._ahead: dict[int, list[Event]] = {}
 
     def add(self, event: Event) -> list[Event]:
@@ -93,12 +91,11 @@ class ChainBuilder:
     def _fits(self, event: Event) -> bool:
         if isinstance(event, (RunStarted, RunClaimed)):
             return event.epoch == event.seq
-        return event.epoch == self._epoch and event.worker == self._writer
+        return event.epoch == self._epoch
 
     def _take(self, event: Event) -> None:
         if isinstance(event, (RunStarted, RunClaimed)):
             self._epoch = event.seq
-            self._writer = event.worker
         self.chain.append(event)
 
 

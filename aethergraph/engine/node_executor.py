@@ -111,6 +111,11 @@ class NodeExecutor:
         self._queue = JetStreamWorkQueue(nc, capacity=self._capacity, handler=self._on_item)
         await self._queue.start()
 
+    def connection_lost(self) -> None:
+        """The connection dropped: ask for work again as soon as it is back."""
+        if self._queue is not None and not self._stopping:
+            self._queue.connection_lost()
+
     async def stop(self) -> None:
         """Stop taking nodes and let the running ones finish (their reports are published)."""
         self._stopping = True

@@ -13,8 +13,13 @@ later non-null value wins), ``first`` (the first non-null value stays),
 in one batch or in many gives the same tables: an incremental projection
 equals a rebuild.
 
-Every statement takes ``$1``: the projection's cursor; staged rows at or
-below it are skipped (that is how one projection is rebuilt behind others).
+Only events of their run's journal are staged (the store sorts each batch by
+the journal rule first), in journal order: ``ord`` numbers them, and the
+state merges order by it. ``pos`` is the stream sequence at which an event
+joined its journal: its own, or that of the event that filled the gap before
+it. Every statement takes ``$1``: the projection's cursor; staged rows whose
+``pos`` is at or below it are skipped (that is how one projection is rebuilt
+behind others).
 Statements that look rows up in a table that grows with the stream also take
 ``$2`` (:data:`LOW_RUN`: no staged row names a run id below it) and ``$3``
 (:data:`LOW_ROOT`: no row the batch touches in the lineage tables has a root
@@ -68,14 +73,16 @@ _FIELDS: Final[dict[str, str]] = {
 _STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
 
 STAGING_DDL: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS staging (stream_seq BIGINT, raw VARCHAR, e STRUCT("
+    "CREATE TEMP TABLE IF NOT EXISTS staging (stream_seq BIGINT, pos BIGINT, ord BIGINT, raw VARCHAR, e STRUCT("
     + ", ".join(f"{name} {kind}" for name, kind in _FIELDS.items())
     + "))"
 )
 
-# $1: stream sequences, $2: raw JSON texts.
+# $1: stream sequences, $2: the stream sequences at which the events joined their journals, $3: raw JSON texts;
+# in journal order (``ord`` numbers them).
 STAGE: Final = (
-    f"INSERT INTO staging SELECT s, r, json_transform(r, '{_STRUCTURE}') FROM (SELECT unnest($1) AS s, unnest($2) AS r)"
+    f"INSERT INTO staging SELECT s, p, o, r, json_transform(r, '{_STRUCTURE}') "
+    "FROM (SELECT unnest($1) AS s, unnest($2) AS p, unnest(range(len($1))) AS o, unnest($3) AS r)"
 )
 
 # The bounds of a staged batch, $2 and $3 of the fold statements: the lowest run id the batch
@@ -160,7 +167,7 @@ _ATTEMPT: Final = (
 
 _EVENTS = (
     "INSERT INTO events SELECT stream_seq, e.run_id, e.seq, e.type, make_timestamp(e.ts), e.worker, e.parent, "
-    "e.node_id, coalesce(e.epoch, 1), raw::JSON FROM staging WHERE stream_seq > $1"
+    "e.node_id, coalesce(e.epoch, 1), raw::JSON FROM staging WHERE pos > $1"
 )
 
 _RUNS = _merge(
@@ -191,7 +198,7 @@ _RUNS = _merge(
         ("event_count", "add", "count(*)"),
         ("claims", "add", "count(*) FILTER (WHERE e.type = 'run.claimed')"),
     ],
-    f"FROM (SELECT stream_seq AS s, e, {_RUN_STATUS} AS st FROM staging WHERE stream_seq > $1) GROUP BY e.run_id",
+    f"FROM (SELECT ord AS s, e, {_RUN_STATUS} AS st FROM staging WHERE pos > $1) GROUP BY e.run_id",
     low=("run_id", "$2"),
 )  # fmt: skip
 
@@ -236,14 +243,14 @@ _NODES = _merge(
         ("last_seq", "max", "max(seq) FILTER (WHERE t <> 'child')"),
     ],
     f"""FROM (
-    SELECT stream_seq AS s, e.type AS t, e.run_id, e.node_id, e.tool, e.attempt, e.ts, e.seq, e.worker,
+    SELECT ord AS s, e.type AS t, e.run_id, e.node_id, e.tool, e.attempt, e.ts, e.seq, e.worker,
            e.duration_us, e.error_type, e.message, e.executor, e.retry_at_us, e.reason, e.upstream,
            NULL::VARCHAR AS child
-    FROM staging WHERE stream_seq > $1 AND e.type IN ({_NODE_TYPES}) AND {_IN_NODE}
+    FROM staging WHERE pos > $1 AND e.type IN ({_NODE_TYPES}) AND {_IN_NODE}
     UNION ALL
-    SELECT stream_seq, 'child', e.parent_run_id, e.parent_node_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    SELECT ord, 'child', e.parent_run_id, e.parent_node_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            NULL, NULL, NULL, NULL, e.run_id
-    FROM staging WHERE stream_seq > $1 AND e.type = 'run.started'
+    FROM staging WHERE pos > $1 AND e.type = 'run.started'
           AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
 ) GROUP BY run_id, node_id""",
     low=("run_id", "$2"),
@@ -270,7 +277,7 @@ def _calls(table: str, opened: str, closed: tuple[str, str], extra: list[tuple[s
             ("called_at", "first", _first("make_timestamp(e.ts)", f"e.type = '{opened}'")),
             ("ended_at", "last", _last("make_timestamp(e.ts)", f"e.type <> '{opened}'")),
         ],
-        f"FROM (SELECT stream_seq AS s, e FROM staging WHERE stream_seq > $1 AND "
+        f"FROM (SELECT ord AS s, e FROM staging WHERE pos > $1 AND "
         f"(e.type = '{opened}' OR (e.type IN ('{returned}', '{failed}') AND e.parent IS NOT NULL)))\n"
         f"GROUP BY e.run_id, CASE WHEN e.type = '{opened}' THEN e.seq ELSE e.parent END",
         low=("run_id", "$2"),
@@ -321,24 +328,24 @@ _WAITS = _merge(
         ("payload", "last", _last("coalesce(e.payload, 'null'::JSON)", "e.type = 'wait.resumed'")),
         ("command_seq", "last", _last("e.command_seq", "e.type <> 'wait.requested'")),
     ],
-    "FROM (SELECT stream_seq AS s, e FROM staging WHERE stream_seq > $1 AND "
+    "FROM (SELECT ord AS s, e FROM staging WHERE pos > $1 AND "
     "e.type IN ('wait.requested', 'wait.resumed', 'wait.expired')) GROUP BY e.run_id, e.wait_id",
     low=("run_id", "$2"),
 )  # fmt: skip
 
 _ARTIFACTS = (
     "INSERT INTO artifacts SELECT e.run_id, e.seq, e.artifact_id, e.uri, e.kind, e.name, e.mime, e.size, e.labels, "
-    "e.node_id, e.tool, make_timestamp(e.ts) FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'"
+    "e.node_id, e.tool, make_timestamp(e.ts) FROM staging WHERE pos > $1 AND e.type = 'artifact.saved'"
 )
 
 _MEMORIES = (
     "INSERT INTO memories SELECT e.run_id, e.seq, e.node_id, e.kind, e.name, e.data, e.tags, e.text, "
-    "make_timestamp(e.ts) FROM staging WHERE stream_seq > $1 AND e.type = 'memory.recorded'"
+    "make_timestamp(e.ts) FROM staging WHERE pos > $1 AND e.type = 'memory.recorded'"
 )
 
 _ROOTS = (
-    "INSERT INTO lineage_roots SELECT e.run_id, arg_min(coalesce(e.root_run_id, e.run_id), stream_seq) "
-    "FROM staging WHERE stream_seq > $1 AND e.type = 'run.started' GROUP BY e.run_id"
+    "INSERT INTO lineage_roots SELECT e.run_id, arg_min(coalesce(e.root_run_id, e.run_id), ord) "
+    "FROM staging WHERE pos > $1 AND e.type = 'run.started' GROUP BY e.run_id"
 )
 
 _STRUCTURAL_EDGES = _insert_missing(
@@ -347,18 +354,18 @@ _STRUCTURAL_EDGES = _insert_missing(
     f"""
 WITH x AS (
     SELECT 'node:' || e.parent_run_id || '/' || e.parent_node_id AS src, {_RUN} AS dst, 'spawned' AS kind,
-           e.run_id, stream_seq AS s
-    FROM staging WHERE stream_seq > $1 AND e.type = 'run.started'
+           e.run_id, pos AS s
+    FROM staging WHERE pos > $1 AND e.type = 'run.started'
           AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
     UNION ALL
-    SELECT {_RUN}, {_NODE}, 'in_run', e.run_id, stream_seq
-    FROM staging WHERE stream_seq > $1 AND e.type IN ({_NODE_OPENS}) AND {_IN_NODE}
+    SELECT {_RUN}, {_NODE}, 'in_run', e.run_id, pos
+    FROM staging WHERE pos > $1 AND e.type IN ({_NODE_OPENS}) AND {_IN_NODE}
     UNION ALL
-    SELECT 'wait:' || e.run_id || '/' || e.wait_id, {_OWNER}, 'answered', e.run_id, stream_seq
-    FROM staging WHERE stream_seq > $1 AND e.type = 'wait.resumed'
+    SELECT 'wait:' || e.run_id || '/' || e.wait_id, {_OWNER}, 'answered', e.run_id, pos
+    FROM staging WHERE pos > $1 AND e.type = 'wait.resumed'
     UNION ALL
-    SELECT {_OWNER}, 'artifact:' || e.artifact_id, 'produced', e.run_id, stream_seq
-    FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
+    SELECT {_OWNER}, 'artifact:' || e.artifact_id, 'produced', e.run_id, pos
+    FROM staging WHERE pos > $1 AND e.type = 'artifact.saved'
 )
 SELECT x.src, x.dst, x.kind, arg_min(coalesce(r.root_run_id, x.run_id), x.s) AS root_run_id,
        arg_min(x.run_id, x.s) AS run_id, min(x.s) AS stream_seq
@@ -377,22 +384,22 @@ _PRODUCED_VALUES = _insert_missing(
     ("root_run_id", "digest", "entity"),
     f"""
 WITH produced AS (
-    SELECT stream_seq AS s, e, CASE WHEN e.type = 'run.completed' THEN {_RUN} ELSE {_NODE} END AS entity
-    FROM staging WHERE stream_seq > $1
+    SELECT pos AS s, e, CASE WHEN e.type = 'run.completed' THEN {_RUN} ELSE {_NODE} END AS entity
+    FROM staging WHERE pos > $1
           AND (e.type = 'run.completed' OR (e.type IN ('tool.returned', 'node.completed') AND {_IN_NODE}))
 ), answered AS (
-    SELECT stream_seq AS s, e, 'wait:' || e.run_id || '/' || e.wait_id AS entity
-    FROM staging WHERE stream_seq > $1 AND e.type = 'wait.resumed'
+    SELECT pos AS s, e, 'wait:' || e.run_id || '/' || e.wait_id AS entity
+    FROM staging WHERE pos > $1 AND e.type = 'wait.resumed'
 ), x AS (
     SELECT e.outputs AS v, entity, e.run_id, s FROM produced
     UNION ALL SELECT unnest(map_values(e.outputs::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM produced
     UNION ALL SELECT e.payload, entity, e.run_id, s FROM answered
     UNION ALL SELECT unnest(map_values(e.payload::MAP(VARCHAR, JSON))), entity, e.run_id, s FROM answered
         WHERE json_type(e.payload) = 'OBJECT'
-    UNION ALL SELECT to_json(e.uri), 'artifact:' || e.artifact_id, e.run_id, stream_seq
-        FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
-    UNION ALL SELECT to_json(e.artifact_id), 'artifact:' || e.artifact_id, e.run_id, stream_seq
-        FROM staging WHERE stream_seq > $1 AND e.type = 'artifact.saved'
+    UNION ALL SELECT to_json(e.uri), 'artifact:' || e.artifact_id, e.run_id, pos
+        FROM staging WHERE pos > $1 AND e.type = 'artifact.saved'
+    UNION ALL SELECT to_json(e.artifact_id), 'artifact:' || e.artifact_id, e.run_id, pos
+        FROM staging WHERE pos > $1 AND e.type = 'artifact.saved'
 )
 SELECT md5(v::VARCHAR) AS digest, coalesce(r.root_run_id, x.run_id) AS root_run_id, x.entity, min(x.s) AS stream_seq
 FROM x LEFT JOIN lineage_roots r ON r.run_id = x.run_id AND r.run_id >= $2
@@ -406,8 +413,8 @@ _DATA_EDGES = _insert_missing(
     ("root_run_id", "src", "dst", "kind"),
     f"""
 WITH called AS (
-    SELECT stream_seq AS s, e, {_NODE} AS entity FROM staging
-    WHERE stream_seq > $1 AND e.type IN ('tool.called', 'node.ready', 'node.started', 'service.called') AND {_IN_NODE}
+    SELECT pos AS s, e, {_NODE} AS entity FROM staging
+    WHERE pos > $1 AND e.type IN ('tool.called', 'node.ready', 'node.started', 'service.called') AND {_IN_NODE}
 ), x AS (
     SELECT unnest(map_values(e.args::MAP(VARCHAR, JSON))) AS v, entity, e.run_id, s FROM called
         WHERE e.type IN ('tool.called', 'node.ready', 'node.started')

@@ -13,7 +13,8 @@ sequence of each delivery is read from its acknowledgement subject.
 
 A message that does not decode, or whose body disagrees with its subject, or
 that a projection cannot fold, goes to ``dead_letters`` with the raw bytes and
-the reason; the projector does not stop.
+the reason; the projector does not stop. Of the events that decode, the store
+folds only those of their run's journal (the journal rule, see ``journal.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from aethergraph.core.errors import ProjectionError
 from aethergraph.core.events import EVENT_TYPES
 
 from .fold import Decoded
+from .journal import JournalKey
 from .store import DeadLetter, ProjectionStore
 
 __all__ = ["ProgressCallback", "Projector", "ProjectorStats", "decode_batch", "decode_message"]
@@ -72,15 +74,18 @@ def decode_message(stream_seq: int, subject: str, data: bytes) -> Decoded | Dead
 _TAGS = {cls: tag for tag, cls in EVENT_TYPES.items()}
 
 
-def decode_batch(messages: Iterable[tuple[int, str, bytes]]) -> tuple[list[int], list[str], list[DeadLetter]]:
-    """:func:`decode_message` of many messages: the stream sequences and JSON texts of those that decode, and
-    the dead letters of the others.
+def decode_batch(
+    messages: Iterable[tuple[int, str, bytes]],
+) -> tuple[list[int], list[str], list[JournalKey], list[DeadLetter]]:
+    """:func:`decode_message` of many messages: the stream sequences, JSON texts and journal keys of those that
+    decode, and the dead letters of the others.
 
     The same strict decoding and subject check, without an object per event:
     the fold needs only the JSON text once the event is known to be valid.
     """
     seqs: list[int] = []
     raws: list[str] = []
+    keys: list[JournalKey] = []
     dead: list[DeadLetter] = []
     decode, tags = decode_event, _TAGS
     for stream_seq, subject, data in messages:
@@ -92,14 +97,16 @@ def decode_batch(messages: Iterable[tuple[int, str, bytes]]) -> tuple[list[int],
             assert isinstance(letter, DeadLetter)
             dead.append(letter)
             continue
-        if subject != event_subject(event.run_id, tags[type(event)]):
+        tag = tags[type(event)]
+        if subject != event_subject(event.run_id, tag):
             letter = decode_message(stream_seq, subject, data)
             assert isinstance(letter, DeadLetter)
             dead.append(letter)
             continue
         seqs.append(stream_seq)
         raws.append(raw)
-    return seqs, raws, dead
+        keys.append((event.run_id, event.seq, event.epoch, tag))
+    return seqs, raws, keys, dead
 
 
 Delivery = tuple[bytes, bytes, bytes]
@@ -113,6 +120,7 @@ class _Batch:
     messages: list[tuple[int, str, bytes]]
     seqs: list[int]
     raws: list[str]
+    keys: list[JournalKey]
     dead: list[DeadLetter]
     through: int
 
@@ -279,19 +287,13 @@ class Projector:
     @staticmethod
     def _decode(batch: Sequence[Delivery]) -> _Batch:
         messages = [(ack_position(reply)[0], subject.decode(), data) for reply, subject, data in batch]
-        seqs, raws, dead = decode_batch(messages)
-        return _Batch(messages, seqs, raws, dead, max(seq for seq, _, _ in messages))
+        seqs, raws, keys, dead = decode_batch(messages)
+        return _Batch(messages, seqs, raws, keys, dead, max(seq for seq, _, _ in messages))
 
     def _fold(self, decoded: _Batch) -> None:
-        messages, seqs, raws, dead, through = (
-            decoded.messages,
-            decoded.seqs,
-            decoded.raws,
-            decoded.dead,
-            decoded.through,
-        )
+        messages, dead = decoded.messages, decoded.dead
         try:
-            self._store.apply_encoded(seqs, raws, dead, through=through)
+            self._store.apply_encoded(decoded.seqs, decoded.raws, decoded.keys, dead, through=decoded.through)
         except (duckdb.Error, ProjectionError):
             # Isolate what a projection could not fold, one message at a time, in stream order.
             dead = []

@@ -5,7 +5,9 @@ started, recursively) straight from JetStream, folds them into a projection
 store (an in-memory one by default) and reads the run back as a
 :class:`RunState`: status, nodes, open waits with their prompts and schemas.
 ``aethergraph status`` and ``aethergraph resume`` use it, so a resume can be
-prepared on any machine that reaches the bus.
+prepared on any machine that reaches the bus. Like every reader it applies the
+journal rule: only the events of each run's journal are folded (and only they
+name the nested runs to read), whatever else was published on its subjects.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from aethergraph.core.ids import child_run_id
 from aethergraph.core.static_run import node_run_id
 
 from .fold import Decoded
+from .journal import JournalSorter
+from .journal_store import journal_key
 from .store import ProjectionStore
 
 __all__ = ["NodeState", "OpenWait", "RunState", "rebuild_run_state"]
@@ -66,10 +70,15 @@ class RunState:
 
 
 async def _read_run(event_log: JetStreamEventLog, run_id: str) -> list[Decoded]:
-    return [
+    """The events of ``run_id``'s journal (the journal rule: nothing else on its subjects), in stream order."""
+    items = [
         Decoded(record.stream_seq, record.event, encode_event(record.event).decode())
         async for record in event_log.read_run(run_id)
     ]
+    sorter = JournalSorter(heads={}, held={})
+    sorter.add_all([i.stream_seq for i in items], [journal_key(i.event) for i in items], [i.raw for i in items])
+    taken = {stream_seq for stream_seq, _, _ in sorter.taken}
+    return [item for item in items if item.stream_seq in taken]
 
 
 async def rebuild_run_state(

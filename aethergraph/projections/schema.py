@@ -6,6 +6,10 @@ sequence folded into them. Bumping a version (a new column, a changed meaning)
 drops that projection's tables and rebuilds them from stream sequence 0 on the
 next start; nothing is migrated in place.
 
+The ``journal`` projection holds the journal rule's state (chain heads, events
+held beyond a gap, rejected events); the other projections fold only the
+events it takes, so their tables describe the runs' journals and nothing else.
+
 Lineage entities are strings: ``run:<run_id>``, ``node:<run_id>/<node_id>``,
 ``artifact:<artifact_id>`` and ``wait:<run_id>/<wait_id>``. An edge
 ``src -> dst`` means *dst was derived from src*.
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "JOURNAL",
     "MACROS",
     "PROJECTIONS",
     "STATE_DDL",
@@ -55,6 +60,9 @@ class ProjectionSchema:
     description: str
 
 
+JOURNAL: Final = "journal"
+"""The projection holding the journal rule's state (it moves with the lowest projection cursor)."""
+
 STATE_DDL: Final = """
 CREATE TABLE IF NOT EXISTS projection_state (
     projection VARCHAR PRIMARY KEY,
@@ -71,9 +79,41 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 PROJECTIONS: Final[tuple[ProjectionSchema, ...]] = (
     ProjectionSchema(
-        name="events",
+        name=JOURNAL,
         version=1,
-        description="every event, decoded: envelope columns plus the full event as JSON",
+        description="the journal rule's state: each run's chain head, events held beyond a gap, rejected events",
+        tables={
+            "journal_heads": """
+CREATE TABLE journal_heads (
+    run_id VARCHAR NOT NULL,
+    next_seq BIGINT NOT NULL,
+    epoch BIGINT NOT NULL
+)""",
+            "journal_pending": """
+CREATE TABLE journal_pending (
+    stream_seq BIGINT NOT NULL,
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    epoch BIGINT NOT NULL,
+    type VARCHAR NOT NULL,
+    raw VARCHAR NOT NULL
+)""",
+            "rejected_events": """
+CREATE TABLE rejected_events (
+    stream_seq BIGINT NOT NULL,
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    epoch BIGINT NOT NULL,
+    type VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    data JSON NOT NULL
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="events",
+        version=2,
+        description="every journal event, decoded: envelope columns plus the full event as JSON",
         tables={
             "events": """
 CREATE TABLE events (
@@ -92,7 +132,7 @@ CREATE TABLE events (
     ),
     ProjectionSchema(
         name="runs",
-        version=1,
+        version=2,
         description="one row per run: graph, status, parent/root, inputs, outputs, error, timings",
         tables={
             "runs": """
@@ -122,7 +162,7 @@ CREATE TABLE runs (
     ),
     ProjectionSchema(
         name="nodes",
-        version=2,
+        version=3,
         description="one row per node of a run (a tool call of a graph_fn, or a node of a static graph)",
         tables={
             "nodes": """
@@ -149,7 +189,7 @@ CREATE TABLE nodes (
     ),
     ProjectionSchema(
         name="calls",
-        version=1,
+        version=2,
         description="tool calls and service calls with arguments, results, errors and durations",
         tables={
             "tool_calls": """
@@ -191,7 +231,7 @@ CREATE TABLE service_calls (
     ),
     ProjectionSchema(
         name="waits",
-        version=1,
+        version=2,
         description="every wait: prompt, schema, deadline, open/resumed/expired, the resume payload",
         tables={
             "waits": """
@@ -214,7 +254,7 @@ CREATE TABLE waits (
     ),
     ProjectionSchema(
         name="artifacts",
-        version=1,
+        version=2,
         description="one row per artifact.saved event: content id, URI, producing run/node/tool",
         tables={
             "artifacts": """
@@ -236,7 +276,7 @@ CREATE TABLE artifacts (
     ),
     ProjectionSchema(
         name="memories",
-        version=1,
+        version=2,
         description="one row per memory.recorded event: every run's context.memory() entries",
         tables={
             "memories": """
@@ -255,7 +295,7 @@ CREATE TABLE memories (
     ),
     ProjectionSchema(
         name="lineage",
-        version=2,
+        version=3,
         description="causal and data-flow edges between runs, nodes, waits and artifacts",
         tables={
             "edges": """

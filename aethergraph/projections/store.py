@@ -25,9 +25,14 @@ import duckdb
 from aethergraph.core.errors import ProjectionError, ProjectionLockedError
 
 from .fold import BOUNDS, FOLDS, STAGE, STAGING_DDL, Decoded
-from .schema import MACROS, PROJECTIONS, STATE_DDL
+from .journal import JournalKey, JournalSorter
+from .journal_store import journal_key, read_heads, read_held, write_journal
+from .schema import JOURNAL, MACROS, PROJECTIONS, STATE_DDL, ProjectionSchema, projection
 
-__all__ = ["DeadLetter", "ProjectionStore", "QueryResult"]
+__all__ = ["DEAD_LETTER_MAX_BYTES", "DeadLetter", "ProjectionStore", "QueryResult"]
+
+DEAD_LETTER_MAX_BYTES = 4096
+"""How much of a dead letter's bytes the store keeps (the reason then says how long it was)."""
 
 # How many of the positional parameters ($1 cursor, $2 and $3 batch bounds) each fold statement takes.
 _ARITY: dict[str, int] = {
@@ -100,19 +105,29 @@ class ProjectionStore:
                 "SELECT version, last_seq FROM projection_state WHERE projection = ?", [schema.name]
             ).fetchone()
             if row is None or row[0] != schema.version:
-                con.execute("BEGIN")
-                for table, ddl in schema.tables.items():
-                    con.execute(f"DROP TABLE IF EXISTS {table}")
-                    con.execute(ddl)
-                con.execute("INSERT OR REPLACE INTO projection_state VALUES (?, ?, 0)", [schema.name, schema.version])
-                con.execute("COMMIT")
+                self._reset(schema)
                 if row is not None:
                     self.rebuilt.append(schema.name)
-                self.cursors[schema.name] = 0
             else:
                 self.cursors[schema.name] = int(row[1])
+        journal = self.cursors.get(JOURNAL, 0)
+        if journal > min(cursor for name, cursor in self.cursors.items() if name != JOURNAL):
+            # A projection is rebuilt from behind the journal state: the rule's decisions for the
+            # events it re-reads must be made again, so the journal state is rebuilt with it.
+            self._reset(projection(JOURNAL))
         con.execute(MACROS)
         con.execute(STAGING_DDL)
+
+    def _reset(self, schema: ProjectionSchema) -> None:
+        """Drop and recreate ``schema``'s tables; its cursor goes back to 0."""
+        con = self._con
+        con.execute("BEGIN")
+        for table, ddl in schema.tables.items():
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(ddl)
+        con.execute("INSERT OR REPLACE INTO projection_state VALUES (?, ?, 0)", [schema.name, schema.version])
+        con.execute("COMMIT")
+        self.cursors[schema.name] = 0
 
     def close(self) -> None:
         self._con.close()
@@ -127,21 +142,29 @@ class ProjectionStore:
     def apply(self, items: Sequence[Decoded], dead: Sequence[DeadLetter] = (), *, through: int | None = None) -> None:
         """Fold ``items`` (decoded, in stream order) into every projection whose cursor is behind them.
 
-        ``through`` is the last stream sequence this batch covers (defaults to
-        the highest sequence in it); every projection's cursor moves to it in
-        the same transaction as the rows.
+        Only the events that belong to their run's journal reach the tables
+        (see :mod:`.journal`). ``through`` is the last stream sequence this
+        batch covers (defaults to the highest sequence in it); every
+        projection's cursor moves to it in the same transaction as the rows.
         """
-        self.apply_encoded([i.stream_seq for i in items], [i.raw for i in items], dead, through=through)
+        self.apply_encoded(
+            [i.stream_seq for i in items],
+            [i.raw for i in items],
+            [journal_key(i.event) for i in items],
+            dead,
+            through=through,
+        )
 
     def apply_encoded(
         self,
         seqs: Sequence[int],
         raws: Sequence[str],
+        keys: Sequence[JournalKey],
         dead: Sequence[DeadLetter] = (),
         *,
         through: int | None = None,
     ) -> None:
-        """:meth:`apply` for events already validated, given as stream sequences and JSON texts."""
+        """:meth:`apply` for events already validated: stream sequences, JSON texts and journal keys."""
         highest = max(through or 0, max(seqs, default=0), max((d.stream_seq for d in dead), default=0))
         with self._write_lock:
             cursors = self.cursors
@@ -150,34 +173,16 @@ class ProjectionStore:
                 return
             if not _increasing_above(seqs, floor):
                 # One item per stream sequence, in order: a redelivered copy can share a batch with the first.
-                unique = {seq: raw for seq, raw in zip(seqs, raws, strict=True) if seq > floor}
+                unique = {seq: (raw, key) for seq, raw, key in zip(seqs, raws, keys, strict=True) if seq > floor}
                 seqs = sorted(unique)
-                raws = [unique[seq] for seq in seqs]
+                raws = [unique[seq][0] for seq in seqs]
+                keys = [unique[seq][1] for seq in seqs]
             con = self._con
             con.execute("BEGIN")
             try:
                 if seqs:
-                    con.execute("DELETE FROM staging")
-                    con.execute(STAGE, [seqs, raws])
-                    low_run = _scalar(con, BOUNDS[0], []) or ""
-                    low_root = _scalar(con, BOUNDS[1], [low_run]) or ""
-                    for name, statements in FOLDS.items():
-                        if cursors[name] < highest:
-                            params = [cursors[name], low_run, low_root]
-                            for statement in statements:
-                                con.execute(statement, params[: _ARITY[statement]])
-                fresh_dead = list({d.stream_seq: d for d in dead if d.stream_seq > floor}.values())
-                if fresh_dead:
-                    con.execute(
-                        "INSERT INTO dead_letters SELECT unnest($1), unnest($2), unnest($3)::BLOB, unnest($4) "
-                        "ON CONFLICT DO NOTHING",
-                        [
-                            [d.stream_seq for d in fresh_dead],
-                            [d.subject for d in fresh_dead],
-                            [d.raw for d in fresh_dead],
-                            [d.reason for d in fresh_dead],
-                        ],
-                    )
+                    self._fold(seqs, raws, keys, highest)
+                self._dead_letters([d for d in dead if d.stream_seq > floor])
                 con.execute("UPDATE projection_state SET last_seq = greatest(last_seq, ?)", [highest])
                 con.execute("COMMIT")
             except BaseException:
@@ -185,6 +190,41 @@ class ProjectionStore:
                 raise
             for name in cursors:
                 cursors[name] = max(cursors[name], highest)
+
+    def _fold(self, seqs: Sequence[int], raws: Sequence[str], keys: Sequence[JournalKey], highest: int) -> None:
+        """Sort the batch by the journal rule, record what it leaves out, fold the journal's events."""
+        con, cursors = self._con, self.cursors
+        runs = list({key[0] for key in keys})
+        low_run = min(runs)
+        sorter = JournalSorter(heads=read_heads(con, runs, low_run), held=read_held(con, runs))
+        sorter.add_all(seqs, keys, raws)
+        write_journal(con, sorter, low_run, seqs[0])
+        if not sorter.taken:
+            return
+        con.execute("DELETE FROM staging")
+        con.execute(STAGE, [[t[0] for t in sorter.taken], [t[1] for t in sorter.taken], [t[2] for t in sorter.taken]])
+        low_run = _scalar(con, BOUNDS[0], []) or ""
+        low_root = _scalar(con, BOUNDS[1], [low_run]) or ""
+        for name, statements in FOLDS.items():
+            if cursors[name] < highest:
+                params = [cursors[name], low_run, low_root]
+                for statement in statements:
+                    con.execute(statement, params[: _ARITY[statement]])
+
+    def _dead_letters(self, dead: Sequence[DeadLetter]) -> None:
+        fresh = list({d.stream_seq: d for d in dead}.values())
+        if not fresh:
+            return
+        self._con.execute(
+            "INSERT INTO dead_letters SELECT unnest($1), unnest($2), unnest($3)::BLOB, unnest($4) "
+            "ON CONFLICT DO NOTHING",
+            [
+                [d.stream_seq for d in fresh],
+                [d.subject for d in fresh],
+                [d.raw[:DEAD_LETTER_MAX_BYTES] for d in fresh],
+                [_dead_reason(d) for d in fresh],
+            ],
+        )
 
     # --- reading ------------------------------------------------------------------------
 
@@ -228,6 +268,12 @@ class ProjectionStore:
             cursor.close()
         path.chmod(0o444)
         return path
+
+
+def _dead_reason(letter: DeadLetter) -> str:
+    if len(letter.raw) <= DEAD_LETTER_MAX_BYTES:
+        return letter.reason
+    return f"{letter.reason} ({len(letter.raw):,} bytes, the first {DEAD_LETTER_MAX_BYTES:,} kept)"
 
 
 def _increasing_above(seqs: Sequence[int], floor: int) -> bool:
