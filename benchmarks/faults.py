@@ -58,7 +58,11 @@ TWEAKS: dict[str, dict[str, Any]] = {
         "server_kills": 8,
         "server_gap_s": (0.5, 1.0),
     },
-    "stray-messages": {"step_sleep_s": 0.8, "workers": 2},  # the runs outlast the 10 s of stray messages
+    "stray-messages": {
+        "step_sleep_s": 0.8,
+        "fan_sleep_s": 4.0,
+        "workers": 2,
+    },  # the runs outlast the 10 s of stray messages
     "driver-paused-past-lease": {"workers": 2},
 }
 

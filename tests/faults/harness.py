@@ -708,6 +708,11 @@ async def _stray_round(js: Any, nc: Any, trial: Trial, rng: random.Random) -> in
                 json.dumps({"run_id": run, "node_id": "no_such_node", "attempt": 1, "status": "completed"}).encode(),
             )
             if node_ids:
+                completed = {"node_id": rng.choice(node_ids), "outputs": {"v": -1000}, "executor": "stray"}
+                await put(
+                    f"ag.evt.{run}.node.completed",
+                    _stray_event(ev.NodeCompleted, run, n + 1, 10_000 + n, **completed),
+                )
                 forged = {
                     "run_id": run,
                     "node_id": rng.choice(node_ids),

@@ -43,7 +43,7 @@ async def test_nats_server_kill_9_and_restart(tmp_path: Path, sync_interval: str
 
 async def test_stray_and_malformed_messages_on_every_subject(tmp_path: Path) -> None:
     """Garbage and well-formed-but-foreign messages on events, commands, leases, work queue and reports."""
-    size = replace(SMALL, step_sleep_s=0.6)  # the runs outlast the 6 s of stray messages
+    size = replace(SMALL, step_sleep_s=0.6, fan_sleep_s=3.0)  # the runs outlast the 6 s of stray messages
     check(await run_trial("stray-messages", tmp_path, size=size, seed=3))
 
 
