@@ -15,14 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from harness import Size, run_trial
+from harness import Report, Size, run_trial
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 SMALL = Size(chains=3, steps=8, step_sleep_s=0.25, fans=1, fan_width=6, fan_sleep_s=0.4, settle_s=45, stall_s=10)
 
 
-def check(report) -> None:  # type: ignore[no-untyped-def]
+def check(report: Report) -> None:
     print(report.summary())
     assert report.runs and not report.problems(), report.summary()
 
