@@ -42,6 +42,7 @@ ROWS = [
     ("nats-server-restart", "always"),
     ("stray-messages", "1s"),
     ("driver-paused-past-lease", "1s"),
+    ("everything-at-once", "1s"),
 ]
 FULL = fault_harness.Size(
     chains=6, steps=12, step_sleep_s=0.25, fans=1, fan_width=16, fan_sleep_s=0.4, workers=3, fault_s=10.0
@@ -64,6 +65,7 @@ TWEAKS: dict[str, dict[str, Any]] = {
         "workers": 2,
     },  # the runs outlast the 10 s of stray messages
     "driver-paused-past-lease": {"workers": 2},
+    "everything-at-once": {"steps": 80, "step_sleep_s": 0.1, "fan_sleep_s": 2.0, "server_kills": 5},
 }
 
 

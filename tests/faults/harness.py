@@ -49,6 +49,7 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.errors
 from helpers import NatsServer, start_nats_server
 from nats.js.api import DeliverPolicy
 from process_hosts import Hosts, Proc
@@ -64,7 +65,13 @@ GRAPHS = HERE / "graphs.py"
 DRIVER = HERE / "driver.py"
 SAFETY_S = 60.0  # an upper bound for a process to start or stop, never a measurement
 
-FAULTS = ("worker-kill-storm", "nats-server-restart", "stray-messages", "driver-paused-past-lease")
+FAULTS = (
+    "worker-kill-storm",
+    "nats-server-restart",
+    "stray-messages",
+    "driver-paused-past-lease",
+    "everything-at-once",
+)
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,15 @@ def _decode(data: bytes) -> ev.Event | None:
         return decode_event(data)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
         return None
+
+
+async def _quiet(_error: Exception) -> None:
+    """nats-py logs every failed reconnect; the harness's clients expect the server to go away."""
+
+
+async def connect(url: str) -> Any:
+    """A plain nats-py client that reconnects for as long as it takes."""
+    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, error_cb=_quiet)
 
 
 async def read_journal(js: Any, run_id: str, *, timeout_s: float = 10.0) -> Journal:
@@ -560,7 +576,7 @@ class Trial:
 
     async def settle(self) -> dict[str, Journal]:
         """Wait until every run ended, or nothing moved for ``stall_s``; every run's journal then."""
-        nc = await nats.connect(self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+        nc = await connect(self.server.url)
         try:
             js = nc.jetstream()
             deadline = time.monotonic() + self.size.settle_s
@@ -759,17 +775,25 @@ async def _stray_round(js: Any, nc: Any, trial: Trial, rng: random.Random) -> in
 
 async def stray_messages(trial: Trial) -> None:
     """Stray and malformed messages with plain nats-py on every subject family, while the runs are in flight."""
-    nc = await nats.connect(trial.server.url)
-    total = 0
+    nc = await connect(trial.server.url)
+    total = rounds_cut = 0
     try:
         js = nc.jetstream()
         end = time.monotonic() + trial.size.fault_s
         while time.monotonic() < end:
-            total += await _stray_round(js, nc, trial, trial.rng)
+            try:
+                total += await _stray_round(js, nc, trial, trial.rng)
+            except (nats.errors.Error, TimeoutError, OSError):  # the server is down (everything-at-once)
+                rounds_cut += 1
             await asyncio.sleep(0.3)
     finally:
-        trial.note(f"{total} stray messages published")
+        trial.note(f"{total} stray messages published" + (f", {rounds_cut} rounds cut short" if rounds_cut else ""))
         await nc.close()
+
+
+async def everything_at_once(trial: Trial) -> None:
+    """The kill storm, nats-server restarts and stray messages at the same time."""
+    await asyncio.gather(worker_kill_storm(trial), nats_server_restarts(trial), stray_messages(trial))
 
 
 FAULT_FUNCTIONS = {
@@ -777,6 +801,7 @@ FAULT_FUNCTIONS = {
     "nats-server-restart": nats_server_restarts,
     "stray-messages": stray_messages,
     "driver-paused-past-lease": pause_driver,
+    "everything-at-once": everything_at_once,
 }
 
 

@@ -52,3 +52,9 @@ async def test_driver_paused_past_its_lease(tmp_path: Path) -> None:
     report = await run_trial("driver-paused-past-lease", tmp_path, size=SMALL, seed=4)
     check(report)
     assert report.takeovers, "no worker took a run over from the paused driver"
+
+
+async def test_everything_at_once(tmp_path: Path) -> None:
+    """The kill storm, four nats-server restarts and stray messages together, for 8 s."""
+    size = replace(SMALL, chains=4, steps=40, step_sleep_s=0.1, fan_sleep_s=1.0, workers=3, fault_s=8.0, server_kills=4)
+    check(await run_trial("everything-at-once", tmp_path, size=size, seed=5))
