@@ -21,7 +21,8 @@ The checks, per run and step:
 * every step the body saw committed (a ``saw`` line) has its ``tool.returned``
   in the chain (else *committed-but-missing*);
 * no execution of a step started after the step's committed outcome
-  (``tool.returned``/``node.completed`` in the chain) was emitted (else a
+  (``tool.returned``/``node.completed`` in the chain) was stored: the
+  message's stream timestamp, the server's clock on this same host (else a
   *re-executed committed step*);
 * a step ran at most once, plus once per faulted process (killed, paused, or
   fenced out of the run by a ``run.claimed``) that executed it, plus once per
@@ -128,10 +129,22 @@ def read_step_log(path: Path) -> tuple[list[Execution], dict[str, list[tuple[int
 
 @dataclass
 class Journal:
-    """A run's stored messages (``None`` where one does not decode) and its journal chain."""
+    """A run's stored messages (``None`` where one does not decode) and its journal chain.
+
+    ``stored_us`` holds, for each stored message, when the server stored it
+    (its stream timestamp, Unix microseconds): when an event was committed.
+    """
 
     stored: list[ev.Event | None]
     chain: list[ev.Event]
+    stored_us: list[int] = field(default_factory=list)
+
+    def committed_at(self, event: ev.Event) -> int:
+        """When ``event`` (one of ``stored``) was stored."""
+        for index, candidate in enumerate(self.stored):
+            if candidate is event:
+                return self.stored_us[index]
+        raise ValueError("not a stored event of this journal")
 
     @property
     def end(self) -> ev.Event | None:
@@ -192,18 +205,20 @@ async def read_journal(js: Any, run_id: str, *, timeout_s: float = 10.0) -> Jour
     info = await js.stream_info("AG_EVENTS", subjects_filter=f"ag.evt.{run_id}.>")
     total = sum((info.state.subjects or {}).values())
     stored: list[ev.Event | None] = []
+    stored_us: list[int] = []
     if total:
         sub = await js.subscribe(f"ag.evt.{run_id}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         try:
             while True:
                 msg = await sub.next_msg(timeout=timeout_s)
                 stored.append(_decode(msg.data))
+                stored_us.append(round(msg.metadata.timestamp.timestamp() * 1_000_000))
                 if msg.metadata.num_pending == 0:
                     break
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-    return Journal(stored, journal_chain(e for e in stored if e is not None))
+    return Journal(stored, journal_chain(e for e in stored if e is not None), stored_us)
 
 
 # --- runs ----------------------------------------------------------------------------------
@@ -329,13 +344,15 @@ def evaluate(
     server_restarts: int,
     driver_results: dict[str, dict[str, Any]] | None,
     pid_of_worker: dict[str, int] | None = None,
+    process_states: dict[str, str] | None = None,
 ) -> Report:
     """The checks of the module docstring; ``driver_results`` is ``None`` when the driver was killed.
 
     ``faulted_pids`` are the processes the fault killed or paused; a process
     whose writer a ``run.claimed`` fenced out of a run (its ``previous_worker``,
     mapped to a pid by ``pid_of_worker``) may also have left one execution of
-    that run's step in flight.
+    that run's step in flight. ``process_states`` describes each worker id's
+    processes (for stuck runs: is their last writer alive?).
     """
     report = Report(fault=fault, sync_interval=sync_interval, runs=len(specs))
     executions, saw = read_step_log(step_log)
@@ -353,7 +370,9 @@ def evaluate(
         report.takeovers += sum(isinstance(e, ev.RunClaimed) for e in journal.chain)
         end = journal.end
         if end is None:
-            report.stuck.append(f"{spec.run_id} ({spec.graph}): {journal.describe()}")
+            writer = journal.chain[-1].worker if journal.chain else ""
+            state = (process_states or {}).get(writer, "not a process of this trial")
+            report.stuck.append(f"{spec.run_id} ({spec.graph}): {journal.describe()}; its last writer: {state}")
         elif isinstance(end, ev.RunCompleted) and end.outputs == spec.outputs:
             report.completed += 1
         else:
@@ -376,12 +395,13 @@ def evaluate(
             runs = by_step.get((spec.run_id, step), [])
             outcome = committed.get(step)
             if outcome is not None:
-                late = [r for r in runs if r.t_us > outcome.ts]
+                committed_us = journal.committed_at(outcome)
+                late = [r for r in runs if r.t_us > committed_us]
                 if late:
                     report.reexecuted.append(
                         f"{spec.run_id} step {step}: committed ({tag(outcome)} seq {outcome.seq} by "
-                        f"{outcome.worker} at {outcome.ts}), executed again by pids {_pids(late)} at "
-                        f"{[r.t_us for r in late]}"
+                        f"{outcome.worker}, stored at {committed_us}), executed again by pids {_pids(late)} "
+                        f"{[r.t_us - committed_us for r in late]} us later"
                     )
             allowed = 1 + len({r.pid for r in runs} & (faulted_pids | fenced)) + server_restarts
             if len(runs) > allowed:
@@ -529,6 +549,20 @@ class Trial:
     def restart_server(self) -> None:
         self.server = start_nats_server(self.server.directory, port=self.port, sync_interval=self.sync_interval)
         self.server_restarts += 1
+
+    def process_states(self) -> dict[str, str]:
+        """Per worker id, its processes: ``pid 123 killed``, ``pid 124 alive``, ``pid 125 exited 1``."""
+        states: dict[str, list[str]] = {}
+        for proc in self.hosts.procs:
+            code = proc.popen.poll()
+            if proc.pid in self.faulted_pids and code is not None:
+                state = "killed"
+            elif proc.pid in self.faulted_pids:
+                state = "paused, then continued, alive"
+            else:
+                state = "alive" if code is None else f"exited {code}"
+            states.setdefault(proc.worker_id, []).append(f"pid {proc.pid} {state}")
+        return {worker_id: ", ".join(items) for worker_id, items in states.items()}
 
     def close(self) -> None:
         self.hosts.kill_all()
@@ -826,6 +860,7 @@ async def run_trial(fault: str, root: Path, *, size: Size, sync_interval: str = 
             server_restarts=trial.server_restarts,
             driver_results=trial.driver_results(),
             pid_of_worker={proc.worker_id: proc.pid for proc in trial.hosts.procs},
+            process_states=trial.process_states(),
         )
     finally:
         trial.close()
