@@ -55,6 +55,8 @@ async def test_driver_paused_past_its_lease(tmp_path: Path) -> None:
 
 
 async def test_everything_at_once(tmp_path: Path) -> None:
-    """The kill storm, four nats-server restarts and stray messages together, for 8 s."""
-    size = replace(SMALL, chains=4, steps=40, step_sleep_s=0.1, fan_sleep_s=1.0, workers=3, fault_s=8.0, server_kills=4)
+    """The kill storm, five nats-server restarts and stray messages together, for 10 s."""
+    size = replace(
+        SMALL, chains=6, steps=60, step_sleep_s=0.1, fan_sleep_s=2.0, workers=3, fault_s=10.0, server_kills=5
+    )
     check(await run_trial("everything-at-once", tmp_path, size=size, seed=5))
