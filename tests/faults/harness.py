@@ -200,6 +200,15 @@ async def connect(url: str) -> Any:
     return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, error_cb=_quiet)
 
 
+async def last_heartbeat(js: Any, worker_id: str) -> str:
+    """What ``ag.lease.worker.<worker_id>`` holds now: its last message's headers and the start of its body."""
+    try:
+        msg = await js.get_last_msg("AG_LEASES", f"ag.lease.worker.{worker_id}")
+    except Exception as exc:  # noqa: BLE001 - described, not raised
+        return f"no heartbeat message ({type(exc).__name__})"
+    return f"heartbeat message {msg.seq}: headers {msg.headers}, body {bytes(msg.data or b'')[:24]!r}"
+
+
 async def read_journal(js: Any, run_id: str, *, timeout_s: float = 10.0) -> Journal:
     """Every message stored on ``ag.evt.<run_id>.>``, in stream order, and the chain they hold."""
     info = await js.stream_info("AG_EVENTS", subjects_filter=f"ag.evt.{run_id}.>")
@@ -345,6 +354,7 @@ def evaluate(
     driver_results: dict[str, dict[str, Any]] | None,
     pid_of_worker: dict[str, int] | None = None,
     process_states: dict[str, str] | None = None,
+    heartbeats: dict[str, str] | None = None,
 ) -> Report:
     """The checks of the module docstring; ``driver_results`` is ``None`` when the driver was killed.
 
@@ -372,6 +382,8 @@ def evaluate(
         if end is None:
             writer = journal.chain[-1].worker if journal.chain else ""
             state = (process_states or {}).get(writer, "not a process of this trial")
+            if heartbeats and writer in heartbeats:
+                state += f"; {heartbeats[writer]}"
             report.stuck.append(f"{spec.run_id} ({spec.graph}): {journal.describe()}; its last writer: {state}")
         elif isinstance(end, ev.RunCompleted) and end.outputs == spec.outputs:
             report.completed += 1
@@ -486,6 +498,7 @@ class Trial:
         self.driver_killed = False
         self.server_restarts = 0
         self.faults: list[str] = []
+        self.heartbeats: dict[str, str] = {}  # the last heartbeat of each stuck run's last writer
         self._t0 = time.monotonic()
         self._names = 0
         self.specs = [
@@ -632,6 +645,10 @@ class Trial:
                 # The driver awaits every result; once the runs ended it writes them out and exits.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     await asyncio.to_thread(self.driver.popen.wait, 10 if all(j.end for j in journals.values()) else 1)
+            for journal in journals.values():
+                if journal.end is None and journal.chain:
+                    writer = journal.chain[-1].worker
+                    self.heartbeats[writer] = await last_heartbeat(js, writer)
             return journals
         finally:
             await nc.close()
@@ -861,6 +878,7 @@ async def run_trial(fault: str, root: Path, *, size: Size, sync_interval: str = 
             driver_results=trial.driver_results(),
             pid_of_worker={proc.worker_id: proc.pid for proc in trial.hosts.procs},
             process_states=trial.process_states(),
+            heartbeats=trial.heartbeats,
         )
     finally:
         trial.close()
