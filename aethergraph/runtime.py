@@ -363,10 +363,15 @@ async def start_run(
     run_id: str | None = None,
     max_concurrency: int | None = None,
 ) -> RunHandle:
-    """Start a graph_fn, static graph or tool as a journaled run in this process; returns its handle at once.
+    """Start a graph_fn, static graph or tool as a journaled run in this process; returns its handle.
 
-    ``max_concurrency`` caps how many nodes of a static graph's run execute at
-    once (over the graph's own ``max_concurrency``).
+    Returns once ``run.started`` is committed: from then on the run exists on
+    the bus (``status()`` finds it) and completes somewhere. This process
+    drives it; if the process ends first, a worker takes the run over (at
+    once when the process shuts down, after the lease when it is killed).
+    Raises :class:`~aethergraph.errors.StaleWriterError` if ``run_id`` is
+    taken. ``max_concurrency`` caps how many nodes of a static graph's run
+    execute at once (over the graph's own ``max_concurrency``).
     """
     spec = load_target(target)
     bound = bind_run_inputs(spec, inputs)
@@ -374,7 +379,7 @@ async def start_run(
         raise ValueError("max_concurrency applies to static graphs (@graphify) and must be >= 1")
     runtime = await get_runtime()
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
-    task = runtime.driver.start(spec, bound, run_id, max_concurrency=max_concurrency)
+    task = await runtime.driver.start_durably(spec, bound, run_id, max_concurrency=max_concurrency)
     return RunHandle(run_id, runtime, task)
 
 

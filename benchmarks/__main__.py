@@ -24,6 +24,7 @@ from rich.console import Console
 from . import (
     bench_codec,
     bench_cold_start,
+    bench_outage,
     bench_projections,
     bench_publish,
     bench_replay,
@@ -68,6 +69,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_projections,
         bench_static,
         bench_services,
+        bench_outage,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

@@ -528,3 +528,51 @@ async def test_cli_status_resume_and_a_second_resume_of_the_same_wait(hosts: Hos
     assert (done["status"], done["open_waits"]) == ("succeeded", [])
     assert {label: len(r) for label, r in executions(log).items()} == {"first": 1, "second": 1}
     assert worker.stop() == 0, worker.output()
+
+
+# --- the run lifecycle: a durable start, a process that exits hands its runs over ---------------
+
+START_AND_EXIT = """
+import asyncio, json, sys
+import aethergraph
+
+async def main():
+    handle = await aethergraph.start_run(sys.argv[1], json.loads(sys.argv[2]), run_id=sys.argv[3])
+    print(json.dumps(await handle.status()), flush=True)
+    # ... and the script ends here: no result(), no close_runtime().
+
+asyncio.run(main())
+"""
+
+
+async def test_start_run_returns_a_run_that_exists(runtime: Runtime, tmp_path: Path) -> None:
+    handle = await aethergraph.start_run(
+        f"{GRAPHS}:dp_chain", {"n": 1, "log": str(tmp_path / "count.log")}, run_id=new_run_id("exists")
+    )
+    assert await handle.status() in ("running", "succeeded")
+    assert await handle.result() == {"v": 1}
+
+
+async def test_a_script_that_starts_a_run_and_exits_hands_it_to_a_worker(
+    hosts: Hosts, runtime: Runtime, tmp_path: Path
+) -> None:
+    """The script's process ends right after ``start_run``: the run is not cancelled but handed over at once
+    (the leases here are far longer than the test's safety bound, so only the hand-over can explain it)."""
+    log = tmp_path / "count.log"
+    worker = hosts.worker("b", AETHERGRAPH_LEASE_S="600")
+    wait_ready(worker)
+    run_id = new_run_id("exit")
+    env, _ = hosts.env("a", AETHERGRAPH_LEASE_S="600")
+    status = run_python(START_AND_EXIT, f"{GRAPHS}:dp_chain", json.dumps({"n": 3, "log": str(log)}), run_id, env=env)
+    assert status == "running"
+    assert await outcome_of(run_id) == {"v": 3}
+    runs = executions(log)
+    # Steps the script's process never saw committed run on the worker; at most the step in flight when the
+    # script ended runs twice, under the same idempotency key.
+    assert all(pid == worker.pid for _, pid in runs["s2"] + runs["s3"])
+    assert len(runs["s1"]) <= 2 and len({key for key, _ in runs["s1"]}) == 1
+    _, chain = await journal_of(runtime, run_id)
+    assert_consistent_chain(chain, {"v": 3})
+    assert not any(isinstance(e, ev.RunCancelled) for e in chain)
+    assert [(c.reason, c.worker) for c in chain if isinstance(c, ev.RunClaimed)] == [("takeover", worker.worker_id)]
+    assert worker.stop() == 0, worker.output()

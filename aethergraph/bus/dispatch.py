@@ -19,6 +19,7 @@ __all__ = [
     "delivery_position",
     "dispatch_raw",
     "dispatch_synchronously",
+    "publish_at_once",
     "publish_now",
     "release_raw",
     "retrieve_exception",
@@ -201,6 +202,22 @@ def publish_now(nc: Client, subject: str, payload: bytes, reply: str = "") -> No
     queue = nc._flush_queue
     if queue is not None and queue.empty():
         queue.put_nowait(asyncio.get_running_loop().create_future())
+
+
+def publish_at_once(nc: Client, subject: str, headers: bytes, payload: bytes) -> bool:
+    """Write a publish straight to the connection's socket, bypassing the client's flusher.
+
+    For the last words of a process whose event loop is tearing down its
+    tasks, the client's own among them: nothing else would send them. False
+    if there is no connection to write to.
+    """
+    transport = nc._transport
+    if transport is None or not nc.is_connected:
+        return False
+    transport.write(
+        b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(headers), len(headers) + len(payload), headers, payload)
+    )
+    return True
 
 
 def retrieve_exception(fut: asyncio.Future[Any]) -> None:

@@ -8,7 +8,10 @@ stores a delete marker on that subject: workers watching the subject learn of
 the death from the marker (an event, not a poll) and take over the dead
 process's runs, which are listed by its ownership records
 ``ag.lease.run.<worker_id>.<run_id>``. A process releases a record (a TTL'd
-tombstone replaces it) when its run ends or suspends.
+tombstone replaces it) when its run ends or suspends. A process that stops
+while it still drives runs (its event loop shuts down) hands them over at
+once: its last heartbeat says so (``AG-Stopped``), and workers take its runs
+over without waiting for the lease to expire.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from .dispatch import publish_at_once
 from .topology import (
     LEASES_STREAM,
     WORKER_LEASES,
@@ -40,6 +44,7 @@ __all__ = ["JetStreamLeases", "OwnedRun"]
 
 _MARKER = "Nats-Marker-Reason"
 _RELEASED = "AG-Released"
+_STOPPED = "AG-Stopped"
 _TOMBSTONE_TTL = "60s"
 
 
@@ -71,6 +76,7 @@ class JetStreamLeases:
         self._ttl = f"{max(1, math.ceil(lease_s))}s"
         self._interval = max(0.05, lease_s / 4)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._handed_over = False
 
     async def start(self) -> None:
         """Publish the first heartbeat (stored before this returns) and keep publishing.
@@ -97,6 +103,20 @@ class JetStreamLeases:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+
+    def hand_over(self) -> None:
+        """This process stops driving its runs (it is shutting down): workers take them over at once.
+
+        Synchronous, and written straight to the socket: it is called while
+        the event loop cancels every task, the client's own included.
+        """
+        if self._handed_over:
+            return
+        self._handed_over = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        headers = b"NATS/1.0\r\n%s: 1\r\nNats-TTL: %s\r\n\r\n" % (_STOPPED.encode(), self._ttl.encode())
+        publish_at_once(self._nc, worker_lease_subject(self.worker_id), headers, b"")
 
     async def own(self, run_id: str, graph_id: str) -> None:
         """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
@@ -146,7 +166,7 @@ class JetStreamLeases:
         return {
             worker_of_lease(msg.subject)
             for msg in await self._last_per_subject(WORKER_LEASES)
-            if not (msg.headers and _MARKER in msg.headers)
+            if not (msg.headers and (_MARKER in msg.headers or _STOPPED in msg.headers))
         }
 
     async def owned_runs(self, worker_id: str | None = None) -> list[OwnedRun]:
@@ -167,7 +187,7 @@ class JetStreamLeases:
         """Call ``on_death(worker_id)`` whenever a heartbeat expires; returns a function that stops watching."""
 
         async def deliver(msg: Msg) -> None:
-            if msg.headers and msg.headers.get(_MARKER):
+            if msg.headers and (msg.headers.get(_MARKER) or msg.headers.get(_STOPPED)):
                 await on_death(worker_of_lease(msg.subject))
 
         sub = await self._js.subscribe(

@@ -252,3 +252,17 @@ def error_type_name(exc: BaseException) -> str:
     """How a journal names an exception's type: ``ValueError``, or ``module.Class`` outside builtins."""
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+CANCEL_REQUESTED = "aethergraph: cancel requested"
+"""The message a run's task is cancelled with when someone asked to cancel the run.
+
+A run whose task is cancelled without it (the process is shutting down, its
+event loop tearing down its tasks) is not cancelled for good: nothing is
+journaled, and the run is handed over to a worker.
+"""
+
+
+def cancel_was_requested(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``CancelledError``) comes from a requested cancel rather than a shutdown."""
+    return bool(exc.args) and exc.args[0] == CANCEL_REQUESTED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .codec import digest, normalise_value
@@ -18,6 +18,7 @@ from .errors import (
     RunNotFoundError,
     RunSuspended,
     StaleWriterError,
+    cancel_was_requested,
     error_type_name,
 )
 from .events import (
@@ -64,6 +65,7 @@ async def execute_run(
     parent_node_id: str | None = None,
     parent: ParentLink | None = None,
     max_concurrency: int | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` (a graph_fn, a static graph, or a tool as a one-step run) and return its outputs.
 
@@ -71,6 +73,7 @@ async def execute_run(
     (``parent`` links it explicitly instead). The run's events: ``run.started``,
     the steps, then ``run.completed``, ``run.failed`` or ``run.cancelled``. An
     exception from the body is journaled and re-raised unchanged.
+    ``on_started`` is called once ``run.started`` is committed.
     """
     parent_scope = current_scope()
     if env is None:
@@ -92,6 +95,8 @@ async def execute_run(
         plan_digest=plan_digest,
         max_concurrency=max_concurrency,
     )
+    if on_started is not None:
+        on_started()
     scope = RunScope(
         run_id=run_id,
         graph_id=spec.name,
@@ -250,8 +255,9 @@ async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
                 prompt=suspended.prompt,
             )
         raise
-    except asyncio.CancelledError:
-        await _journal_end(journal, RunCancelled, parent=cursor.get(), reason="cancelled")
+    except asyncio.CancelledError as exc:
+        if cancel_was_requested(exc):  # else the process is stopping: the run is handed over, not ended
+            await _journal_end(journal, RunCancelled, parent=cursor.get(), reason="cancelled")
         raise
     except Exception as exc:  # noqa: BLE001 - journaled, then re-raised
         reported = scope.divergence or exc

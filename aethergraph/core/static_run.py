@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .codec import normalise_value
-from .errors import EventTooLargeError, RunFailedError, RunSuspended, SerializationError
+from .errors import EventTooLargeError, RunFailedError, RunSuspended, SerializationError, cancel_was_requested
 from .events import (
     Event,
     NodeCompleted,
@@ -472,9 +472,10 @@ async def drive_static_run(
             if scope.suspend_after_each_step and run.caught_up:
                 await scope.journal.flush()
                 raise RunSuspended(scope.run_id, "always-suspend test mode")
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):  # cancellation wins over a refused journal write
-            await scope.journal.commit(RunCancelled, parent=run.last_seq or None, reason="cancelled")
+    except asyncio.CancelledError as exc:
+        if cancel_was_requested(exc):  # else the process is stopping: the run is handed over, not ended
+            with contextlib.suppress(Exception):  # cancellation wins over a refused journal write
+                await scope.journal.commit(RunCancelled, parent=run.last_seq or None, reason="cancelled")
         raise
     finally:
         run.stopped = True

@@ -37,6 +37,7 @@ from aethergraph.bus.topology import EVENTS_STREAM, WORK_CONSUMER
 from aethergraph.bus.work_queue import JetStreamWorkQueue, WorkItem
 from aethergraph.core.codec import normalise_value
 from aethergraph.core.errors import (
+    CANCEL_REQUESTED,
     EventTooLargeError,
     GraphNotFoundError,
     RunFailedError,
@@ -135,7 +136,7 @@ class NodeExecutor:
                 continue
             if event.run_id == run_id or event.root_run_id == run_id:
                 self._cancelled.add(task)
-                task.cancel()
+                task.cancel(CANCEL_REQUESTED)
                 count += 1
         return count
 

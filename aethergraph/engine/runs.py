@@ -23,6 +23,7 @@ from typing import Any
 
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.core.errors import (
+    CANCEL_REQUESTED,
     BusUnavailableError,
     RunFailedError,
     RunNotFoundError,
@@ -77,16 +78,52 @@ class RunDriver:
         *,
         parent: ParentLink | None = None,
         max_concurrency: int | None = None,
+        started: asyncio.Future[None] | None = None,
     ) -> asyncio.Task[RunEnd]:
-        """Start a new run; ownership is recorded before its first event."""
+        """Start a new run; ownership is recorded before its first event.
+
+        ``started`` (if given) is resolved once ``run.started`` is committed:
+        from then on the run exists on the bus and completes somewhere.
+        """
+
+        def on_started() -> None:
+            if started is not None and not started.done():
+                started.set_result(None)
 
         async def run() -> dict[str, Any]:
             await self.leases.own(run_id, spec.name)
             return await execute_run(
-                spec, inputs, run_id=run_id, env=self.env, parent=parent, max_concurrency=max_concurrency
+                spec,
+                inputs,
+                run_id=run_id,
+                env=self.env,
+                parent=parent,
+                max_concurrency=max_concurrency,
+                on_started=on_started,
             )
 
         return self.drive(run_id, run)
+
+    async def start_durably(
+        self,
+        spec: CallableSpec,
+        inputs: Mapping[str, Any],
+        run_id: str,
+        *,
+        parent: ParentLink | None = None,
+        max_concurrency: int | None = None,
+    ) -> asyncio.Task[RunEnd]:
+        """:meth:`start`, returning once ``run.started`` is committed (or raising why the run could not start)."""
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = self.start(spec, inputs, run_id, parent=parent, max_concurrency=max_concurrency, started=started)
+        waiting: set[asyncio.Future[Any]] = {started, task}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            started.cancel()
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+        return task
 
     def drive(self, run_id: str, body: Callable[[], Awaitable[dict[str, Any]]]) -> asyncio.Task[RunEnd]:
         """Run ``body`` (which drives ``run_id``, already owned) and release ownership when it stops."""
@@ -101,6 +138,9 @@ class RunDriver:
                 raise
             except asyncio.CancelledError:
                 if run_id not in self.cancel_requested:
+                    # The process is stopping (its event loop cancels every task): hand the run over.
+                    keep_record = True
+                    self.leases.hand_over()
                     raise
                 self.cancel_requested.discard(run_id)
                 raise RunFailedError(f"run {run_id} was cancelled", run_id=run_id, error_type="Cancelled") from None
@@ -164,7 +204,7 @@ class RunDriver:
         if task is None or task.done():
             return False
         self.cancel_requested.add(run_id)
-        task.cancel()
+        task.cancel(CANCEL_REQUESTED)
         return True
 
     async def drain(self) -> None:
