@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,13 +39,14 @@ from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
 from aethergraph.core.node_report import LocalNode
 from aethergraph.core.ports import LocalReportSink, ParentLink, ReportSink
 from aethergraph.core.registry import must_get_graph
-from aethergraph.core.resume import check_resume, journal_state
+from aethergraph.core.resume import journal_state, resolve_resume
 from aethergraph.core.run_control import bind_run_inputs, force_cancel
 from aethergraph.core.service_registry import close_services, start_services
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
 from aethergraph.engine.node_executor import NodeExecutor
-from aethergraph.engine.runs import RunDriver, RunHandle, Suspended
+from aethergraph.engine.resume_client import await_resume_outcome
+from aethergraph.engine.runs import RunDriver, RunHandle
 from aethergraph.engine.worker import Worker
 
 __all__ = [
@@ -87,10 +88,12 @@ class Runtime:
     _cancel_sub: Subscription | None = field(init=False, default=None)
     _executor_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     _local_report_sinks: dict[str, LocalReportSink] = field(init=False, default_factory=dict)
+    # This process's resume intake (a Worker without takeover) while runs it awaits wait for answers.
+    _intake: tuple[Worker, asyncio.Task[None]] | None = field(init=False, default=None)
+    _intake_users: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.driver = RunDriver(self, self.leases)
-        self.driver.on_suspend = _announce_suspension
 
     @classmethod
     async def open(cls, settings: Settings | None = None, *, inline_answers: bool | None = None) -> Runtime:
@@ -132,7 +135,8 @@ class Runtime:
 
     async def run_top_level(self, spec: CallableSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
         run_id = new_run_id()
-        return await RunHandle(run_id, self, self.driver.start(spec, inputs, run_id)).result()
+        task = self.driver.start(spec, inputs, run_id)
+        return await RunHandle(run_id, self, task, intake=self.resume_intake).result()
 
     async def schedule_wait_expiry(self, run_id: str, wait_id: str, deadline_us: int) -> None:
         await self.commands.schedule_expiry(run_id, wait_id, deadline_us)
@@ -239,10 +243,40 @@ class Runtime:
         await self.leases.own(run_id, spec.name)
         scope = await claim_run(spec, started, chain, last_stream_seq, self, reason="retry")
         task = self.driver.drive(run_id, functools.partial(drive_run, spec, started.inputs, scope, started.seq))
-        return RunHandle(run_id, self, task)
+        return RunHandle(run_id, self, task, intake=self.resume_intake)
+
+    @contextlib.asynccontextmanager
+    async def resume_intake(self) -> AsyncIterator[None]:
+        """While inside, take resume commands for runs of the graphs loaded here.
+
+        A process awaiting a run that waits thus continues it in place when
+        the answer comes, from anywhere. The intake is shared by everyone
+        inside and stops when the last one leaves; a worker process takes
+        commands anyway.
+        """
+        self._intake_users += 1
+        try:
+            if self._intake is None:
+                worker = Worker(self.driver, self.commands, takeover=False)
+                self._intake = (worker, asyncio.create_task(worker.serve(), name="aethergraph-resume-intake"))
+            await self._intake[0].ready.wait()
+            yield
+        finally:
+            self._intake_users -= 1
+            if self._intake_users == 0:
+                await self._stop_intake()
+
+    async def _stop_intake(self) -> None:
+        if self._intake is not None:
+            worker, task = self._intake
+            self._intake = None
+            worker.stop()
+            with contextlib.suppress(Exception):
+                await task
 
     async def close(self) -> None:
         """Let the runs this process drives end or suspend, then disconnect."""
+        await self._stop_intake()
         await self.driver.drain()
         if self.node_executor is not None:
             await self.node_executor.stop()
@@ -253,17 +287,6 @@ class Runtime:
         await self.leases.close()
         await self.event_log.close()
         await self.bus.close()
-
-
-def _announce_suspension(suspended: Suspended) -> None:
-    where = "" if suspended.wait_run_id == suspended.run_id else f" (in nested run {suspended.wait_run_id})"
-    print(
-        f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
-        f"{suspended.prompt!r}. Answer it with `aethergraph resume {suspended.wait_run_id} --wait-id "
-        f"{suspended.wait_id} --json '...'`; a worker (`aethergraph worker MODULE`) continues it.",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 _runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Runtime] = weakref.WeakKeyDictionary()
@@ -380,7 +403,7 @@ async def start_run(
     runtime = await get_runtime()
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     task = await runtime.driver.start_durably(spec, bound, run_id, max_concurrency=max_concurrency)
-    return RunHandle(run_id, runtime, task)
+    return RunHandle(run_id, runtime, task, intake=runtime.resume_intake)
 
 
 async def cancel(run_id: str, reason: str = "") -> str:
@@ -395,7 +418,8 @@ async def retry(run_id: str) -> RunHandle:
 
 async def get_run(run_id: str) -> RunHandle:
     """A handle to any run on the bus, whichever process started it."""
-    return RunHandle(check_run_id(run_id), await get_runtime())
+    runtime = await get_runtime()
+    return RunHandle(check_run_id(run_id), runtime, intake=runtime.resume_intake)
 
 
 async def run_async(
@@ -422,32 +446,29 @@ async def resume(
     wait: bool = True,
     timeout: float = 10.0,  # noqa: ASYNC109 - public API
 ) -> ResumeOutcome | None:
-    """Answer a run's wait: publish a resume command to ``ag.cmd.resume.<run_id>``.
+    """Answer a wait of a run or of a run nested under it: publish a resume command to ``ag.cmd.resume.<run_id>``.
 
-    The resume is checked against the run's journal first, so a wrong wait id,
+    The resume is checked against the journals of the run's tree first
+    (``wait_id`` may be ``w4`` or ``<nested_run_id>/w4``), so a wrong wait id,
     a closed wait or a payload failing the wait's schema raises
     :class:`~aethergraph.errors.ResumeRejectedError` at once and publishes
-    nothing. With ``wait``, returns the worker's outcome (``accepted``, or
-    ``deferred`` when no worker knows the graph yet), or ``None`` if no worker
-    answered within ``timeout`` seconds (the command stays queued).
+    nothing. With ``wait`` (the default), returns the outcome: ``accepted``
+    (with the process that continues the run), or ``queued`` with the reason
+    when nothing has taken the command yet: ``no_process`` when no live
+    process serves the run's graph (the message names the fix), ``no_answer``
+    when none answered within ``timeout`` seconds. The command stays in the
+    stream either way, and is applied when a process that serves the graph
+    takes it. Without ``wait``, returns ``None`` once the command is stored.
     """
     runtime = await get_runtime()
-    chain, _ = await load_journal(runtime, check_run_id(run_id))
-    # Name the wait that was checked, so the answer can never land on a later one.
-    wait_id = check_resume(journal_state(run_id, chain), wait_id, payload).wait_id
+    # Name the wait that was checked (anywhere in the run's tree), so the answer can never land on a later one.
+    wait_id = (await resolve_resume(runtime, check_run_id(run_id), wait_id, payload)).ref
     if not wait:
         await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
         return None
     async with runtime.commands.outcomes(run_id) as outcomes:
         command_seq = await runtime.commands.publish_resume(run_id, wait_id=wait_id, payload=payload)
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    outcome = await outcomes.get()
-                    if outcome.command_seq == command_seq:
-                        break
-        except TimeoutError:
-            return None
+        outcome = await await_resume_outcome(runtime, runtime.leases, outcomes, run_id, command_seq, timeout)
     if outcome.status == "rejected":
         raise ResumeRejectedError(outcome.message, run_id=run_id, reason=outcome.reason, wait_id=outcome.wait_id)
     return outcome
@@ -460,7 +481,7 @@ async def serve_worker(*modules: str, stop: asyncio.Event | None = None) -> None
     runtime = await get_runtime(inline_answers=False)
     await runtime.ensure_node_executor()
     worker = Worker(runtime.driver, runtime.commands)
-    serving = asyncio.create_task(worker.serve())
+    serving = asyncio.create_task(worker.serve(), name="aethergraph-worker")
     try:
         if stop is None:
             await serving

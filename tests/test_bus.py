@@ -30,7 +30,7 @@ from aethergraph.bus.topology import (
 )
 from aethergraph.core import events as ev
 from aethergraph.core.codec import decode_event, encode_event
-from aethergraph.core.errors import BusUnavailableError, EventTooLargeError, StaleWriterError
+from aethergraph.core.errors import BusUnavailableError, EventTooLargeError, StaleWriterError, TopologyMismatchError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
 from aethergraph.runtime import Runtime
@@ -408,23 +408,16 @@ async def test_ensure_topology_is_idempotent(runtime: Runtime) -> None:
     assert resume.config.durable_name == RESUME_CONSUMER
 
 
-async def test_ensure_topology_updates_a_changed_stream(runtime: Runtime) -> None:
+async def test_ensure_topology_refuses_to_change_a_stream_silently(runtime: Runtime) -> None:
     js = runtime.bus.js
     original = runtime.bus.topology
     changed = dataclasses.replace(original, duplicate_window_s=45.0)
-    run_id = new_run_id()
-    await append_all(runtime.event_log.writer(run_id), [make_event(run_id, 1)])
-    try:
+    with pytest.raises(TopologyMismatchError, match="aethergraph nats --migrate") as info:
         await ensure_topology(js, changed)
-        assert (await js.stream_info(EVENTS_STREAM)).config.duplicate_window == pytest.approx(45.0)
-        assert (await js.stream_info(COMMANDS_STREAM)).config.duplicate_window == pytest.approx(45.0)
-        names = [info.config.name for info in await js.streams_info()]
-        assert names.count(EVENTS_STREAM) == 1
-        # Updating the configuration keeps the stored events.
-        assert await run_message_count(runtime, run_id) == 1
-    finally:
-        await ensure_topology(js, original)
+    assert (EVENTS_STREAM, "duplicate_window", original.duplicate_window_s, 45.0) in info.value.differences
+    # Nothing was changed: the streams keep their configuration (tests/test_topology.py migrates).
     assert (await js.stream_info(EVENTS_STREAM)).config.duplicate_window == pytest.approx(original.duplicate_window_s)
+    assert (await js.stream_info(COMMANDS_STREAM)).config.duplicate_window == pytest.approx(original.duplicate_window_s)
 
 
 # --- subjects -----------------------------------------------------------------------------------------

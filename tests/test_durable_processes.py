@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from process_hosts import lines, wait_ready
 import aethergraph
 from aethergraph.bus.embedded import find_nats_server_binary
 from aethergraph.core import events as ev
+from aethergraph.core.errors import RunNotFoundError
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.resume import JournalState
 from aethergraph.core.settings import load_settings
@@ -575,4 +577,82 @@ async def test_a_script_that_starts_a_run_and_exits_hands_it_to_a_worker(
     assert_consistent_chain(chain, {"v": 3})
     assert not any(isinstance(e, ev.RunCancelled) for e in chain)
     assert [(c.reason, c.worker) for c in chain if isinstance(c, ev.RunClaimed)] == [("takeover", worker.worker_id)]
+    assert worker.stop() == 0, worker.output()
+
+
+LIFECYCLE_GRAPHS = """
+import os
+from aethergraph import graph_fn, tool
+
+@tool(name="lc_ship", outputs=["pid"])
+def lc_ship(version: str) -> dict:
+    return {"pid": os.getpid()}
+
+@graph_fn(name="lc_ship_release", outputs=["shipped", "pid"])
+async def lc_ship_release(version: str, *, context) -> dict:
+    decision = await context.channel().ask_approval(f"ship {version}?")
+    shipped = (await lc_ship(version))["pid"] if decision["approved"] else None
+    return {"shipped": decision["approved"], "pid": shipped}
+"""
+
+RUN_AND_PRINT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import aethergraph, lc_graphs
+print(json.dumps({"outputs": aethergraph.run(lc_graphs.lc_ship_release, {"version": "1.2"}, run_id=sys.argv[2]),
+                  "pid": os.getpid()}))
+"""
+
+
+async def test_a_script_blocked_in_run_continues_its_own_run_when_answered_over_raw_nats(
+    hosts: Hosts, runtime: Runtime, tmp_path: Path, bare_nats: nats.NATS
+) -> None:
+    """The README's ship_release, run with aethergraph.run() from a script with no terminal and no worker anywhere:
+    a plain NATS publish answers it, and the script's own process continues the run and prints the outputs."""
+    (tmp_path / "lc_graphs.py").write_text(LIFECYCLE_GRAPHS)
+    run_id = new_run_id("blocked")
+    env, _ = hosts.env("script")
+    script = subprocess.Popen(  # noqa: ASYNC220 - started once, read from a thread
+        [sys.executable, "-c", RUN_AND_PRINT, str(tmp_path), run_id],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        handle = await aethergraph.get_run(run_id)
+
+        async def waiting() -> bool | None:
+            try:
+                return True if await handle.status() == "waiting" else None
+            except RunNotFoundError:
+                return None
+
+        await eventually(waiting, "the script's run to wait", timeout_s=SAFETY_S)
+        await bare_nats.publish(f"ag.cmd.resume.{run_id}", json.dumps({"payload": {"approved": True}}).encode())
+        await bare_nats.flush()
+        out, err = await asyncio.to_thread(script.communicate, timeout=SAFETY_S)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+    assert script.returncode == 0, err
+    printed = json.loads(out.strip().splitlines()[-1])
+    assert printed["outputs"] == {"shipped": True, "pid": printed["pid"]}  # the step after the wait ran in the script
+    assert "is waiting" not in err  # announcing a suspension is the CLI's job, not the library's
+
+
+async def test_resume_says_at_once_when_no_process_serves_the_graph(hosts: Hosts, tmp_path: Path) -> None:
+    (tmp_path / "lc_graphs.py").write_text(LIFECYCLE_GRAPHS)
+    run_id = new_run_id("orphan")
+    env, _ = hosts.env("a")
+    graph = f"{tmp_path / 'lc_graphs.py'}:lc_ship_release"
+    assert run_python(START_AND_LEAVE, graph, json.dumps({"version": "2"}), run_id, env=env) == "waiting"
+    outcome = await aethergraph.resume(run_id, {"approved": True}, timeout=SAFETY_S)
+    assert outcome is not None and (outcome.status, outcome.reason) == ("queued", "no_process")
+    assert "aethergraph worker" in outcome.message and "lc_ship_release" in outcome.message
+    # A worker started later takes the queued command and finishes the run.
+    worker = hosts.spawn("b", ["worker", str(tmp_path / "lc_graphs.py")])
+    assert (await outcome_of(run_id))["shipped"] is True
     assert worker.stop() == 0, worker.output()

@@ -615,8 +615,9 @@ async def test_command_waits_in_the_stream_until_a_worker_runs(runtime: Runtime,
     async with runtime.commands.outcomes(handle.run_id) as outcomes:
         async with slot.paused():
             before = await records(runtime, handle.run_id)
-            # Checked and published, but no worker answers within the timeout.
-            assert await aethergraph.resume(handle.run_id, "queued", timeout=0.2) is None
+            # Checked and published, but no worker answers within the timeout: queued, saying why.
+            queued = await aethergraph.resume(handle.run_id, "queued", timeout=0.2)
+            assert queued is not None and queued.status == "queued" and queued.reason in ("no_answer", "no_process")
             assert await commands_published(runtime, handle.run_id) == 1
             assert await records(runtime, handle.run_id) == before
             assert await handle.status() == "waiting"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -15,6 +16,7 @@ from rich.markup import escape
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
+from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
 from aethergraph.engine.runs import RunHandle, Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
@@ -84,6 +86,7 @@ def run(
 
     async def go() -> tuple[dict[str, Any], list[Any]]:
         runtime = await get_runtime()
+        runtime.driver.on_suspend = functools.partial(_announce_suspension, continue_here=wait)
         failure: BaseException | None = None
         outputs: dict[str, Any] = {}
         waiting = False
@@ -91,7 +94,7 @@ def run(
             try:
                 end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
                 if isinstance(end, Suspended) and wait:
-                    end = await RunHandle(chosen, runtime).result()
+                    end = await RunHandle(chosen, runtime, intake=runtime.resume_intake).result()
                 if isinstance(end, Suspended):
                     waiting = True
                 else:
@@ -118,6 +121,21 @@ def run(
     console.print(outputs_table(outputs))
     if events:
         _print_events(chosen, journal)
+
+
+def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:
+    where = "" if suspended.wait_run_id == suspended.run_id else f" (in nested run {suspended.wait_run_id})"
+    how = (
+        "this process continues it when the answer comes"
+        if continue_here
+        else "a worker (`aethergraph worker MODULE`) continues it, or rerun with --wait to continue it here"
+    )
+    err_console.print(
+        f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
+        f"{escape(repr(suspended.prompt))}. Answer it with `aethergraph resume {suspended.run_id} "
+        f"--wait-id {suspended.wait_id} --json '...'`; {how}.",
+        soft_wrap=True,
+    )
 
 
 def _print_events(run_id: str, journal: list[Any]) -> None:
@@ -196,16 +214,30 @@ def _resume_payload(as_json: str | None, text: str | None, approve: bool | None)
 
 @app.command("resume")
 def resume_command(
-    run_id: Annotated[str, typer.Argument(help="the run (or nested run) whose wait to answer")],
+    run_id: Annotated[
+        str, typer.Argument(help="the run whose wait to answer (a wait of any run nested under it is found too)")
+    ],
     as_json: Annotated[str | None, typer.Option("--json", help="the payload as JSON")] = None,
     text: Annotated[str | None, typer.Option("--text", help="the payload as a plain string")] = None,
     approve: Annotated[
         bool | None, typer.Option("--approve/--reject", help="shorthand for --json '{\"approved\": true|false}'")
     ] = None,
-    wait_id: Annotated[str | None, typer.Option("--wait-id", help="which wait (needed if several are open)")] = None,
+    wait_id: Annotated[
+        str | None,
+        typer.Option("--wait-id", help="which wait, if several are open: w4, or <nested_run_id>/w4 for a nested run's"),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for a worker's answer")] = 10.0,
 ) -> None:
-    """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>."""
+    """Answer a run's wait by publishing a resume command to ag.cmd.resume.<run_id>.
+
+    The wait may be held by the run or by any run nested under it (a graph it
+    called, a dual-stage node of a static graph, a run started with
+    context.runs()); with several open, the rejection lists them.
+
+    Exit status: 0 accepted (the run continues), 1 rejected (the reason is
+    printed; nothing changed), 2 bad arguments, 3 queued (no process that
+    serves the run's graph took it yet; the message says what to start).
+    """
     checked_run_id(run_id)
     try:
         payload = _resume_payload(as_json, text, approve)
@@ -215,19 +247,24 @@ def resume_command(
     settings_or_exit()
 
     async def go() -> None:
-        state = await rebuild_run_state((await get_runtime()).event_log, run_id)
-        for wait in state.open_waits:
-            if wait.run_id == run_id and (wait_id is None or wait.wait_id == wait_id):
-                err_console.print(f"answering wait {wait.wait_id} ({wait.kind}): {escape(wait.prompt)}")
         try:
-            outcome = await resume(run_id, payload, wait_id, timeout=timeout)
+            located = await resolve_resume(await get_runtime(), run_id, wait_id, payload)
+            where = "" if located.run.run_id == run_id else f" of nested run {located.run.run_id}"
+            wait = located.requested
+            err_console.print(f"answering wait {located.ref}{where} ({wait.kind}): {escape(wait.prompt)}")
+            outcome = await resume(run_id, payload, located.ref, timeout=timeout)
         except ResumeRejectedError as exc:
-            err_console.print(f"[red]rejected ({exc.reason}):[/] {exc}")
+            err_console.print(f"[red]rejected ({exc.reason}):[/] {escape(str(exc))}")
+            for open_wait in exc.open_waits:
+                node = f" node {open_wait['node_id']}" if open_wait["node_id"] else ""
+                err_console.print(
+                    f"  --wait-id {open_wait['wait_id']}  (run {open_wait['run_id']}{node}, {open_wait['kind']}): "
+                    f"{escape(str(open_wait['prompt']))}"
+                )
             raise typer.Exit(1) from None
-        if outcome is None:
-            console.print(f"resume of run {run_id} queued; no worker answered within {timeout:g}s")
-        elif outcome.status == "deferred":
-            console.print(f"[yellow]resume of run {run_id} queued:[/] {outcome.message}")
+        if outcome is None or outcome.status in ("queued", "deferred"):
+            console.print(f"[yellow]resume of run {run_id} queued:[/] {outcome.message if outcome else ''}")
+            raise typer.Exit(3)
         else:
             console.print(
                 f"[green]resume of run {run_id} {outcome.status}[/] by {outcome.worker} (wait {outcome.wait_id})"
@@ -270,9 +307,21 @@ def status_command(
 def nats_command(
     stop: Annotated[bool, typer.Option("--stop", help="stop the workspace's embedded server")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the server as JSON")] = False,
+    migrate: Annotated[
+        bool,
+        typer.Option("--migrate", help="update existing streams to these settings' replicas and limits"),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="with --migrate: print the changes only")] = False,
 ) -> None:
-    """Show the bus URL, starting the workspace's embedded nats-server if none runs."""
+    """Show the bus URL, starting the workspace's embedded nats-server if none runs.
+
+    With --migrate: connect, print how the streams differ from the AETHERGRAPH_* settings
+    (replicas, duplicate window, largest event) and update them (see docs/cluster.md).
+    """
     settings = settings_or_exit()
+    if migrate:
+        cli_migrate.migrate_streams(settings, dry_run=dry_run, as_json=as_json)
+        return
     try:
         if settings.nats_url:
             if stop:
@@ -307,9 +356,9 @@ def nats_command(
 
 # The projection commands (projector, sql, runs, lineage, export) and the static-graph
 # commands (graph, cancel, retry) register on the same app.
-from . import cli_graphs, cli_projections  # noqa: E402
+from . import cli_graphs, cli_migrate, cli_projections  # noqa: E402
 
-__all__ += ["cli_graphs", "cli_projections"]
+__all__ += ["cli_graphs", "cli_migrate", "cli_projections"]
 
 
 def main() -> None:

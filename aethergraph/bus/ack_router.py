@@ -17,6 +17,8 @@ from nats.aio.client import Client
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError
 
 from .dispatch import RawReplyInbox, server_address, status_of
+from .stream_errors import no_stream_answer_message
+from .topology import EVENTS_STREAM
 
 __all__ = ["AckHandler", "AckRouter", "PublishedAck"]
 
@@ -44,8 +46,9 @@ AckHandler = Callable[[PublishedAck | BaseException], None]
 class AckRouter:
     """Routes JetStream acknowledgements from one wildcard inbox to handlers."""
 
-    def __init__(self, nc: Client, ack_timeout_s: float) -> None:
+    def __init__(self, nc: Client, ack_timeout_s: float, *, stream: str = EVENTS_STREAM) -> None:
         self._nc = nc
+        self._stream = stream  # named in errors: the stream most publishes go to
         self._inbox = RawReplyInbox(nc)
         # token -> (handler, deadline); insertion order is deadline order.
         self._pending: dict[bytes, tuple[AckHandler, float]] = {}
@@ -138,10 +141,7 @@ class AckRouter:
         if not data:
             status, _ = status_of(headers)
             handler(
-                BusUnavailableError(
-                    f"no JetStream stream answered (status {status or 'unknown'}): the stream is missing, "
-                    "or none of its replicas is reachable right now (a cluster electing a leader)"
-                )
+                BusUnavailableError(no_stream_answer_message(EVENTS_STREAM, status, server=server_address(self._nc)))
             )
             return
         try:

@@ -4,7 +4,9 @@ A resume command is a JSON object published to ``ag.cmd.resume.<run_id>``::
 
     {"wait_id": "w7", "payload": {"approved": true}}
 
-``wait_id`` may be left out when the run has exactly one open wait. Workers
+The wait may be held by a run nested under ``<run_id>`` (named
+``<nested_run_id>/<wait_id>``, see docs/events.md); ``wait_id`` may be left
+out when the run's tree has exactly one open wait. Workers
 take commands from the durable consumer ``ag-resume`` (:class:`CommandDelivery`)
 and publish what they did with each to ``ag.cmd.outcome.<run_id>``
 (:class:`ResumeOutcome`). A command's final outcome carries the
@@ -54,7 +56,8 @@ __all__ = [
     "decode_resume_command",
 ]
 
-OutcomeStatus = Literal["accepted", "rejected", "deferred", "duplicate"]
+OutcomeStatus = Literal["accepted", "rejected", "deferred", "duplicate", "queued"]
+"""``queued`` is never published: :func:`aethergraph.resume` says so when nothing has taken a command yet."""
 
 
 class ResumeCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -84,8 +87,9 @@ _outcome_decoder = msgspec.json.Decoder(ResumeOutcome)
 
 
 _ENVELOPE_BYTES = 2048
-_FEED_RETRY_S = 0.5
 """Room left in an event for everything of ``wait.resumed`` but the payload (ids, sequences, tag)."""
+_FEED_RETRY_S = 0.5
+_FETCH_ON_CLOSE = 256
 
 
 def check_command_run_id(target: str) -> str:
@@ -208,6 +212,10 @@ class CommandFeed:
         return [CommandDelivery(msg, self._commands) for msg in messages]
 
     async def close(self) -> None:
+        """Stop taking commands; any delivered to a fetch that was given up go back at once, for another process."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            for msg in await self._sub.fetch(_FETCH_ON_CLOSE, timeout=0.02):
+                await msg.nak()
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
 

@@ -23,9 +23,11 @@ from nats.js.kv import KeyValue
 from aethergraph.core.errors import KeyConflictError
 from aethergraph.core.service_ports import KeyValueEntry
 
+from .migration import check_bucket_replicas
+from .topology import KV_BUCKET
+
 __all__ = ["KV_BUCKET", "JetStreamKeyValueStore", "decode_key", "encode_key"]
 
-KV_BUCKET = "AG_KV"
 _PLAIN = re.compile(r"[A-Za-z0-9_/-]")
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
@@ -74,7 +76,10 @@ class JetStreamKeyValueStore:
         async with self._opening:
             if self._kv is None:
                 try:
-                    self._kv = await self._js.key_value(self._bucket_name)
+                    found = await self._js.key_value(self._bucket_name)
+                    info = await self._js.stream_info(f"KV_{self._bucket_name}")
+                    check_bucket_replicas(f"KV_{self._bucket_name}", info.config.num_replicas, self._replicas)
+                    self._kv = found
                 except nats.js.errors.BucketNotFoundError:
                     self._kv = await self._js.create_key_value(
                         bucket=self._bucket_name,

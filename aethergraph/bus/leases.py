@@ -52,8 +52,15 @@ class _OwnerRecord(msgspec.Struct, kw_only=True):
     graph_id: str
 
 
+class _Heartbeat(msgspec.Struct, kw_only=True):
+    """A heartbeat's body: the graphs whose resume commands the process takes (empty: none)."""
+
+    graphs: list[str] = msgspec.field(default_factory=list)
+
+
 _encode = msgspec.json.encode
 _decode_owner = msgspec.json.Decoder(_OwnerRecord).decode
+_decode_heartbeat = msgspec.json.Decoder(_Heartbeat).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,11 @@ class JetStreamLeases:
         self._interval = max(0.05, lease_s / 4)
         self._heartbeat: asyncio.Task[None] | None = None
         self._handed_over = False
+        self._body = b""
+
+    def serve_graphs(self, graphs: list[str]) -> None:
+        """Say in every heartbeat from now on that this process takes resume commands for ``graphs``."""
+        self._body = _encode(_Heartbeat(graphs=sorted(graphs))) if graphs else b""
 
     async def start(self) -> None:
         """Publish the first heartbeat (stored before this returns) and keep publishing.
@@ -86,7 +98,7 @@ class JetStreamLeases:
         """
         if self._heartbeat is not None:
             return
-        await self._js.publish(worker_lease_subject(self.worker_id), b"", headers={"Nats-TTL": self._ttl})
+        await self._js.publish(worker_lease_subject(self.worker_id), self._body, headers={"Nats-TTL": self._ttl})
         self._heartbeat = asyncio.create_task(self._beat(), name=f"aethergraph-heartbeat-{self.worker_id}")
 
     async def _beat(self) -> None:
@@ -95,7 +107,7 @@ class JetStreamLeases:
         while True:
             await asyncio.sleep(self._interval)
             with contextlib.suppress(nats.errors.Error):
-                await self._nc.publish(subject, b"", headers=headers)
+                await self._nc.publish(subject, self._body, headers=headers)
 
     async def close(self) -> None:
         if self._heartbeat is not None:
@@ -168,6 +180,20 @@ class JetStreamLeases:
             for msg in await self._last_per_subject(WORKER_LEASES)
             if not (msg.headers and (_MARKER in msg.headers or _STOPPED in msg.headers))
         }
+
+    async def serving(self, graph_id: str) -> list[str]:
+        """Live processes that take resume commands for runs of ``graph_id`` (workers, and processes awaiting runs)."""
+        found = []
+        for msg in await self._last_per_subject(WORKER_LEASES):
+            if (msg.headers and (_MARKER in msg.headers or _STOPPED in msg.headers)) or not msg.data:
+                continue
+            try:
+                graphs = _decode_heartbeat(msg.data).graphs
+            except msgspec.DecodeError:
+                continue
+            if graph_id in graphs:
+                found.append(worker_of_lease(msg.subject))
+        return found
 
     async def owned_runs(self, worker_id: str | None = None) -> list[OwnedRun]:
         """Runs recorded as driven (by ``worker_id``, or by anyone) and not released."""

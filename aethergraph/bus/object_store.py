@@ -24,10 +24,12 @@ from aethergraph.core.local_blobs import digest_in_ref
 
 # aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .dispatch import delivery_position
+from .failover import retry_while_leaderless
+from .migration import check_bucket_replicas
+from .topology import ARTIFACTS_BUCKET
 
 __all__ = ["ARTIFACTS_BUCKET", "JetStreamBlobStore"]
 
-ARTIFACTS_BUCKET = "AG_ARTIFACTS"
 _PINS = "pins/"
 
 
@@ -40,12 +42,14 @@ class JetStreamBlobStore:
         *,
         cache_dir: Path,
         replicas: int = 1,
+        retry_s: float = 30.0,
         chunk_bytes: int = 256 * 1024,
         bucket: str = ARTIFACTS_BUCKET,
     ) -> None:
         self._js = js
         self._cache_dir = cache_dir
         self._replicas = replicas
+        self._retry_s = retry_s
         self._chunk_bytes = chunk_bytes
         self._bucket_name = bucket
         self._store: ObjectStore | None = None
@@ -60,7 +64,10 @@ class JetStreamBlobStore:
         async with self._opening:
             if self._store is None:
                 try:
-                    self._store = await self._js.object_store(self._bucket_name)
+                    found = await self._js.object_store(self._bucket_name)
+                    info = await self._js.stream_info(f"OBJ_{self._bucket_name}")
+                    check_bucket_replicas(f"OBJ_{self._bucket_name}", info.config.num_replicas, self._replicas)
+                    self._store = found
                 except nats.js.errors.BucketNotFoundError:
                     self._store = await self._js.create_object_store(
                         self._bucket_name,
@@ -89,7 +96,8 @@ class JetStreamBlobStore:
 
     async def put_bytes(self, sha256: str, data: bytes) -> None:
         store = await self.bucket()
-        await store.put(sha256, data, meta=self._meta(sha256))
+        # Content-addressed, so repeating a put that a leader election interrupted is safe.
+        await retry_while_leaderless(lambda: store.put(sha256, data, meta=self._meta(sha256)), retry_s=self._retry_s)
 
     async def put_file(self, sha256: str, path: Path) -> None:
         import aiofiles
@@ -159,7 +167,7 @@ class JetStreamBlobStore:
 
     async def pin(self, sha256: str) -> None:
         store = await self.bucket()
-        await store.put(_PINS + sha256, io.BytesIO(b""))
+        await retry_while_leaderless(lambda: store.put(_PINS + sha256, io.BytesIO(b"")), retry_s=self._retry_s)
 
     async def pinned(self) -> set[str]:
         store = await self.bucket()

@@ -48,7 +48,12 @@ def open_service_backends(js: JetStreamContext, settings: Settings) -> JetStream
     if artifact_store_kind(settings) == "local":
         blobs = LocalBlobStore(_artifacts_dir(settings))
     else:
-        blobs = JetStreamBlobStore(js, cache_dir=_artifacts_dir(settings) / "cache", replicas=settings.stream_replicas)
+        blobs = JetStreamBlobStore(
+            js,
+            cache_dir=_artifacts_dir(settings) / "cache",
+            replicas=settings.stream_replicas,
+            retry_s=settings.connect_retry_s,
+        )
     return JetStreamServiceBackends(
         kv=JetStreamKeyValueStore(js, replicas=settings.stream_replicas),
         blobs=blobs,

@@ -43,6 +43,9 @@ from aethergraph.core.ids import check_run_id
 
 __all__ = [
     "ALL_CANCELS",
+    "ARTIFACTS_BUCKET",
+    "BUCKET_STREAMS",
+    "KV_BUCKET",
     "ALL_COMMANDS",
     "ALL_EVENTS",
     "ALL_LEASES",
@@ -77,6 +80,10 @@ __all__ = [
 EVENTS_STREAM: Final = "AG_EVENTS"
 COMMANDS_STREAM: Final = "AG_COMMANDS"
 LEASES_STREAM: Final = "AG_LEASES"
+KV_BUCKET: Final = "AG_KV"
+ARTIFACTS_BUCKET: Final = "AG_ARTIFACTS"
+# The streams behind the KV bucket (context.kv()) and the Object Store bucket (artifacts).
+BUCKET_STREAMS: Final = (f"KV_{KV_BUCKET}", f"OBJ_{ARTIFACTS_BUCKET}")
 RESUME_CONSUMER: Final = "ag-resume"
 WORK_CONSUMER: Final = "ag-work"
 NODE_READY_EVENTS: Final = "ag.evt.*.node.ready"

@@ -9,6 +9,9 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     "AetherGraphError",
     "ArtifactNotFoundError",
@@ -33,6 +36,7 @@ __all__ = [
     "SerializationError",
     "ServiceNameError",
     "StaleWriterError",
+    "TopologyMismatchError",
     "UnknownServiceError",
     "WaitExpiredError",
     "WorkspaceError",
@@ -89,6 +93,22 @@ class BusUnavailableError(AetherGraphError, ConnectionError):
     """The NATS server cannot be reached or does not have JetStream enabled."""
 
 
+class TopologyMismatchError(BusUnavailableError):
+    """A stream or bucket exists on the server with a configuration other than the settings ask for.
+
+    ``differences`` holds ``(stream, field, existing, wanted)`` tuples. Nothing is changed
+    silently: ``aethergraph nats --migrate`` shows the differences and applies them.
+    """
+
+    def __init__(self, message: str, *, differences: tuple[tuple[str, str, object, object], ...]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(stream for stream, *_ in self.differences))
+
+
 class WorkspaceError(AetherGraphError, OSError):
     """The workspace folder or the embedded server in it cannot be used."""
 
@@ -110,7 +130,11 @@ class GraphInputError(AetherGraphError, TypeError):
 
 
 class GraphNotFoundError(AetherGraphError, LookupError):
-    """A ``module:attribute`` reference does not name a graph or tool."""
+    """A ``module:attribute`` reference, or a registered name (``graph_id``), does not name a graph or tool here."""
+
+    def __init__(self, message: str, *, graph_id: str | None = None, run_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id)
+        self.graph_id = graph_id
 
 
 class RunNotFoundError(AetherGraphError, LookupError):
@@ -164,13 +188,28 @@ class ResumeRejectedError(AetherGraphError, ValueError):
 
     ``reason`` is a short machine-readable code (``unknown_run``,
     ``wait_closed``, ``unknown_wait``, ``ambiguous_wait``, ``invalid_payload``,
-    ``run_ended``, ``malformed``).
+    ``run_ended``, ``malformed``). ``open_waits`` lists the open waits of the
+    run's tree when the command named none of them unambiguously: one mapping
+    per wait with ``wait_id`` (as the command may name it: ``w4``, or
+    ``<nested_run_id>/w4`` for a nested run's), ``run_id`` (the run holding
+    it), ``node_id`` (for a nested run's wait: the node of its parent run that
+    holds the nested run, e.g. the static graph's dual-stage node), ``kind``
+    and ``prompt``.
     """
 
-    def __init__(self, message: str, *, run_id: str | None, reason: str, wait_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None,
+        reason: str,
+        wait_id: str | None = None,
+        open_waits: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
         super().__init__(message, run_id=run_id)
         self.reason = reason
         self.wait_id = wait_id
+        self.open_waits = tuple(open_waits)
 
 
 class ProjectionError(AetherGraphError):

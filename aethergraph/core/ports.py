@@ -83,6 +83,10 @@ class EventLog(Protocol):
         """A run's events in journal order; with ``follow`` keep waiting for more."""
         ...
 
+    async def started_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` have a ``run.started`` on the bus."""
+        ...
+
 
 class RunEnvironment(Protocol):
     """What a run needs from the process hosting it."""

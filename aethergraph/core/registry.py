@@ -37,6 +37,7 @@ def must_get_graph(name: str, *, run_id: str | None = None) -> CallableSpec:
             f"no graph or tool named {name!r} is registered in this process "
             f"(registered: {known or 'none'}); import the module that defines it, "
             "e.g. `aethergraph worker my_package.graphs`",
+            graph_id=name,
             run_id=run_id,
         )
     return spec

@@ -14,28 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import ResumeRejectedError, StaleWriterError
-from .events import (
-    Event,
-    LogRecorded,
-    RunCancelled,
-    RunClaimed,
-    RunCompleted,
-    RunFailed,
-    RunStarted,
-    RunWaiting,
-    WaitExpired,
-    WaitRequested,
-    WaitResumed,
-)
-from .executor import claim_run, drive_run, load_journal, resume_run
+from .events import RunStarted, WaitExpired, WaitRequested, WaitResumed
+from .executor import claim_run, drive_run, resume_run
+from .journal import RunJournal
+from .journal_state import JournalState, RunStatus, journal_state, select_wait
 from .payloads import validate_payload
 from .ports import RunEnvironment
 from .spec import CallableSpec
+from .wait_tree import LocatedWait, TreeRun, locate_wait, nested_runs, read_tree_run, step_children, wait_ref
 
 __all__ = [
     "AcceptedResume",
@@ -45,115 +36,50 @@ __all__ = [
     "accept_resume",
     "check_resume",
     "journal_state",
+    "resolve_resume",
 ]
-
-RunStatus = Literal["unknown", "running", "waiting", "succeeded", "failed", "cancelled"]
-
-
-@dataclass(kw_only=True)
-class JournalState:
-    """What a run's journal says about it now."""
-
-    run_id: str
-    status: RunStatus
-    started: RunStarted | None = None
-    ended: RunCompleted | RunFailed | RunCancelled | None = None
-    open_waits: dict[str, WaitRequested] = field(default_factory=dict)
-    closed_waits: dict[str, WaitResumed | WaitExpired] = field(default_factory=dict)
-    waiting_on: RunWaiting | None = None
-    last_seq: int = 0
-
-
-def journal_state(run_id: str, chain: Sequence[Event]) -> JournalState:
-    """Fold a run's journal into its status, its open and closed waits and how it ended."""
-    state = JournalState(run_id=run_id, status="unknown")
-    if not chain or not isinstance(chain[0], RunStarted):
-        return state
-    state.started = chain[0]
-    state.status = "running"
-    state.last_seq = chain[-1].seq
-    for event in chain:
-        if isinstance(event, WaitRequested):
-            state.open_waits[event.wait_id] = event
-        elif isinstance(event, (WaitResumed, WaitExpired)):
-            state.open_waits.pop(event.wait_id, None)
-            state.closed_waits[event.wait_id] = event
-        elif isinstance(event, RunCompleted):
-            state.ended, state.status = event, "succeeded"
-        elif isinstance(event, RunFailed):
-            state.ended, state.status = event, "failed"
-        elif isinstance(event, RunCancelled):
-            state.ended, state.status = event, "cancelled"
-        elif isinstance(event, RunClaimed) and state.ended is not None:
-            state.ended, state.status = None, "running"  # a failed static run retried from its failed nodes
-    if state.ended is None:
-        last = next((event for event in reversed(chain) if not isinstance(event, LogRecorded)), None)
-        if isinstance(last, RunWaiting):
-            state.waiting_on = last
-            state.status = "waiting"
-        elif isinstance(last, WaitRequested) and last.wait_id in state.open_waits:
-            state.status = "waiting"
-    return state
-
-
-def _select_wait(state: JournalState, wait_id: str | None) -> WaitRequested:
-    run_id = state.run_id
-    if state.started is None:
-        raise ResumeRejectedError(
-            f"run {run_id} does not exist on this bus (no run.started event)", run_id=run_id, reason="unknown_run"
-        )
-    if state.ended is not None:
-        raise ResumeRejectedError(
-            f"run {run_id} already ended ({state.status}); there is nothing to resume",
-            run_id=run_id,
-            reason="run_ended",
-            wait_id=wait_id,
-        )
-    if wait_id is None:
-        if len(state.open_waits) == 1:
-            return next(iter(state.open_waits.values()))
-        if not state.open_waits:
-            raise ResumeRejectedError(
-                f"run {run_id} has no open wait", run_id=run_id, reason="no_open_wait", wait_id=None
-            )
-        raise ResumeRejectedError(
-            f"run {run_id} has {len(state.open_waits)} open waits ({', '.join(sorted(state.open_waits))}); "
-            "name one with wait_id",
-            run_id=run_id,
-            reason="ambiguous_wait",
-        )
-    requested = state.open_waits.get(wait_id)
-    if requested is not None:
-        return requested
-    closed = state.closed_waits.get(wait_id)
-    if closed is not None:
-        how = "resumed" if isinstance(closed, WaitResumed) else "expired"
-        raise ResumeRejectedError(
-            f"wait {wait_id} of run {run_id} is closed: it was already {how} (event {closed.seq}); "
-            "a wait is answered once",
-            run_id=run_id,
-            reason="wait_closed",
-            wait_id=wait_id,
-        )
-    raise ResumeRejectedError(
-        f"run {run_id} has no wait {wait_id!r}; open waits: {sorted(state.open_waits) or 'none'}",
-        run_id=run_id,
-        reason="unknown_wait",
-        wait_id=wait_id,
-    )
 
 
 def check_resume(state: JournalState, wait_id: str | None, payload: Any, *, expire: bool = False) -> WaitRequested:
-    """The open wait a resume answers, or :class:`ResumeRejectedError` saying why it cannot."""
-    requested = _select_wait(state, wait_id)
+    """The open wait of this one run a resume answers, or :class:`ResumeRejectedError` saying why it cannot."""
+    requested = select_wait(state, wait_id)
     if not expire:
         validate_payload(requested, payload)
     return requested
 
 
+async def resolve_resume(
+    env: RunEnvironment,
+    run_id: str,
+    wait_id: str | None,
+    payload: Any,
+    *,
+    expire: bool = False,
+    top: TreeRun | None = None,
+) -> LocatedWait:
+    """The open wait anywhere in ``run_id``'s tree that a resume answers, its payload checked.
+
+    The one resolution behind the command handler, ``aethergraph.resume()``
+    and ``aethergraph resume`` (see :func:`~aethergraph.core.wait_tree.locate_wait`);
+    raises :class:`ResumeRejectedError` saying why nothing can be answered.
+    """
+    located = await locate_wait(env, run_id, wait_id, top=top)
+    if not expire:
+        try:
+            validate_payload(located.requested, payload)
+        except ResumeRejectedError as exc:
+            raise ResumeRejectedError(str(exc), run_id=run_id, reason=exc.reason, wait_id=located.ref) from None
+    return located
+
+
 @dataclass(frozen=True, kw_only=True)
 class AcceptedResume:
-    """A committed answer, and the continuation of the run that owns the wait."""
+    """A committed answer, and the continuation of the run that owns the wait.
+
+    ``run_id`` holds the wait (the addressed run or one nested under it),
+    ``wait_id`` names it as seen from the addressed run (``w4`` or
+    ``<nested_run_id>/w4``), ``root_run_id`` is the run the continuation drives.
+    """
 
     run_id: str
     root_run_id: str
@@ -168,7 +94,7 @@ class AlreadyAnswered:
 
     ``by_this_command`` when the answer is this very command's (it was
     delivered before); otherwise the command is an expiry that fell due after
-    the wait was answered or its run ended.
+    the wait was answered or its run ended. ``run_id`` is the addressed run.
     """
 
     run_id: str
@@ -177,20 +103,50 @@ class AlreadyAnswered:
     by_this_command: bool
 
 
-def _answered_before(
-    state: JournalState, wait_id: str | None, command_seq: int | None, expire: bool
+async def _answered_before(
+    env: RunEnvironment,
+    top: TreeRun,
+    wait_id: str | None,
+    command_seq: int | None,
+    expire: bool,
+    *,
+    whole_tree: bool,
 ) -> AlreadyAnswered | None:
+    run_id, state = top.run_id, top.state
     if command_seq is not None:
-        for closed in state.closed_waits.values():
-            if closed.command_seq == command_seq:
-                return AlreadyAnswered(
-                    run_id=state.run_id, wait_id=closed.wait_id, seq=closed.seq, by_this_command=True
-                )
+        runs = [top]
+        if whole_tree and state.started is not None:
+            runs.extend(await nested_runs(env, top, everything=True))
+        for run in runs:
+            for closed in run.state.closed_waits.values():
+                if closed.command_seq == command_seq:
+                    ref = wait_ref(run_id, run.run_id, closed.wait_id)
+                    return AlreadyAnswered(run_id=run_id, wait_id=ref, seq=closed.seq, by_this_command=True)
     if expire and wait_id is not None and wait_id not in state.open_waits:
         answer = state.closed_waits.get(wait_id)
         seq = answer.seq if answer is not None else 0
-        return AlreadyAnswered(run_id=state.run_id, wait_id=wait_id, seq=seq, by_this_command=False)
+        return AlreadyAnswered(run_id=run_id, wait_id=wait_id, seq=seq, by_this_command=False)
     return None
+
+
+async def _driving_root(env: RunEnvironment, run: TreeRun, known: dict[str, TreeRun]) -> TreeRun:
+    """The run whose driver continues ``run``: its tree's top-level run, or the spawned run it is a step of."""
+    current = run
+    while True:
+        started = current.state.started
+        assert started is not None
+        if started.parent_run_id is None or current.spawned:
+            return current
+        parent = known.get(started.parent_run_id) or await read_tree_run(env, started.parent_run_id)
+        if parent.state.started is None:
+            raise ResumeRejectedError(
+                f"run {run.run_id} belongs to run {started.parent_run_id}, which has no journal",
+                run_id=run.run_id,
+                reason="unknown_run",
+            )
+        if current.run_id not in step_children(parent, open_only=False):
+            return current  # spawned with context.runs(): driven on its own, under its own ownership record
+        current = parent
 
 
 async def accept_resume(
@@ -204,15 +160,18 @@ async def accept_resume(
     graphs: Callable[[str], CallableSpec],
     before_claim: Callable[[str, str], Awaitable[None]] | None = None,
     attempts: int = 3,
+    first_delivery: bool = False,
 ) -> AcceptedResume | AlreadyAnswered:
-    """Check and commit an answer to a wait; return how to continue the run.
+    """Check and commit an answer to a wait anywhere in ``run_id``'s tree; return how to continue the run.
 
     Returns :class:`AlreadyAnswered` if this very command (``command_seq``)
     was already committed (a redelivered command, whatever wait it named or
-    whether the run has ended since), or if it is an expiry of a wait that is
-    no longer open. Raises :class:`ResumeRejectedError` if the resume is
-    refused, and :class:`~aethergraph.errors.GraphNotFoundError` (before
-    anything is written) if ``graphs`` does not know the run's graph.
+    whether the run has ended since; with ``first_delivery`` only the
+    addressed run's journal is searched for it, since no earlier delivery
+    exists), or if it is an expiry of a wait that is no longer open. Raises
+    :class:`ResumeRejectedError` if the resume is refused, and
+    :class:`~aethergraph.errors.GraphNotFoundError` (before anything is
+    written) if ``graphs`` does not know the graph of the run to continue.
     ``before_claim(root_run_id, root_graph_id)`` runs alongside the claim
     (the driver records its ownership of the run there) and has finished
     before the answer is written. The answer is stored when this returns: a
@@ -220,30 +179,22 @@ async def accept_resume(
     learning that a concurrent resume of the same wait fenced it out.
     """
     for attempt in range(attempts):
-        chain, last_stream_seq = await load_journal(env, run_id)
-        state = journal_state(run_id, chain)
-        answered = _answered_before(state, wait_id, command_seq, expire)
+        top = await read_tree_run(env, run_id)
+        answered = await _answered_before(env, top, wait_id, command_seq, expire, whole_tree=not first_delivery)
         if answered is not None:
             return answered
-        requested = check_resume(state, wait_id, payload, expire=expire)
-        started = state.started
+        located = await resolve_resume(env, run_id, wait_id, payload, expire=expire, top=top)
+        holder, requested = located.run, located.requested
+        started = holder.state.started
         assert started is not None
         spec = graphs(started.graph_id)
-        root_run_id = started.root_run_id or run_id
-        root_spec = spec if root_run_id == run_id else None
-        if root_spec is None:
-            root_chain, _ = await load_journal(env, root_run_id)
-            root_started = root_chain[0] if root_chain else None
-            if not isinstance(root_started, RunStarted):
-                raise ResumeRejectedError(
-                    f"run {run_id} belongs to run {root_run_id}, which has no journal",
-                    run_id=run_id,
-                    reason="unknown_run",
-                )
-            root_spec = graphs(root_started.graph_id)
-        owning = asyncio.ensure_future(before_claim(root_run_id, root_spec.name)) if before_claim else None
+        root = await _driving_root(env, holder, {top.run_id: top})
+        root_started = root.state.started
+        assert isinstance(root_started, RunStarted)
+        root_spec = spec if root is holder else graphs(root_started.graph_id)
+        owning = asyncio.ensure_future(before_claim(root.run_id, root_spec.name)) if before_claim else None
         try:
-            scope = await claim_run(spec, started, chain, last_stream_seq, env, reason="resume")
+            scope = await claim_run(spec, started, holder.chain, holder.last_stream_seq, env, reason="resume")
         except StaleWriterError:
             if owning is not None:
                 await owning
@@ -256,37 +207,35 @@ async def accept_resume(
             raise
         if owning is not None:
             await owning  # recorded before the answer: if this process dies now, the run is found and taken over
-        common: dict[str, Any] = {"wait_id": requested.wait_id, "command_seq": command_seq}
-        if expire:
-            answer: WaitResumed | WaitExpired
-            seq = await scope.journal.commit(WaitExpired, parent=requested.seq, node_id=requested.node_id, **common)
-        else:
-            seq = await scope.journal.commit(
-                WaitResumed, parent=requested.seq, node_id=requested.node_id, payload=payload, **common
-            )
-        answer_cls = WaitExpired if expire else WaitResumed
-        answer = answer_cls(
-            run_id=run_id,
-            seq=seq,
-            ts=0,
-            worker=env.worker_id,
-            parent=requested.seq,
-            node_id=requested.node_id,
-            **({} if expire else {"payload": payload}),
-            **common,
-        )
+        answer = await _commit_answer(scope.journal, env.worker_id, requested, payload, expire, command_seq)
         continuation: Callable[[], Awaitable[dict[str, Any]]]
-        if root_run_id == run_id:
+        if root is holder:
             assert scope.replay is not None
             scope.replay.resolutions[requested.wait_id] = answer
             continuation = functools.partial(drive_run, spec, started.inputs, scope, started.seq)
         else:
-            continuation = functools.partial(resume_run, root_spec, root_run_id, env=env, reason="resume")
+            continuation = functools.partial(resume_run, root_spec, root.run_id, env=env, reason="resume")
         return AcceptedResume(
-            run_id=run_id,
-            root_run_id=root_run_id,
-            wait_id=requested.wait_id,
-            seq=seq,
+            run_id=holder.run_id,
+            root_run_id=root.run_id,
+            wait_id=located.ref,
+            seq=answer.seq,
             continuation=continuation,
         )
     raise AssertionError("unreachable")
+
+
+async def _commit_answer(
+    journal: RunJournal,
+    worker_id: str,
+    requested: WaitRequested,
+    payload: Any,
+    expire: bool,
+    command_seq: int | None,
+) -> WaitResumed | WaitExpired:
+    """Journal ``wait.resumed`` (or ``wait.expired``) answering ``requested``; return the event as committed."""
+    common: dict[str, Any] = {"wait_id": requested.wait_id, "command_seq": command_seq, "node_id": requested.node_id}
+    fields: dict[str, Any] = {} if expire else {"payload": payload}
+    cls: type[WaitResumed] | type[WaitExpired] = WaitExpired if expire else WaitResumed
+    seq = await journal.commit(cls, parent=requested.seq, **fields, **common)
+    return cls(run_id=requested.run_id, seq=seq, ts=0, worker=worker_id, parent=requested.seq, **fields, **common)

@@ -9,7 +9,7 @@ them twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .errors import GraphNotFoundError, RunFailedError, RunNotFoundError, StaleWriterError, error_type_name
@@ -22,6 +22,7 @@ from .events import (
     RunClaimed,
     RunCompleted,
     RunFailed,
+    RunWaiting,
     ToolCalled,
 )
 from .ids import child_run_id
@@ -77,11 +78,14 @@ def run_failure(run_id: str, end: RunFailed | RunCancelled) -> RunFailedError:
     )
 
 
-async def follow_run_end(env: RunEnvironment, run_id: str) -> dict[str, Any]:
+async def follow_run_end(
+    env: RunEnvironment, run_id: str, *, on_waiting: Callable[[], Awaitable[None]] | None = None
+) -> dict[str, Any]:
     """The run's outputs once it completes (raises :class:`RunFailedError` if it fails or is cancelled).
 
     An end that a later retry superseded (a failed static run continued from
-    its failed nodes) does not count.
+    its failed nodes) does not count. ``on_waiting`` is awaited each time the
+    run starts waiting for an answer.
     """
     stored = [record.event async for record in env.event_log.read_run(run_id)]
     retried_at = max(
@@ -97,6 +101,8 @@ async def follow_run_end(env: RunEnvironment, run_id: str) -> dict[str, Any]:
                 return dict(event.outputs)
             if isinstance(event, (RunFailed, RunCancelled)):
                 raise run_failure(run_id, event)
+            if isinstance(event, RunWaiting) and on_waiting is not None:
+                await on_waiting()
     raise RunNotFoundError(f"stopped reading run {run_id} before it ended", run_id=run_id)
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "load_settings"]
@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     ``artifacts_dir`` (default ``<workspace>/artifacts``), the JetStream
     ``object_store`` every host can read, or ``auto``: local files on the
     embedded server, the object store when ``nats_url`` is set.
+
+    ``connect_retry_s`` is how long connecting keeps asking a server whose
+    INFO announces JetStream for its JetStream account (a fresh cluster
+    elects its meta leader first) before giving up. Secure connections:
+    ``nats_tls_ca`` (a CA bundle to verify the server; setting any TLS path
+    switches the connection to TLS), ``nats_tls_cert`` / ``nats_tls_key`` (a
+    client certificate, both or neither), ``nats_creds`` (a ``.creds`` file
+    with a user JWT and nkey seed), ``nats_user`` / ``nats_password``.
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
@@ -70,6 +78,13 @@ class Settings(BaseSettings):
     local_node_concurrency: Annotated[int, Field(ge=0, le=100_000)] = 16
     artifact_store: Literal["auto", "local", "object_store"] = "auto"
     artifacts_dir: Path | None = None
+    connect_retry_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    nats_creds: Path | None = None
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
 
     @field_validator("sync_interval")
     @classmethod
@@ -82,6 +97,22 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_url_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @model_validator(mode="after")
+    def _check_client_certificate(self) -> Settings:
+        if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
+            raise ValueError(
+                "nats_tls_cert and nats_tls_key go together: set both AETHERGRAPH_NATS_TLS_CERT and "
+                "AETHERGRAPH_NATS_TLS_KEY (a client certificate and its key), or neither"
+            )
+        if self.nats_password is not None and self.nats_user is None:
+            raise ValueError("nats_password needs nats_user: set AETHERGRAPH_NATS_USER too")
+        return self
+
+    @property
+    def nats_tls(self) -> bool:
+        """Whether the connection uses TLS (any TLS path is set)."""
+        return any(path is not None for path in (self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key))
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -25,6 +25,7 @@ delay for a worker that knows it, announced once as ``deferred``
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -57,6 +58,8 @@ class RetryPolicy:
     defer_delay_s: float = 2.0
     """Delay before a command for an unknown graph is delivered again; doubled up to ``max_defer_delay_s``."""
     max_defer_delay_s: float = 60.0
+    pass_on_delay_s: float = 0.01
+    """Delay before a command for a graph another live process serves is delivered again."""
 
     def retry_delay(self, num_delivered: int) -> float:
         return min(self.retry_delay_s * 2.0 ** max(0, num_delivered - 1), self.max_defer_delay_s)
@@ -75,6 +78,7 @@ class CommandHandler:
         worker_id: str,
         graphs: Callable[[str], CallableSpec],
         before_claim: Callable[[str, str], Awaitable[None]],
+        serving: Callable[[str], Awaitable[list[str]]],
         max_event_bytes: int | None,
         policy: RetryPolicy,
     ) -> None:
@@ -84,6 +88,18 @@ class CommandHandler:
         self._before_claim = before_claim
         self._max_event_bytes = max_event_bytes
         self._policy = policy
+        self._serving_lookup = serving
+        self._serving_seen: dict[str, tuple[float, bool]] = {}  # graph -> (until, served): a short cache
+
+    async def _serving(self, graph_id: str) -> bool:
+        """Whether a live process takes commands for ``graph_id`` (asked of the heartbeats, at most every 0.5 s)."""
+        now = time.monotonic()
+        until, served = self._serving_seen.get(graph_id, (0.0, False))
+        if now < until:
+            return served
+        served = bool(await self._serving_lookup(graph_id))
+        self._serving_seen[graph_id] = (now + 0.5, served)
+        return served
 
     def _outcome(self, delivery: CommandDelivery, run_id: str, **fields: object) -> ResumeOutcome:
         return ResumeOutcome(
@@ -109,6 +125,7 @@ class CommandHandler:
                 command_seq=seq,
                 graphs=self._graphs,
                 before_claim=self._before_claim,
+                first_delivery=delivery.num_delivered <= 1,
             )
         except ResumeRejectedError as exc:
             # A deadline falling due after its wait was answered is routine, not worth a warning.
@@ -160,7 +177,15 @@ class CommandHandler:
             )
 
     async def _defer(self, delivery: CommandDelivery, run_id: str, exc: GraphNotFoundError) -> None:
-        """Put the command back for a worker that knows the graph; announce and log that once per command."""
+        """Put the command back for a process that knows the graph; announce and log that once per command.
+
+        When a live process says it takes commands for the graph, the command
+        goes back at once and quietly: it reaches that process on a later
+        delivery. Otherwise it waits, with a growing delay, for one to start.
+        """
+        if exc.graph_id is not None and await self._serving(exc.graph_id):
+            await delivery.retry(self._policy.pass_on_delay_s)
+            return
         if delivery.num_delivered <= 1:
             log.warning("resume %s of run %s deferred: %s", delivery.command_seq, run_id, exc)
             await delivery.announce(

@@ -224,10 +224,19 @@ class RunDriver:
 class RunHandle:
     """A run anywhere on the bus: ``await handle.result()``, ``await handle.status()``."""
 
-    def __init__(self, run_id: str, env: RunEnvironment, task: asyncio.Task[RunEnd] | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        env: RunEnvironment,
+        task: asyncio.Task[RunEnd] | None = None,
+        *,
+        intake: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
         self.run_id = run_id
         self._env = env
         self._task = task
+        # Entered while result() awaits a run that waits: this process takes resume commands meanwhile.
+        self._intake = intake
 
     async def state(self) -> JournalState:
         chain, _ = await load_journal(self._env, self.run_id)
@@ -258,10 +267,16 @@ class RunHandle:
                     end = None  # another process claimed the run (it answered a wait); it finishes it
                 if end is not None and not isinstance(end, Suspended):
                     return end
-            return await self._follow()
+            async with contextlib.AsyncExitStack() as serving:
+                intake = self._intake
 
-    async def _follow(self) -> dict[str, Any]:
-        return await follow_run_end(self._env, self.run_id)
+                async def on_waiting() -> None:
+                    nonlocal intake
+                    if intake is not None:  # the first time only
+                        await serving.enter_async_context(intake())
+                        intake = None
+
+                return await follow_run_end(self._env, self.run_id, on_waiting=on_waiting)
 
     async def cancel(self, reason: str = "") -> RunStatus:
         """Cancel the run wherever it runs (its running nodes too); returns its status afterwards."""

@@ -29,7 +29,7 @@ from aethergraph.bus.leases import JetStreamLeases, OwnedRun
 from aethergraph.core.errors import GraphNotFoundError, StaleWriterError
 from aethergraph.core.events import RunClaimed, RunStarted
 from aethergraph.core.executor import claim_run, drive_run, load_journal
-from aethergraph.core.registry import must_get_graph
+from aethergraph.core.registry import must_get_graph, registered_graphs
 from aethergraph.core.resume import journal_state
 from aethergraph.core.spec import CallableSpec
 
@@ -53,6 +53,7 @@ class Worker:
         batch: int = 64,
         defer_delay_s: float = 2.0,
         retry: RetryPolicy | None = None,
+        takeover: bool = True,
     ) -> None:
         self._driver = driver
         self._commands = commands
@@ -64,9 +65,11 @@ class Worker:
             worker_id=self._leases.worker_id,
             graphs=graphs,
             before_claim=self._leases.own,
+            serving=self._leases.serving,
             max_event_bytes=commands.max_event_bytes,
             policy=retry or RetryPolicy(defer_delay_s=defer_delay_s),
         )
+        self._takeover = takeover
         self._stopping = asyncio.Event()
         self._handling: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()  # command deliveries being handled
@@ -81,13 +84,15 @@ class Worker:
 
     async def serve(self) -> None:
         """Take commands and dead processes' runs until :meth:`stop`; then let running runs finish."""
+        self._leases.serve_graphs(list(registered_graphs()))
         await self._leases.start()
-        stop_watching = await self._leases.watch_deaths(self._on_death)
+        stop_watching = await self._leases.watch_deaths(self._on_death) if self._takeover else None
         feed = await self._commands.resume_feed()
         try:
-            await self._adopt_orphans()
+            if self._takeover:
+                await self._adopt_orphans()
             self.ready.set()
-            log.info("worker %s ready", self.worker_id)
+            log.info("%s %s ready", "worker" if self._takeover else "resume intake of", self.worker_id)
             while not self._stopping.is_set():
                 # At most ``batch`` commands in hand: a flood of commands waits on the stream, not in memory.
                 room = self._batch - len(self._in_flight)
@@ -105,11 +110,13 @@ class Worker:
                         self._in_flight.add(task)
                         task.add_done_callback(self._in_flight.discard)
         finally:
-            await stop_watching()
+            if stop_watching is not None:
+                await stop_watching()
             await feed.close()
             if self._handling:
                 await asyncio.gather(*self._handling, return_exceptions=True)
-            await self._driver.drain()
+            if self._takeover:  # a worker process lets its runs end; a resume intake leaves them running
+                await self._driver.drain()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
