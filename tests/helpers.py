@@ -79,11 +79,24 @@ class NatsServer:
                 self.process.wait(timeout=10)
 
 
-def start_nats_server(directory: Path, *, jetstream: bool = True, port: int = -1) -> NatsServer:
-    """Start a nats-server on 127.0.0.1 (a random port unless ``port`` is given) and wait until it accepts clients."""
+def start_nats_server(
+    directory: Path, *, jetstream: bool = True, port: int = -1, sync_interval: str | None = None
+) -> NatsServer:
+    """Start a nats-server on 127.0.0.1 (a random port unless ``port`` is given) and wait until it accepts clients.
+
+    Pass a stopped server's port and directory to restart it on the same
+    address and store. ``sync_interval`` (``"1s"``, ``"always"``) sets
+    JetStream's fsync policy through a config file, as the embedded server
+    does; by default the server's own (``2m``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "--ports_file_dir", str(directory)]
-    if jetstream:
+    if jetstream and sync_interval is not None:
+        config = directory / "server.conf"
+        store = json.dumps(str(directory / "jetstream"))
+        config.write_text(f"jetstream {{\n  store_dir: {store}\n  sync_interval: {sync_interval}\n}}\n")
+        args += ["-c", str(config)]
+    elif jetstream:
         args += ["-js", "-sd", str(directory / "jetstream")]
     with open(directory / "server.log", "ab") as log:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
