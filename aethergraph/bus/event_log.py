@@ -27,7 +27,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError
-from aethergraph.core.events import AnyEvent
+from aethergraph.core.events import AnyEvent, RunStarted
 
 from .ack_router import AckRouter, PublishedAck
 from .direct_get import DirectGetter, header_value
@@ -218,6 +218,16 @@ class JetStreamEventLog:
             if left <= 0:
                 return
             batch, left = await get(batch[-1].stream_seq + 1, min(left, READ_BATCH))
+
+    async def first_start(self, run_id: str) -> RunStarted | None:
+        """The ``run.started`` that opens ``run_id``'s journal (None: the run does not exist)."""
+        request = {"seq": 1, "next_by_subj": event_subject(run_id, "run.started"), "batch": 4}
+        for reply in await self._direct.get(request, f"the start of run {run_id}"):
+            stream_seq = int(header_value(reply.headers, b"Nats-Sequence") or 0)
+            event = _decode_for(run_id, reply.data, stream_seq)
+            if isinstance(event, RunStarted) and event.seq == 1 and event.epoch == 1:
+                return event
+        return None
 
     async def started_runs(self, run_ids: list[str]) -> set[str]:
         """Which of ``run_ids`` have a ``run.started`` on the stream (one batched direct get)."""

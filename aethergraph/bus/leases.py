@@ -80,7 +80,8 @@ class JetStreamLeases:
         self._js = js
         self.worker_id = worker_id
         # Per-message TTLs are whole seconds.
-        self._ttl = f"{max(1, math.ceil(lease_s))}s"
+        self._lease_s = max(1, math.ceil(lease_s))
+        self._ttl = f"{self._lease_s}s"
         self._interval = max(0.05, lease_s / 4)
         self._heartbeat: asyncio.Task[None] | None = None
         self._handed_over = False
@@ -210,17 +211,43 @@ class JetStreamLeases:
         return owned
 
     async def watch_deaths(self, on_death: Callable[[str], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        """Call ``on_death(worker_id)`` whenever a heartbeat expires; returns a function that stops watching."""
+        """Call ``on_death(worker_id)`` whenever a heartbeat expires; returns a function that stops watching.
+
+        A message on a heartbeat subject that is no heartbeat (no TTL: a stray
+        publish) replaces the process's last heartbeat and never expires, so
+        no marker would announce that process's death: unless a heartbeat
+        follows within two lease periods, the process is taken for dead.
+        """
+        loop = asyncio.get_running_loop()
+        suspects: dict[str, asyncio.TimerHandle] = {}
+        dying: set[asyncio.Future[None]] = set()
+
+        def presumed_dead(worker_id: str) -> None:
+            suspects.pop(worker_id, None)
+            task: asyncio.Future[None] = asyncio.ensure_future(on_death(worker_id))
+            dying.add(task)
+            task.add_done_callback(dying.discard)
 
         async def deliver(msg: Msg) -> None:
-            if msg.headers and (msg.headers.get(_MARKER) or msg.headers.get(_STOPPED)):
-                await on_death(worker_of_lease(msg.subject))
+            worker_id = worker_of_lease(msg.subject)
+            headers = msg.headers or {}
+            if headers.get(_MARKER) or headers.get(_STOPPED):
+                await on_death(worker_id)
+            elif "Nats-TTL" in headers:
+                timer = suspects.pop(worker_id, None)
+                if timer is not None:
+                    timer.cancel()
+            elif worker_id not in suspects:
+                suspects[worker_id] = loop.call_later(2 * self._lease_s, presumed_dead, worker_id)
 
         sub = await self._js.subscribe(
             WORKER_LEASES, cb=deliver, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
         )
 
         async def stop() -> None:
+            for timer in suspects.values():
+                timer.cancel()
+            suspects.clear()
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 

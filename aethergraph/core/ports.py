@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .events import AnyEvent, Event
+from .events import AnyEvent, Event, RunStarted
 
 if TYPE_CHECKING:
     import asyncio
@@ -81,6 +81,10 @@ class EventLog(Protocol):
 
     def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredEvent]:
         """A run's events in journal order; with ``follow`` keep waiting for more."""
+        ...
+
+    async def first_start(self, run_id: str) -> RunStarted | None:
+        """The ``run.started`` that opens ``run_id``'s journal (None: the run does not exist)."""
         ...
 
     async def started_runs(self, run_ids: list[str]) -> set[str]:

@@ -64,6 +64,8 @@ from aethergraph.core.static_run import node_run_id
 
 __all__ = ["NodeExecutor"]
 
+_PLAN_CACHE = 10_000  # runs whose plan a process remembers
+
 log = logging.getLogger("aethergraph.nodes")
 
 NodeWork = NodeReady | LocalNode
@@ -103,6 +105,7 @@ class NodeExecutor:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._deferred: set[str] = set()
         self._local_sinks = local_sinks if local_sinks is not None else {}
+        self._plans: dict[str, dict[str, str]] = {}  # run id -> node id -> tool, of the runs seen here
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
         # The consumer is shared: heartbeat at a third of ITS ack wait (the last process to connect set it).
@@ -201,6 +204,9 @@ class NodeExecutor:
                 log.warning("node %s of run %s left for another worker: %s", event.node_id, event.run_id, exc)
             queue.nak(item, self._defer_delay_s)
             return
+        if not await self._dispatched_by_its_run(event):
+            queue.ack(item)  # not a dispatch of any run's scheduler: nothing to execute
+            return
         if item.deliveries > 1 and await self._already_decided(event):
             queue.ack(item)  # its outcome was journaled before the acknowledgement was lost: do not run it again
             return
@@ -212,6 +218,37 @@ class NodeExecutor:
             queue.ack(item)
         else:
             queue.nak(item, self._defer_delay_s)
+
+    async def _dispatched_by_its_run(self, event: NodeReady) -> bool:
+        """Whether a work item can be its run's own dispatch: the run exists and its graph has that node.
+
+        A ``node.ready`` that anyone published on a run's subject reaches the
+        work queue; this keeps a stray one (an unknown run, a node the graph
+        does not have) from executing. Each run's start is read once.
+        """
+        plan = self._plans.get(event.run_id)
+        if plan is None:
+            started = await self._env.event_log.first_start(event.run_id)
+            if started is None:
+                log.warning("dropped node.ready %s of run %s: no such run", event.node_id, event.run_id)
+                return False
+            try:
+                nodes = self._graphs(started.graph_id).task_graph().nodes
+                plan = {node_id: node.tool for node_id, node in nodes.items()}
+            except (GraphNotFoundError, TypeError, ValueError):
+                plan = {}  # the graph is not loaded here: its nodes cannot be checked
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()
+            self._plans[event.run_id] = plan
+        if plan and plan.get(event.node_id or "") != event.tool:
+            log.warning(
+                "dropped node.ready %s (tool %s) of run %s: its graph has no such node",
+                event.node_id,
+                event.tool,
+                event.run_id,
+            )
+            return False
+        return True
 
     async def _execute_local(self, spec: CallableSpec, node: LocalNode, sink: LocalReportSink) -> None:
         report = await self._attempt(spec, node)
