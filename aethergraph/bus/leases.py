@@ -45,6 +45,7 @@ __all__ = ["JetStreamLeases", "OwnedRun"]
 _MARKER = "Nats-Marker-Reason"
 _RELEASED = "AG-Released"
 _STOPPED = "AG-Stopped"
+_TTL = "Nats-TTL"
 _TOMBSTONE_TTL = "60s"
 
 
@@ -61,6 +62,12 @@ class _Heartbeat(msgspec.Struct, kw_only=True):
 _encode = msgspec.json.encode
 _decode_owner = msgspec.json.Decoder(_OwnerRecord).decode
 _decode_heartbeat = msgspec.json.Decoder(_Heartbeat).decode
+
+
+def _beating(msg: Msg) -> bool:
+    """Whether ``msg``, the last on a heartbeat subject, is a live heartbeat (not a marker, a stop or a stray)."""
+    headers = msg.headers or {}
+    return _TTL in headers and _MARKER not in headers and _STOPPED not in headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,12 +182,13 @@ class JetStreamLeases:
                 await sub.unsubscribe()
 
     async def live_workers(self) -> set[str]:
-        """Processes whose heartbeat has not expired."""
-        return {
-            worker_of_lease(msg.subject)
-            for msg in await self._last_per_subject(WORKER_LEASES)
-            if not (msg.headers and (_MARKER in msg.headers or _STOPPED in msg.headers))
-        }
+        """Processes whose heartbeat has not expired.
+
+        The last message on a process's heartbeat subject must be a heartbeat
+        (it carries a TTL): a stray message that replaced it never expires, and
+        would otherwise keep a dead process alive for good.
+        """
+        return {worker_of_lease(msg.subject) for msg in await self._last_per_subject(WORKER_LEASES) if _beating(msg)}
 
     async def serving(self, graph_id: str) -> list[str]:
         """Live processes that take resume commands for runs of ``graph_id`` (workers, and processes awaiting runs)."""
