@@ -71,37 +71,63 @@ class JetStreamLeases:
         self._ttl = f"{max(1, math.ceil(lease_s))}s"
         self._interval = max(0.05, lease_s / 4)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._first_beat: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Publish the first heartbeat (stored before this returns) and keep publishing.
 
         Processes that only read or publish commands never heartbeat: the
-        heartbeat starts with the first run this process drives.
+        heartbeat starts with the first run this process drives. However many
+        runs start at once, the process has one heartbeat task: the first
+        caller creates it before anything is awaited, and every caller waits
+        for the first heartbeat to be stored.
         """
-        if self._heartbeat is not None:
-            return
-        await self._js.publish(worker_lease_subject(self.worker_id), b"", headers={"Nats-TTL": self._ttl})
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"aethergraph-heartbeat-{self.worker_id}")
+        if self._heartbeat is None:
+            self._first_beat = asyncio.get_running_loop().create_future()
+            self._heartbeat = asyncio.create_task(self._beat(), name=f"aethergraph-heartbeat-{self.worker_id}")
+        assert self._first_beat is not None
+        await asyncio.shield(self._first_beat)
 
     async def _beat(self) -> None:
         subject = worker_lease_subject(self.worker_id)
         headers = {"Nats-TTL": self._ttl}
+        first = self._first_beat
+        try:
+            await self._js.publish(subject, b"", headers=headers)
+        except BaseException as exc:
+            if first is not None and not first.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    first.cancel()
+                else:
+                    first.set_exception(exc)
+            if self._heartbeat is asyncio.current_task():
+                self._heartbeat = None  # the next run to start tries again
+            raise
+        if first is not None and not first.done():
+            first.set_result(None)
         while True:
             await asyncio.sleep(self._interval)
             with contextlib.suppress(nats.errors.Error):
                 await self._nc.publish(subject, b"", headers=headers)
 
+    @property
+    def heartbeating(self) -> bool:
+        """Whether this process's heartbeat task runs."""
+        return self._heartbeat is not None and not self._heartbeat.done()
+
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat
+        first, self._first_beat = self._first_beat, None
+        if first is not None and not first.done():
+            first.cancel()
 
     async def own(self, run_id: str, graph_id: str) -> None:
         """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
-        if self._heartbeat is None:
-            await self.start()
+        await self.start()
         await self._js.publish(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
 
     async def release(self, run_id: str, *, worker_id: str | None = None) -> None:
