@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +23,12 @@ from helpers import eventually
 
 import aethergraph as ag
 from aethergraph import graphify, tool
+from aethergraph.bus.embedded import ensure_embedded_server
 from aethergraph.bus.topology import COMMANDS_STREAM, EVENTS_STREAM, report_subject
 from aethergraph.core.errors import RunFailedError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.node_report import NodeReport
+from aethergraph.core.settings import Settings
 from aethergraph.engine.runs import RunHandle
 from aethergraph.runtime import Runtime
 
@@ -162,3 +166,35 @@ async def test_a_static_run_whose_scheduler_cannot_follow_its_reports_fails(
     assert await handle.status() == "failed"
     state = await handle.state()
     assert state.ended is not None and "cannot follow reports" in getattr(state.ended, "message", "")
+
+
+async def test_followers_and_schedulers_ride_out_a_server_restart(tmp_path: Path, stop_servers: list[Path]) -> None:
+    """kill -9 of nats-server while runs wait on their gate and other connections follow them: after
+    the restart every follower reads what it missed (stored events, not republished to it while it
+    was away) and every run completes."""
+    workspace = tmp_path / "ws"
+    stop_servers.append(workspace)
+    server = ensure_embedded_server(workspace)
+    settings = Settings(nats_url=None, workspace=workspace)
+    driver, follower = await Runtime.open(settings), await Runtime.open(settings)
+    tok = os.urandom(6).hex()
+    try:
+        run_ids = [new_run_id() for _ in range(20)]
+        owned = [
+            driver.driver.start(scale_three.__aethergraph_spec__, {"tok": tok, "n": i}, r)
+            for i, r in enumerate(run_ids)
+        ]
+        followers = [asyncio.ensure_future(RunHandle(r, follower).result()) for r in run_ids]
+        await eventually(lambda: _ready(len(follower.event_log._followers) >= len(run_ids)), "every follower following")
+        os.kill(server.pid, signal.SIGKILL)
+        os.waitpid(server.pid, 0)  # noqa: ASYNC222 - started from this process: reap it
+        restarted = ensure_embedded_server(workspace)
+        assert restarted.url == server.url
+        GATES[tok].set()
+        outputs = await asyncio.wait_for(asyncio.gather(*followers), 120)
+        assert [o["z"] for o in outputs] == [3 * i for i in range(len(run_ids))]
+        assert [await task for task in owned] == outputs
+    finally:
+        GATES.pop(tok, None)
+        await follower.close()
+        await driver.close()
