@@ -121,6 +121,7 @@ class Runtime:
             node_reports=JetStreamNodeReports(bus.nc, bus.js, event_log),
             service_backends=open_service_backends(bus.js, settings),
         )
+        bus.events.on_disconnect(runtime.node_reports.connection_lost)
         runtime._cancel_sub = await bus.nc.subscribe(ALL_CANCELS, cb=runtime._on_cancel)
         try:
             await start_services()  # registered context services' start() hooks
@@ -285,6 +286,7 @@ class Runtime:
                 await self._cancel_sub.unsubscribe()
         await close_services()  # context services' close() hooks
         await self.leases.close()
+        await self.node_reports.close()
         await self.event_log.close()
         await self.bus.close()
 

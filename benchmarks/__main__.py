@@ -22,6 +22,7 @@ from types import ModuleType
 from rich.console import Console
 
 from . import (
+    bench_burst,
     bench_codec,
     bench_cold_start,
     bench_outage,
@@ -70,6 +71,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_static,
         bench_services,
         bench_outage,
+        bench_burst,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

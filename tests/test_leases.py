@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -44,3 +45,30 @@ async def test_an_ownership_record_removed_after_it_was_counted_does_not_stall_t
 
     assert purged == [vanishing_subject]
     assert [(run.run_id, run.graph_id) for run in owned] == [(kept_run, "kept")]
+
+
+def _heartbeat_tasks(worker_id: str) -> list[asyncio.Task[Any]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name() == f"aethergraph-heartbeat-{worker_id}" and not task.done()
+    ]
+
+
+async def test_a_thousand_runs_starting_at_once_share_one_heartbeat(runtime: Runtime) -> None:
+    """1,000 concurrent ``own()`` calls (each run's start) leave one heartbeat task, which ``close()`` stops.
+
+    ``start()`` used to check for the task, await the first heartbeat's publish, then create the
+    task: every caller that arrived during that await created one more.
+    """
+    worker_id = f"crowd-{new_run_id()}"
+    leases = JetStreamLeases(runtime.bus.nc, runtime.bus.js, worker_id, lease_s=1.0)
+    try:
+        await asyncio.gather(*(leases.own(new_run_id(), "crowd") for _ in range(1000)))
+        assert len(_heartbeat_tasks(worker_id)) == 1
+        assert leases.heartbeating
+        assert worker_id in await leases.live_workers()
+    finally:
+        await leases.close()
+    assert _heartbeat_tasks(worker_id) == []
+    assert not leases.heartbeating

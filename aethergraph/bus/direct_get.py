@@ -1,4 +1,4 @@
-"""``DirectGetter``: batched direct gets of ``AG_EVENTS`` through one long-lived reply inbox.
+"""``DirectGetter``: batched direct gets of a stream through one long-lived reply inbox.
 
 A short read (a run's journal when a resume arrives, which runs have
 started) is one request and one batch of replies. Opening and closing a
@@ -10,6 +10,7 @@ takes every reply as raw bytes and hands each request's batch back whole.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,7 +21,11 @@ from aethergraph.core.errors import BusUnavailableError, EventRejectedError
 from .dispatch import RawReplyInbox, publish_now, server_address, status_of
 from .topology import EVENTS_STREAM
 
-__all__ = ["DirectGetter", "DirectReply", "header_value"]
+__all__ = ["DirectGetter", "DirectReply", "StoredMessage", "header_value", "stored_messages"]
+
+# The most messages, and about the most bytes, one direct get of a subject filter asks for.
+READ_BATCH = 4096
+READ_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +54,24 @@ class _Pending:
     timer: asyncio.TimerHandle | None = None
 
 
-class DirectGetter:
-    """Direct gets of ``AG_EVENTS``; see the module docstring."""
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A stored message read back by :func:`stored_messages`."""
 
-    def __init__(self, nc: Client, timeout_s: float) -> None:
+    stream_seq: int
+    subject: str
+    data: bytes
+
+
+class DirectGetter:
+    """Direct gets of one stream (``AG_EVENTS`` unless told); see the module docstring."""
+
+    def __init__(self, nc: Client, timeout_s: float, *, stream: str = EVENTS_STREAM) -> None:
         self._nc = nc
         self._timeout_s = timeout_s
         self._inbox = RawReplyInbox(nc)
         self._pending: dict[bytes, _Pending] = {}
-        self._subject = f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"
+        self._subject = f"$JS.API.DIRECT.GET.{stream}"
 
     async def start(self) -> None:
         await self._inbox.start(self._on_reply)
@@ -128,3 +142,40 @@ class DirectGetter:
             entry.timer.cancel()
         if not entry.done.done():
             entry.done.set_exception(exc)
+
+
+async def stored_messages(getter: DirectGetter, subject_filter: str, what: str) -> AsyncIterator[list[StoredMessage]]:
+    """Every message stored on ``subject_filter``, in stream order, in exactly sized direct gets.
+
+    The first get asks for one message, to learn from its pending count how
+    many the filter has. The second asks again from the stream's start for
+    that many: nats-server finds a filter's first message from its subject
+    index, but from a start inside the stream it walks the stream to the
+    next match, so starting over is the cheaper request. Later gets (more
+    than ``READ_BATCH`` messages) go on from the last message read. A batch
+    asked for more than is left would make the server search the rest of
+    the stream, every run's messages, for a match that is not there.
+    """
+
+    async def get(start: int, want: int) -> tuple[list[StoredMessage], int]:
+        request = {"seq": start, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
+        replies = await getter.get(request, what)
+        messages = [
+            StoredMessage(
+                stream_seq=int(header_value(reply.headers, b"Nats-Sequence") or 0),
+                subject=(header_value(reply.headers, b"Nats-Subject") or b"").decode(errors="replace"),
+                data=reply.data,
+            )
+            for reply in replies
+        ]
+        left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0) if replies else 0
+        return messages, left
+
+    batch, left = await get(1, 1)
+    if left > 0:
+        batch, left = await get(1, min(left + 1, READ_BATCH))
+    while batch:
+        yield batch
+        if left <= 0:
+            return
+        batch, left = await get(batch[-1].stream_seq + 1, min(left, READ_BATCH))

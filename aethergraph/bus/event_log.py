@@ -7,6 +7,30 @@ stored events in stream order; a message on a run's subjects that does not
 decode as an event of that run is skipped (logged once), so stray messages
 never stop a reader. Which stored events form the journal is the readers'
 rule (:class:`aethergraph.core.replay.ChainBuilder`).
+
+Following a run (``read_run(follow=True)``: ``RunHandle.result()``,
+``wait_for_status``, ``aethergraph events --follow``) creates no JetStream
+consumer: a consumer per follower is a server resource per waiting caller,
+and nats-server refuses the 1,001st on a stream (``maximum consumers limit
+reached``), so a thousand concurrent ``result()`` calls would fail. Instead
+``AG_EVENTS`` republishes each event it *stores* on
+``ag.live.evt.<run_id>.<type>`` (core NATS, with the stream sequence in a
+``Nats-Sequence`` header), and a follower is a plain subscription there
+(an entry in the server's subject table, nothing more) plus direct gets:
+
+* the subscription is sent before the stored events are read, so an event
+  stored before the read is in the read and one stored after it is
+  republished to the follower (the server republishes after storing); what
+  is both is dropped by its stream sequence;
+* a message the stream refused (a fenced-out writer's, a duplicate) is never
+  republished, unlike a plain subscription to ``ag.evt.<run_id>.>``, which
+  sees every publish whether stored or not and without its stream sequence;
+* core NATS loses messages only with the connection (a slow consumer is
+  disconnected too): after a reconnect the follower reads the stored
+  events again before anything delivered since.
+
+The cost is one extra server-internal publish per stored event, to a subject
+that usually has no subscriber (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,25 +45,19 @@ from dataclasses import dataclass
 import msgspec
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError
 from aethergraph.core.events import AnyEvent, RunStarted
 
 from .ack_router import AckRouter, PublishedAck
-from .direct_get import DirectGetter, header_value
-from .dispatch import delivery_position, retrieve_exception, server_address
+from .direct_get import READ_BATCH, DirectGetter, header_value, stored_messages
+from .dispatch import dispatch_raw, release_raw, retrieve_exception, server_address
 from .run_writer import JetStreamRunWriter
-from .topology import event_subject, run_events_filter
+from .topology import event_subject, live_events_filter, run_events_filter
 
-# The most events, and about the most bytes, one direct get of a run's journal asks for.
-READ_BATCH = 4096
-READ_MAX_BYTES = 8 * 1024 * 1024
-
-__all__ = ["JetStreamEventLog", "RawStored", "StoredRecord"]
+__all__ = ["READ_BATCH", "JetStreamEventLog", "RawStored", "StoredRecord"]
 
 log = logging.getLogger("aethergraph.bus")
 
@@ -103,6 +121,7 @@ class JetStreamEventLog:
         self.closed = False
         self._router = AckRouter(nc, ack_timeout_s)
         self._direct = DirectGetter(nc, ack_timeout_s)
+        self._followers: set[_Follower] = set()
         self._loop = asyncio.get_running_loop()
 
     async def start(self) -> None:
@@ -118,6 +137,8 @@ class JetStreamEventLog:
         """The connection dropped: publishes and reads in flight fail now rather than at their timeouts."""
         self._router.connection_lost()
         self._direct.connection_lost()
+        for follower in self._followers:
+            follower.connection_lost()
 
     async def wait_connected(self, deadline: float) -> None:
         """Return once the client is connected; :class:`BusUnavailableError` at ``deadline`` (loop time)."""
@@ -160,64 +181,34 @@ class JetStreamEventLog:
 
         The stored events are read by batched direct gets of exactly the
         number of events the server says are left (no consumer is created).
-        A batch asked for more than is left would make the server search the
-        rest of the stream for a match that is not there: that search costs
-        the server time in proportion to the whole stream, every run's events,
-        not this run's. A followed run then continues through an ordered
-        consumer that starts after the last stored event; each delivery's
-        stream sequence is read from its acknowledgement subject rather than
-        by building nats-py's metadata objects.
+        A followed run goes on with the events the server republishes on
+        ``ag.live.evt.<run_id>.>`` once stored (see the module docstring):
+        no JetStream consumer either.
         """
-        last = 0
-        async for batch in self._stored_batches(run_id):
-            for raw in batch:
-                if raw.event is not None:
-                    yield StoredRecord(event=raw.event, stream_seq=raw.stream_seq)
-            last = batch[-1].stream_seq
-        if follow:
-            async for record in self._follow(run_id, start_seq=last + 1):
-                yield record
+        if not follow:
+            async for batch in self._stored_batches(run_id):
+                for raw in batch:
+                    if raw.event is not None:
+                        yield StoredRecord(event=raw.event, stream_seq=raw.stream_seq)
+            return
+        async for record in self._follow(run_id):
+            yield record
 
     async def read_stored(self, run_id: str) -> list[RawStored]:
         """Every message stored on ``run_id``'s subjects, events or not, in stream order."""
         return [raw async for batch in self._stored_batches(run_id) for raw in batch]
 
     async def _stored_batches(self, run_id: str) -> AsyncIterator[list[RawStored]]:
-        """The run's stored messages in exactly sized direct gets.
-
-        The first get asks for one message, to learn from its pending count how
-        many the run has. The second asks again from the stream's start for
-        that many: nats-server finds a filter's first message from its subject
-        index, but from a start inside the stream it walks the stream to the
-        next match, so starting over is the cheaper request. Later gets (a
-        journal longer than ``READ_BATCH``) go on from the last message read.
-        """
-        subject_filter = run_events_filter(run_id)
-
-        async def get(start: int, want: int) -> tuple[list[RawStored], int]:
-            request = {"seq": start, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
-            replies = await self._direct.get(request, f"run {run_id}")
-            records = []
-            for reply in replies:
-                stream_seq = int(header_value(reply.headers, b"Nats-Sequence") or 0)
-                records.append(
-                    RawStored(
-                        stream_seq=stream_seq,
-                        subject=(header_value(reply.headers, b"Nats-Subject") or b"").decode(errors="replace"),
-                        event=_decode_for(run_id, reply.data, stream_seq),
-                    )
+        """The run's stored messages in exactly sized direct gets (:func:`~.direct_get.stored_messages`)."""
+        async for batch in stored_messages(self._direct, run_events_filter(run_id), f"run {run_id}"):
+            yield [
+                RawStored(
+                    stream_seq=message.stream_seq,
+                    subject=message.subject,
+                    event=_decode_for(run_id, message.data, message.stream_seq),
                 )
-            left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0) if replies else 0
-            return records, left
-
-        batch, left = await get(1, 1)
-        if left > 0:
-            batch, left = await get(1, min(left + 1, READ_BATCH))
-        while batch:
-            yield batch
-            if left <= 0:
-                return
-            batch, left = await get(batch[-1].stream_seq + 1, min(left, READ_BATCH))
+                for message in batch
+            ]
 
     async def first_start(self, run_id: str) -> RunStarted | None:
         """The ``run.started`` that opens ``run_id``'s journal (None: the run does not exist)."""
@@ -237,34 +228,70 @@ class JetStreamEventLog:
         replies = await self._direct.get({"multi_last": subjects, "batch": len(subjects)}, "run starts")
         return {(header_value(reply.headers, b"Nats-Subject") or b"").decode().split(".")[2] for reply in replies}
 
-    async def _follow(self, run_id: str, *, start_seq: int) -> AsyncIterator[StoredRecord]:
-        """The run's events from stream sequence ``start_seq`` on, as they are stored, until the reader stops."""
-        buffer: collections.deque[tuple[bytes, int]] = collections.deque()
-        wake = asyncio.Event()
+    async def _follow(self, run_id: str) -> AsyncIterator[StoredRecord]:
+        """The run's stored events, then each one as it is stored, until the reader stops.
 
-        async def deliver(msg: Msg) -> None:
-            stream_seq, _pending = delivery_position(msg)
-            buffer.append((msg.data, stream_seq))
-            wake.set()
-
-        # The server drops the consumer soon after this reader unsubscribes.
-        sub = await self._js.subscribe(
-            run_events_filter(run_id),
-            cb=deliver,
-            ordered_consumer=True,
-            inactive_threshold=1.0,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq),
-        )
+        The live subscription exists before the stored events are read, so
+        every event is in the read, on the subscription, or both (dropped
+        again by its stream sequence). After a lost connection the stored
+        events are read again before anything delivered since.
+        """
+        follower = _Follower()
+        sub = await self._nc.subscribe(live_events_filter(run_id))
+        dispatch_raw(self._nc, sub, follower.on_message)
+        self._followers.add(follower)
+        last = 0
         try:
             while True:
-                while not buffer:
-                    wake.clear()
-                    await wake.wait()
-                data, stream_seq = buffer.popleft()
-                event = _decode_for(run_id, data, stream_seq)
-                if event is not None:
-                    yield StoredRecord(event=event, stream_seq=stream_seq)
+                if follower.resync:
+                    follower.resync = False
+                    await self.wait_connected(self._loop.time() + self.outage_s)
+                    try:
+                        async for batch in self._stored_batches(run_id):
+                            for raw in batch:
+                                if raw.stream_seq > last:
+                                    last = raw.stream_seq
+                                    if raw.event is not None:
+                                        yield StoredRecord(event=raw.event, stream_seq=raw.stream_seq)
+                    except BusUnavailableError:
+                        if not follower.resync:
+                            raise
+                    continue
+                if not follower.buffer:
+                    follower.wake.clear()
+                    await follower.wake.wait()
+                    continue
+                data, stream_seq = follower.buffer.popleft()
+                if stream_seq > last:
+                    last = stream_seq
+                    event = _decode_for(run_id, data, stream_seq)
+                    if event is not None:
+                        yield StoredRecord(event=event, stream_seq=stream_seq)
         finally:
+            self._followers.discard(follower)
+            release_raw(self._nc, sub)
             # The connection may already be draining or closed when a reader stops early.
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+
+class _Follower:
+    """One ``read_run(follow=True)``: the events republished to it, and whether to read the stored ones again."""
+
+    __slots__ = ("buffer", "resync", "wake")
+
+    def __init__(self) -> None:
+        self.buffer: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.wake = asyncio.Event()
+        self.resync = True  # the stored events are read first
+
+    def on_message(self, _subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+        stream_seq = int(header_value(headers or b"", b"Nats-Sequence") or 0)
+        if stream_seq:
+            self.buffer.append((data, stream_seq))
+            self.wake.set()
+
+    def connection_lost(self) -> None:
+        """What was republished while disconnected is gone: read the stored events again first."""
+        self.resync = True
+        self.wake.set()

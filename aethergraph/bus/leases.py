@@ -93,6 +93,7 @@ class JetStreamLeases:
         self._heartbeat: asyncio.Task[None] | None = None
         self._handed_over = False
         self._body = b""
+        self._first_beat: asyncio.Future[None] | None = None
 
     def serve_graphs(self, graphs: list[str]) -> None:
         """Say in every heartbeat from now on that this process takes resume commands for ``graphs``."""
@@ -102,27 +103,53 @@ class JetStreamLeases:
         """Publish the first heartbeat (stored before this returns) and keep publishing.
 
         Processes that only read or publish commands never heartbeat: the
-        heartbeat starts with the first run this process drives.
+        heartbeat starts with the first run this process drives. However many
+        runs start at once, the process has one heartbeat task: the first
+        caller creates it before anything is awaited, and every caller waits
+        for the first heartbeat to be stored.
         """
-        if self._heartbeat is not None:
-            return
-        await self._js.publish(worker_lease_subject(self.worker_id), self._body, headers={"Nats-TTL": self._ttl})
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"aethergraph-heartbeat-{self.worker_id}")
+        if self._heartbeat is None:
+            self._first_beat = asyncio.get_running_loop().create_future()
+            self._heartbeat = asyncio.create_task(self._beat(), name=f"aethergraph-heartbeat-{self.worker_id}")
+        assert self._first_beat is not None
+        await asyncio.shield(self._first_beat)
 
     async def _beat(self) -> None:
         subject = worker_lease_subject(self.worker_id)
         headers = {"Nats-TTL": self._ttl}
+        first = self._first_beat
+        try:
+            await self._js.publish(subject, self._body, headers=headers)
+        except BaseException as exc:
+            if first is not None and not first.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    first.cancel()
+                else:
+                    first.set_exception(exc)
+            if self._heartbeat is asyncio.current_task():
+                self._heartbeat = None  # the next run to start tries again
+            raise
+        if first is not None and not first.done():
+            first.set_result(None)
         while True:
             await asyncio.sleep(self._interval)
             with contextlib.suppress(nats.errors.Error):
                 await self._nc.publish(subject, self._body, headers=headers)
 
+    @property
+    def heartbeating(self) -> bool:
+        """Whether this process's heartbeat task runs."""
+        return self._heartbeat is not None and not self._heartbeat.done()
+
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat
+        first, self._first_beat = self._first_beat, None
+        if first is not None and not first.done():
+            first.cancel()
 
     def hand_over(self) -> None:
         """This process stops driving its runs (it is shutting down): workers take them over at once.
@@ -140,8 +167,7 @@ class JetStreamLeases:
 
     async def own(self, run_id: str, graph_id: str) -> None:
         """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
-        if self._heartbeat is None:
-            await self.start()
+        await self.start()
         await self._js.publish(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
 
     async def release(self, run_id: str, *, worker_id: str | None = None) -> None:

@@ -13,6 +13,11 @@ Public subject contract (documented in docs/events.md):
   JetStream message schedule that publishes the expiry to the resume subject.
 * ``ag.cmd.report.<run_id>`` carries workers' reports on the nodes of a
   static run (one per node attempt; the run's scheduler journals them).
+* ``ag.live.evt.<run_id>.<event type>`` and ``ag.live.report.<run_id>``: the
+  server republishes every event and node report it *stored* there (core
+  NATS, not stored again), with its stream sequence in the ``Nats-Sequence``
+  header. Followers subscribe to these instead of creating a JetStream
+  consumer each; a message the stream refused is never republished.
 * ``ag.cmd.cancel.<run_id>`` carries cancellation requests (every process
   listens and stops what it runs of that run).
 * ``ag.evt.*.node.ready`` events are the work queue of static graphs: workers
@@ -34,6 +39,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -49,6 +55,7 @@ __all__ = [
     "ALL_COMMANDS",
     "ALL_EVENTS",
     "ALL_LEASES",
+    "LIVE_REPORTS",
     "COMMANDS_STREAM",
     "EVENTS_STREAM",
     "LEASES_STREAM",
@@ -67,6 +74,8 @@ __all__ = [
     "projector_query_subject",
     "report_subject",
     "resume_subject",
+    "live_events_filter",
+    "live_report_prefix",
     "run_events_filter",
     "run_id_of_command",
     "run_id_of_subject",
@@ -96,6 +105,9 @@ _RESUME_PREFIX: Final = "ag.cmd.resume."
 _OUTCOME_PREFIX: Final = "ag.cmd.outcome."
 _SCHEDULE_PREFIX: Final = "ag.cmd.schedule."
 _REPORT_PREFIX: Final = "ag.cmd.report."
+_LIVE_EVENTS_PREFIX: Final = "ag.live.evt."
+_LIVE_REPORT_PREFIX: Final = "ag.live.report."
+LIVE_REPORTS: Final = _LIVE_REPORT_PREFIX + ">"
 _CANCEL_PREFIX: Final = "ag.cmd.cancel."
 WORKER_LEASES: Final = "ag.lease.worker.>"
 _WORKER_LEASE_PREFIX: Final = "ag.lease.worker."
@@ -110,6 +122,16 @@ def event_subject(run_id: str, event_type: str) -> str:
 def run_events_filter(run_id: str) -> str:
     """The filter subject matching every event of one run."""
     return f"ag.evt.{check_run_id(run_id)}.>"
+
+
+def live_events_filter(run_id: str) -> str:
+    """The core-NATS subject filter on which the server republishes one run's stored events."""
+    return f"{_LIVE_EVENTS_PREFIX}{check_run_id(run_id)}.>"
+
+
+def live_report_prefix() -> str:
+    """``ag.live.report.``: a republished report's subject is this prefix and the run id."""
+    return _LIVE_REPORT_PREFIX
 
 
 def resume_subject(run_id: str) -> str:
@@ -212,6 +234,7 @@ class Topology:
             max_msg_size=self.max_event_bytes + 4096,
             allow_direct=True,
             num_replicas=self.replicas,
+            republish=RePublish(src=ALL_EVENTS, dest=_LIVE_EVENTS_PREFIX + ">"),
             description="AetherGraph run journals (ag.evt.<run_id>.<type>)",
         )
 
@@ -228,6 +251,8 @@ class Topology:
             max_msg_size=self.max_event_bytes + 4096,
             num_replicas=self.replicas,
             allow_msg_schedules=True,
+            allow_direct=True,
+            republish=RePublish(src=_REPORT_PREFIX + ">", dest=LIVE_REPORTS),
             description="AetherGraph commands (ag.cmd.resume.<run_id>) and wait deadlines",
         )
 

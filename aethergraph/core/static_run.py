@@ -24,12 +24,21 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .codec import normalise_value
-from .errors import EventTooLargeError, RunFailedError, RunSuspended, SerializationError, cancel_was_requested
+from .errors import (
+    BusUnavailableError,
+    EventTooLargeError,
+    RunFailedError,
+    RunSuspended,
+    SerializationError,
+    StaleWriterError,
+    cancel_was_requested,
+    error_type_name,
+)
 from .events import (
     Event,
     NodeCompleted,
@@ -158,7 +167,7 @@ class _StaticRun:
             elif state.status == "started":
                 self.orphans.append(node_id)
             elif state.status == "retrying":
-                self._arm_retry(node_id, state.attempt + 1, 0.0)
+                self._enqueue(node_id, state.attempt + 1)  # its backoff is over by now, or near enough
             elif state.status == "failed":
                 self.failed.append(node_id)
             elif state.status == "pending" and not self.remaining[node_id]:
@@ -445,47 +454,85 @@ async def drive_static_run(
     run = _StaticRun(spec, graph, inputs, scope)
     run.fold(history)
     env = scope.env
-    await env.ensure_node_executor()
-    stop = await env.follow_node_reports(
-        scope.run_id, run.on_report, from_start=len(history) > 1, local=run.on_local_report
-    )
+    stop: Callable[[], Awaitable[None]] | None = None
     try:
+        await env.ensure_node_executor()
+        stop = await env.follow_node_reports(
+            scope.run_id, run.on_report, from_start=len(history) > 1, local=run.on_local_report
+        )
         run.start()
-        while True:
-            if run.failed and not run.inflight:
-                return await _fail(run)
-            if run.finished():
-                outputs = run.run_outputs()
-                await scope.journal.commit(RunCompleted, parent=run.last_seq, outputs=outputs)
-                return outputs
-            if run.unchecked_waits and run.caught_up:
-                await _recheck_waits(run)
-                continue
-            waiting = run.stuck_on_waits()
-            if waiting and not run.failed:
-                await _suspend(run, waiting[0])
-            kind, item = await run.queue.get()
-            run.handle(kind, item)
-            while not run.queue.empty():
-                kind, item = run.queue.get_nowait()
-                run.handle(kind, item)
-            if scope.suspend_after_each_step and run.caught_up:
-                await scope.journal.flush()
-                raise RunSuspended(scope.run_id, "always-suspend test mode")
+        return await _schedule(run)
     except asyncio.CancelledError as exc:
         if cancel_was_requested(exc):  # else the process is stopping: the run is handed over, not ended
             with contextlib.suppress(Exception):  # cancellation wins over a refused journal write
                 await scope.journal.commit(RunCancelled, parent=run.last_seq or None, reason="cancelled")
         raise
+    except (RunFailedError, StaleWriterError, BusUnavailableError):
+        raise  # journaled already; another writer took the run; the run driver fails it when the bus is back
+    except Exception as exc:
+        await _fail_unexpectedly(run, exc)
+        raise
     finally:
         run.stopped = True
         for handle in run.retry_timers.values():
             handle.cancel()
-        await stop()
+        if stop is not None:
+            await stop()
         while not run.queue.empty():  # local reports this scheduler will not journal: their workers store them
             kind, item = run.queue.get_nowait()
             if kind == "local" and not item[1].done():
                 item[1].set_result(False)
+
+
+async def _schedule(run: _StaticRun) -> dict[str, Any]:
+    """React to reports (and retry timers) until the run ends or only waits."""
+    scope = run.scope
+    while True:
+        if run.failed and not run.inflight:
+            return await _fail(run)
+        if run.finished():
+            outputs = run.run_outputs()
+            await scope.journal.commit(RunCompleted, parent=run.last_seq, outputs=outputs)
+            return outputs
+        if run.unchecked_waits and run.caught_up:
+            await _recheck_waits(run)
+            continue
+        waiting = run.stuck_on_waits()
+        if waiting and not run.failed:
+            await _suspend(run, waiting[0])
+        kind, item = await run.queue.get()
+        run.handle(kind, item)
+        while not run.queue.empty():
+            kind, item = run.queue.get_nowait()
+            run.handle(kind, item)
+        if scope.suspend_after_each_step and run.caught_up:
+            await scope.journal.flush()
+            raise RunSuspended(scope.run_id, "always-suspend test mode")
+
+
+async def _fail_unexpectedly(run: _StaticRun, exc: Exception) -> None:
+    """The scheduler itself failed (following reports, an unexpected error): journal ``run.failed`` with it.
+
+    If even that is refused, the run is handed to the run driver as given up
+    (:class:`BusUnavailableError`): it keeps the ownership record and journals
+    the failure under a fenced claim once it can, so the run never stays
+    ``running`` with nobody driving it.
+    """
+    try:
+        await run.journal.commit(
+            RunFailed,
+            parent=run.last_seq or None,
+            error_type=error_type_name(exc),
+            message=f"the scheduler of static run {run.scope.run_id} failed: {exc}",
+            failed_node_id=None,
+        )
+    except StaleWriterError:
+        raise
+    except Exception as journal_error:  # noqa: BLE001 - the run must still end: the driver fails it later
+        raise BusUnavailableError(
+            f"static run {run.scope.run_id} failed ({error_type_name(exc)}: {exc}) and its failure could not be "
+            f"journaled ({journal_error}); it is failed as soon as the bus takes events again"
+        ) from exc
 
 
 def _settle_when_committed(recorded: asyncio.Future[bool], commit: asyncio.Future[int] | None) -> None:
