@@ -104,12 +104,14 @@ async def test_missing_subjects_and_features_are_added_without_asking(server: Na
     nc, js, _url, _embedded = await open_nats(settings, client_name="t")
     try:
         wanted = topology_for(settings).commands_stream()
-        await js.add_stream(wanted.evolve(subjects=["ag.other.>"], allow_msg_schedules=False))
+        await js.add_stream(wanted.evolve(subjects=["ag.other.>"], allow_msg_schedules=False, republish=None))
         bus = await connect_bus(settings, client_name="t2")
         await bus.close()
         config = (await js.stream_info(COMMANDS_STREAM)).config
         assert config.subjects == ["ag.other.>", "ag.cmd.>"]
         assert config.allow_msg_schedules
+        # A stream from before live delivery (republish) gains it: followers depend on it.
+        assert config.republish is not None and config.republish == wanted.republish
     finally:
         await nc.close()
 

@@ -103,7 +103,11 @@ def _additions(existing: StreamConfig, wanted: StreamConfig) -> StreamConfig | N
     """``existing`` with the missing subjects and features of ``wanted`` added, or None if nothing is missing."""
     have = list(existing.subjects or [])
     missing = [subject for subject in wanted.subjects or [] if subject not in have]
-    features = {name: True for name in _FEATURES if getattr(wanted, name) and not getattr(existing, name)}
+    features: dict[str, object] = {
+        name: True for name in _FEATURES if getattr(wanted, name) and not getattr(existing, name)
+    }
+    if wanted.republish is not None and existing.republish is None:
+        features["republish"] = wanted.republish  # live delivery of stored messages (followers depend on it)
     if not missing and not features:
         return None
     return existing.evolve(subjects=have + missing, **features)
