@@ -147,6 +147,17 @@ async def test_two_workers_started_together_take_each_queued_run_once(
     )
 
 
+async def test_a_submitted_static_run_is_run_by_a_worker(runtime: Runtime, hosts: process_hosts.Hosts) -> None:
+    handle = await aethergraph.submit(f"{GRAPHS}:sub_static", {"x": 3}, max_concurrency=1)
+    assert await handle.status() == "queued"
+    hosts.worker("w1")
+    assert await handle.result(timeout=SAFETY_S) == {"y": 12}
+    chain = await _journal(runtime, handle.run_id)
+    started = chain[0]
+    assert isinstance(started, ev.RunStarted) and started.queued and started.plan_digest
+    assert started.max_concurrency == 1
+
+
 async def test_a_queued_run_is_cancelled_at_once_and_taken_off_the_queue(runtime: Runtime, tmp_path: Path) -> None:
     handle = await aethergraph.submit(f"{GRAPHS}:sub_sum", {"x": 1, "label": "c", "log": str(tmp_path / "c.log")})
     assert await handle.status() == "queued"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from aethergraph import graph_fn, tool
+from aethergraph import graph_fn, graphify, tool
 
 
 @tool(name="sub_double", outputs=["y"])
@@ -23,3 +23,9 @@ async def sub_sum(x: int, label: str, log: str) -> dict:
     with Path(log).open("a") as f:  # noqa: ASYNC230 - a one-line test side effect
         f.write(f"{label} {os.getpid()}\n")
     return {"total": (await sub_double(x))["y"] + 1}
+
+
+@graphify(name="sub_static", inputs=["x"], outputs=["y"])
+def sub_static(x):  # type: ignore[no-untyped-def]
+    """A static graph: two doublings in a row."""
+    return {"y": sub_double(x=sub_double(x=x).y).y}
