@@ -36,6 +36,7 @@ from aethergraph.runtime import (
     serve_worker,
     start_run,
     start_server,
+    submit,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "serve_worker",
     "start_run",
     "start_server",
+    "submit",
     "tool",
 ]
 

@@ -34,8 +34,8 @@ from aethergraph.bus.service_backends import JetStreamServiceBackends, open_serv
 from aethergraph.bus.topology import ALL_CANCELS, run_id_of_command
 from aethergraph.core.environment import set_environment_provider
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
-from aethergraph.core.executor import claim_run, drive_run, load_journal
-from aethergraph.core.ids import check_run_id, new_run_id, new_worker_id, token
+from aethergraph.core.executor import claim_run, drive_run, load_journal, queue_run
+from aethergraph.core.ids import QUEUE_OWNER, check_run_id, new_run_id, new_worker_id, token
 from aethergraph.core.node_report import LocalNode
 from aethergraph.core.ports import LocalReportSink, ParentLink, ReportSink
 from aethergraph.core.registry import must_get_graph
@@ -67,6 +67,7 @@ __all__ = [
     "serve_worker",
     "start_run",
     "start_server",
+    "submit",
 ]
 
 
@@ -205,6 +206,10 @@ class Runtime:
             raise RunNotFoundError(f"run {run_id} does not exist on this bus", run_id=run_id)
         if state.ended is not None:
             return state.status
+        if state.status == "queued":  # nobody drives it: cancel it here, and take it off the queue
+            status = await force_cancel(self, run_id, reason)
+            await self.leases.release(run_id, worker_id=QUEUE_OWNER)
+            return status
         await self.commands.publish_cancel(run_id, reason)
         if state.status != "waiting":
             with contextlib.suppress(TimeoutError):
@@ -219,6 +224,15 @@ class Runtime:
 
     async def _on_cancel(self, msg: Msg) -> None:
         self._on_cancel_request(run_id_of_command(msg.subject))
+
+    async def submit_run(
+        self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str, max_concurrency: int | None = None
+    ) -> RunHandle:
+        """Journal a queued ``run.started``, then put the run on the run queue (in that order: a worker
+        that reads the queue record finds the run). Nothing drives it here."""
+        await queue_run(spec, inputs, run_id=run_id, env=self, max_concurrency=max_concurrency)
+        await self.leases.enqueue(run_id, spec.name)
+        return RunHandle(run_id, self, intake=self.resume_intake)
 
     async def retry_run(self, run_id: str) -> RunHandle:
         """Continue a failed (or cancelled) static run from its failed nodes; completed nodes keep their outputs."""
@@ -406,6 +420,29 @@ async def start_run(
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     task = await runtime.driver.start_durably(spec, bound, run_id, max_concurrency=max_concurrency)
     return RunHandle(run_id, runtime, task, intake=runtime.resume_intake)
+
+
+async def submit(
+    target: object,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+    max_concurrency: int | None = None,
+) -> RunHandle:
+    """Put a run of a graph_fn, static graph or tool on the run queue; a worker serving the graph runs it.
+
+    Returns once the run is journaled (``run.started``, queued) and on the
+    queue: the caller may exit at once. The run's status is ``queued`` until
+    a worker (``aethergraph worker MODULE``) that serves the graph claims it;
+    that worker runs it from the start. Raises
+    :class:`~aethergraph.errors.StaleWriterError` if ``run_id`` is taken.
+    """
+    spec = load_target(target)
+    bound = bind_run_inputs(spec, inputs)
+    if max_concurrency is not None and (spec.kind != "static" or max_concurrency < 1):
+        raise ValueError("max_concurrency applies to static graphs (@graphify) and must be >= 1")
+    runtime = await get_runtime()
+    return await runtime.submit_run(spec, bound, check_run_id(run_id) if run_id else new_run_id(), max_concurrency)
 
 
 async def cancel(run_id: str, reason: str = "") -> str:

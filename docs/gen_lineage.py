@@ -39,7 +39,7 @@ COLUMNS: dict[str, dict[str, str]] = {
     "runs": {
         "run_id": "primary key",
         "graph_id": "the graph_fn (or tool) the run executes",
-        "status": "`running`, `waiting`, `succeeded`, `failed` or `cancelled` (from the run's latest run event)",
+        "status": "`queued` (submitted, no worker has taken it yet), `running`, `waiting`, `succeeded`, `failed` or `cancelled` (from the run's latest run event)",
         "parent_run_id": "the run whose node started this one (nested runs)",
         "parent_node_id": "that node",
         "root_run_id": "the top-level run of the tree (itself for a top-level run)",

@@ -18,6 +18,7 @@ from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
+from aethergraph.core.spec import CallableSpec
 from aethergraph.engine.runs import RunHandle, Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
 from aethergraph.runtime import get_runtime, load_target, resume, serve_worker
@@ -66,12 +67,17 @@ def run(
     max_concurrency: Annotated[
         int | None, typer.Option("--max-concurrency", min=1, help="static graphs: nodes of this run executing at once")
     ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option("--detach", help="put the run on the run queue, print its id and exit; a worker runs it"),
+    ] = False,
 ) -> None:
     """Run a graph_fn (or tool) as a journaled run and print its outputs.
 
     A run that waits for an answer it cannot read here is left waiting (exit
     status 3) unless --wait: answer it with `aethergraph resume`, and a worker
-    (`aethergraph worker MODULE`) continues it.
+    (`aethergraph worker MODULE`) continues it. With --detach the run is
+    submitted (status `queued`) and a worker serving the graph runs it.
     """
     try:
         spec = load_target(graph)
@@ -79,10 +85,15 @@ def run(
         chosen = check_run_id(run_id) if run_id else new_run_id()
         if max_concurrency is not None and spec.kind != "static":
             raise ValueError("--max-concurrency applies to static graphs (@graphify)")
+        if detach and (wait or events):
+            raise ValueError("--detach returns at once; follow the run with `aethergraph status RUN_ID` instead")
     except (AetherGraphError, TypeError, ValueError) as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     settings_or_exit()
+    if detach:
+        _submit_detached(spec, inputs, chosen, max_concurrency, graph=graph, as_json=as_json)
+        return
 
     async def go() -> tuple[dict[str, Any], list[Any]]:
         runtime = await get_runtime()
@@ -121,6 +132,22 @@ def run(
     console.print(outputs_table(outputs))
     if events:
         _print_events(chosen, journal)
+
+
+def _submit_detached(
+    spec: CallableSpec, inputs: dict[str, Any], run_id: str, max_concurrency: int | None, *, graph: str, as_json: bool
+) -> None:
+    async def go() -> None:
+        await (await get_runtime()).submit_run(spec, inputs, run_id, max_concurrency)
+
+    drive(go)
+    module = graph.partition(":")[0]
+    sys.stdout.write((json.dumps({"run_id": run_id, "status": "queued"}) if as_json else run_id) + "\n")
+    sys.stdout.flush()
+    err_console.print(
+        f"run {run_id} is queued; a worker serving its graph runs it (`aethergraph worker {module}`). "
+        f"Follow it with `aethergraph status {run_id}`"
+    )
 
 
 def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:

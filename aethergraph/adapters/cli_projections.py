@@ -140,7 +140,9 @@ def sql_command(
 def runs_command(
     status: Annotated[
         str | None,
-        typer.Option("--status", help="only runs with this status (running, waiting, succeeded, failed, cancelled)"),
+        typer.Option(
+            "--status", help="only runs with this status (queued, running, waiting, succeeded, failed, cancelled)"
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many, newest first")] = 50,
     nested: Annotated[
@@ -188,7 +190,14 @@ FROM edges e JOIN tree USING (run_id) WHERE e.kind = 'data'
 ORDER BY ord
 """
 
-_STATUS_STYLE = {"succeeded": "green", "failed": "red", "waiting": "yellow", "running": "cyan", "cancelled": "magenta"}
+_STATUS_STYLE = {
+    "queued": "blue",
+    "succeeded": "green",
+    "failed": "red",
+    "waiting": "yellow",
+    "running": "cyan",
+    "cancelled": "magenta",
+}
 
 
 def _status(status: str | None) -> str:

@@ -12,6 +12,11 @@ tombstone replaces it) when its run ends or suspends. A process that stops
 while it still drives runs (its event loop shuts down) hands them over at
 once: its last heartbeat says so (``AG-Stopped``), and workers take its runs
 over without waiting for the lease to expire.
+
+The run queue is an owner that never heartbeats (``ag.lease.run.queue.<run_id>``,
+see :data:`~aethergraph.core.ids.QUEUE_OWNER`): a submitted run is recorded
+there, so it is an orphan to every worker; workers also watch those records
+as they are written and take each run whose graph they serve.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+
+from aethergraph.core.ids import QUEUE_OWNER
 
 from .dispatch import publish_at_once
 from .topology import (
@@ -169,6 +176,37 @@ class JetStreamLeases:
         """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
         await self.start()
         await self._js.publish(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
+
+    async def enqueue(self, run_id: str, graph_id: str) -> None:
+        """Record (durably) ``run_id`` on the run queue: workers serving ``graph_id`` take it. No heartbeat starts."""
+        await self._js.publish(run_owner_subject(QUEUE_OWNER, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
+
+    async def watch_queue(self, on_queued: Callable[[OwnedRun], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Call ``on_queued`` for every run put on the run queue from now on; returns a function that stops watching.
+
+        Runs queued before the call are found with :meth:`owned_runs` (the
+        queue is never live, so its records are orphans).
+        """
+
+        async def deliver(msg: Msg) -> None:
+            if msg.headers and (_RELEASED in msg.headers or _MARKER in msg.headers):
+                return
+            try:
+                record = _decode_owner(msg.data)
+            except msgspec.DecodeError:
+                return
+            owner, run_id = parse_run_owner(msg.subject)
+            await on_queued(OwnedRun(worker_id=owner, run_id=run_id, graph_id=record.graph_id))
+
+        sub = await self._js.subscribe(
+            run_owners_filter(QUEUE_OWNER), cb=deliver, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        )
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+        return stop
 
     async def release(self, run_id: str, *, worker_id: str | None = None) -> None:
         """Drop the ownership record of ``run_id`` (this process's, or a dead ``worker_id``'s)."""

@@ -87,6 +87,9 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     # Static graphs: the structure digest of the TaskGraph, and the cap on nodes running at once.
     plan_digest: str = ""
     max_concurrency: int | None = None
+    # Submitted without a driver (``aethergraph.submit``): the run waits on the run queue until a
+    # worker serving its graph claims it (``run.claimed``, reason ``takeover``) and runs its body.
+    queued: bool = False
 
 
 class RunClaimed(Event, frozen=True, kw_only=True, tag="run.claimed"):

@@ -34,7 +34,7 @@ from .events import (
     ToolFailed,
     ToolReturned,
 )
-from .ids import ROOT_NODE, check_run_id, child_run_id, new_run_id
+from .ids import QUEUE_OWNER, ROOT_NODE, check_run_id, child_run_id, new_run_id
 from .journal import RunJournal
 from .ports import ParentLink, RunEnvironment
 from .replay import ReplayCursor, journal_chain, rebuild_error
@@ -52,6 +52,7 @@ __all__ = [
     "error_type_name",
     "execute_run",
     "load_journal",
+    "queue_run",
     "resume_run",
 ]
 
@@ -107,6 +108,32 @@ async def execute_run(
         max_concurrency=max_concurrency,
     )
     return await drive_run(spec, inputs, scope, start_seq)
+
+
+async def queue_run(
+    spec: CallableSpec,
+    inputs: Mapping[str, Any],
+    *,
+    run_id: str,
+    env: RunEnvironment,
+    max_concurrency: int | None = None,
+) -> None:
+    """Journal a top-level run's ``run.started`` (``queued``, written as the run queue) without driving it.
+
+    A worker serving the graph claims the run (``run.claimed``, reason
+    ``takeover``) and runs its body from the start. Raises
+    :class:`StaleWriterError` if ``run_id`` is taken.
+    """
+    journal = RunJournal(check_run_id(run_id), env.event_log.writer(run_id), QUEUE_OWNER)
+    normalised_inputs, _ = normalise_value(dict(inputs), what=f"the inputs of {spec.label}")
+    fields: dict[str, Any] = {
+        "graph_id": spec.name,
+        "inputs": normalised_inputs,
+        "plan_digest": spec.task_graph().digest if spec.kind == "static" else "",
+        "max_concurrency": max_concurrency,
+        "queued": True,
+    }
+    await journal.commit(RunStarted, parent=None, **fields)
 
 
 async def load_journal(env: RunEnvironment, run_id: str) -> tuple[list[AnyEvent], int]:

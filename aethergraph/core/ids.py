@@ -12,7 +12,7 @@ import re
 import socket
 import time
 
-__all__ = ["ROOT_NODE", "RUN_ID_PATTERN", "check_run_id", "child_run_id", "new_run_id", "new_worker_id"]
+__all__ = ["QUEUE_OWNER", "ROOT_NODE", "RUN_ID_PATTERN", "check_run_id", "child_run_id", "new_run_id", "new_worker_id"]
 
 ROOT_NODE = "root"
 """The node id of a graph function's body."""
@@ -33,6 +33,11 @@ def new_run_id() -> str:
     """A new run id: 9 characters of milliseconds then 12 random characters."""
     millis = time.time_ns() // 1_000_000
     return _base36(millis, 9) + _base36(int.from_bytes(os.urandom(8), "big"), 12)
+
+
+# The owner id of the run queue: submitted runs are journaled and recorded under it
+# (``ag.lease.run.queue.<run_id>``) until a worker claims them. No process may take this id.
+QUEUE_OWNER = "queue"
 
 
 def new_worker_id() -> str:

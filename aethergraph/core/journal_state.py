@@ -29,7 +29,7 @@ from .events import (
 
 __all__ = ["JournalState", "RunStatus", "journal_state", "select_wait"]
 
-RunStatus = Literal["unknown", "running", "waiting", "succeeded", "failed", "cancelled"]
+RunStatus = Literal["unknown", "queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 
 
 @dataclass(kw_only=True)
@@ -52,7 +52,8 @@ def journal_state(run_id: str, chain: Sequence[Event]) -> JournalState:
     if not chain or not isinstance(chain[0], RunStarted):
         return state
     state.started = chain[0]
-    state.status = "running"
+    # A submitted run is queued until a worker claims it.
+    state.status = "queued" if chain[0].queued else "running"
     state.last_seq = chain[-1].seq
     for event in chain:
         if isinstance(event, WaitRequested):
@@ -66,8 +67,9 @@ def journal_state(run_id: str, chain: Sequence[Event]) -> JournalState:
             state.ended, state.status = event, "failed"
         elif isinstance(event, RunCancelled):
             state.ended, state.status = event, "cancelled"
-        elif isinstance(event, RunClaimed) and state.ended is not None:
-            state.ended, state.status = None, "running"  # a failed static run retried from its failed nodes
+        elif isinstance(event, RunClaimed):
+            # A queued run taken by a worker, or a failed static run retried from its failed nodes.
+            state.ended, state.status = None, "running"
     if state.ended is None:
         last = next((event for event in reversed(chain) if not isinstance(event, LogRecorded)), None)
         if isinstance(last, RunWaiting):

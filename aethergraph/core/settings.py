@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .ids import QUEUE_OWNER
+
 __all__ = ["Settings", "load_settings"]
 
 _DURATION = re.compile(r"^\d+(ms|s|m|h)$")
@@ -91,6 +93,15 @@ class Settings(BaseSettings):
     def _check_sync_interval(cls, value: str) -> str:
         if value != "always" and not _DURATION.match(value):
             raise ValueError(f"sync_interval must be 'always' or a duration like '1s', '200ms', '2m'; got {value!r}")
+        return value
+
+    @field_validator("worker_id")
+    @classmethod
+    def _not_the_queue(cls, value: str | None) -> str | None:
+        if value is not None and value.strip() == QUEUE_OWNER:
+            raise ValueError(
+                f"worker_id {QUEUE_OWNER!r} is reserved for the run queue (submitted runs); choose another worker id"
+            )
         return value
 
     @field_validator("nats_url")

@@ -9,7 +9,10 @@ A worker does two things, both driven by events:
   :mod:`aethergraph.engine.resume_commands`);
 * it watches process heartbeats; when one expires it takes over the runs that
   process was driving (and, when it starts, the runs of processes already
-  dead), continuing each by replay under a fenced claim.
+  dead), continuing each by replay under a fenced claim;
+* it takes submitted runs of the graphs it serves off the run queue (the
+  owner ``queue``, which is never live), by the same fenced claim: the
+  claim replays nothing and the body runs from the start.
 
 A resume for a graph this worker does not know is put back for another worker
 (it stays queued, delivered again with a growing delay) and announced once as
@@ -29,6 +32,7 @@ from aethergraph.bus.leases import JetStreamLeases, OwnedRun
 from aethergraph.core.errors import GraphNotFoundError, StaleWriterError
 from aethergraph.core.events import RunClaimed, RunStarted
 from aethergraph.core.executor import claim_run, drive_run, load_journal
+from aethergraph.core.ids import QUEUE_OWNER
 from aethergraph.core.registry import must_get_graph, registered_graphs
 from aethergraph.core.resume import journal_state
 from aethergraph.core.spec import CallableSpec
@@ -73,6 +77,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._handling: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()  # command deliveries being handled
+        self._adopting: set[str] = set()  # runs this process is taking over right now
         self.ready = asyncio.Event()
 
     @property
@@ -87,6 +92,8 @@ class Worker:
         self._leases.serve_graphs(list(registered_graphs()))
         await self._leases.start()
         stop_watching = await self._leases.watch_deaths(self._on_death) if self._takeover else None
+        # Watched before the startup adoption reads the records: no queued run falls between the two.
+        stop_queue = await self._leases.watch_queue(self._on_queued) if self._takeover else None
         feed = await self._commands.resume_feed()
         try:
             if self._takeover:
@@ -112,6 +119,8 @@ class Worker:
         finally:
             if stop_watching is not None:
                 await stop_watching()
+            if stop_queue is not None:
+                await stop_queue()
             await feed.close()
             if self._handling:
                 await asyncio.gather(*self._handling, return_exceptions=True)
@@ -131,6 +140,10 @@ class Worker:
             return
         log.info("process %s stopped heartbeating; taking over its runs", worker_id)
         self._spawn(self._adopt_runs_of(worker_id))
+
+    async def _on_queued(self, queued: OwnedRun) -> None:
+        if not self._stopping.is_set():
+            self._spawn(self._adopt([queued]))
 
     async def _adopt_runs_of(self, worker_id: str) -> None:
         await self._adopt(await self._leases.owned_runs(worker_id))
@@ -158,10 +171,16 @@ class Worker:
         for owned in orphans:
             if owned.worker_id == self.worker_id and not self._is_own_orphan(owned):
                 continue
+            # One adoption per run at a time here (the queue watch and the startup scan may both name it).
+            if owned.run_id in self._adopting or owned.run_id in self._driver.tasks:
+                continue
+            self._adopting.add(owned.run_id)
             try:
                 await self._take_over(owned)
             except Exception:
                 log.exception("taking over run %s from %s failed", owned.run_id, owned.worker_id)
+            finally:
+                self._adopting.discard(owned.run_id)
 
     async def _take_over(self, owned: OwnedRun) -> None:
         try:
@@ -193,5 +212,8 @@ class Worker:
             return  # another worker took it first
         if owned.worker_id != self.worker_id:  # the record now names this process: keep it
             await self._leases.release(owned.run_id, worker_id=owned.worker_id)
-        log.info("took over run %s from %s at event %d", owned.run_id, owned.worker_id, state.last_seq)
+        if owned.worker_id == QUEUE_OWNER:
+            log.info("took run %s of %s off the run queue", owned.run_id, owned.graph_id)
+        else:
+            log.info("took over run %s from %s at event %d", owned.run_id, owned.worker_id, state.last_seq)
         self._driver.drive(owned.run_id, lambda: drive_run(spec, started.inputs, scope, started.seq))

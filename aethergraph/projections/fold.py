@@ -67,7 +67,7 @@ _FIELDS: Final[dict[str, str]] = {
     "artifact_id": "VARCHAR", "uri": "VARCHAR", "name": "VARCHAR", "mime": "VARCHAR", "size": "BIGINT",
     "labels": "JSON",
     "data": "JSON", "tags": "JSON", "text": "VARCHAR", "executor": "VARCHAR", "retry_at_us": "BIGINT",
-    "upstream": "VARCHAR",
+    "upstream": "VARCHAR", "queued": "BOOLEAN",
 }  # fmt: skip
 
 _STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
@@ -150,7 +150,8 @@ _RUN: Final = "'run:' || e.run_id"
 _OWNER: Final = f"CASE WHEN {_IN_NODE} THEN {_NODE} ELSE {_RUN} END"
 
 _RUN_STATUS: Final = (
-    "CASE e.type WHEN 'run.started' THEN 'running' WHEN 'run.claimed' THEN 'running' "
+    "CASE e.type WHEN 'run.started' THEN CASE WHEN e.queued THEN 'queued' ELSE 'running' END "
+    "WHEN 'run.claimed' THEN 'running' "
     "WHEN 'run.waiting' THEN 'waiting' WHEN 'run.completed' THEN 'succeeded' WHEN 'run.failed' THEN 'failed' "
     "WHEN 'run.cancelled' THEN 'cancelled' END"
 )

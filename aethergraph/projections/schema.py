@@ -132,7 +132,7 @@ CREATE TABLE events (
     ),
     ProjectionSchema(
         name="runs",
-        version=2,
+        version=3,  # 3: status 'queued' (a submitted run no worker has claimed yet)
         description="one row per run: graph, status, parent/root, inputs, outputs, error, timings",
         tables={
             "runs": """
