@@ -513,25 +513,22 @@ async def resume(
     return outcome
 
 
-async def serve_worker(*modules: str, stop: asyncio.Event | None = None) -> None:
-    """Import ``modules`` (their graphs register themselves) and serve as a worker until ``stop`` is set."""
+async def serve_worker(*modules: str, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
+    """Import ``modules`` (their graphs register themselves) and serve as a worker until ``stop`` is set.
+
+    ``ready`` is set once the worker takes commands and has adopted the runs of dead processes.
+    """
     for module in modules:
         _import_module(module)
     runtime = await get_runtime(inline_answers=False)
     await runtime.ensure_node_executor()
-    worker = Worker(runtime.driver, runtime.commands)
+    worker = Worker(runtime.driver, runtime.commands, ready=ready)
     serving = asyncio.create_task(worker.serve(), name="aethergraph-worker")
     try:
-        if stop is None:
-            await serving
-        else:
-            await stop.wait()
-            worker.stop()
-            await serving
+        await (serving if stop is None else stop.wait())
     finally:
-        if not serving.done():
-            worker.stop()
-            await serving
+        worker.stop()
+        await serving
 
 
 async def query_async(sql: str, params: list[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -675,9 +675,13 @@ async def test_unknown_graph_is_deferred_until_a_worker_that_knows_it(runtime: R
 async def test_serve_worker_serves_until_stopped(runtime: Runtime, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     stop = asyncio.Event()
+    ready = asyncio.Event()
     async with slot.paused():
-        serving = asyncio.create_task(aethergraph.serve_worker(stop=stop))
+        serving = asyncio.create_task(aethergraph.serve_worker(stop=stop, ready=ready))
         try:
+            async with asyncio.timeout(SAFETY_S):
+                await ready.wait()  # it takes commands from here on
+            assert not serving.done()
             outcome = await resume_ok(handle.run_id, "served")
             assert await handle.result(timeout=SAFETY_S) == {"answer": "served", "n": 6}
             assert outcome.worker == runtime.worker_id

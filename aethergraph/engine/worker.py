@@ -58,6 +58,7 @@ class Worker:
         defer_delay_s: float = 2.0,
         retry: RetryPolicy | None = None,
         takeover: bool = True,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self._driver = driver
         self._commands = commands
@@ -78,7 +79,7 @@ class Worker:
         self._handling: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()  # command deliveries being handled
         self._adopting: set[str] = set()  # runs this process is taking over right now
-        self.ready = asyncio.Event()
+        self.ready = ready if ready is not None else asyncio.Event()
 
     @property
     def worker_id(self) -> str:
