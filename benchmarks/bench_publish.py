@@ -283,8 +283,8 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     figures.extend(asyncio.run(_measure_depth(ctx)))
     notes = [
         "Events are ~200-byte `tool.called`/`tool.returned` pairs; raw requests carry a payload of the same size.",
-        "Awaited appends always carry the fencing pair (the writer has nothing in flight); pipelined appends "
-        "carry it only on the first event of the batch.",
+        "Every append carries one fencing pair: against the whole run when the writer has nothing in flight "
+        "(every awaited append), against the run's claim subject when it is pipelined behind others.",
         "'raw' rows use nats-py's `nc.request` (headers given as a dict, encoded by nats-py); 'transport' rows "
         "publish pre-encoded headers through the event log's own outbound path and ack inbox, so their "
         "differences isolate what each header costs on the wire and in nats-server.",
