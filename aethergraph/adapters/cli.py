@@ -157,7 +157,7 @@ def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:
     how = (
         "this process continues it when the answer comes"
         if continue_here
-        else "a worker (`aethergraph worker MODULE`) continues it, or rerun with --wait to continue it here"
+        else "a worker (`aethergraph worker MODULE`) continues it (`run --wait` stays and continues its own run)"
     )
     err_console.print(
         f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
