@@ -23,6 +23,7 @@ from nats.js.kv import KeyValue
 from aethergraph.core.errors import KeyConflictError
 from aethergraph.core.service_ports import KeyValueEntry
 
+from .failover import retry_while_leaderless
 from .migration import check_bucket_replicas
 from .topology import KV_BUCKET
 
@@ -60,9 +61,12 @@ def ttl_seconds(ttl_s: float | None) -> int | None:
 class JetStreamKeyValueStore:
     """The core's :class:`~aethergraph.core.service_ports.KeyValueStore` on a JetStream KV bucket."""
 
-    def __init__(self, js: JetStreamContext, *, replicas: int = 1, bucket: str = KV_BUCKET) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, replicas: int = 1, bucket: str = KV_BUCKET, retry_s: float = 30.0
+    ) -> None:
         self._js = js
         self._replicas = replicas
+        self._retry_s = retry_s  # how long reads and unconditional writes ride out a leaderless bucket
         self._bucket_name = bucket
         self._kv: KeyValue | None = None
         self._opening: asyncio.Lock | None = None
@@ -94,7 +98,9 @@ class JetStreamKeyValueStore:
     async def get(self, key: str) -> KeyValueEntry | None:
         kv = await self.bucket()
         try:
-            entry = await kv.get(encode_key(key), validate_keys=False)
+            entry = await retry_while_leaderless(
+                lambda: kv.get(encode_key(key), validate_keys=False), retry_s=self._retry_s
+            )
         except nats.js.errors.KeyNotFoundError:
             return None
         return KeyValueEntry(key=key, value=entry.value or b"", revision=entry.revision or 0)
@@ -114,7 +120,12 @@ class JetStreamKeyValueStore:
         if expected_revision is not None:
             headers = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(expected_revision)}
         try:
-            ack = await self._js.publish(subject, value, headers=headers, msg_ttl=ttl)
+            if headers is None:  # an unconditional write: repeating it while a leader is elected is harmless
+                ack = await retry_while_leaderless(
+                    lambda: self._js.publish(subject, value, msg_ttl=ttl), retry_s=self._retry_s
+                )
+            else:
+                ack = await self._js.publish(subject, value, headers=headers, msg_ttl=ttl)
         except nats.js.errors.APIError as err:
             if err.err_code in _WRONG_LAST_SEQUENCE and expected_revision is not None:
                 raise await self._conflict(key, expected_revision) from None

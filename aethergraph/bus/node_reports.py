@@ -154,6 +154,10 @@ class JetStreamNodeReports:
         if not sinks:
             del self._sinks[run_id]
 
+    async def stored(self, run_id: str) -> list[NodeReport]:
+        """Every report stored for ``run_id`` so far, in order (whether or not its scheduler journaled it yet)."""
+        return await self._stored(run_id)
+
     async def _stored(self, run_id: str) -> list[NodeReport]:
         """The reports stored for ``run_id`` (a read cut by a lost connection is read again once connected)."""
         deadline = asyncio.get_running_loop().time() + self._event_log.outage_s

@@ -55,7 +55,7 @@ def open_service_backends(js: JetStreamContext, settings: Settings) -> JetStream
             retry_s=settings.connect_retry_s,
         )
     return JetStreamServiceBackends(
-        kv=JetStreamKeyValueStore(js, replicas=settings.stream_replicas),
+        kv=JetStreamKeyValueStore(js, replicas=settings.stream_replicas, retry_s=settings.connect_retry_s),
         blobs=blobs,
         catalog=JetStreamArtifactCatalog(js),
         inline_limit=settings.max_event_bytes // _INLINE_SHARE,

@@ -65,6 +65,7 @@ from aethergraph.core.static_run import node_run_id
 __all__ = ["NodeExecutor"]
 
 _PLAN_CACHE = 10_000  # runs whose plan a process remembers
+_OUTCOMES = frozenset({"completed", "failed", "cancelled"})  # report statuses that end a node attempt
 
 log = logging.getLogger("aethergraph.nodes")
 
@@ -361,9 +362,17 @@ class NodeExecutor:
         return ("", 0) in nodes or (event.node_id or "", event.attempt) in nodes
 
     async def _decided_nodes(self, run_id: str) -> frozenset[tuple[str, int]]:
-        """(node id, attempt) of every journaled node outcome of ``run_id``; ``("", 0)`` if the run ended."""
+        """(node id, attempt) of every node outcome of ``run_id``; ``("", 0)`` if the run ended.
+
+        An outcome counts once its report is stored, journaled or not: a worker that died after storing a
+        node's report leaves the work item to be delivered again, and the scheduler journals that report.
+        """
+        decided: set[tuple[str, int]] = {
+            (report.node_id, report.attempt)
+            for report in await self._reports.stored(run_id)
+            if report.status in _OUTCOMES
+        }
         events = journal_chain([record.event async for record in self._env.event_log.read_run(run_id)])
-        decided: set[tuple[str, int]] = set()
         ended = False
         for event in events:
             if isinstance(event, (NodeCompleted, NodeFailed)):
