@@ -106,7 +106,7 @@ class Runtime:
         )
         await event_log.start()
         bus.events.on_disconnect(event_log.connection_lost)
-        leases = JetStreamLeases(bus.nc, bus.js, worker_id, lease_s=settings.lease_s)
+        leases = JetStreamLeases(bus.nc, bus.js, worker_id, lease_s=settings.lease_s, retry_s=settings.connect_retry_s)
         if inline_answers is None:
             inline_answers = settings.console_input == "always" or (
                 settings.console_input == "auto" and sys.stdin is not None and sys.stdin.isatty()

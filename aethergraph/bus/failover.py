@@ -13,13 +13,18 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import nats.errors
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 __all__ = ["LEADERLESS_ERRORS", "retry_while_leaderless"]
 
 T = TypeVar("T")
 
-LEADERLESS_ERRORS = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+LEADERLESS_ERRORS = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 
 
 async def retry_while_leaderless(attempt: Callable[[], Awaitable[T]], *, retry_s: float) -> T:

@@ -37,6 +37,7 @@ from nats.js.client import JetStreamContext
 from aethergraph.core.ids import QUEUE_OWNER
 
 from .dispatch import publish_at_once
+from .failover import retry_while_leaderless
 from .topology import (
     LEASES_STREAM,
     WORKER_LEASES,
@@ -89,9 +90,13 @@ class OwnedRun:
 class JetStreamLeases:
     """This process's heartbeat and run ownership records, and the view of everyone else's."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, worker_id: str, *, lease_s: float) -> None:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, worker_id: str, *, lease_s: float, retry_s: float = 30.0
+    ) -> None:
         self._nc = nc
         self._js = js
+        # How long writes of records (the same record again is harmless) ride out a leaderless AG_LEASES.
+        self._retry_s = retry_s
         self.worker_id = worker_id
         # Per-message TTLs are whole seconds.
         self._lease_s = max(1, math.ceil(lease_s))
@@ -126,7 +131,9 @@ class JetStreamLeases:
         headers = {"Nats-TTL": self._ttl}
         first = self._first_beat
         try:
-            await self._js.publish(subject, self._body, headers=headers)
+            await retry_while_leaderless(
+                lambda: self._js.publish(subject, self._body, headers=headers), retry_s=self._retry_s
+            )
         except BaseException as exc:
             if first is not None and not first.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -175,11 +182,11 @@ class JetStreamLeases:
     async def own(self, run_id: str, graph_id: str) -> None:
         """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
         await self.start()
-        await self._js.publish(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
+        await self._record(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
 
     async def enqueue(self, run_id: str, graph_id: str) -> None:
         """Record (durably) ``run_id`` on the run queue: workers serving ``graph_id`` take it. No heartbeat starts."""
-        await self._js.publish(run_owner_subject(QUEUE_OWNER, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
+        await self._record(run_owner_subject(QUEUE_OWNER, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
 
     async def watch_queue(self, on_queued: Callable[[OwnedRun], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Call ``on_queued`` for every run put on the run queue from now on; returns a function that stops watching.
@@ -207,6 +214,9 @@ class JetStreamLeases:
                 await sub.unsubscribe()
 
         return stop
+
+    async def _record(self, subject: str, body: bytes) -> None:
+        await retry_while_leaderless(lambda: self._js.publish(subject, body), retry_s=self._retry_s)
 
     async def release(self, run_id: str, *, worker_id: str | None = None) -> None:
         """Drop the ownership record of ``run_id`` (this process's, or a dead ``worker_id``'s)."""

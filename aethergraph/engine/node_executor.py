@@ -65,6 +65,7 @@ from aethergraph.core.static_run import node_run_id
 __all__ = ["NodeExecutor"]
 
 _PLAN_CACHE = 10_000  # runs whose plan a process remembers
+_DECIDED_FRESH_S = 0.05  # a read of a run's outcomes serves work items that arrive this soon after it began
 _OUTCOMES = frozenset({"completed", "failed", "cancelled"})  # report statuses that end a node attempt
 
 log = logging.getLogger("aethergraph.nodes")
@@ -102,7 +103,7 @@ class NodeExecutor:
         self._items: dict[asyncio.Task[None], WorkItem] = {}  # the running work items (not local nodes)
         self._cancelled: set[asyncio.Task[None]] = set()
         self._reporting: set[asyncio.Task[None]] = set()  # finished executing; a cancel no longer applies
-        self._decided: dict[str, asyncio.Task[frozenset[tuple[str, int]]]] = {}
+        self._decided: dict[str, tuple[asyncio.Task[frozenset[tuple[str, int]]], float]] = {}  # (read, began)
         self._heartbeat: asyncio.TimerHandle | None = None
         self._deferred: set[str] = set()
         self._local_sinks = local_sinks if local_sinks is not None else {}
@@ -208,7 +209,7 @@ class NodeExecutor:
         if not await self._dispatched_by_its_run(event):
             queue.ack(item)  # not a dispatch of any run's scheduler: nothing to execute
             return
-        if item.deliveries > 1 and await self._already_decided(event):
+        if self._maybe_delivered_before(item) and await self._already_decided(event):
             queue.ack(item)  # its outcome was journaled before the acknowledgement was lost: do not run it again
             return
         report = await self._attempt(spec, event)
@@ -344,22 +345,32 @@ class NodeExecutor:
             started_us=started_us,
         )
 
+    def _maybe_delivered_before(self, item: WorkItem) -> bool:
+        """Whether this work item may have been executed before: a redelivery, or dispatched longer ago than
+        the consumer's ack wait (a server restart can forget a delivery count)."""
+        age_s = time.time() - item.event.ts / 1e6
+        return item.deliveries > 1 or age_s > 3 * self._heartbeat_s
+
     async def _already_decided(self, event: NodeReady) -> bool:
-        """Whether the run's journal already holds this attempt's outcome, or the run has ended."""
-        decided = self._decided.get(event.run_id)
-        if decided is None:
-            decided = asyncio.get_running_loop().create_task(self._decided_nodes(event.run_id))
-            self._decided[event.run_id] = decided
-            # Redeliveries come in bursts (a worker died): one journal read serves the burst.
-            decided.add_done_callback(
-                lambda _: asyncio.get_running_loop().call_later(1.0, self._decided.pop, event.run_id, None)
-            )
+        """Whether this attempt's outcome is stored (journaled, or its report), or the run has ended."""
+        loop = asyncio.get_running_loop()
+        cached = self._decided.get(event.run_id)
+        # Redeliveries come in bursts (a worker died): a read serves the items that arrived before it began.
+        if cached is None or cached[1] < loop.time() - _DECIDED_FRESH_S:
+            cached = (loop.create_task(self._decided_nodes(event.run_id)), loop.time())
+            self._decided[event.run_id] = cached
+            cached[0].add_done_callback(lambda _: loop.call_later(1.0, self._forget_decided, event.run_id, cached))
+        decided = cached[0]
         try:
             nodes = await asyncio.shield(decided)
         except Exception:  # cannot tell: run the node (the scheduler keeps one outcome)
             log.exception("could not read the journal of run %s", event.run_id)
             return False
         return ("", 0) in nodes or (event.node_id or "", event.attempt) in nodes
+
+    def _forget_decided(self, run_id: str, entry: tuple[asyncio.Task[frozenset[tuple[str, int]]], float]) -> None:
+        if self._decided.get(run_id) is entry:
+            del self._decided[run_id]
 
     async def _decided_nodes(self, run_id: str) -> frozenset[tuple[str, int]]:
         """(node id, attempt) of every node outcome of ``run_id``; ``("", 0)`` if the run ended.
