@@ -25,6 +25,7 @@ from . import (
     bench_burst,
     bench_codec,
     bench_cold_start,
+    bench_lifecycle,
     bench_outage,
     bench_projections,
     bench_publish,
@@ -72,6 +73,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_services,
         bench_outage,
         bench_burst,
+        bench_lifecycle,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

@@ -85,3 +85,18 @@ async def bench_takeover(steps: int) -> dict[str, int]:
     for i in range(steps):
         await bench_tick(i)
     return {"i": i}
+
+
+# --- lifecycle: a run whose first step stamps when it starts --------------------
+
+
+@tool(name="bench_first_mark", outputs=["t_ns", "pid"])
+def bench_first_mark() -> dict[str, int]:
+    """The run's first step: the wall clock when it starts executing, and where."""
+    return {"t_ns": time.time_ns(), "pid": os.getpid()}
+
+
+@graph_fn(name="bench_first_step", outputs=["t_ns", "pid"])
+async def bench_first_step() -> dict[str, int]:
+    marked = await bench_first_mark()
+    return {"t_ns": int(marked["t_ns"]), "pid": int(marked["pid"])}
