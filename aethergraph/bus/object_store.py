@@ -86,7 +86,7 @@ class JetStreamBlobStore:
     async def has(self, sha256: str) -> bool:
         store = await self.bucket()
         try:
-            await store.get_info(sha256)
+            await retry_while_leaderless(lambda: store.get_info(sha256), retry_s=self._retry_s)
         except nats.js.errors.ObjectNotFoundError:
             return False
         return True
@@ -114,7 +114,7 @@ class JetStreamBlobStore:
         """
         store = await self.bucket()
         try:
-            info = await store.get_info(sha256)
+            info = await retry_while_leaderless(lambda: store.get_info(sha256), retry_s=self._retry_s)
         except nats.js.errors.ObjectNotFoundError:
             raise ArtifactNotFoundError(
                 f"artifact {sha256} is not in the object store {self._bucket_name}", ref=sha256
