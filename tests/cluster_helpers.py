@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import REPO_ROOT, closed_port, port_accepts, wait_until
+from helpers import REPO_ROOT, closed_port, port_accepts, stop_process, wait_until
 
 from aethergraph.bus.embedded import find_nats_server_binary
 
@@ -81,13 +81,8 @@ class ClusterNode:
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def start_cluster_node(directory: Path, name: str, *, routes: list[int]) -> ClusterNode:
@@ -119,13 +114,7 @@ class ConfiguredServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def loopback_config(template: str, *, port: int, store: Path) -> str:

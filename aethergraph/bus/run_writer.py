@@ -70,10 +70,6 @@ class _Pending:
     sent: bool = False
 
 
-class _Repair(Exception):
-    """Internal: a publish must be checked against the stream before the writer goes on."""
-
-
 class JetStreamRunWriter:
     """Appends one run's events; see the module docstring."""
 
@@ -172,7 +168,7 @@ class JetStreamRunWriter:
             is_opening = item.event is self._opening and not self._opening_stored
             if ack.duplicate and is_opening:
                 # Another claimer at the same position publishes the same message id; only the stream can tell.
-                self._start_repair(_Repair("duplicate opening"))
+                self._start_repair("a duplicate of the opening")
                 return
             item.stored_at = ack.seq
             if ack.seq > self._run_fence:
@@ -192,7 +188,7 @@ class JetStreamRunWriter:
                     )
                 )
                 return
-            self._start_repair(_Repair(ack.error.description))
+            self._start_repair(ack.error.description)
             return
         if isinstance(ack, (BusUnavailableError, EventRejectedError)):
             self._start_repair(ack)
@@ -226,14 +222,14 @@ class JetStreamRunWriter:
 
     # --- repair -------------------------------------------------------------------------
 
-    def _start_repair(self, cause: BaseException) -> None:
+    def _start_repair(self, cause: BaseException | str) -> None:
         self._generation += 1
         if self._repair is not None:
             return
         log.info("run %s: a publish was not acknowledged (%s); checking the stream", self._run_id, cause)
         self._repair = asyncio.ensure_future(self._repair_from_stream(cause))
 
-    async def _repair_from_stream(self, cause: BaseException) -> None:
+    async def _repair_from_stream(self, cause: BaseException | str) -> None:
         """Wait for the bus, read the run back, then republish what is missing (or stop if fenced out)."""
         loop = self._log._loop
         deadline = loop.time() + self._log.outage_s
