@@ -30,6 +30,7 @@ from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
+from aethergraph.bus.presence import client_name
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.bus.topology import ALL_CANCELS, run_id_of_command
 from aethergraph.core.environment import set_environment_provider
@@ -100,7 +101,7 @@ class Runtime:
     async def open(cls, settings: Settings | None = None, *, inline_answers: bool | None = None) -> Runtime:
         settings = settings or load_settings()
         worker_id = token(settings.worker_id) if settings.worker_id else new_worker_id()
-        bus = await connect_bus(settings, client_name=f"aethergraph:{worker_id}")
+        bus = await connect_bus(settings, client_name=client_name(worker_id))
         event_log = JetStreamEventLog(
             bus.nc, bus.js, max_event_bytes=settings.max_event_bytes, outage_s=settings.outage_tolerance_s
         )
