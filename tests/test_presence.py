@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,3 +255,33 @@ async def test_a_live_driver_whose_connection_drops_and_returns_keeps_its_run(
 
 def _lines(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
+
+
+async def test_a_restart_of_the_server_takes_no_run_from_a_live_driver(
+    hosts: Hosts, observer: Runtime, embedded: EmbeddedServer, tmp_path: Path
+) -> None:
+    """nats-server stops gracefully (it closes every client's connection) and comes back on its port: every
+    process reconnects, the resident worker's own connection dropped too, so nobody is taken for dead."""
+    log = tmp_path / "count.log"
+    run_id = new_run_id("restart")
+    worker = hosts.worker("b")
+    wait_ready(worker)
+    driver = hosts.driver("a", "dp_chain", {"n": 6, "log": str(log)}, run_id)
+
+    async def committed_s2() -> bool | None:
+        return True if any(line.startswith("committed s2 ") for line in _lines(log)) else None
+
+    await eventually(committed_s2, "the driver to commit step s2", timeout_s=GUARD_S)
+    os.kill(embedded.pid, signal.SIGTERM)
+    os.waitpid(embedded.pid, 0)  # noqa: ASYNC222 - started from this process: reap it
+    restarted = ensure_embedded_server(embedded.workspace)
+    assert restarted.url == embedded.url
+
+    assert await asyncio.to_thread(driver.exit_code) == 0, driver.output()
+    assert json.loads(driver.out.read_text().strip().splitlines()[-1]) == {"v": 6}
+    runs = executions(log)
+    assert {label: [pid for _, pid in runs[label]] for label in runs} == {f"s{i}": [driver.pid] for i in range(1, 7)}
+    _, chain = await journal_of(observer, run_id)
+    assert_consistent_chain(chain, {"v": 6})
+    assert not any(isinstance(e, ev.RunClaimed) for e in chain)
+    assert worker.stop() == 0, worker.output()
