@@ -21,10 +21,11 @@ from pathlib import Path
 
 import nats
 import pytest
-from helpers import eventually, start_nats_server
+from helpers import eventually, run_python, start_nats_server
 from process_hosts import Hosts, wait_ready
 from test_durable_processes import (
     GRAPHS,
+    START_AND_EXIT,
     assert_consistent_chain,
     executions,
     journal_of,
@@ -284,4 +285,25 @@ async def test_a_restart_of_the_server_takes_no_run_from_a_live_driver(
     _, chain = await journal_of(observer, run_id)
     assert_consistent_chain(chain, {"v": 6})
     assert not any(isinstance(e, ev.RunClaimed) for e in chain)
+    assert worker.stop() == 0, worker.output()
+
+
+async def test_a_graceful_exit_still_hands_its_run_over_once(hosts: Hosts, observer: Runtime, tmp_path: Path) -> None:
+    """A script that starts a run and exits: its last heartbeat says it stopped (``AG-Stopped``) and its
+    connection closes; the worker takes the run over once, on whichever it hears first."""
+    log = tmp_path / "count.log"
+    run_id = new_run_id("exit")
+    worker = hosts.worker("b")
+    wait_ready(worker)
+    env, _ = hosts.env("a")
+    status = run_python(START_AND_EXIT, f"{GRAPHS}:dp_chain", json.dumps({"n": 3, "log": str(log)}), run_id, env=env)
+    assert status == "running"
+
+    assert await _outcome(observer, run_id) == {"v": 3}
+    runs = executions(log)
+    assert all(pid == worker.pid for _, pid in runs["s2"] + runs["s3"])
+    _, chain = await journal_of(observer, run_id)
+    assert_consistent_chain(chain, {"v": 3})
+    assert [(c.reason, c.worker) for c in chain if isinstance(c, ev.RunClaimed)] == [("takeover", worker.worker_id)]
+    assert worker.output().count(f"took over run {run_id}") == 1
     assert worker.stop() == 0, worker.output()
