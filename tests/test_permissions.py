@@ -20,6 +20,7 @@ from helpers import REPO_ROOT, closed_port
 from nats.aio.msg import Msg
 
 from aethergraph import graph_fn
+from aethergraph.bus.presence import client_name, detect_presence
 from aethergraph.bus.topology import COMMANDS_STREAM, EVENTS_STREAM
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.executor import execute_run
@@ -104,3 +105,14 @@ async def test_the_client_identity_cannot_run_the_runtime(secured: ConfiguredSer
     with pytest.raises(BusUnavailableError) as info:
         await ProcessHost.open(settings)
     assert "runtime identity" in str(info.value)
+
+
+async def test_the_runtime_identity_is_told_of_its_clients_connections(secured: ConfiguredServer) -> None:
+    """The account imports its connect/disconnect events: workers take over on a closed connection."""
+    nc = await nats.connect(secured.url, user="runtime", password="runtime-pw", name=client_name("perm-runtime"))
+    try:
+        presence = await detect_presence(nc)
+        assert presence is not None and presence.account == "AETHERGRAPH"
+        assert await presence.connected_workers() == {"perm-runtime"}
+    finally:
+        await nc.close()

@@ -7,6 +7,13 @@ process that started it, so later processes on the same workspace (a worker, a
 CLI call, a resumed run) reuse it and find every event still there. Its address
 is recorded in ``<workspace>/nats/server.json``; an exclusive file lock makes
 concurrent starters agree on one server. ``aethergraph nats --stop`` stops it.
+
+Clients connect without credentials and land in the account ``AETHERGRAPH``,
+which imports its clients' connect/disconnect events from the system account
+(see :mod:`aethergraph.bus.presence`): workers take a killed process's runs over
+when its connection closes instead of when its heartbeat lease expires. A
+workspace whose server stored its streams in the global account (before that
+account existed) has its JetStream folder moved to the account's on the next start.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aethergraph.core.errors import WorkspaceError
+
+from .presence import RUNTIME_ACCOUNT, presence_server_config
 
 __all__ = [
     "EmbeddedServer",
@@ -188,9 +197,18 @@ def _previous_port(nats_dir: Path) -> int:
     return port
 
 
+def _adopt_global_account_store(store: Path) -> None:
+    """Move streams stored by a server of this workspace that had no accounts (the global ``$G``) to ours."""
+    accounts = store / "jetstream"
+    old, new = accounts / "$G", accounts / RUNTIME_ACCOUNT
+    if old.is_dir() and not new.exists():
+        old.rename(new)
+
+
 def _write_config(nats_dir: Path, sync_interval: str, port: int) -> Path:
     store = nats_dir / "jetstream"
     store.mkdir(exist_ok=True)
+    _adopt_global_account_store(store)
     config = nats_dir / "server.conf"
     config.write_text(
         "# Written by AetherGraph for the embedded server of this workspace.\n"
@@ -201,7 +219,7 @@ def _write_config(nats_dir: Path, sync_interval: str, port: int) -> Path:
         "jetstream {\n"
         f"  store_dir: {json.dumps(str(store))}\n"
         f"  sync_interval: {sync_interval}\n"
-        "}\n"
+        "}\n" + presence_server_config()
     )
     return config
 

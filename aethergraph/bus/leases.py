@@ -13,6 +13,16 @@ while it still drives runs (its event loop shuts down) hands them over at
 once: its last heartbeat says so (``AG-Stopped``), and workers take its runs
 over without waiting for the lease to expire.
 
+Where the server tells the account about its clients' connections (the
+embedded server does, see :mod:`aethergraph.bus.presence`), a process killed
+outright is known dead before its lease expires: its connection closed and
+did not come back within a short grace, its heartbeat is still the last word
+on its subject, and the server lists no connection under its name. The death
+watch then reports it at once, as it reports an expired or stopped heartbeat;
+a worker starting up takes records of a process with a heartbeat but no
+connection for orphans (:meth:`JetStreamLeases.live_workers`). Elsewhere the
+lease alone tells.
+
 The run queue is an owner that never heartbeats (``ag.lease.run.queue.<run_id>``,
 see :data:`~aethergraph.core.ids.QUEUE_OWNER`): a submitted run is recorded
 there, so it is an orphan to every worker; workers also watch those records
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +49,7 @@ from aethergraph.core.ids import QUEUE_OWNER
 
 from .dispatch import publish_at_once
 from .failover import retry_while_leaderless
+from .presence import ClientPresence, detect_presence
 from .topology import (
     LEASES_STREAM,
     WORKER_LEASES,
@@ -49,6 +61,8 @@ from .topology import (
 )
 
 __all__ = ["JetStreamLeases", "OwnedRun"]
+
+log = logging.getLogger("aethergraph.leases")
 
 _MARKER = "Nats-Marker-Reason"
 _RELEASED = "AG-Released"
@@ -72,9 +86,10 @@ _decode_owner = msgspec.json.Decoder(_OwnerRecord).decode
 _decode_heartbeat = msgspec.json.Decoder(_Heartbeat).decode
 
 
-def _beating(msg: Msg) -> bool:
-    """Whether ``msg``, the last on a heartbeat subject, is a live heartbeat (not a marker, a stop or a stray)."""
-    headers = msg.headers or {}
+def _beating(headers: dict[str, str] | None) -> bool:
+    """Whether the last message on a heartbeat subject, with ``headers``, is a live heartbeat (not a marker,
+    a stop or a stray)."""
+    headers = headers or {}
     return _TTL in headers and _MARKER not in headers and _STOPPED not in headers
 
 
@@ -106,6 +121,13 @@ class JetStreamLeases:
         self._handed_over = False
         self._body = b""
         self._first_beat: asyncio.Future[None] | None = None
+        self._presence: asyncio.Future[ClientPresence | None] | None = None
+
+    async def presence(self) -> ClientPresence | None:
+        """The server's connection events for this account, if it delivers them (asked once per process)."""
+        if self._presence is None:
+            self._presence = asyncio.ensure_future(detect_presence(self._nc))
+        return await asyncio.shield(self._presence)
 
     def serve_graphs(self, graphs: list[str]) -> None:
         """Say in every heartbeat from now on that this process takes resume commands for ``graphs``."""
@@ -256,13 +278,42 @@ class JetStreamLeases:
                 await sub.unsubscribe()
 
     async def live_workers(self) -> set[str]:
-        """Processes whose heartbeat has not expired.
+        """Processes whose heartbeat has not expired and, where the server lists connections, that are connected.
 
         The last message on a process's heartbeat subject must be a heartbeat
         (it carries a TTL): a stray message that replaced it never expires, and
-        would otherwise keep a dead process alive for good.
+        would otherwise keep a dead process alive for good. A process connects
+        before it stores its first heartbeat, so one with a heartbeat and no
+        connection has died (kill -9) and its lease has not run out yet.
         """
-        return {worker_of_lease(msg.subject) for msg in await self._last_per_subject(WORKER_LEASES) if _beating(msg)}
+        beating = {
+            worker_of_lease(msg.subject) for msg in await self._last_per_subject(WORKER_LEASES) if _beating(msg.headers)
+        }
+        presence = await self.presence()
+        connected = await presence.connected_workers() if presence is not None and beating else None
+        if connected is None:
+            return beating
+        if gone := beating - connected:
+            log.info("processes %s have a heartbeat but no connection: taken for dead", ", ".join(sorted(gone)))
+        return beating & connected
+
+    async def _beats(self, worker_id: str) -> bool:
+        """Whether the last message on ``worker_id``'s heartbeat subject is a live heartbeat (one direct get)."""
+        try:
+            last = await self._js.get_last_msg(LEASES_STREAM, worker_lease_subject(worker_id), direct=True)
+        except nats.errors.Error:
+            return False
+        return _beating(last.headers)
+
+    async def _departed(self, worker_id: str, presence: ClientPresence) -> bool:
+        """Whether a process whose connection closed (and stayed closed) drives runs and has no connection now."""
+        if worker_id == self.worker_id or not await self._beats(worker_id):
+            return False  # this process, or one that never drove runs (a CLI call) or was already reported
+        connected = await presence.connected_workers()
+        if connected is None or worker_id in connected:
+            return False
+        log.info("the connection of process %s closed and did not come back: taken for dead", worker_id)
+        return True
 
     async def serving(self, graph_id: str) -> list[str]:
         """Live processes that take resume commands for runs of ``graph_id`` (workers, and processes awaiting runs)."""
@@ -293,7 +344,9 @@ class JetStreamLeases:
         return owned
 
     async def watch_deaths(self, on_death: Callable[[str], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-        """Call ``on_death(worker_id)`` whenever a heartbeat expires; returns a function that stops watching.
+        """Call ``on_death(worker_id)`` whenever a heartbeat expires or stops, or (where the server tells,
+        see :mod:`aethergraph.bus.presence`) a process's connection closes for good; returns a function that
+        stops watching.
 
         A message on a heartbeat subject that is no heartbeat (no TTL: a stray
         publish) replaces the process's last heartbeat and never expires, so
@@ -325,11 +378,22 @@ class JetStreamLeases:
         sub = await self._js.subscribe(
             WORKER_LEASES, cb=deliver, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
         )
+        presence = await self.presence()
+        stop_departures = None
+        if presence is not None:
+
+            async def departed(worker_id: str) -> None:
+                if await self._departed(worker_id, presence):
+                    await on_death(worker_id)
+
+            stop_departures = await presence.watch_departures(departed)
 
         async def stop() -> None:
             for timer in suspects.values():
                 timer.cancel()
             suspects.clear()
+            if stop_departures is not None:
+                await stop_departures()
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 

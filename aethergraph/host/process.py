@@ -32,6 +32,7 @@ from aethergraph.bus.connection import BusConnection, connect_bus
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
+from aethergraph.bus.presence import client_name
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.ports import RunEnvironment
@@ -114,7 +115,7 @@ class ProcessHost:
         """
         settings = settings or load_settings()
         worker_id = token(settings.worker_id) if settings.worker_id else new_worker_id()
-        bus = await connect_bus(settings, client_name=f"aethergraph:{worker_id}")
+        bus = await connect_bus(settings, client_name=client_name(worker_id))
         event_log = JetStreamEventLog(
             bus.nc, bus.js, max_event_bytes=settings.max_event_bytes, outage_s=settings.outage_tolerance_s
         )

@@ -7,7 +7,8 @@ A worker does two things, both driven by events:
   the run by replay; every command gets exactly one final
   :class:`~aethergraph.bus.commands.ResumeOutcome` (see
   :mod:`aethergraph.host.resume_commands`);
-* it watches process heartbeats; when one expires it takes over the runs that
+* it watches process heartbeats (and, where the server tells, connections); when one
+  expires (or a process's connection closes for good) it takes over the runs that
   process was driving (and, when it starts, the runs of processes already
   dead), continuing each by replay under a fenced claim;
 * it takes submitted runs of the graphs it serves off the run queue (the
@@ -139,7 +140,7 @@ class Worker:
     async def _on_death(self, worker_id: str) -> None:
         if worker_id == self.worker_id or self._stopping.is_set():
             return
-        log.info("process %s stopped heartbeating; taking over its runs", worker_id)
+        log.info("process %s is gone; taking over its runs", worker_id)
         self._spawn(self._adopt_runs_of(worker_id))
 
     async def _on_queued(self, queued: OwnedRun) -> None:
@@ -156,7 +157,9 @@ class Worker:
         # set unless its heartbeat expired since, i.e. it died (or was presumed dead, and is then fenced
         # out on its next event). The other order is unsound: a process that starts heartbeating and
         # records a run between the two reads would look dead, and two live processes would both drive
-        # the run (two takeover claims, a step run in both).
+        # the run (two takeover claims, a step run in both). Where the server lists connections, the live
+        # set also leaves out processes whose connection is gone (read last: a process connects before its
+        # first heartbeat), so the runs of a process killed moments ago are taken at once, not at its lease.
         records = await self._leases.owned_runs()
         live = await self._leases.live_workers()
         # A process restarted under the same worker id (a StatefulSet's ``worker-0``) finds its own

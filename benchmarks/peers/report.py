@@ -64,6 +64,7 @@ METRICS: dict[str, list[Metric]] = {
         Metric("ready_to_done_ms", "ready -> done", "ms", "lower"),
         Metric("rerun_steps_1_to_kill", "steps 1..100 re-run", "", None),
         Metric("rerun_in_flight", "step 101 re-run", "", None),
+        Metric("restart_to_done_new_id_ms", "restart -> done, new worker id", "ms", None),
     ],
 }
 

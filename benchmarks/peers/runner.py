@@ -239,20 +239,24 @@ def _side_lines(path: Path) -> list[tuple[int, int]]:
     return [(int(pid), int(step)) for pid, step in (line.split() for line in path.read_text().splitlines() if line)]
 
 
-def w5_recover(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work: Path) -> dict[str, Any]:
+def _crash_and_recover(
+    peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work: Path, crash_id: str, recover_id: str
+) -> dict[str, Any]:
+    """One W5 trial: a process killed inside step ``kill_at + 1``, then at once a fresh one finishes the workflow.
+
+    ``crash_id`` / ``recover_id``: the two processes' ``AETHERGRAPH_WORKER_ID`` (other peers ignore them).
+    """
     from aethergraph.core.ids import new_run_id  # AetherGraph run ids have a format; the others take any string
 
+    work.mkdir(exist_ok=True)
     side = work / "side.txt"
     p = {"steps": sizes.steps, "kill_at": sizes.kill_at, "workdir": str(work), "run_id": new_run_id()}
-    # The restarted process is the same service coming back (as DBOS's executor id): for AetherGraph the same
-    # worker id, so it takes its own runs back at start instead of waiting for the dead process's lease.
-    env = {**env, "AETHERGRAPH_WORKER_ID": "w5-service"}
-    crash_env = {**env, SIDE_ENV: str(side), KILL_ENV: str(sizes.kill_at)}
+    crash_env = {**env, "AETHERGRAPH_WORKER_ID": crash_id, SIDE_ENV: str(side), KILL_ENV: str(sizes.kill_at)}
     invoke(peer, python, "crash", p, crash_env, work, expect_kill=True)
     crashed = _side_lines(side)
     first_pid = crashed[0][0] if crashed else -1
     restart_ns = time.time_ns()
-    out = invoke(peer, python, "recover", p, {**env, SIDE_ENV: str(side)}, work)
+    out = invoke(peer, python, "recover", p, {**env, "AETHERGRAPH_WORKER_ID": recover_id, SIDE_ENV: str(side)}, work)
     lines = _side_lines(side)
     after = [step for pid, step in lines if pid != first_pid]
     before = [step for pid, step in lines if pid == first_pid]
@@ -272,6 +276,20 @@ def w5_recover(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work
         },
         "settings": out["settings"],
     }
+
+
+def w5_recover(peer: Peer, python: Path, sizes: Sizes, env: dict[str, str], work: Path) -> dict[str, Any]:
+    # The restarted process is the same service coming back (as DBOS's executor id): for AetherGraph the same
+    # worker id, so it takes its own runs back at start instead of waiting for the dead process's lease.
+    out = _crash_and_recover(peer, python, sizes, env, work / "same-id", "w5-service", "w5-service")
+    if peer.sync is not None:
+        # AetherGraph also with a new identity: the fresh process adopts the run because the server lists no
+        # connection under the dead process's name (its lease, 1 s, has not expired).
+        fresh = _crash_and_recover(peer, python, sizes, env, work / "new-id", "w5-crashed", "w5-fresh")["sample"]
+        out["sample"]["restart_to_done_new_id_ms"] = fresh["restart_to_done_ms"]
+        out["sample"]["ready_to_done_new_id_ms"] = fresh["ready_to_done_ms"]
+        out["sample"]["rerun_new_id"] = fresh["rerun_steps_1_to_kill"]
+    return out
 
 
 WORKLOADS = {
