@@ -9,6 +9,7 @@ publishes can be in flight, so a commit costs one round trip.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 
 import msgspec
@@ -16,11 +17,15 @@ from nats.aio.client import Client
 
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError
 
+from .client_internals import write_outbound
 from .dispatch import RawReplyInbox, server_address, status_of
 from .stream_errors import no_stream_answer_message
 from .topology import EVENTS_STREAM
 
-__all__ = ["AckHandler", "AckRouter", "PublishedAck"]
+__all__ = ["MAX_IN_FLIGHT", "AckHandler", "AckRouter", "PublishedAck"]
+
+MAX_IN_FLIGHT = 8192
+"""Publishes awaiting their acknowledgement at once, per router (beyond it they are held, in order)."""
 
 
 class _AckError(msgspec.Struct):
@@ -46,7 +51,9 @@ AckHandler = Callable[[PublishedAck | BaseException], None]
 class AckRouter:
     """Routes JetStream acknowledgements from one wildcard inbox to handlers."""
 
-    def __init__(self, nc: Client, ack_timeout_s: float, *, stream: str = EVENTS_STREAM) -> None:
+    def __init__(
+        self, nc: Client, ack_timeout_s: float, *, stream: str = EVENTS_STREAM, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self._nc = nc
         self._stream = stream  # named in errors: the stream most publishes go to
         self._inbox = RawReplyInbox(nc)
@@ -55,13 +62,9 @@ class AckRouter:
         self._timer: asyncio.TimerHandle | None = None
         self._ack_timeout_s = ack_timeout_s
         self._loop = asyncio.get_running_loop()
-        # The public client API makes publish a coroutine; events must enter the
-        # outbound buffer synchronously, in append order, so use the buffer directly.
-        if not (hasattr(nc, "_pending") and hasattr(nc, "_flush_queue") and hasattr(nc, "_pending_data_size")):
-            raise BusUnavailableError(
-                "this nats-py does not expose the outbound buffer the event log writes into; "
-                "install the version pinned in constraints.txt (pip install -c constraints.txt -e .)"
-            )
+        # Publishes beyond the window wait here, in order, until acknowledgements make room.
+        self._max_in_flight = max_in_flight
+        self._held: collections.deque[tuple[bytes, bytes, AckHandler]] = collections.deque()
 
     async def start(self) -> None:
         await self._inbox.start(self._on_reply)
@@ -81,19 +84,24 @@ class AckRouter:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, {}
+        held, self._held = self._held, collections.deque()
         for handler, _ in pending.values():
+            handler(exc)
+        for _, _, handler in held:
             handler(exc)
 
     def publish(self, subject: str, headers: bytes, payload: bytes, handler: AckHandler) -> None:
-        nc = self._nc
-        if nc.is_closed:
+        """Write the publish into the client's outbound buffer now, or hold it (in order) while the window is full.
+
+        The window caps publishes awaiting their acknowledgement; a held
+        publish goes out as acknowledgements come back, and its handler
+        learns the outcome like any other's. Callers feel the backpressure
+        as commits that take longer, not as an error.
+        """
+        if self._nc.is_closed:
             raise BusUnavailableError("the NATS connection is closed")
         token, reply = self._inbox.new_reply()
-        deadline = self._loop.time() + self._ack_timeout_s
-        self._pending[token] = (handler, deadline)
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._expire_overdue)
-        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        command = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
             subject.encode(),
             reply.encode(),
             len(headers),
@@ -101,11 +109,22 @@ class AckRouter:
             headers,
             payload,
         )
-        nc._pending.append(cmd)
-        nc._pending_data_size += len(cmd)
-        queue = nc._flush_queue
-        if queue is not None and queue.empty():
-            queue.put_nowait(self._loop.create_future())
+        if self._held or len(self._pending) >= self._max_in_flight:
+            self._held.append((token, command, handler))
+            return
+        self._write(token, command, handler)
+
+    def _write(self, token: bytes, command: bytes, handler: AckHandler) -> None:
+        deadline = self._loop.time() + self._ack_timeout_s
+        self._pending[token] = (handler, deadline)
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire_overdue)
+        write_outbound(self._nc, command)
+
+    def _send_held(self) -> None:
+        while self._held and len(self._pending) < self._max_in_flight:
+            token, command, handler = self._held.popleft()
+            self._write(token, command, handler)
 
     def _expire_overdue(self) -> None:
         """Fail every publish past its deadline; one timer serves all pending publishes.
@@ -125,6 +144,7 @@ class AckRouter:
         expired = [self._pending.pop(token)[0] for token in overdue]
         if next_deadline is not None:
             self._timer = self._loop.call_at(next_deadline, self._expire_overdue)
+        self._send_held()
         for handler in expired:
             handler(
                 BusUnavailableError(
@@ -137,6 +157,8 @@ class AckRouter:
         entry = self._pending.pop(self._inbox.token_of(subject), None)
         if entry is None:
             return
+        if self._held:
+            self._send_held()
         handler = entry[0]
         if not data:
             status, _ = status_of(headers)

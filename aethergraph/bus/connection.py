@@ -18,6 +18,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.settings import Settings
 
+from .client_internals import probe, server_info
 from .embedded import EmbeddedServer, ensure_embedded_server
 from .migration import TopologyPlan, mismatch_error, plan_topology, stream_differences
 from .topology import Topology
@@ -275,7 +276,7 @@ async def open_nats(
     nc = await _connect_or_refused(url, settings, client_name=client_name, options=options)
     js = nc.jetstream(timeout=settings.connect_timeout_s * 2)
     # The server's INFO says whether it runs JetStream at all: only then is waiting for it worthwhile.
-    announced = bool(getattr(nc, "_server_info", {}).get("jetstream"))
+    announced = bool(server_info(nc).get("jetstream"))
     try:
         await _retrying(js.account_info, retry_s=settings.connect_retry_s if announced else 0.0)
     except (APIError, *_NOT_YET) as exc:
@@ -299,12 +300,22 @@ def _no_jetstream_message(url: str, exc: BaseException, announced: bool, retry_s
     )
 
 
+async def _probe_client(nc: Client) -> None:
+    """Check the nats-py members the hot path relies on, on this live client (no round trip)."""
+    subscription = await nc.subscribe(nc.new_inbox())
+    try:
+        probe(nc, subscription)
+    finally:
+        await subscription.unsubscribe()
+
+
 async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
     """Connect to ``settings.nats_url``, or to the workspace's embedded server, and declare the topology."""
     events = ConnectionEvents()
     nc, js, url, embedded = await open_nats(settings, client_name=client_name, events=events)
     topology = topology_for(settings)
     try:
+        await _probe_client(nc)
         await _retrying(lambda: ensure_topology(js, topology), retry_s=settings.connect_retry_s)
     except APIError as exc:
         await nc.close()

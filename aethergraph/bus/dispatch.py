@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from .client_internals import (
+    MessageInterceptor,
+    intercept_messages,
+    release_pending_bytes,
+    replace_pending_queue,
+    subscription_id,
+    write_outbound,
+    write_to_socket,
+)
 
 __all__ = [
     "RawHandler",
@@ -27,7 +37,7 @@ __all__ = [
     "status_of",
 ]
 
-RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+RawHandler = MessageInterceptor
 """Takes a message as the client read it: subject, reply subject (empty if none), payload and header block.
 
 The header block is the raw ``NATS/1.0 ...`` text (None without headers); a
@@ -54,16 +64,13 @@ class SyncDispatchQueue(asyncio.Queue[Msg]):
         self._subscription = subscription
 
     def put_nowait(self, item: Msg) -> None:
-        self._subscription._pending_size -= len(item.data)
+        release_pending_bytes(self._subscription, len(item.data))
         self._handler(item)
 
 
 def dispatch_synchronously(subscription: Subscription, handler: Callable[[Msg], None]) -> None:
     """Deliver ``subscription``'s messages straight to ``handler`` (see :class:`SyncDispatchQueue`)."""
-    subscription._pending_queue = SyncDispatchQueue(handler, subscription)
-
-
-_RAW_HANDLERS = "_ag_raw_handlers"
+    replace_pending_queue(subscription, SyncDispatchQueue(handler, subscription))
 
 
 def dispatch_raw(nc: Client, subscription: Subscription, handler: RawHandler) -> None:
@@ -76,32 +83,12 @@ def dispatch_raw(nc: Client, subscription: Subscription, handler: RawHandler) ->
     only for subscriptions that configure none of them. Undo with
     :func:`release_raw`.
     """
-    handlers: dict[int, RawHandler] | None = getattr(nc, _RAW_HANDLERS, None)
-    if handlers is None:
-        handlers = {}
-        original: Callable[..., Awaitable[None]] = nc._process_msg
-        stats: dict[str, Any] = nc.stats
-        table = handlers
-
-        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-            raw = table.get(sid)
-            if raw is None:
-                await original(sid, subject, reply, data, headers)
-                return
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += len(data)
-            raw(subject, reply, data, headers)
-
-        setattr(nc, "_process_msg", process_msg)  # noqa: B010 - replaces a method on this client only
-        setattr(nc, _RAW_HANDLERS, handlers)
-    handlers[subscription._id] = handler
+    intercept_messages(nc)[subscription_id(subscription)] = handler
 
 
 def release_raw(nc: Client, subscription: Subscription) -> None:
     """Stop handing ``subscription``'s messages to its raw handler."""
-    handlers: dict[int, RawHandler] | None = getattr(nc, _RAW_HANDLERS, None)
-    if handlers is not None:
-        handlers.pop(subscription._id, None)
+    intercept_messages(nc).pop(subscription_id(subscription), None)
 
 
 class RawReplyInbox:
@@ -197,11 +184,7 @@ def publish_now(nc: Client, subject: str, payload: bytes, reply: str = "") -> No
         cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
     else:
         cmd = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-    nc._pending.append(cmd)
-    nc._pending_data_size += len(cmd)
-    queue = nc._flush_queue
-    if queue is not None and queue.empty():
-        queue.put_nowait(asyncio.get_running_loop().create_future())
+    write_outbound(nc, cmd)
 
 
 def publish_at_once(nc: Client, subject: str, headers: bytes, payload: bytes) -> bool:
@@ -211,13 +194,10 @@ def publish_at_once(nc: Client, subject: str, headers: bytes, payload: bytes) ->
     tasks, the client's own among them: nothing else would send them. False
     if there is no connection to write to.
     """
-    transport = nc._transport
-    if transport is None or not nc.is_connected:
-        return False
-    transport.write(
-        b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(headers), len(headers) + len(payload), headers, payload)
+    return write_to_socket(
+        nc,
+        b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(headers), len(headers) + len(payload), headers, payload),
     )
-    return True
 
 
 def retrieve_exception(fut: asyncio.Future[Any]) -> None:

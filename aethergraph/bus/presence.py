@@ -37,6 +37,8 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .client_internals import server_info
+
 __all__ = [
     "CLIENT_PREFIX",
     "DISCONNECT_GRACE_S",
@@ -158,7 +160,7 @@ async def _ask(nc: Client, subject: str, body: bytes, reply: type[R]) -> R | Non
 
 async def detect_presence(nc: Client) -> ClientPresence | None:
     """The account's connection events, if the server delivers them here (else ``None``: the lease applies)."""
-    info = getattr(nc, "_server_info", None) or {}
+    info = server_info(nc)
     if info.get("cluster"):
         log.debug("the NATS server is part of cluster %s: processes' deaths are told by the lease", info["cluster"])
         return None
