@@ -115,7 +115,7 @@ def run(
         if detach and (wait or events):
             raise ValueError("--detach returns at once; follow the run with `aethergraph status RUN_ID` instead")
     except (AetherGraphError, TypeError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     settings_or_exit()
     if detach:
