@@ -40,8 +40,6 @@ def normalise_value(value: Any, *, what: str, strict: bool = True) -> tuple[Any,
     something else without saying so (datetimes, sets, bytes, UUIDs,
     Decimals) with a :class:`SerializationError` naming where the value is.
     """
-    if strict:
-        _refuse_lossy(value, what)
     try:
         raw = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError, OverflowError) as exc:
@@ -51,7 +49,12 @@ def normalise_value(value: Any, *, what: str, strict: bool = True) -> tuple[Any,
             "msgspec Structs, dataclasses); save large or binary data as an artifact "
             "and return its reference."
         ) from exc
-    return _value_decoder.decode(raw), raw
+    decoded = _value_decoder.decode(raw)
+    # A value that reads back equal holds nothing lossy (a datetime, a set, ... never equals what it becomes),
+    # and that comparison runs in C; only values that differ (tuples, Structs, or lossy ones) are walked.
+    if strict and decoded != value:
+        _refuse_lossy(value, what)
+    return decoded, raw
 
 
 # Types the encoder would turn into another type silently, and what to do instead.
