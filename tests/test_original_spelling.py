@@ -19,6 +19,9 @@ import aethergraph
 from aethergraph import DualStageTool, graph_fn, tool
 from aethergraph.core import errors as core_errors
 from aethergraph.core import events as ev
+from aethergraph.core.ids import new_run_id
+from aethergraph.engine.runs import RunHandle, Suspended
+from aethergraph.engine.worker import Worker
 from aethergraph.errors import (
     DecorationError,
     OutputError,
@@ -26,7 +29,7 @@ from aethergraph.errors import (
     ServiceNameError,
     UnknownServiceError,
 )
-from aethergraph.runtime import Runtime
+from aethergraph.runtime import Runtime, load_target
 from aethergraph.services.runtime.base import Service
 from aethergraph.services.runtime.registry import register_context_service, unregister_context_service
 
@@ -112,20 +115,34 @@ async def os_bad_wait_dict() -> dict:
     return await OsBadWaitDict()  # type: ignore[operator,no-any-return]
 
 
-async def test_tool_decorator_on_a_dual_stage_tool_whose_setup_returns_a_wait_dict(runtime: Runtime) -> None:
+@pytest.fixture(params=["live", "always_suspend"])
+def graph_env(request: pytest.FixtureRequest, runtime: Runtime, suspending_runtime: Runtime) -> Runtime:
+    """Run twice: live, and suspending after every step to continue by replay."""
+    return suspending_runtime if request.param == "always_suspend" else runtime
+
+
+async def test_tool_decorator_on_a_dual_stage_tool_whose_setup_returns_a_wait_dict(graph_env: Runtime) -> None:
     assert isinstance(OsApprove, DualStageTool)
     assert OsApprove.name == "os_approve" and OsApprove.spec.outputs == ("approved", "note")
     assert OsBadWaitDict.name == "os_bad_wait_dict"
-    handle = await aethergraph.start_run(os_review, {"doc": "draft.md"})
+    run_id = new_run_id()
+    task = graph_env.driver.start(load_target(os_review), {"doc": "draft.md"}, run_id)
     async with asyncio.timeout(SAFETY_S):
-        assert await handle.wait_for_status("waiting") == "waiting"
-    requested = [r.event for r in await read_events(runtime, handle.run_id) if isinstance(r.event, ev.RunWaiting)]
-    assert [(w.kind, w.prompt) for w in requested] == [("approval", "approve draft.md?")]
+        assert isinstance(await task, Suspended)
+    waiting = [r.event for r in await read_events(graph_env, run_id) if isinstance(r.event, ev.RunWaiting)]
+    assert [(w.kind, w.prompt) for w in waiting] == [("approval", "approve draft.md?")]
     with pytest.raises(ResumeRejectedError) as info:  # resume_schema is the wait's payload schema
-        await aethergraph.resume(handle.run_id, {"note": "no decision"})
+        await aethergraph.resume(run_id, {"note": "no decision"})
     assert info.value.reason == "invalid_payload"
-    await aethergraph.resume(handle.run_id, {"approved": True, "note": "fine"}, wait=False)
-    assert await handle.result(timeout=SAFETY_S) == {"approved": True, "note": "fine"}
+    await aethergraph.resume(run_id, {"approved": True, "note": "fine"}, wait=False)
+    worker = Worker(graph_env.driver, graph_env.commands)  # continues the run on graph_env, by replay
+    serving = asyncio.create_task(worker.serve())
+    try:
+        outputs = await RunHandle(run_id, graph_env).result(timeout=SAFETY_S)
+    finally:
+        worker.stop()
+        await serving
+    assert outputs == {"approved": True, "note": "fine"}
 
 
 async def test_a_wait_dict_with_an_unknown_key_fails_naming_the_keys(runtime: Runtime) -> None:

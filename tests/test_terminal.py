@@ -236,6 +236,21 @@ def test_ctrl_c_at_a_prompt_leaves_the_run_waiting_with_its_wait_open(
     _assert_left_waiting(tmp_path, "tt-intr", plain(term.output), "interrupted")
 
 
+def test_end_of_input_at_an_approval_prompt_leaves_that_wait_open(terminals: list[Terminal], tmp_path: Path) -> None:
+    term = run_on_terminal(terminals, tmp_path, "run", f"{GRAPHS}:tt_ask", "--run-id", "tt-eof-approval")
+    term.read_until("Your name? ")
+    term.type(b"Cy\n")
+    term.read_until("Ship it, Cy? [1] Approve / [2] Reject")
+    term.type(b"\x04")
+    assert term.wait() == 3
+    screen = plain(term.output)
+    assert "no answer read (end of input): wait w6 of run tt-eof-approval stays open" in screen
+    assert "aethergraph resume tt-eof-approval --wait-id w6 --approve (or --reject)" in screen
+    state = status_of(tmp_path, "tt-eof-approval")
+    assert state["status"] == "waiting"
+    assert [w["wait_id"] for w in state["open_waits"]] == ["w6"]  # type: ignore[attr-defined]
+
+
 SCRIPT = f"""
 import sys
 sys.path.insert(0, {str(GRAPHS.parent)!r})
