@@ -20,7 +20,7 @@ from aethergraph.core.service_registry import register_context_service
 from aethergraph.core.settings import Settings
 from aethergraph.core.task_graph import RetryPolicy, TaskGraph
 from aethergraph.core.waits import Wait
-from aethergraph.engine.runs import RunHandle
+from aethergraph.host.runs import RunHandle
 from aethergraph.runtime import (
     cancel,
     close_runtime,

@@ -19,8 +19,8 @@ from typing import Any
 
 from aethergraph import Settings, close_runtime, get_runtime, graphify, tool
 from aethergraph.bus.topology import COMMANDS_STREAM, EVENTS_STREAM
-from aethergraph.engine.runs import RunHandle
-from aethergraph.runtime import Runtime, start_run
+from aethergraph.host.runs import RunHandle
+from aethergraph.runtime import ProcessHost, start_run
 
 from .harness import DEFAULT_SYNC, BenchContext, CpuMeter, Figure, isolated_server, value_figure
 
@@ -49,7 +49,7 @@ def bench_burst_three(n):  # type: ignore[no-untyped-def]
     return {"z": bench_burst_add(x=first.x, y=bench_burst_double(x=first.x).y).z}
 
 
-async def _consumers(runtime: Runtime) -> tuple[int, int]:
+async def _consumers(runtime: ProcessHost) -> tuple[int, int]:
     js = runtime.bus.js
     return (
         (await js.stream_info(COMMANDS_STREAM)).state.consumer_count,
@@ -57,7 +57,7 @@ async def _consumers(runtime: Runtime) -> tuple[int, int]:
     )
 
 
-async def _burst(runtime: Runtime, runs: int, cpu: CpuMeter) -> tuple[float, list[int], int]:
+async def _burst(runtime: ProcessHost, runs: int, cpu: CpuMeter) -> tuple[float, list[int], int]:
     """Seconds from the first start to the last result, peak consumers (commands, events), runs not done."""
     peaks = list(await _consumers(runtime))
     sampling = True
@@ -72,7 +72,7 @@ async def _burst(runtime: Runtime, runs: int, cpu: CpuMeter) -> tuple[float, lis
     with cpu.measure(runs):
         started = time.perf_counter()
         handles = [await start_run(bench_burst_three, {"n": i}) for i in range(runs)]
-        followers = [asyncio.ensure_future(RunHandle(h.run_id, runtime).result()) for h in handles]
+        followers = [asyncio.ensure_future(RunHandle(h.run_id, runtime.env).result()) for h in handles]
         done, pending = await asyncio.wait(followers, timeout=600)
         elapsed = time.perf_counter() - started
     sampling = False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aethergraph import Settings
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 from . import graphs_durable
 from .harness import (
@@ -28,7 +28,7 @@ NAME = "lifecycle"
 TITLE = "15. Run lifecycle"
 
 
-async def _start_latencies(runtime: Runtime, count: int) -> list[int]:
+async def _start_latencies(runtime: ProcessHost, count: int) -> list[int]:
     """``start_run`` of a one-step graph, one at a time: nanoseconds until it returned (the run then ends)."""
     spec = load_target(graphs_durable.bench_first_step)
     samples = []
@@ -41,7 +41,7 @@ async def _start_latencies(runtime: Runtime, count: int) -> list[int]:
     return samples
 
 
-async def _submit_latencies(runtime: Runtime, count: int, worker_pid: int) -> list[int]:
+async def _submit_latencies(runtime: ProcessHost, count: int, worker_pid: int) -> list[int]:
     """``submit`` of a one-step graph, one at a time: nanoseconds until a worker's first step starts."""
     spec = load_target(graphs_durable.bench_first_step)
     samples = []
@@ -57,7 +57,7 @@ async def _submit_latencies(runtime: Runtime, count: int, worker_pid: int) -> li
 
 async def _measure(ctx: BenchContext, url: str, workspace: Path, worker_pid: int) -> dict[str, list[list[int]]]:
     repeats, count = ctx.pick(5, 2), ctx.pick(40, 10)
-    runtime = await Runtime.open(Settings(nats_url=url, workspace=workspace, sync_interval=DEFAULT_SYNC))
+    runtime = await ProcessHost.open(Settings(nats_url=url, workspace=workspace, sync_interval=DEFAULT_SYNC))
     results: dict[str, list[list[int]]] = {"start": [], "submit": [], "floor": []}
     try:
         await _start_latencies(runtime, 5)  # warm-up

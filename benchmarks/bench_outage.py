@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from aethergraph import Settings, graph_fn, tool
 from aethergraph.bus.embedded import ensure_embedded_server, running_server
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 from .harness import SYNC_INTERVALS, BenchContext, Figure, isolated_server, latency_figure
 
@@ -48,7 +48,7 @@ class Trial:
     moving_ns: list[int] = field(default_factory=list)  # per run: back -> its first commit after
 
 
-async def _trial(runtime: Runtime, workspace_url: str, pid: int, workspace: object) -> tuple[Trial, int]:
+async def _trial(runtime: ProcessHost, workspace_url: str, pid: int, workspace: object) -> tuple[Trial, int]:
     spec = load_target(bench_outage_chain)
     run_ids = [new_run_id() for _ in range(RUNS)]
     tasks = [runtime.driver.start(spec, {"steps": STEPS}, run_id) for run_id in run_ids]
@@ -73,7 +73,7 @@ async def _trial(runtime: Runtime, workspace_url: str, pid: int, workspace: obje
 async def _measure(ctx: BenchContext, sync: str) -> list[Trial]:
     trials: list[Trial] = []
     with isolated_server(sync) as (server, workspace):
-        runtime = await Runtime.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
+        runtime = await ProcessHost.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
         pid = server.pid
         try:
             for index in range(ctx.pick(5, 2)):

@@ -39,11 +39,11 @@ from aethergraph.core.events import (
     WaitResumed,
 )
 from aethergraph.core.ids import ROOT_NODE, child_run_id, new_run_id
-from aethergraph.engine.queries import serve_projections, store_path
+from aethergraph.host.process import ProcessHost
+from aethergraph.projections.client import serve_projections, store_path
 from aethergraph.projections.projector import Projector, decode_batch
 from aethergraph.projections.service import QueryRequest, remote_request, store_id_for
 from aethergraph.projections.store import ProjectionStore
-from aethergraph.runtime import Runtime
 
 from .harness import (
     DEFAULT_SYNC,
@@ -388,7 +388,7 @@ async def append_all(log: JetStreamEventLog, groups: Iterator[tuple[list[Tree], 
     await asyncio.gather(*futures)
 
 
-async def _fill(ctx: BenchContext, runtime: Runtime, total: int) -> Filled:
+async def _fill(ctx: BenchContext, runtime: ProcessHost, total: int) -> Filled:
     ctx.say(f"filling the stream with {total:,} events of realistic runs (pipelined appends)")
     filled = Filled(events=0, seconds=0.0)
     started = time.perf_counter()
@@ -469,7 +469,7 @@ def _rate_between(progress: list[tuple[float, int]], low: float, high: float) ->
     return (end[1] - start[1]) / (end[0] - start[0])
 
 
-async def rebuild(runtime: Runtime, path: Path, target: int, meter: CpuMeter) -> Rebuild:
+async def rebuild(runtime: ProcessHost, path: Path, target: int, meter: CpuMeter) -> Rebuild:
     """``Projector.catch_up`` from an empty store at ``path`` to the end of the stream."""
     store = await asyncio.to_thread(ProjectionStore.open, path)
     try:
@@ -519,7 +519,7 @@ async def _measure_stream(
 ) -> tuple[list[Figure], Filled, Path]:
     repeats = ctx.pick(2, 2)
     total = ctx.pick(1_000_000, 100_000)
-    runtime = await Runtime.open(Settings(nats_url=server_url, workspace=workspace, sync_interval=SYNC))
+    runtime = await ProcessHost.open(Settings(nats_url=server_url, workspace=workspace, sync_interval=SYNC))
     try:
         filled = await _fill(ctx, runtime, total)
         target = filled.events
@@ -735,7 +735,7 @@ async def _measure_live(
     idle_n = ctx.pick(150, 60)
     loaded_s = float(ctx.pick(20, 6))
     rng = random.Random(11)
-    runtime = await Runtime.open(Settings(nats_url=server_url, workspace=workspace, sync_interval=SYNC))
+    runtime = await ProcessHost.open(Settings(nats_url=server_url, workspace=workspace, sync_interval=SYNC))
     path = store_path(runtime.settings)
     _copy_store(base_store, path)
     stop = asyncio.Event()

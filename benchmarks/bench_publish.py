@@ -8,7 +8,7 @@ import time
 from aethergraph import Settings
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 from .harness import (
     DEFAULT_SYNC,
@@ -91,7 +91,7 @@ async def _measure(ctx: BenchContext, sync: str) -> tuple[list[Figure], list[str
     payload = sample_payload()
     notes: list[str] = []
     with isolated_server(sync) as (server, workspace):
-        runtime = await Runtime.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
+        runtime = await ProcessHost.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
         try:
             log, nc = runtime.event_log, runtime.bus.nc
             transport = has_transport_path(log)
@@ -213,7 +213,7 @@ async def _measure_depth(ctx: BenchContext) -> list[Figure]:
     fill = ctx.pick(400_000, 50_000)
     per_run = 20
     with isolated_server(sync) as (server, workspace):
-        runtime = await Runtime.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
+        runtime = await ProcessHost.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
         try:
             log = runtime.event_log
             old = {}

@@ -14,8 +14,8 @@ from aethergraph.core.errors import RunSuspended
 from aethergraph.core.events import RunStarted, ToolCalled
 from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import new_run_id
-from aethergraph.engine.runs import Suspended
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.host.runs import Suspended
+from aethergraph.runtime import ProcessHost, load_target
 
 from . import graphs_durable
 from .harness import DEFAULT_SYNC, BenchContext, CpuMeter, Figure, isolated_server, median, rotate, value_figure
@@ -31,7 +31,7 @@ SHORT_EVENTS = 4
 SHORT_READS = 1_000
 
 
-async def _raw_read(runtime: Runtime, run_id: str, expected: int) -> float:
+async def _raw_read(runtime: ProcessHost, run_id: str, expected: int) -> float:
     """nats-py's ordered consumer alone (no decoding): the transport's share; seconds."""
     started = time.perf_counter()
     sub = await runtime.bus.js.subscribe(
@@ -49,7 +49,7 @@ async def _raw_read(runtime: Runtime, run_id: str, expected: int) -> float:
     return time.perf_counter() - started
 
 
-async def _read_run(runtime: Runtime, run_id: str, expected: int) -> float:
+async def _read_run(runtime: ProcessHost, run_id: str, expected: int) -> float:
     started = time.perf_counter()
     count = 0
     last = 0
@@ -62,7 +62,7 @@ async def _read_run(runtime: Runtime, run_id: str, expected: int) -> float:
     return elapsed
 
 
-async def _replay_once(runtime: Runtime, run_id: str) -> tuple[int, float, float, float]:
+async def _replay_once(runtime: ProcessHost, run_id: str) -> tuple[int, float, float, float]:
     """Continue the run by replay up to its open wait: (journal entries, read s, claim s, body s).
 
     What a worker does to continue a run (``resume_run``), in timed pieces:
@@ -77,7 +77,7 @@ async def _replay_once(runtime: Runtime, run_id: str) -> tuple[int, float, float
     read = time.perf_counter()
     first = chain[0]
     assert isinstance(first, RunStarted)
-    scope = await claim_run(spec, first, chain, last_stream_seq, runtime, reason="replay")
+    scope = await claim_run(spec, first, chain, last_stream_seq, runtime.env, reason="replay")
     claimed = time.perf_counter()
     try:
         await drive_run(spec, first.inputs, scope, first.seq)
@@ -89,7 +89,7 @@ async def _replay_once(runtime: Runtime, run_id: str) -> tuple[int, float, float
     return len(chain), read - started, claimed - read, done - claimed
 
 
-async def _measure_resume(ctx: BenchContext, runtime: Runtime, repeats: int) -> list[Figure]:
+async def _measure_resume(ctx: BenchContext, runtime: ProcessHost, repeats: int) -> list[Figure]:
     sync = DEFAULT_SYNC
     run_id = new_run_id()
     ctx.say(f"journaling a run of {STEPS:,} tool steps that then waits (executed live, {STEPS:,} durable steps)")
@@ -164,7 +164,7 @@ async def _measure_resume(ctx: BenchContext, runtime: Runtime, repeats: int) -> 
     ]
 
 
-async def _short_reads(ctx: BenchContext, runtime: Runtime, server_pid: int, repeats: int) -> list[Figure]:
+async def _short_reads(ctx: BenchContext, runtime: ProcessHost, server_pid: int, repeats: int) -> list[Figure]:
     """Reads of 4-event journals in a stream of about 50,000 events, 32 at a time: wall and nats-server CPU.
 
     Beside ``read_run`` (exactly sized direct gets), one direct get asking for
@@ -239,7 +239,7 @@ async def _measure(ctx: BenchContext) -> list[Figure]:
     repeats = ctx.pick(7, 3)
     sync = DEFAULT_SYNC
     with isolated_server(sync) as (server, workspace):
-        runtime = await Runtime.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
+        runtime = await ProcessHost.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=sync))
         try:
             run_id, other = new_run_id(), new_run_id()
             ctx.say(f"writing a {EVENTS:,}-event run interleaved with another run of the same size")

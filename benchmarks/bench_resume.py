@@ -15,8 +15,8 @@ from aethergraph import Settings
 from aethergraph.core.codec import decode_event
 from aethergraph.core.events import RunClaimed, RunCompleted, ToolCalled, WaitResumed
 from aethergraph.core.ids import new_run_id
-from aethergraph.engine.runs import Suspended
-from aethergraph.runtime import Runtime, close_runtime, get_runtime, load_target
+from aethergraph.host.runs import Suspended
+from aethergraph.runtime import ProcessHost, close_runtime, get_runtime, load_target
 
 from . import graphs_durable
 from .harness import (
@@ -100,7 +100,7 @@ class EventWatch:
         return future
 
 
-async def _start_waiting_runs(runtime: Runtime, count: int) -> list[str]:
+async def _start_waiting_runs(runtime: ProcessHost, count: int) -> list[str]:
     """``count`` runs of ``bench_resume_wait`` started here, each suspended on its wait.
 
     Their ends come from the driver's tasks, not from reading the journals back
@@ -114,7 +114,7 @@ async def _start_waiting_runs(runtime: Runtime, count: int) -> list[str]:
     return run_ids
 
 
-async def _resume_one(runtime: Runtime, watch: EventWatch, run_id: str, variant: str, payload: int) -> Sample:
+async def _resume_one(runtime: ProcessHost, watch: EventWatch, run_id: str, variant: str, payload: int) -> Sample:
     if variant != "warm":
         await asyncio.sleep(IDLE_S)
     sample = Sample(variant=variant, run_id=run_id, sent_ns=0)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aethergraph import Service, Settings, graph_fn, register_context_service
 from aethergraph.core.executor import execute_run
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 from .harness import (
     SYNC_INTERVALS,
@@ -104,7 +104,7 @@ async def _measure(ctx: BenchContext, sync: str) -> list[Figure]:
     throughput: dict[str, list[float]] = {}
     with isolated_server(sync) as (server, workspace):
         runtimes = {
-            store: await Runtime.open(
+            store: await ProcessHost.open(
                 Settings(
                     nats_url=server.url,
                     workspace=workspace,
@@ -118,22 +118,24 @@ async def _measure(ctx: BenchContext, sync: str) -> list[Figure]:
         try:
             rt = runtimes["object_store"]
             ctx.say(f"warm-up (sync_interval={sync})")
-            await execute_run(bench_service_calls.spec, {"n": 20}, env=rt)
-            await execute_run(bench_kv.spec, {"n": 20, "prefix": "warm."}, env=rt)
+            await execute_run(bench_service_calls.spec, {"n": 20}, env=rt.env)
+            await execute_run(bench_kv.spec, {"n": 20, "prefix": "warm."}, env=rt.env)
             for index in range(repeats):
                 ctx.say(f"repeat {index + 1}/{repeats}: {CALLS} service calls, {CALLS} kv set + get")
                 _samples.clear()
-                await execute_run(bench_service_calls.spec, {"n": CALLS}, env=rt)
-                await execute_run(bench_kv.spec, {"n": CALLS, "prefix": f"r{index}."}, env=rt)
+                await execute_run(bench_service_calls.spec, {"n": CALLS}, env=rt.env)
+                await execute_run(bench_kv.spec, {"n": CALLS, "prefix": f"r{index}."}, env=rt.env)
                 bare, wrapped = await _bare_calls(CALLS)
                 for key, samples in (*_samples.items(), ("bare", bare), ("wrapped", wrapped)):
                     blocks.setdefault(key, []).append(list(samples))
             for store, store_rt in runtimes.items():
                 ctx.say(f"artifacts on {store}: {artifact_count} x {ARTIFACT_MB} MiB saved and loaded")
-                await execute_run(bench_artifacts.spec, {"count": 1, "mb": 1}, env=store_rt)
+                await execute_run(bench_artifacts.spec, {"count": 1, "mb": 1}, env=store_rt.env)
                 for _ in range(max(1, repeats // 3)):
                     _samples.clear()
-                    await execute_run(bench_artifacts.spec, {"count": artifact_count, "mb": ARTIFACT_MB}, env=store_rt)
+                    await execute_run(
+                        bench_artifacts.spec, {"count": artifact_count, "mb": ARTIFACT_MB}, env=store_rt.env
+                    )
                     for op in ("save", "load"):
                         seconds = sum(_samples[op]) / 1e9
                         throughput.setdefault(f"{op}_{store}", []).append(artifact_count * ARTIFACT_MB / seconds)

@@ -9,7 +9,7 @@ from typing import Any
 from aethergraph import Settings, close_runtime, get_runtime, graphify, tool
 from aethergraph.core.events import NodeCompleted, NodeReady, NodeStarted
 from aethergraph.core.replay import journal_chain
-from aethergraph.runtime import Runtime, start_run
+from aethergraph.runtime import ProcessHost, start_run
 
 from .harness import (
     DEFAULT_SYNC,
@@ -63,7 +63,7 @@ def chain_graph(length: int) -> Any:
     return graphify(name=f"bench_static_chain_{length}", inputs=["start"], outputs=["v"])(body)
 
 
-async def _journal(runtime: Runtime, run_id: str) -> list[Any]:
+async def _journal(runtime: ProcessHost, run_id: str) -> list[Any]:
     return journal_chain([record.event async for record in runtime.event_log.read_run(run_id)])
 
 
@@ -95,7 +95,7 @@ def _edge_latencies(chain: list[Any], graph: Any) -> tuple[list[int], list[int],
 
 
 async def _one_run(
-    runtime: Runtime, builder: Any, inputs: dict[str, Any], expected: dict[str, Any]
+    runtime: ProcessHost, builder: Any, inputs: dict[str, Any], expected: dict[str, Any]
 ) -> tuple[float, list[Any]]:
     started = time.perf_counter()
     handle = await start_run(builder, inputs)

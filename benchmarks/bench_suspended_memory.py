@@ -215,7 +215,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         ),
     ]
     notes = [
-        "Each repeat is a fresh worker process (`benchmarks/hold_worker.py`: `aethergraph.engine.worker.Worker`, "
+        "Each repeat is a fresh worker process (`benchmarks/hold_worker.py`: `aethergraph.host.worker.Worker`, "
         "as `serve_worker` runs it) on the benchmark's nats-server. After a warm-up (20 runs taken through their "
         "whole life in it) it starts the runs itself with its own `RunDriver`: each run commits `run.started` and "
         "`wait.requested`, suspends (`run.waiting`) and releases its ownership record. The run ids go to a file, "

@@ -13,8 +13,8 @@ from aethergraph import Settings
 from aethergraph.core.events import RunClaimed
 from aethergraph.core.executor import load_journal
 from aethergraph.core.ids import new_run_id
-from aethergraph.engine.runs import RunHandle
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
+from aethergraph.host.runs import RunHandle
 
 from .graphs_durable import TICK_SLEEP_ENV, TICKS_FILE_ENV
 from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, latency_figure, temp_workspace
@@ -66,7 +66,7 @@ async def _poll(check: Callable[[], T | None], *, timeout_s: float, what: str) -
 
 
 async def _trial(
-    runtime: Runtime, deaths: dict[str, int], nats_url: str, scratch: Path, worker: Proc, index: int
+    runtime: ProcessHost, deaths: dict[str, int], nats_url: str, scratch: Path, worker: Proc, index: int
 ) -> Trial:
     run_id = new_run_id()
     driver_id = f"benchdriver{index}"
@@ -98,7 +98,7 @@ async def _trial(
         return next((tick for tick in _ticks(ticks, run_id) if tick[0] == worker.pid), None)
 
     _, first_step_ns, first_i = await _poll(worker_step, timeout_s=60, what="the worker's first step of the run")
-    outputs = await RunHandle(run_id, runtime).result(timeout=60)
+    outputs = await RunHandle(run_id, runtime.env).result(timeout=60)
     if outputs != {"i": STEPS - 1}:
         raise RuntimeError(f"run {run_id} ended with {outputs}, expected {{'i': {STEPS - 1}}}")
     chain, _ = await load_journal(runtime, run_id)
@@ -118,7 +118,7 @@ async def _trial(
 
 async def _measure(ctx: BenchContext, nats_url: str, workspace: Path, scratch: Path, worker: Proc) -> list[Trial]:
     trials = ctx.pick(10, 2)
-    runtime = await Runtime.open(Settings(nats_url=nats_url, workspace=workspace, sync_interval=DEFAULT_SYNC))
+    runtime = await ProcessHost.open(Settings(nats_url=nats_url, workspace=workspace, sync_interval=DEFAULT_SYNC))
     deaths: dict[str, int] = {}
 
     async def on_death(worker_id: str) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from aethergraph.core.ids import new_run_id
-from aethergraph.engine.runs import RunHandle, Suspended
-from aethergraph.engine.worker import Worker
+from aethergraph.host.runs import RunHandle, Suspended
+from aethergraph.host.worker import Worker
 from aethergraph.runtime import close_runtime, get_runtime, load_target
 
 from . import graphs_durable
@@ -112,7 +112,7 @@ async def _warm_up() -> None:
     for run_id in run_ids:
         await runtime.commands.publish_resume(run_id, wait_id=None, payload=2)
     for run_id in run_ids:
-        outputs = await RunHandle(run_id, runtime).result(timeout=60)
+        outputs = await RunHandle(run_id, runtime.env).result(timeout=60)
         assert outputs == {"answers": [1, 2]}, outputs
 
 

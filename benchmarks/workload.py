@@ -228,7 +228,7 @@ class MemoryEnvironment:
     def __init__(self) -> None:
         self.event_log = MemoryEventLog()
         self.worker_id = WORKER
-        self.always_suspend = False
+        self.settings.always_suspend = False
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -18,7 +18,7 @@ import pytest
 from helpers import NatsServer, start_nats_server
 
 from aethergraph.core.settings import load_settings
-from aethergraph.runtime import Runtime, close_runtime, get_runtime
+from aethergraph.runtime import ProcessHost, close_runtime, get_runtime
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def _aethergraph_environment(nats_url: str, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
-async def runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
+async def runtime(_aethergraph_environment: None) -> AsyncIterator[ProcessHost]:
     """The session event loop's runtime, connected to the test server."""
     rt = await get_runtime()
     try:
@@ -65,10 +65,10 @@ async def runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
 
 
 @pytest.fixture(scope="session")
-async def suspending_runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
+async def suspending_runtime(_aethergraph_environment: None) -> AsyncIterator[ProcessHost]:
     """A second runtime on the test server in always-suspend mode: every run suspends after
     each step and continues by replay from the stream."""
-    rt = await Runtime.open(load_settings(always_suspend=True))
+    rt = await ProcessHost.open(load_settings(always_suspend=True))
     try:
         yield rt
     finally:
@@ -76,10 +76,10 @@ async def suspending_runtime(_aethergraph_environment: None) -> AsyncIterator[Ru
 
 
 @pytest.fixture
-async def queue_runtime(_aethergraph_environment: None) -> AsyncIterator[Runtime]:
+async def queue_runtime(_aethergraph_environment: None) -> AsyncIterator[ProcessHost]:
     """A runtime on the test server whose scheduler never runs nodes in place: every node goes
     through the work queue (``local_node_concurrency=0``)."""
-    rt = await Runtime.open(load_settings(local_node_concurrency=0))
+    rt = await ProcessHost.open(load_settings(local_node_concurrency=0))
     try:
         yield rt
     finally:

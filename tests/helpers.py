@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from aethergraph.bus.embedded import find_nats_server_binary
 from aethergraph.bus.event_log import StoredRecord
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 T = TypeVar("T")
 
@@ -128,13 +128,13 @@ def start_nats_server(
     return NatsServer(process=process, url=url, directory=directory)
 
 
-async def read_events(rt: Runtime, run_id: str, *, timeout_s: float = 10.0) -> list[StoredRecord]:
+async def read_events(rt: ProcessHost, run_id: str, *, timeout_s: float = 10.0) -> list[StoredRecord]:
     """Every stored event of ``run_id`` in stream order."""
     async with asyncio.timeout(timeout_s):
         return [record async for record in rt.event_log.read_run(run_id)]
 
 
-async def run_message_count(rt: Runtime, run_id: str) -> int:
+async def run_message_count(rt: ProcessHost, run_id: str) -> int:
     """How many messages AG_EVENTS holds for one run (from the server's per-subject state)."""
     info = await rt.bus.js.stream_info("AG_EVENTS", subjects_filter=f"ag.evt.{run_id}.>")
     return sum((info.state.subjects or {}).values())

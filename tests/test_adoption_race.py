@@ -22,7 +22,7 @@ from process_hosts import lines
 
 from aethergraph.core import events as ev
 from aethergraph.core.replay import journal_chain
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow
 
@@ -43,18 +43,18 @@ def new_run_id(prefix: str) -> str:
     return f"ar{prefix}{os.urandom(5).hex()}"
 
 
-async def takeover_claims(rt: Runtime, run_id: str) -> list[tuple[str, str]]:
+async def takeover_claims(rt: ProcessHost, run_id: str) -> list[tuple[str, str]]:
     """(worker, previous worker) of every ``run.claimed`` with reason takeover stored for the run."""
     stored = [record.event for record in await read_events(rt, run_id)]
     return [(e.worker, e.previous_worker) for e in stored if isinstance(e, ev.RunClaimed) and e.reason == "takeover"]
 
 
-async def completed(rt: Runtime, run_id: str) -> bool | None:
+async def completed(rt: ProcessHost, run_id: str) -> bool | None:
     chain = journal_chain(record.event for record in await read_events(rt, run_id))
     return True if chain and isinstance(chain[-1], ev.RunCompleted) else None
 
 
-async def until_dead(rt: Runtime, worker_id: str) -> None:
+async def until_dead(rt: ProcessHost, worker_id: str) -> None:
     async def dead() -> bool | None:
         return True if worker_id not in await rt.leases.live_workers() else None
 
@@ -67,12 +67,12 @@ import asyncio, json, os, sys
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
 import dp_graphs  # registers the graphs
 from aethergraph.core.settings import load_settings
-from aethergraph.engine.worker import Worker
-from aethergraph.runtime import Runtime
+from aethergraph.host.worker import Worker
+from aethergraph.host.process import ProcessHost
 
 async def main(prefix, run_id):
-    a = await Runtime.open(load_settings(worker_id=prefix + "-a"), inline_answers=False)
-    b = await Runtime.open(load_settings(worker_id=prefix + "-b"), inline_answers=False)
+    a = await ProcessHost.open(load_settings(worker_id=prefix + "-a"), inline_answers=False)
+    b = await ProcessHost.open(load_settings(worker_id=prefix + "-b"), inline_answers=False)
     worker_a, worker_b = Worker(a.driver, a.commands), Worker(b.driver, b.commands)
     leases = a.driver.leases
     reads = []
@@ -101,7 +101,7 @@ asyncio.run(main(sys.argv[2], sys.argv[3]))
 
 
 async def test_a_worker_that_starts_between_the_two_reads_of_another_does_not_look_dead(
-    runtime: Runtime, hosts: process_hosts.Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: process_hosts.Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("between")
@@ -155,7 +155,7 @@ def start_parked_runs(
 
 @pytest.mark.parametrize("round_", range(3))
 async def test_two_workers_starting_together_claim_each_orphan_once(
-    runtime: Runtime, hosts: process_hosts.Hosts, tmp_path: Path, round_: int
+    runtime: ProcessHost, hosts: process_hosts.Hosts, tmp_path: Path, round_: int
 ) -> None:
     count = 6
     log = tmp_path / "count.log"

@@ -33,7 +33,7 @@ from aethergraph.core.codec import decode_event, encode_event
 from aethergraph.core.errors import BusUnavailableError, EventTooLargeError, StaleWriterError, TopologyMismatchError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 
 def make_event(run_id: str, seq: int, *, message: str = "") -> ev.Event:
@@ -67,7 +67,7 @@ def make_claim(run_id: str, seq: int, *, worker: str = "B") -> ev.RunClaimed:
     )
 
 
-async def test_an_event_stored_before_its_acknowledgement_was_lost_is_recognised(runtime: Runtime) -> None:
+async def test_an_event_stored_before_its_acknowledgement_was_lost_is_recognised(runtime: ProcessHost) -> None:
     """A writer whose opening is already stored (its acknowledgement lost) learns so from the stream."""
     run_id = new_run_id()
     log = runtime.event_log
@@ -93,7 +93,7 @@ async def test_an_event_stored_before_its_acknowledgement_was_lost_is_recognised
     assert records[0].event == first
 
 
-async def test_raw_republish_with_the_same_msg_id_is_a_duplicate(runtime: Runtime) -> None:
+async def test_raw_republish_with_the_same_msg_id_is_a_duplicate(runtime: ProcessHost) -> None:
     """Anyone publishing with the ``<run_id>:<seq>`` message id gets the server's dedup."""
     run_id = new_run_id()
     event = make_event(run_id, 1)
@@ -111,7 +111,7 @@ async def test_raw_republish_with_the_same_msg_id_is_a_duplicate(runtime: Runtim
 # --- fencing ------------------------------------------------------------------------------------------
 
 
-async def test_stale_writer_is_fenced_out(runtime: Runtime) -> None:
+async def test_stale_writer_is_fenced_out(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     log = runtime.event_log
     writer_a = log.writer(run_id)
@@ -145,14 +145,14 @@ async def test_stale_writer_is_fenced_out(runtime: Runtime) -> None:
     assert isinstance(last, ev.LogRecorded) and last.message == "from A"
 
 
-async def test_a_writer_continuing_a_run_opens_with_a_claim(runtime: Runtime) -> None:
+async def test_a_writer_continuing_a_run_opens_with_a_claim(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     seqs = await append_all(runtime.event_log.writer(run_id), [make_event(run_id, 1)])
     with pytest.raises(ValueError, match=r"must open with run\.claimed"):
         runtime.event_log.writer(run_id, last_stream_seq=seqs[-1]).append(make_event(run_id, 2))
 
 
-async def test_stale_writer_cannot_get_pipelined_events_into_the_journal(runtime: Runtime) -> None:
+async def test_stale_writer_cannot_get_pipelined_events_into_the_journal(runtime: ProcessHost) -> None:
     """Once another writer claimed the run, none of the old writer's pipelined events is stored.
 
     Writer A (epoch 1) was paused; B claimed the run (a fenced ``run.claimed`` at seq 3
@@ -182,7 +182,7 @@ async def test_stale_writer_cannot_get_pipelined_events_into_the_journal(runtime
     assert journal[-1].worker == "B" and isinstance(journal[2], ev.RunClaimed)
 
 
-async def test_writer_that_is_up_to_date_may_continue_a_run(runtime: Runtime) -> None:
+async def test_writer_that_is_up_to_date_may_continue_a_run(runtime: ProcessHost) -> None:
     """A writer handed the run's last stream sequence (as a resuming worker would be) claims and appends."""
     run_id = new_run_id()
     log = runtime.event_log
@@ -195,7 +195,7 @@ async def test_writer_that_is_up_to_date_may_continue_a_run(runtime: Runtime) ->
     assert [r.event.seq for r in await read_events(runtime, run_id)] == [1, 2, 3, 4]
 
 
-async def test_pipelined_appends_commit_in_order(runtime: Runtime) -> None:
+async def test_pipelined_appends_commit_in_order(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     writer = runtime.event_log.writer(run_id)
     events = [make_event(run_id, seq) for seq in range(1, 51)]
@@ -208,7 +208,7 @@ async def test_pipelined_appends_commit_in_order(runtime: Runtime) -> None:
     assert [r.stream_seq for r in records] == stream_seqs
 
 
-async def test_new_writer_for_an_existing_run_is_rejected(runtime: Runtime) -> None:
+async def test_new_writer_for_an_existing_run_is_rejected(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     log = runtime.event_log
     await append_all(log.writer(run_id), [make_event(run_id, 1), make_event(run_id, 2)])
@@ -231,7 +231,7 @@ async def bus_graph(x: int) -> dict[str, int]:
     return await bus_step(x)
 
 
-async def test_run_ids_are_unique(runtime: Runtime) -> None:
+async def test_run_ids_are_unique(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     assert await aethergraph.run_async(bus_graph, {"x": 1}, run_id=run_id) == {"val": 2}
     before = [r.event for r in await read_events(runtime, run_id)]
@@ -242,7 +242,7 @@ async def test_run_ids_are_unique(runtime: Runtime) -> None:
     assert after == before
 
 
-async def test_oversized_event_is_refused_before_publishing(runtime: Runtime) -> None:
+async def test_oversized_event_is_refused_before_publishing(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     writer = runtime.event_log.writer(run_id)
     big = make_event(run_id, 1)
@@ -261,7 +261,7 @@ async def test_oversized_event_is_refused_before_publishing(runtime: Runtime) ->
 # --- reading ------------------------------------------------------------------------------------------
 
 
-async def test_read_run_of_an_unknown_run_is_empty(runtime: Runtime) -> None:
+async def test_read_run_of_an_unknown_run_is_empty(runtime: ProcessHost) -> None:
     """Reading a run that has no events returns at once with nothing, however often it is done.
 
     (The stream must hold other events: the server may then report the new consumer's
@@ -273,7 +273,7 @@ async def test_read_run_of_an_unknown_run_is_empty(runtime: Runtime) -> None:
         assert await read_events(runtime, new_run_id(), timeout_s=5) == []
 
 
-async def test_a_journal_longer_than_one_read_batch_is_read_whole_and_in_order(runtime: Runtime) -> None:
+async def test_a_journal_longer_than_one_read_batch_is_read_whole_and_in_order(runtime: ProcessHost) -> None:
     """Three direct gets (one event to count, READ_BATCH from the start, then the rest), amid another run."""
     run_id, other = new_run_id(), new_run_id()
     count = READ_BATCH + 7
@@ -289,7 +289,7 @@ async def test_a_journal_longer_than_one_read_batch_is_read_whole_and_in_order(r
 
 
 async def test_a_journal_read_never_asks_for_more_events_than_are_left(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    runtime: ProcessHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asking for more than is left makes nats-server search the rest of the whole stream.
 
@@ -317,7 +317,7 @@ async def test_a_journal_read_never_asks_for_more_events_than_are_left(
     assert asked == [(1, 1), (5, 5)]
 
 
-async def test_a_direct_get_must_be_batched(runtime: Runtime) -> None:
+async def test_a_direct_get_must_be_batched(runtime: ProcessHost) -> None:
     """Only batched direct gets end with a status reply; an unbatched one would wait for its timeout."""
     with pytest.raises(ValueError, match="batched requests only; set 'batch'"):
         await runtime.event_log._direct.get({"seq": 1}, "one message")
@@ -338,7 +338,7 @@ def test_raw_header_blocks_are_read() -> None:
     assert status_of(None) == ("", {})
 
 
-async def test_read_run_follow_sees_new_events(runtime: Runtime) -> None:
+async def test_read_run_follow_sees_new_events(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     writer = runtime.event_log.writer(run_id)
     await append_all(writer, [make_event(run_id, 1)])
@@ -357,7 +357,7 @@ async def test_read_run_follow_sees_new_events(runtime: Runtime) -> None:
     assert seen == [1, 2, 3]
 
 
-async def test_events_are_published_on_their_public_subjects(runtime: Runtime) -> None:
+async def test_events_are_published_on_their_public_subjects(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     await aethergraph.run_async(bus_graph, {"x": 1}, run_id=run_id)
     js = runtime.bus.js
@@ -387,7 +387,7 @@ async def test_events_are_published_on_their_public_subjects(runtime: Runtime) -
 # --- topology -----------------------------------------------------------------------------------------
 
 
-async def test_ensure_topology_is_idempotent(runtime: Runtime) -> None:
+async def test_ensure_topology_is_idempotent(runtime: ProcessHost) -> None:
     js = runtime.bus.js
     topology = runtime.bus.topology
     await ensure_topology(js, topology)
@@ -408,7 +408,7 @@ async def test_ensure_topology_is_idempotent(runtime: Runtime) -> None:
     assert resume.config.durable_name == RESUME_CONSUMER
 
 
-async def test_ensure_topology_refuses_to_change_a_stream_silently(runtime: Runtime) -> None:
+async def test_ensure_topology_refuses_to_change_a_stream_silently(runtime: ProcessHost) -> None:
     js = runtime.bus.js
     original = runtime.bus.topology
     changed = dataclasses.replace(original, duplicate_window_s=45.0)
@@ -438,7 +438,7 @@ def test_subject_helpers_reject_unsafe_run_ids(bad: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["a.b", "run *", "x>"])
-async def test_writers_reject_unsafe_run_ids(runtime: Runtime, bad: str) -> None:
+async def test_writers_reject_unsafe_run_ids(runtime: ProcessHost, bad: str) -> None:
     with pytest.raises(ValueError, match="is not valid"):
         runtime.event_log.writer(bad)
     with pytest.raises(ValueError, match="is not valid"):
@@ -473,7 +473,7 @@ async def test_unacknowledged_events_fail_at_their_deadline(tmp_path: Path) -> N
         server.stop()
 
 
-async def test_a_synchronously_dispatched_subscription_is_never_a_slow_consumer(runtime: Runtime) -> None:
+async def test_a_synchronously_dispatched_subscription_is_never_a_slow_consumer(runtime: ProcessHost) -> None:
     """Bytes handed to the handler are released: far more than the byte limit can pass through."""
     nc = runtime.bus.nc
     inbox = nc.new_inbox()
@@ -497,7 +497,7 @@ async def test_a_synchronously_dispatched_subscription_is_never_a_slow_consumer(
     assert sub._pending_size == 0
 
 
-async def test_stray_messages_on_a_runs_subjects_fence_out_nobody(runtime: Runtime) -> None:
+async def test_stray_messages_on_a_runs_subjects_fence_out_nobody(runtime: ProcessHost) -> None:
     """Garbage, foreign events and a claim that does not fit the journal, published among a writer's
     pipelined and idle appends, refuse some of its publishes; it reads the run back, finds its journal
     intact, republishes, and every one of its events is committed. A republished event may be stored

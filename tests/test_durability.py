@@ -30,7 +30,7 @@ from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.resume import journal_state
 from aethergraph.core.settings import Settings
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 GRAPHS = """
 import os, sys, time
@@ -73,7 +73,7 @@ from aethergraph.runtime import get_runtime, close_runtime
 
 async def main():
     try:
-        return await resume_run(graphs.counter.spec, sys.argv[2], env=await get_runtime())
+        return await resume_run(graphs.counter.spec, sys.argv[2], env=(await get_runtime()).env)
     finally:
         await close_runtime()
 print(json.dumps(asyncio.run(main())))
@@ -107,7 +107,7 @@ def _start_worker(module_dir: Path, run_id: str, n: int, env: dict[str, str]) ->
 
 
 async def _journal_of(workspace: Path, run_id: str) -> list[ev.Event]:
-    rt = await Runtime.open(Settings(nats_url=None, workspace=workspace))
+    rt = await ProcessHost.open(Settings(nats_url=None, workspace=workspace))
     try:
         return journal_chain(record.event for record in await read_events(rt, run_id))
     finally:
@@ -185,7 +185,7 @@ async def test_a_server_that_stays_down_fails_the_process_after_the_outage_toler
     assert committed == list(range(1, len(committed) + 1))
 
 
-async def test_kill_9_of_a_worker_then_another_process_finishes_the_run(runtime: Runtime, tmp_path: Path) -> None:
+async def test_kill_9_of_a_worker_then_another_process_finishes_the_run(runtime: ProcessHost, tmp_path: Path) -> None:
     (tmp_path / "graphs.py").write_text(GRAPHS)
     log = tmp_path / "effects.log"
     env = subprocess_env(AG_TEST_LOG=str(log), AG_TEST_STEP_SLEEP="0.01", AETHERGRAPH_WORKSPACE=str(tmp_path / "a"))
@@ -255,7 +255,7 @@ async def test_a_run_given_up_on_an_outage_is_failed_when_the_server_returns(tmp
     """A live process never lets go of a run silently: past the outage tolerance it fails the run, with the reason."""
     server = start_nats_server(tmp_path / "nats")
     port = int(server.url.rpartition(":")[2])
-    rt = await Runtime.open(Settings(nats_url=server.url, workspace=tmp_path / "ws", outage_tolerance_s=1.0))
+    rt = await ProcessHost.open(Settings(nats_url=server.url, workspace=tmp_path / "ws", outage_tolerance_s=1.0))
     try:
         run_id = new_run_id()
         task = rt.driver.start(load_target(dur_slow_chain), {"n": 100_000}, run_id)
@@ -281,11 +281,11 @@ async def test_a_run_given_up_on_an_outage_is_failed_when_the_server_returns(tmp
         server.stop()
 
 
-async def _has_returned_steps(rt: Runtime, run_id: str) -> bool | None:
+async def _has_returned_steps(rt: ProcessHost, run_id: str) -> bool | None:
     events = [record.event for record in await read_events(rt, run_id)]
     return True if sum(isinstance(e, ev.ToolReturned) for e in events) >= 3 else None
 
 
-async def _ended_status(rt: Runtime, run_id: str) -> str | None:
+async def _ended_status(rt: ProcessHost, run_id: str) -> str | None:
     state = journal_state(run_id, journal_chain(record.event for record in await read_events(rt, run_id)))
     return state.status if state.ended is not None else None

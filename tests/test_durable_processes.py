@@ -42,7 +42,7 @@ from aethergraph.core.errors import RunNotFoundError
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.resume import JournalState
 from aethergraph.core.settings import load_settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -120,7 +120,7 @@ def wait_for_hold(log: Path, point: str) -> int:
 # --- the journal -------------------------------------------------------------------------
 
 
-async def journal_of(rt: Runtime, run_id: str) -> tuple[list[ev.Event], list[ev.Event]]:
+async def journal_of(rt: ProcessHost, run_id: str) -> tuple[list[ev.Event], list[ev.Event]]:
     """(every stored event, the run's journal chain)."""
     stored = [record.event for record in await read_events(rt, run_id)]
     return stored, journal_chain(stored)
@@ -162,7 +162,7 @@ async def bare_nats(nats_url: str) -> AsyncIterator[nats.NATS]:
 
 
 async def test_wait_resumed_by_plain_nats_publish_is_continued_by_a_worker_of_another_host(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path, bare_nats: nats.NATS
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path, bare_nats: nats.NATS
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("appr")
@@ -220,7 +220,7 @@ async def test_wait_resumed_by_plain_nats_publish_is_continued_by_a_worker_of_an
     ids=["after-first-step-committed", "middle-of-a-step", "during-the-last-step"],
 )
 async def test_kill_9_of_the_driver_then_a_running_worker_takes_over(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path, hold: str, in_flight: str | None, committed_before_kill: int
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path, hold: str, in_flight: str | None, committed_before_kill: int
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("kd")
@@ -261,7 +261,7 @@ async def test_kill_9_of_the_driver_then_a_running_worker_takes_over(
 
 
 async def test_a_process_restarted_under_the_same_worker_id_continues_the_runs_it_was_driving(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     """A stable worker id (a StatefulSet's ``worker-0``): the restarted process takes its own runs back."""
     log = tmp_path / "count.log"
@@ -287,7 +287,7 @@ async def test_a_process_restarted_under_the_same_worker_id_continues_the_runs_i
 
 
 async def test_kill_9_of_a_worker_driving_a_resumed_run_then_the_other_worker_finishes_it(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("kw")
@@ -323,7 +323,7 @@ async def test_kill_9_of_a_worker_driving_a_resumed_run_then_the_other_worker_fi
 
 @pytest.mark.parametrize("adoption", ["at-startup", "on-death-marker"])
 async def test_two_workers_racing_to_take_over_an_orphaned_run_finish_it_once(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path, adoption: str
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path, adoption: str
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("race")
@@ -375,12 +375,12 @@ import asyncio, json, os, sys
 sys.path.insert(0, os.path.dirname(sys.argv[1]))
 import dp_graphs  # registers the graphs
 from aethergraph.core.settings import load_settings
-from aethergraph.engine.worker import Worker
-from aethergraph.runtime import Runtime
+from aethergraph.host.worker import Worker
+from aethergraph.host.process import ProcessHost
 
 async def main(dead, run_id):
-    b = await Runtime.open(load_settings(worker_id=dead + "-b"), inline_answers=False)
-    c = await Runtime.open(load_settings(worker_id=dead + "-c"), inline_answers=False)
+    b = await ProcessHost.open(load_settings(worker_id=dead + "-b"), inline_answers=False)
+    c = await ProcessHost.open(load_settings(worker_id=dead + "-c"), inline_answers=False)
     # Both workers listed the dead driver's record before either took the run over.
     [owned] = [o for o in await c.leases.owned_runs(dead) if o.run_id == run_id]
     await Worker(b.driver, b.commands)._take_over(owned)  # b claims, and parks in the step in flight
@@ -397,7 +397,7 @@ asyncio.run(main(sys.argv[2], sys.argv[3]))
 
 
 async def test_a_worker_with_a_stale_listing_does_not_take_a_run_from_a_live_worker(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     """The interleaving of the race above, made deterministic: worker c lists the dead
     driver's record, worker b takes the run over (and is parked inside the step in
@@ -472,9 +472,9 @@ async def test_a_wait_survives_a_nats_server_restart_and_the_run_completes(
             await nc.jetstream().publish(f"ag.cmd.resume.{run_id}", b'{"payload": {"approved": false}}')
         finally:
             await nc.close()
-        rt = await Runtime.open(load_settings(nats_url=server.url))
+        rt = await ProcessHost.open(load_settings(nats_url=server.url))
         try:
-            result = await aethergraph.RunHandle(run_id, rt).result(timeout=SAFETY_S)
+            result = await aethergraph.RunHandle(run_id, rt.env).result(timeout=SAFETY_S)
         finally:
             await rt.close()
         assert result == {"first": 1, "second": 2, "approved": False}
@@ -505,6 +505,7 @@ async def test_cli_status_resume_and_a_second_resume_of_the_same_wait(hosts: Hos
     assert info["waiting_on"] == {"wait_id": first_wait, "run_id": run_id}
 
     worker = hosts.worker("b")
+    wait_ready(worker)  # else the resume may find no live process serving the graph, and say so
     answered = hosts.cli("resume", "resume", run_id, "--approve", "--timeout", str(SAFETY_S))
     assert answered.returncode == 0, answered.stderr
     assert "accepted" in answered.stdout and worker.worker_id in answered.stdout
@@ -547,7 +548,7 @@ asyncio.run(main())
 """
 
 
-async def test_start_run_returns_a_run_that_exists(runtime: Runtime, tmp_path: Path) -> None:
+async def test_start_run_returns_a_run_that_exists(runtime: ProcessHost, tmp_path: Path) -> None:
     handle = await aethergraph.start_run(
         f"{GRAPHS}:dp_chain", {"n": 1, "log": str(tmp_path / "count.log")}, run_id=new_run_id("exists")
     )
@@ -556,7 +557,7 @@ async def test_start_run_returns_a_run_that_exists(runtime: Runtime, tmp_path: P
 
 
 async def test_a_script_that_starts_a_run_and_exits_hands_it_to_a_worker(
-    hosts: Hosts, runtime: Runtime, tmp_path: Path
+    hosts: Hosts, runtime: ProcessHost, tmp_path: Path
 ) -> None:
     """The script's process ends right after ``start_run``: the run is not cancelled but handed over at once
     (the leases here are far longer than the test's safety bound, so only the hand-over can explain it)."""
@@ -605,7 +606,7 @@ print(json.dumps({"outputs": aethergraph.run(lc_graphs.lc_ship_release, {"versio
 
 
 async def test_a_script_blocked_in_run_continues_its_own_run_when_answered_over_raw_nats(
-    hosts: Hosts, runtime: Runtime, tmp_path: Path, bare_nats: nats.NATS
+    hosts: Hosts, runtime: ProcessHost, tmp_path: Path, bare_nats: nats.NATS
 ) -> None:
     """The README's ship_release, run with aethergraph.run() from a script with no terminal and no worker anywhere:
     a plain NATS publish answers it, and the script's own process continues the run and prints the outputs."""

@@ -24,7 +24,7 @@ from aethergraph.core.errors import WorkspaceError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.settings import Settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 ENSURE_SCRIPT = """
 import json, sys
@@ -72,8 +72,8 @@ async def embedded_graph(x: int) -> dict[str, int]:
     return await embedded_step(x)
 
 
-async def open_embedded_runtime(workspace: Path) -> Runtime:
-    return await Runtime.open(Settings(nats_url=None, workspace=workspace))
+async def open_embedded_runtime(workspace: Path) -> ProcessHost:
+    return await ProcessHost.open(Settings(nats_url=None, workspace=workspace))
 
 
 def test_binary_comes_from_the_wheel() -> None:
@@ -138,7 +138,7 @@ async def test_events_survive_a_server_restart(tmp_path: Path, stop_servers: lis
         first_pid = rt.bus.embedded.pid
         assert rt.bus.url == rt.bus.embedded.url
         run_id = new_run_id()
-        outputs = await execute_run(embedded_graph.spec, {"x": 4}, run_id=run_id, env=rt)
+        outputs = await execute_run(embedded_graph.spec, {"x": 4}, run_id=run_id, env=rt.env)
         assert outputs == {"val": 40}
         before = [r.event for r in await read_events(rt, run_id)]
     finally:
@@ -162,7 +162,7 @@ async def test_events_survive_a_server_restart(tmp_path: Path, stop_servers: lis
         assert after == before
         # The run id is still taken after the restart.
         with pytest.raises(aethergraph.errors.StaleWriterError):
-            await execute_run(embedded_graph.spec, {"x": 1}, run_id=run_id, env=rt)
+            await execute_run(embedded_graph.spec, {"x": 1}, run_id=run_id, env=rt.env)
     finally:
         await rt.close()
 

@@ -11,11 +11,11 @@ from nats.js.client import JetStreamContext
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.topology import LEASES_STREAM, run_owner_subject
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 
 async def test_an_ownership_record_removed_after_it_was_counted_does_not_stall_the_listing(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    runtime: ProcessHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record that expires (here: is purged) between the pending count and the fetch is simply absent.
 
@@ -55,7 +55,7 @@ def _heartbeat_tasks(worker_id: str) -> list[asyncio.Task[Any]]:
     ]
 
 
-async def test_a_thousand_runs_starting_at_once_share_one_heartbeat(runtime: Runtime) -> None:
+async def test_a_thousand_runs_starting_at_once_share_one_heartbeat(runtime: ProcessHost) -> None:
     """1,000 concurrent ``own()`` calls (each run's start) leave one heartbeat task, which ``close()`` stops.
 
     ``start()`` used to check for the task, await the first heartbeat's publish, then create the

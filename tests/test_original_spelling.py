@@ -20,8 +20,6 @@ from aethergraph import DualStageTool, graph_fn, tool
 from aethergraph.core import errors as core_errors
 from aethergraph.core import events as ev
 from aethergraph.core.ids import new_run_id
-from aethergraph.engine.runs import RunHandle, Suspended
-from aethergraph.engine.worker import Worker
 from aethergraph.errors import (
     DecorationError,
     OutputError,
@@ -29,7 +27,9 @@ from aethergraph.errors import (
     ServiceNameError,
     UnknownServiceError,
 )
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.host.runs import RunHandle, Suspended
+from aethergraph.host.worker import Worker
+from aethergraph.runtime import ProcessHost, load_target
 from aethergraph.services.runtime.base import Service
 from aethergraph.services.runtime.registry import register_context_service, unregister_context_service
 
@@ -50,7 +50,7 @@ async def os_forgets_an_output(x: int) -> dict:
     return {"y": x}
 
 
-async def test_graph_fn_with_inputs_and_outputs_runs(runtime: Runtime) -> None:
+async def test_graph_fn_with_inputs_and_outputs_runs(runtime: ProcessHost) -> None:
     handle = await aethergraph.start_run(os_train, {"spec": {"model": "m"}, "epochs": 3})
     assert await handle.result(timeout=SAFETY_S) == {"job_id": f"m-{handle.run_id}", "epochs": 3}
 
@@ -75,7 +75,7 @@ def test_graph_fn_inputs_are_checked_against_the_signature_when_decorated() -> N
             return {}
 
 
-async def test_declared_outputs_are_checked_against_the_returned_dict_when_the_run_ends(runtime: Runtime) -> None:
+async def test_declared_outputs_are_checked_against_the_returned_dict_when_the_run_ends(runtime: ProcessHost) -> None:
     handle = await aethergraph.start_run(os_forgets_an_output, {"x": 1})
     with pytest.raises(OutputError, match=r"did not return its declared output 'z' \(returned keys: \['y'\]\)"):
         await handle.result(timeout=SAFETY_S)
@@ -116,12 +116,12 @@ async def os_bad_wait_dict() -> dict:
 
 
 @pytest.fixture(params=["live", "always_suspend"])
-def graph_env(request: pytest.FixtureRequest, runtime: Runtime, suspending_runtime: Runtime) -> Runtime:
+def graph_env(request: pytest.FixtureRequest, runtime: ProcessHost, suspending_runtime: ProcessHost) -> ProcessHost:
     """Run twice: live, and suspending after every step to continue by replay."""
     return suspending_runtime if request.param == "always_suspend" else runtime
 
 
-async def test_tool_decorator_on_a_dual_stage_tool_whose_setup_returns_a_wait_dict(graph_env: Runtime) -> None:
+async def test_tool_decorator_on_a_dual_stage_tool_whose_setup_returns_a_wait_dict(graph_env: ProcessHost) -> None:
     assert isinstance(OsApprove, DualStageTool)
     assert OsApprove.name == "os_approve" and OsApprove.spec.outputs == ("approved", "note")
     assert OsBadWaitDict.name == "os_bad_wait_dict"
@@ -138,14 +138,14 @@ async def test_tool_decorator_on_a_dual_stage_tool_whose_setup_returns_a_wait_di
     worker = Worker(graph_env.driver, graph_env.commands)  # continues the run on graph_env, by replay
     serving = asyncio.create_task(worker.serve())
     try:
-        outputs = await RunHandle(run_id, graph_env).result(timeout=SAFETY_S)
+        outputs = await RunHandle(run_id, graph_env.env).result(timeout=SAFETY_S)
     finally:
         worker.stop()
         await serving
     assert outputs == {"approved": True, "note": "fine"}
 
 
-async def test_a_wait_dict_with_an_unknown_key_fails_naming_the_keys(runtime: Runtime) -> None:
+async def test_a_wait_dict_with_an_unknown_key_fails_naming_the_keys(runtime: ProcessHost) -> None:
     handle = await aethergraph.start_run(os_bad_wait_dict)
     with pytest.raises(TypeError, match=r"unknown keys \['promt'\]; it takes \['channel', 'deadline', 'kind'"):
         await handle.result(timeout=SAFETY_S)
@@ -171,7 +171,7 @@ async def os_save_a_value(*, context):  # type: ignore[no-untyped-def]
     return {"uri": (await context.artifacts().save({"not": "a path"}, kind="x")).uri}
 
 
-async def test_artifacts_save_takes_a_path_kind_and_labels(runtime: Runtime, tmp_path: Path) -> None:
+async def test_artifacts_save_takes_a_path_kind_and_labels(runtime: ProcessHost, tmp_path: Path) -> None:
     report = tmp_path / "report.txt"
     report.write_text("all good")
     outputs = await aethergraph.run_async(os_save, {"path": str(report)})
@@ -208,7 +208,7 @@ print(json.dumps(outputs))
 """
 
 
-async def test_run_takes_max_concurrency_like_run_async(runtime: Runtime) -> None:
+async def test_run_takes_max_concurrency_like_run_async(runtime: ProcessHost) -> None:
     outputs = await asyncio.to_thread(run_python, RUN_SCRIPT, "os-run-mc")
     assert outputs == {"total": 14}
     started = (await read_events(runtime, "os-run-mc"))[0].event
@@ -233,7 +233,7 @@ async def os_uses_llm_client(*, context):  # type: ignore[no-untyped-def]
     return {"reply": await context.llm_client().chat("hi")}
 
 
-async def test_context_llm_says_it_is_not_available_and_how_to_provide_one(runtime: Runtime) -> None:
+async def test_context_llm_says_it_is_not_available_and_how_to_provide_one(runtime: ProcessHost) -> None:
     with pytest.raises(UnknownServiceError) as info:
         await aethergraph.run_async(os_uses_llm)
     message = str(info.value)

@@ -25,7 +25,7 @@ from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.settings import Settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 ACCOUNTS_CONFIG = REPO_ROOT / "deploy" / "nats-accounts.conf"
 PASSWORDS = {"AG_RUNTIME_PASSWORD": "runtime-pw", "AG_CLIENT_PASSWORD": "client-pw"}
@@ -51,7 +51,7 @@ async def test_only_the_runtime_identity_writes_journals(secured: ConfiguredServ
     settings = Settings(
         nats_url=secured.url, workspace=tmp_path / "ws", nats_user="runtime", nats_password="runtime-pw"
     )  # type: ignore[arg-type]
-    rt = await Runtime.open(settings)
+    rt = await ProcessHost.open(settings)
     errors: list[str] = []
 
     async def remember(exc: Exception) -> None:
@@ -72,7 +72,7 @@ async def test_only_the_runtime_identity_writes_journals(secured: ConfiguredServ
         await client.flush()
         # ... of a run the runtime identity journals.
         run_id = new_run_id()
-        assert await execute_run(perm_echo.spec, {"text": "hi"}, run_id=run_id, env=rt) == {"echo": "hi"}
+        assert await execute_run(perm_echo.spec, {"text": "hi"}, run_id=run_id, env=rt.env) == {"echo": "hi"}
         await asyncio.wait_for(done.wait(), timeout=30)
         assert f"ag.evt.{run_id}.run.started" in seen
 
@@ -102,5 +102,5 @@ async def test_the_client_identity_cannot_run_the_runtime(secured: ConfiguredSer
         connect_retry_s=1.0,
     )  # type: ignore[arg-type]  # fmt: skip
     with pytest.raises(BusUnavailableError) as info:
-        await Runtime.open(settings)
+        await ProcessHost.open(settings)
     assert "runtime identity" in str(info.value)

@@ -42,12 +42,12 @@ from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import ProjectionError, ProjectionLockedError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.settings import Settings, load_settings
-from aethergraph.engine.queries import ProjectionAccess, store_path
-from aethergraph.engine.runs import Suspended
+from aethergraph.host.runs import Suspended
+from aethergraph.projections.client import ProjectionAccess, store_path
 from aethergraph.projections.projector import Projector
 from aethergraph.projections.service import QueryChunk, QueryRequest, QueryService, remote_request, store_id_for
 from aethergraph.projections.store import ProjectionStore
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -120,7 +120,7 @@ class Bus:
     """A test's own nats-server, an in-process runtime on it, and "hosts" (subprocesses) sharing it."""
 
     server: NatsServer
-    rt: Runtime
+    rt: ProcessHost
     root: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -197,10 +197,10 @@ class Bus:
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     server = start_nats_server(tmp_path / "nats")
-    rt: Runtime | None = None
+    rt: ProcessHost | None = None
     b: Bus | None = None
     try:
-        rt = await Runtime.open(
+        rt = await ProcessHost.open(
             load_settings(nats_url=server.url, workspace=tmp_path / "host-test"), inline_answers=False
         )
         b = Bus(server=server, rt=rt, root=tmp_path)
@@ -547,10 +547,10 @@ async def test_a_nested_run_has_spawned_and_data_edges_and_its_artifact_reaches_
 REBUILD_SCRIPT = """
 import asyncio, json, sys
 from aethergraph.projections.run_state import rebuild_run_state
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 async def main():
-    rt = await Runtime.open()
+    rt = await ProcessHost.open()
     try:
         state = await rebuild_run_state(rt.event_log, sys.argv[1])
     finally:

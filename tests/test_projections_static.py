@@ -22,10 +22,10 @@ from aethergraph.core.codec import encode_event
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.static_run import node_run_id
+from aethergraph.host.process import ProcessHost
 from aethergraph.projections.fold import Decoded
 from aethergraph.projections.run_state import rebuild_run_state
 from aethergraph.projections.store import ProjectionStore
-from aethergraph.runtime import Runtime
 
 CALLS: dict[str, list[str]] = defaultdict(list)  # token -> one label per execution
 
@@ -79,9 +79,9 @@ def nodes(store: ProjectionStore, run_id: str) -> dict[str, tuple[Any, ...]]:
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-async def test_a_static_run_has_a_row_per_node_with_retries_skips_and_lineage(runtime: Runtime) -> None:
+async def test_a_static_run_has_a_row_per_node_with_retries_skips_and_lineage(runtime: ProcessHost) -> None:
     tok, run_id = os.urandom(6).hex(), new_run_id()
-    out = await execute_run(pjs_graph.spec, {"tok": tok, "name": "report.txt"}, run_id=run_id, env=runtime)
+    out = await execute_run(pjs_graph.spec, {"tok": tok, "name": "report.txt"}, run_id=run_id, env=runtime.env)
     text = "the contents of report.txt"
     assert out == {
         "pieces": [f"{text}, part {i}" for i in range(3)],
@@ -150,10 +150,10 @@ async def test_a_static_run_has_a_row_per_node_with_retries_skips_and_lineage(ru
         store.close()
 
 
-async def test_a_failed_attempt_that_will_be_retried_reads_as_retrying(runtime: Runtime) -> None:
+async def test_a_failed_attempt_that_will_be_retried_reads_as_retrying(runtime: ProcessHost) -> None:
     """The journal up to the first attempt's failure: the node is retrying, not failed, until the next one."""
     tok, run_id = os.urandom(6).hex(), new_run_id()
-    await execute_run(pjs_graph.spec, {"tok": tok, "name": "partial.txt"}, run_id=run_id, env=runtime)
+    await execute_run(pjs_graph.spec, {"tok": tok, "name": "partial.txt"}, run_id=run_id, env=runtime.env)
     records = await read_events(runtime, run_id)
     failed = next(i for i, r in enumerate(records) if isinstance(r.event, ev.NodeFailed))
     store = ProjectionStore.open(":memory:")

@@ -16,7 +16,7 @@ from aethergraph.core.errors import NonDeterminismError, ReplayedError, RunFaile
 from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 
 class Crash(BaseException):
@@ -61,11 +61,11 @@ def graph(body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> GraphFunc
     return graph_fn(name="evolving", outputs=["v"])(body)
 
 
-async def interrupted(runtime: Runtime, body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> str:
+async def interrupted(runtime: ProcessHost, body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> str:
     """Run ``body`` as graph 'evolving' until it raises Crash; return the run id of the unfinished run."""
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(body).spec, {"x": 1}, run_id=run_id, env=runtime)
+        await execute_run(graph(body).spec, {"x": 1}, run_id=run_id, env=runtime.env)
     calls.clear()
     return run_id
 
@@ -76,7 +76,7 @@ async def two_steps_then_crash(x: int) -> dict[str, Any]:
     raise Crash
 
 
-async def test_resume_replays_recorded_steps_then_goes_live(runtime: Runtime) -> None:
+async def test_resume_replays_recorded_steps_then_goes_live(runtime: ProcessHost) -> None:
     run_id = await interrupted(runtime, two_steps_then_crash)
 
     async def finished(x: int) -> dict[str, Any]:
@@ -84,7 +84,7 @@ async def test_resume_replays_recorded_steps_then_goes_live(runtime: Runtime) ->
         b = await add_one(a["v"])
         return await double(b["v"])
 
-    assert await resume_run(graph(finished).spec, run_id, env=runtime) == {"v": 6}
+    assert await resume_run(graph(finished).spec, run_id, env=runtime.env) == {"v": 6}
     assert calls == [("double", 3)]  # the two recorded steps did not run again
     journal = journal_chain(r.event for r in await read_events(runtime, run_id))
     claim = next(e for e in journal if isinstance(e, ev.RunClaimed))
@@ -101,7 +101,7 @@ async def test_resume_replays_recorded_steps_then_goes_live(runtime: Runtime) ->
     ids=["other-tool", "other-arguments"],
 )
 async def test_changed_graph_fails_with_non_determinism(
-    runtime: Runtime, changed: Callable[[int], Any], recorded: str, attempted: str
+    runtime: ProcessHost, changed: Callable[[int], Any], recorded: str, attempted: str
 ) -> None:
     run_id = await interrupted(runtime, two_steps_then_crash)
 
@@ -109,7 +109,7 @@ async def test_changed_graph_fails_with_non_determinism(
         return await changed(x)
 
     with pytest.raises(NonDeterminismError) as info:
-        await resume_run(graph(body).spec, run_id, env=runtime)
+        await resume_run(graph(body).spec, run_id, env=runtime.env)
     err = info.value
     assert err.run_id == run_id and err.seq == 2
     assert err.recorded.startswith(recorded) and err.attempted.startswith(attempted)
@@ -121,17 +121,17 @@ async def test_changed_graph_fails_with_non_determinism(
     assert last.error_type == "aethergraph.core.errors.NonDeterminismError"
 
 
-async def test_code_that_stops_short_of_its_journal_is_non_deterministic(runtime: Runtime) -> None:
+async def test_code_that_stops_short_of_its_journal_is_non_deterministic(runtime: ProcessHost) -> None:
     run_id = await interrupted(runtime, two_steps_then_crash)
 
     async def shorter(x: int) -> dict[str, Any]:
         return await add_one(x)
 
     with pytest.raises(NonDeterminismError, match="no further step"):
-        await resume_run(graph(shorter).spec, run_id, env=runtime)
+        await resume_run(graph(shorter).spec, run_id, env=runtime.env)
 
 
-async def test_swallowing_the_divergence_does_not_let_the_run_go_on(runtime: Runtime) -> None:
+async def test_swallowing_the_divergence_does_not_let_the_run_go_on(runtime: ProcessHost) -> None:
     run_id = await interrupted(runtime, two_steps_then_crash)
 
     async def swallows(x: int) -> dict[str, Any]:
@@ -140,11 +140,11 @@ async def test_swallowing_the_divergence_does_not_let_the_run_go_on(runtime: Run
         return await add_one(5)
 
     with pytest.raises(NonDeterminismError):
-        await resume_run(graph(swallows).spec, run_id, env=runtime)
+        await resume_run(graph(swallows).spec, run_id, env=runtime.env)
     assert calls == []
 
 
-async def test_recorded_failures_are_raised_again_without_executing(runtime: Runtime) -> None:
+async def test_recorded_failures_are_raised_again_without_executing(runtime: ProcessHost) -> None:
     async def body(x: int) -> dict[str, Any]:
         outcomes = []
         for failing in (fails_plainly, fails_opaquely):
@@ -166,7 +166,7 @@ async def test_recorded_failures_are_raised_again_without_executing(runtime: Run
                 seen.append([exc])
         return {"v": 0}
 
-    assert await resume_run(graph(resumed).spec, run_id, env=runtime) == {"v": 0}
+    assert await resume_run(graph(resumed).spec, run_id, env=runtime.env) == {"v": 0}
     assert calls == []
     plain, opaque = seen[1][0], seen[2][0]
     assert type(plain) is ValueError and str(plain) == "bad value 7"
@@ -174,7 +174,7 @@ async def test_recorded_failures_are_raised_again_without_executing(runtime: Run
     assert opaque.error_type.endswith("OpaqueError") and opaque.original_message == "3: opaque"
 
 
-async def test_context_values_replay_as_recorded(runtime: Runtime) -> None:
+async def test_context_values_replay_as_recorded(runtime: ProcessHost) -> None:
     first: list[Any] = []
 
     async def body(x: int, *, context: NodeContext) -> dict[str, Any]:
@@ -186,16 +186,16 @@ async def test_context_values_replay_as_recorded(runtime: Runtime) -> None:
         return {"v": 0}
 
     run_id = await interrupted(runtime, body)
-    assert await resume_run(graph(body).spec, run_id, env=runtime) == {"v": 0}
+    assert await resume_run(graph(body).spec, run_id, env=runtime.env) == {"v": 0}
     assert first[0] == first[1]
 
 
-async def test_resume_of_an_unknown_run_says_so(runtime: Runtime) -> None:
+async def test_resume_of_an_unknown_run_says_so(runtime: ProcessHost) -> None:
     with pytest.raises(RunNotFoundError, match="has no journal"):
-        await resume_run(graph(two_steps_then_crash).spec, new_run_id(), env=runtime)
+        await resume_run(graph(two_steps_then_crash).spec, new_run_id(), env=runtime.env)
 
 
-async def test_resume_with_another_graph_names_the_right_one(runtime: Runtime) -> None:
+async def test_resume_with_another_graph_names_the_right_one(runtime: ProcessHost) -> None:
     run_id = await interrupted(runtime, two_steps_then_crash)
 
     @graph_fn(name="something_else")
@@ -203,19 +203,19 @@ async def test_resume_with_another_graph_names_the_right_one(runtime: Runtime) -
         return {}
 
     with pytest.raises(RunFailedError, match="is a run of 'evolving'"):
-        await resume_run(something_else.spec, run_id, env=runtime)
+        await resume_run(something_else.spec, run_id, env=runtime.env)
 
 
-async def test_resume_of_a_failed_run_reports_how_it_ended(runtime: Runtime) -> None:
+async def test_resume_of_a_failed_run_reports_how_it_ended(runtime: ProcessHost) -> None:
     async def body(x: int) -> dict[str, Any]:
         await fails_plainly()
         return {"v": 0}
 
     run_id = new_run_id()
     with pytest.raises(ValueError):
-        await execute_run(graph(body).spec, {"x": 1}, run_id=run_id, env=runtime)
+        await execute_run(graph(body).spec, {"x": 1}, run_id=run_id, env=runtime.env)
     calls.clear()
     with pytest.raises(RunFailedError, match="already ended: ValueError: bad value 7") as info:
-        await resume_run(graph(body).spec, run_id, env=runtime)
+        await resume_run(graph(body).spec, run_id, env=runtime.env)
     assert info.value.node_id == "fails_plainly_1"
     assert calls == []

@@ -29,9 +29,9 @@ from aethergraph.core.registry import must_get_graph
 from aethergraph.core.replay import ChainBuilder, journal_chain
 from aethergraph.core.resume import AlreadyAnswered, JournalState, accept_resume, journal_state
 from aethergraph.core.spec import CallableSpec, build_spec
-from aethergraph.engine.runs import Suspended
-from aethergraph.engine.worker import Worker
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.host.runs import Suspended
+from aethergraph.host.worker import Worker
+from aethergraph.runtime import ProcessHost, load_target
 
 SAFETY_S = 30.0
 """Bound on anything awaited, so a hang fails the test instead of blocking the session."""
@@ -110,7 +110,7 @@ TRC_HIDDEN = build_spec(_trc_hidden, kind="graph_fn", name="trc_hidden", outputs
 class WorkerSlot:
     """The module's worker: one consumer of resume commands at a time, paused by tests that run their own."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ProcessHost) -> None:
         self.rt = rt
         self.worker: Worker | None = None
         self._task: asyncio.Task[None] | None = None
@@ -147,7 +147,7 @@ class WorkerSlot:
 
 
 @pytest.fixture(scope="module")
-async def slot(runtime: Runtime) -> AsyncIterator[WorkerSlot]:
+async def slot(runtime: ProcessHost) -> AsyncIterator[WorkerSlot]:
     workers = WorkerSlot(runtime)
     await workers.start()
     try:
@@ -159,7 +159,9 @@ async def slot(runtime: Runtime) -> AsyncIterator[WorkerSlot]:
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-async def waiting_run(rt: Runtime, target: object | CallableSpec, inputs: dict[str, Any] | None = None) -> RunHandle:
+async def waiting_run(
+    rt: ProcessHost, target: object | CallableSpec, inputs: dict[str, Any] | None = None
+) -> RunHandle:
     """Start a run and return its handle once it has suspended on a wait."""
     spec = target if isinstance(target, CallableSpec) else load_target(target)
     run_id = new_run_id()
@@ -167,26 +169,26 @@ async def waiting_run(rt: Runtime, target: object | CallableSpec, inputs: dict[s
     async with asyncio.timeout(SAFETY_S):
         end = await task
     assert isinstance(end, Suspended), end
-    return RunHandle(run_id, rt, task)
+    return RunHandle(run_id, rt.env, task)
 
 
-async def records(rt: Runtime, run_id: str) -> list[tuple[int, str, int]]:
+async def records(rt: ProcessHost, run_id: str) -> list[tuple[int, str, int]]:
     """The run's stored events as (stream seq, type, run seq): equal lists mean nothing was written."""
     stored: list[StoredRecord] = await read_events(rt, run_id)
     return [(r.stream_seq, r.event.__struct_config__.tag, r.event.seq) for r in stored]
 
 
-async def journal(rt: Runtime, run_id: str) -> list[ev.Event]:
+async def journal(rt: ProcessHost, run_id: str) -> list[ev.Event]:
     return journal_chain(record.event for record in await read_events(rt, run_id))
 
 
-async def commands_published(rt: Runtime, run_id: str) -> int:
+async def commands_published(rt: ProcessHost, run_id: str) -> int:
     """How many resume commands AG_COMMANDS holds for the run."""
     info = await rt.bus.js.stream_info("AG_COMMANDS", subjects_filter=f"ag.cmd.resume.{run_id}")
     return sum((info.state.subjects or {}).values())
 
 
-async def publish_raw(rt: Runtime, run_id: str, body: bytes | dict[str, Any]) -> int:
+async def publish_raw(rt: ProcessHost, run_id: str, body: bytes | dict[str, Any]) -> int:
     """Publish a resume command body as is, bypassing ``aethergraph.resume``'s checks; returns its stream seq."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     ack = await rt.bus.js.publish(f"ag.cmd.resume.{run_id}", data, stream="AG_COMMANDS")
@@ -220,7 +222,7 @@ async def rejected(run_id: str, payload: Any = None, wait_id: str | None = None)
     return info.value
 
 
-async def until(rt: Runtime, run_id: str, check: Callable[[JournalState], bool]) -> JournalState:
+async def until(rt: ProcessHost, run_id: str, check: Callable[[JournalState], bool]) -> JournalState:
     """Follow the run's journal until its state satisfies ``check``; return that state."""
     builder = ChainBuilder()
     async with asyncio.timeout(SAFETY_S):
@@ -238,7 +240,9 @@ def only_wait_id(state: JournalState) -> str:
 # --- accepted resumes and their outcome ---------------------------------------------------------------------
 
 
-async def test_resume_publishes_a_command_and_returns_the_accepted_outcome(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_resume_publishes_a_command_and_returns_the_accepted_outcome(
+    runtime: ProcessHost, slot: WorkerSlot
+) -> None:
     handle = await waiting_run(runtime, trc_ask)
     wait_id = only_wait_id(await handle.state())
     raw: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -277,13 +281,13 @@ async def test_resume_publishes_a_command_and_returns_the_accepted_outcome(runti
     assert AFTER.count(handle.run_id) == 1
 
 
-async def test_resume_without_waiting_for_the_outcome(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_resume_without_waiting_for_the_outcome(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_approve)
     assert await aethergraph.resume(handle.run_id, {"approved": True}, wait=False) is None
     assert await handle.result(timeout=SAFETY_S) == {"decision": {"approved": True, "choice": "Approve"}}
 
 
-async def test_get_run_gives_a_handle_to_a_waiting_run(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_get_run_gives_a_handle_to_a_waiting_run(runtime: ProcessHost, slot: WorkerSlot) -> None:
     started = await waiting_run(runtime, trc_ask)
     handle = await aethergraph.get_run(started.run_id)
     assert await handle.status() == "waiting"
@@ -298,7 +302,7 @@ async def test_get_run_gives_a_handle_to_a_waiting_run(runtime: Runtime, slot: W
 # --- rejected before publishing --------------------------------------------------------------------------------
 
 
-async def test_unknown_run_is_rejected_and_has_no_status(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_unknown_run_is_rejected_and_has_no_status(runtime: ProcessHost, slot: WorkerSlot) -> None:
     run_id = new_run_id()
     error = await rejected(run_id, "hello")
     assert (error.reason, error.run_id) == ("unknown_run", run_id)
@@ -309,7 +313,7 @@ async def test_unknown_run_is_rejected_and_has_no_status(runtime: Runtime, slot:
         await aethergraph.resume("not.a.run", "hello")
 
 
-async def test_finished_runs_cannot_be_resumed(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_finished_runs_cannot_be_resumed(runtime: ProcessHost, slot: WorkerSlot) -> None:
     done = await aethergraph.start_run(trc_done)
     assert await done.result(timeout=SAFETY_S) == {"v": 1}
     failed = await aethergraph.start_run(trc_fail)
@@ -322,7 +326,7 @@ async def test_finished_runs_cannot_be_resumed(runtime: Runtime, slot: WorkerSlo
         assert await commands_published(runtime, handle.run_id) == 0
 
 
-async def test_running_run_without_a_wait_is_rejected(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_running_run_without_a_wait_is_rejected(runtime: ProcessHost, slot: WorkerSlot) -> None:
     gate = new_run_id()
     GATES[gate], ENTERED[gate] = asyncio.Event(), asyncio.Event()
     handle = await aethergraph.start_run(trc_gated, {"gate": gate})
@@ -338,7 +342,7 @@ async def test_running_run_without_a_wait_is_rejected(runtime: Runtime, slot: Wo
     assert await handle.result(timeout=SAFETY_S) == {"v": gate}
 
 
-async def test_unknown_wait_id_is_rejected(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_unknown_wait_id_is_rejected(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     wait_id = only_wait_id(await handle.state())
     error = await rejected(handle.run_id, "x", wait_id="w999")
@@ -355,7 +359,7 @@ async def test_unknown_wait_id_is_rejected(runtime: Runtime, slot: WorkerSlot) -
     ids=["unknown-choice", "empty", "approved-not-bool", "string", "null"],
 )
 async def test_payload_failing_the_schema_is_rejected_before_publishing(
-    runtime: Runtime, slot: WorkerSlot, payload: Any
+    runtime: ProcessHost, slot: WorkerSlot, payload: Any
 ) -> None:
     handle = await waiting_run(runtime, trc_approve)
     wait_id = only_wait_id(await handle.state())
@@ -369,7 +373,7 @@ async def test_payload_failing_the_schema_is_rejected_before_publishing(
     assert await handle.result(timeout=SAFETY_S) == {"decision": {"approved": False, "choice": "Reject"}}
 
 
-async def test_second_resume_of_a_wait_is_rejected_and_changes_nothing(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_second_resume_of_a_wait_is_rejected_and_changes_nothing(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_two)
     first = only_wait_id(await handle.state())
     first_outcome = await resume_ok(handle.run_id, "one")
@@ -397,7 +401,7 @@ async def test_second_resume_of_a_wait_is_rejected_and_changes_nothing(runtime: 
     assert resumed[0].command_seq == first_outcome.command_seq
 
 
-async def test_ambiguous_resume_needs_a_wait_id(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_ambiguous_resume_needs_a_wait_id(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_gather)
     state = await handle.state()
     assert len(state.open_waits) == 2
@@ -416,7 +420,7 @@ async def test_ambiguous_resume_needs_a_wait_id(runtime: Runtime, slot: WorkerSl
 
 
 async def test_raw_command_with_an_invalid_payload_is_rejected_by_the_worker(
-    runtime: Runtime, slot: WorkerSlot
+    runtime: ProcessHost, slot: WorkerSlot
 ) -> None:
     handle = await waiting_run(runtime, trc_ask)
     wait_id = only_wait_id(await handle.state())
@@ -440,7 +444,7 @@ async def test_raw_command_with_an_invalid_payload_is_rejected_by_the_worker(
     [b"not json at all", b'{"payload": "x", "bogus": true}', b'["w1"]', b'{"wait_id": 7, "payload": "x"}', b""],
     ids=["not-json", "unknown-field", "array", "wait-id-not-a-string", "empty"],
 )
-async def test_malformed_command_is_rejected_by_the_worker(runtime: Runtime, slot: WorkerSlot, body: bytes) -> None:
+async def test_malformed_command_is_rejected_by_the_worker(runtime: ProcessHost, slot: WorkerSlot, body: bytes) -> None:
     handle = await waiting_run(runtime, trc_ask)
     before = await records(runtime, handle.run_id)
     async with runtime.commands.outcomes(handle.run_id) as outcomes:
@@ -454,7 +458,7 @@ async def test_malformed_command_is_rejected_by_the_worker(runtime: Runtime, slo
     assert await handle.result(timeout=SAFETY_S) == {"answer": "fine", "n": 4}
 
 
-async def test_raw_command_for_an_unknown_run_is_rejected_by_the_worker(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_raw_command_for_an_unknown_run_is_rejected_by_the_worker(runtime: ProcessHost, slot: WorkerSlot) -> None:
     run_id = new_run_id()
     async with runtime.commands.outcomes(run_id) as outcomes:
         seq = await publish_raw(runtime, run_id, {"payload": "hello"})
@@ -463,7 +467,7 @@ async def test_raw_command_for_an_unknown_run_is_rejected_by_the_worker(runtime:
     assert await read_events(runtime, run_id) == []
 
 
-async def test_raw_expire_command_expires_the_wait(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_raw_expire_command_expires_the_wait(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     wait_id = only_wait_id(await handle.state())
     async with runtime.commands.outcomes(handle.run_id) as outcomes:
@@ -479,7 +483,7 @@ async def test_raw_expire_command_expires_the_wait(runtime: Runtime, slot: Worke
     assert AFTER.count(handle.run_id) == 0
 
 
-async def test_two_resumes_of_one_wait_at_once_apply_exactly_one(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_two_resumes_of_one_wait_at_once_apply_exactly_one(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     wait_id = only_wait_id(await handle.state())
     async with runtime.commands.outcomes(handle.run_id) as outcomes:
@@ -499,7 +503,7 @@ async def test_two_resumes_of_one_wait_at_once_apply_exactly_one(runtime: Runtim
     assert AFTER.count(handle.run_id) == 1
 
 
-async def test_two_clients_answering_one_wait_one_is_told_it_closed(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_two_clients_answering_one_wait_one_is_told_it_closed(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     wait_id = only_wait_id(await handle.state())
     results = await asyncio.gather(
@@ -518,7 +522,7 @@ async def test_two_clients_answering_one_wait_one_is_told_it_closed(runtime: Run
 
 
 async def test_an_answer_checked_against_one_wait_is_not_applied_to_the_next(
-    runtime: Runtime, slot: WorkerSlot
+    runtime: ProcessHost, slot: WorkerSlot
 ) -> None:
     """Two clients answer the first question (e.g. a double-submitted form); neither names the wait."""
     handle = await waiting_run(runtime, trc_two)
@@ -561,7 +565,7 @@ async def test_an_answer_checked_against_one_wait_is_not_applied_to_the_next(
             await aethergraph.resume(handle.run_id, "cleanup", timeout=SAFETY_S)
 
 
-async def test_answers_to_two_open_waits_arriving_together_both_apply(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_answers_to_two_open_waits_arriving_together_both_apply(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_gather)
     state = await handle.state()
     wait_a, wait_b = sorted(state.open_waits, key=lambda w: state.open_waits[w].seq)
@@ -578,7 +582,7 @@ async def test_answers_to_two_open_waits_arriving_together_both_apply(runtime: R
     ]
 
 
-async def test_a_redelivered_command_is_a_duplicate(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_a_redelivered_command_is_a_duplicate(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     outcome = await resume_ok(handle.run_id, "once")
     assert await handle.result(timeout=SAFETY_S) == {"answer": "once", "n": 4}
@@ -610,7 +614,7 @@ async def test_a_redelivered_command_is_a_duplicate(runtime: Runtime, slot: Work
 # --- which worker handles a command ----------------------------------------------------------------------------
 
 
-async def test_command_waits_in_the_stream_until_a_worker_runs(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_command_waits_in_the_stream_until_a_worker_runs(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     async with runtime.commands.outcomes(handle.run_id) as outcomes:
         async with slot.paused():
@@ -628,7 +632,7 @@ async def test_command_waits_in_the_stream_until_a_worker_runs(runtime: Runtime,
     assert await handle.result(timeout=SAFETY_S) == {"answer": "queued", "n": 6}
 
 
-async def test_unknown_graph_is_deferred_until_a_worker_that_knows_it(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_unknown_graph_is_deferred_until_a_worker_that_knows_it(runtime: ProcessHost, slot: WorkerSlot) -> None:
     with pytest.raises(GraphNotFoundError):
         must_get_graph("trc_hidden")
     handle = await waiting_run(runtime, TRC_HIDDEN)
@@ -672,7 +676,7 @@ async def test_unknown_graph_is_deferred_until_a_worker_that_knows_it(runtime: R
     ]
 
 
-async def test_serve_worker_serves_until_stopped(runtime: Runtime, slot: WorkerSlot) -> None:
+async def test_serve_worker_serves_until_stopped(runtime: ProcessHost, slot: WorkerSlot) -> None:
     handle = await waiting_run(runtime, trc_ask)
     stop = asyncio.Event()
     ready = asyncio.Event()

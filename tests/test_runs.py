@@ -19,7 +19,7 @@ from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import EventTooLargeError, NotInRunError, OutputError, SerializationError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import RUN_ID_PATTERN, new_run_id
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 # --- the seed's example, as written (a log line instead of the channel, which does not exist yet) -------
 
@@ -53,18 +53,20 @@ def events_of(records: list[StoredRecord]) -> list[ev.Event]:
 
 
 @pytest.fixture(params=["live", "always_suspend"])
-def graph_env(request: pytest.FixtureRequest, runtime: Runtime, suspending_runtime: Runtime) -> Runtime:
+def graph_env(request: pytest.FixtureRequest, runtime: ProcessHost, suspending_runtime: ProcessHost) -> ProcessHost:
     """The graph tests run twice: live, and suspending after every step to continue by replay."""
     return suspending_runtime if request.param == "always_suspend" else runtime
 
 
-async def start(env: Runtime, target: object, inputs: dict[str, Any] | None = None, *, run_id: str) -> dict[str, Any]:
+async def start(
+    env: ProcessHost, target: object, inputs: dict[str, Any] | None = None, *, run_id: str
+) -> dict[str, Any]:
     """``aethergraph.run_async`` on a given runtime."""
     spec = load_target(target)
-    return await execute_run(spec, spec.bind((), dict(inputs or {})), run_id=run_id, env=env)
+    return await execute_run(spec, spec.bind((), dict(inputs or {})), run_id=run_id, env=env.env)
 
 
-async def stream_messages(rt: Runtime) -> int:
+async def stream_messages(rt: ProcessHost) -> int:
     info = await rt.bus.js.stream_info("AG_EVENTS")
     return int(info.state.messages)
 
@@ -72,7 +74,7 @@ async def stream_messages(rt: Runtime) -> int:
 # --- the seed example ---------------------------------------------------------------------------------
 
 
-async def test_seed_example_runs_and_is_journaled(runtime: Runtime) -> None:
+async def test_seed_example_runs_and_is_journaled(runtime: ProcessHost) -> None:
     started: list[ev.RunStarted] = []
     seen = asyncio.Event()
 
@@ -104,7 +106,7 @@ async def test_seed_example_runs_and_is_journaled(runtime: Runtime) -> None:
     assert isinstance(completed, ev.RunCompleted) and completed.outputs == {}
 
 
-async def test_run_async_with_a_graph_and_with_a_tool(runtime: Runtime) -> None:
+async def test_run_async_with_a_graph_and_with_a_tool(runtime: ProcessHost) -> None:
     assert await aethergraph.run_async(demo, {}) == {}
     run_id = new_run_id()
     assert await aethergraph.run_async(analyze, {"x": 4}, run_id=run_id) == {"val": 8}
@@ -122,7 +124,7 @@ async def adder(a: int, b: int = 10) -> dict[str, int]:
     return {"total": doubled["val"] + b}
 
 
-async def test_graph_outputs_and_inputs_are_journaled(runtime: Runtime) -> None:
+async def test_graph_outputs_and_inputs_are_journaled(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     assert await aethergraph.run_async(adder, {"a": 1}, run_id=run_id) == {"total": 12}
     records = await read_events(runtime, run_id)
@@ -132,7 +134,7 @@ async def test_graph_outputs_and_inputs_are_journaled(runtime: Runtime) -> None:
     assert await adder(2, b=0) == {"total": 4}
 
 
-async def test_sync_run_in_a_thread_opens_its_own_loop(runtime: Runtime) -> None:
+async def test_sync_run_in_a_thread_opens_its_own_loop(runtime: ProcessHost) -> None:
     run_id = new_run_id()
     outputs = await asyncio.to_thread(aethergraph.run, adder, {"a": 5, "b": 1}, run_id=run_id)
     assert outputs == {"total": 11}
@@ -141,12 +143,12 @@ async def test_sync_run_in_a_thread_opens_its_own_loop(runtime: Runtime) -> None
     assert types_of(records)[-1] == "run.completed"
 
 
-async def test_sync_run_inside_a_running_loop_says_to_use_run_async(runtime: Runtime) -> None:
+async def test_sync_run_inside_a_running_loop_says_to_use_run_async(runtime: ProcessHost) -> None:
     with pytest.raises(RuntimeError, match=r"run_async"):
         aethergraph.run(adder, {"a": 1})
 
 
-async def test_sync_run_in_another_process(runtime: Runtime, tmp_path: Path) -> None:
+async def test_sync_run_in_another_process(runtime: ProcessHost, tmp_path: Path) -> None:
     script = tmp_path / "graphs_elsewhere.py"
     script.write_text(
         textwrap.dedent(
@@ -206,7 +208,7 @@ async def identity(*, context: NodeContext) -> dict[str, Any]:
     }
 
 
-async def test_context_identifies_run_graph_and_node(graph_env: Runtime) -> None:
+async def test_context_identifies_run_graph_and_node(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     out = await start(graph_env, identity, run_id=run_id)
     assert out["run_id"] == run_id
@@ -223,7 +225,7 @@ async def test_context_identifies_run_graph_and_node(graph_env: Runtime) -> None
     assert node_ids == ["probe_1", "probe_2", "analyze_1"]
 
 
-async def test_generated_run_ids_are_unique_and_valid(runtime: Runtime) -> None:
+async def test_generated_run_ids_are_unique_and_valid(runtime: ProcessHost) -> None:
     seen = {(await identity())["run_id"] for _ in range(3)}
     assert len(seen) == 3
     assert all(RUN_ID_PATTERN.match(run_id) for run_id in seen)
@@ -237,7 +239,7 @@ async def async_double(x: int) -> dict[str, int]:
     return {"val": 2 * x}
 
 
-async def test_tools_outside_a_run_execute_at_once_unjournaled(runtime: Runtime) -> None:
+async def test_tools_outside_a_run_execute_at_once_unjournaled(runtime: ProcessHost) -> None:
     before = await stream_messages(runtime)
     assert analyze(5) == {"val": 10}
     pending = async_double(6)
@@ -246,7 +248,7 @@ async def test_tools_outside_a_run_execute_at_once_unjournaled(runtime: Runtime)
     assert await stream_messages(runtime) == before
 
 
-async def test_tool_needing_context_outside_a_run_raises_not_in_run(runtime: Runtime) -> None:
+async def test_tool_needing_context_outside_a_run_raises_not_in_run(runtime: ProcessHost) -> None:
     with pytest.raises(NotInRunError) as info:
         probe()
     message = str(info.value)
@@ -255,7 +257,7 @@ async def test_tool_needing_context_outside_a_run_raises_not_in_run(runtime: Run
     assert "aethergraph.run(probe" in message
 
 
-async def test_detached_tool_output_errors_are_raised(runtime: Runtime) -> None:
+async def test_detached_tool_output_errors_are_raised(runtime: ProcessHost) -> None:
     @tool(outputs=["val"])
     def forgetful() -> dict[str, int]:
         return {"other": 1}
@@ -272,7 +274,7 @@ def half_done(x: int) -> dict[str, int]:
     return {"val": x}
 
 
-async def test_missing_output_raises_output_error_and_is_journaled(graph_env: Runtime) -> None:
+async def test_missing_output_raises_output_error_and_is_journaled(graph_env: ProcessHost) -> None:
     @graph_fn(name="uses_half_done")
     async def uses(*, context: NodeContext) -> None:
         await half_done(1)
@@ -305,7 +307,7 @@ def opaque_maker() -> dict[str, Any]:
     return {"thing": Opaque()}
 
 
-async def test_unserialisable_result_raises_serialization_error(graph_env: Runtime) -> None:
+async def test_unserialisable_result_raises_serialization_error(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     with pytest.raises(SerializationError) as info:
         await start(graph_env, opaque_maker, run_id=run_id)
@@ -318,7 +320,7 @@ async def test_unserialisable_result_raises_serialization_error(graph_env: Runti
     assert records[-2].event.error_type == "aethergraph.core.errors.SerializationError"  # type: ignore[attr-defined]
 
 
-async def test_unserialisable_plain_object(graph_env: Runtime) -> None:
+async def test_unserialisable_plain_object(graph_env: ProcessHost) -> None:
     @tool(name="bare_object", outputs=["thing"])
     def bare_object() -> object:
         return object()
@@ -340,7 +342,7 @@ async def boom(x: int) -> None:
     raise Boom(f"exploded on {x}")
 
 
-async def test_tool_exception_propagates_unchanged_and_is_journaled(graph_env: Runtime) -> None:
+async def test_tool_exception_propagates_unchanged_and_is_journaled(graph_env: ProcessHost) -> None:
     raised: list[BaseException] = []
 
     @graph_fn(name="explodes")
@@ -380,7 +382,7 @@ async def test_tool_exception_propagates_unchanged_and_is_journaled(graph_env: R
     assert run_failed.parent == tool_failed.seq
 
 
-async def test_builtin_exception_type_name(graph_env: Runtime) -> None:
+async def test_builtin_exception_type_name(graph_env: ProcessHost) -> None:
     @tool(name="divide")
     def divide(a: int, b: int) -> float:
         return a / b
@@ -394,7 +396,7 @@ async def test_builtin_exception_type_name(graph_env: Runtime) -> None:
     assert records[-1].event.failed_node_id == "divide_1"  # type: ignore[attr-defined]
 
 
-async def test_exception_in_the_graph_body_has_no_failed_node(graph_env: Runtime) -> None:
+async def test_exception_in_the_graph_body_has_no_failed_node(graph_env: ProcessHost) -> None:
     @graph_fn(name="body_fails")
     async def body_fails() -> None:
         await analyze(2)
@@ -412,7 +414,7 @@ async def test_exception_in_the_graph_body_has_no_failed_node(graph_env: Runtime
     assert run_failed.parent == records[-2].event.seq
 
 
-async def test_graph_missing_declared_output(graph_env: Runtime) -> None:
+async def test_graph_missing_declared_output(graph_env: ProcessHost) -> None:
     @graph_fn(name="forgets", outputs=["answer"])
     async def forgets() -> dict[str, int]:
         return {"other": 1}
@@ -432,7 +434,7 @@ def chatty(*, context: NodeContext) -> dict[str, bool]:
     return {"ok": True}
 
 
-async def test_logger_records_are_events_with_node_ids(graph_env: Runtime) -> None:
+async def test_logger_records_are_events_with_node_ids(graph_env: ProcessHost) -> None:
     @graph_fn(name="logs")
     async def logs(*, context: NodeContext) -> None:
         context.logger().debug("before")
@@ -468,7 +470,7 @@ async def test_logger_records_are_events_with_node_ids(graph_env: Runtime) -> No
 # --- ordering and causality ---------------------------------------------------------------------------
 
 
-async def test_event_order_sequence_and_causal_parents(graph_env: Runtime) -> None:
+async def test_event_order_sequence_and_causal_parents(graph_env: ProcessHost) -> None:
     @graph_fn(name="chain", outputs=["val"])
     async def chain() -> dict[str, int]:
         a = await analyze(1)
@@ -528,7 +530,7 @@ async def test_event_order_sequence_and_causal_parents(graph_env: Runtime) -> No
     assert called_1.args_digest != called_2.args_digest
 
 
-async def test_concurrent_tool_calls_get_distinct_nodes(graph_env: Runtime) -> None:
+async def test_concurrent_tool_calls_get_distinct_nodes(graph_env: ProcessHost) -> None:
     @graph_fn(name="fan_out", outputs=["vals"])
     async def fan_out() -> dict[str, list[int]]:
         results = await asyncio.gather(analyze(1), async_double(2), analyze(3), async_double(4))
@@ -560,7 +562,7 @@ async def test_concurrent_tool_calls_get_distinct_nodes(graph_env: Runtime) -> N
     }
 
 
-async def test_nested_graph_is_a_child_run(graph_env: Runtime) -> None:
+async def test_nested_graph_is_a_child_run(graph_env: ProcessHost) -> None:
     child_ids: set[str] = set()
 
     @graph_fn(name="child", outputs=["val"])
@@ -606,7 +608,7 @@ async def test_nested_graph_is_a_child_run(graph_env: Runtime) -> None:
     assert isinstance(parent_started, ev.RunStarted) and parent_started.parent_run_id is None
 
 
-async def test_each_tool_executes_once(graph_env: Runtime) -> None:
+async def test_each_tool_executes_once(graph_env: ProcessHost) -> None:
     """Replay answers recorded steps from the journal: no tool runs twice."""
     executed: list[int] = []
 
@@ -638,7 +640,7 @@ async def test_each_tool_executes_once(graph_env: Runtime) -> None:
     ]
 
 
-async def test_nested_run_is_not_run_again_when_the_parent_replays(graph_env: Runtime) -> None:
+async def test_nested_run_is_not_run_again_when_the_parent_replays(graph_env: ProcessHost) -> None:
     """A child run is a step of its parent: continuing the parent by replay must not start
     the child again (a second child run, executing the child's tools again)."""
     executed: list[int] = []
@@ -668,7 +670,7 @@ async def test_nested_run_is_not_run_again_when_the_parent_replays(graph_env: Ru
 # --- size limits --------------------------------------------------------------------------------------
 
 
-async def test_output_too_large_points_at_artifacts_and_is_a_failed_step(graph_env: Runtime) -> None:
+async def test_output_too_large_points_at_artifacts_and_is_a_failed_step(graph_env: ProcessHost) -> None:
     """An output over max_event_bytes never reaches the bus; the error points at the artifact
     store, and the step is closed with tool.failed naming the node (a replay must not take the
     step for one still in flight)."""

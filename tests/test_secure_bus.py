@@ -19,7 +19,7 @@ from aethergraph import graph_fn, tool
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.settings import Settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -97,10 +97,10 @@ def secure_settings(server: ConfiguredServer, pki: Path, tmp_path: Path, **overr
 async def test_a_graph_runs_over_tls_with_a_client_certificate_and_a_password(
     tls_server: ConfiguredServer, pki: Path, tmp_path: Path
 ) -> None:
-    rt = await Runtime.open(secure_settings(tls_server, pki, tmp_path))
+    rt = await ProcessHost.open(secure_settings(tls_server, pki, tmp_path))
     try:
         assert rt.bus.nc.connected_url is not None
-        outputs = await execute_run(secure_hello.spec, {"name": "tls"}, env=rt)
+        outputs = await execute_run(secure_hello.spec, {"name": "tls"}, env=rt.env)
         assert outputs == {"greeting": "HELLO TLS"}
     finally:
         await rt.close()
@@ -120,7 +120,7 @@ async def test_a_refused_secure_connection_is_bus_unavailable(
 ) -> None:
     with pytest.raises(BusUnavailableError) as info:
         # A longer timeout than the default, so that on a loaded machine a handshake completes and is refused.
-        await Runtime.open(secure_settings(tls_server, pki, tmp_path, connect_timeout_s=4.0, **overrides))
+        await ProcessHost.open(secure_settings(tls_server, pki, tmp_path, connect_timeout_s=4.0, **overrides))
     message = str(info.value)
     assert tls_server.url in message
     assert "AETHERGRAPH_NATS_URL" in message
@@ -140,6 +140,6 @@ def test_tls_and_credential_settings_are_checked(tmp_path: Path) -> None:
 async def test_unreadable_tls_files_and_missing_creds_name_the_setting(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{closed_port()}"
     with pytest.raises(BusUnavailableError, match="AETHERGRAPH_NATS_TLS_CA"):
-        await Runtime.open(Settings(nats_url=url, nats_tls_ca=tmp_path / "missing.pem"))
+        await ProcessHost.open(Settings(nats_url=url, nats_tls_ca=tmp_path / "missing.pem"))
     with pytest.raises(BusUnavailableError, match="AETHERGRAPH_NATS_CREDS"):
-        await Runtime.open(Settings(nats_url=url, nats_creds=tmp_path / "missing.creds"))
+        await ProcessHost.open(Settings(nats_url=url, nats_creds=tmp_path / "missing.creds"))

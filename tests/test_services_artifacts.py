@@ -18,7 +18,7 @@ from aethergraph.core.errors import ArtifactNotFoundError, NonDeterminismError
 from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.settings import load_settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 
 class Crash(BaseException):
@@ -26,9 +26,9 @@ class Crash(BaseException):
 
 
 @pytest.fixture(params=["local", "object_store"])
-async def store_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Runtime]:
+async def store_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ProcessHost]:
     """A runtime whose artifacts go to local files (aiofiles) or to the JetStream Object Store."""
-    rt = await Runtime.open(load_settings(artifact_store=request.param, artifacts_dir=tmp_path / "artifacts"))
+    rt = await ProcessHost.open(load_settings(artifact_store=request.param, artifacts_dir=tmp_path / "artifacts"))
     try:
         yield rt
     finally:
@@ -43,13 +43,13 @@ def graph(body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> GraphFunc
     return graph_fn(name="artifact_flow", outputs=["v"])(body)
 
 
-async def run(rt: Runtime, body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> tuple[Any, str]:
+async def run(rt: ProcessHost, body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> tuple[Any, str]:
     run_id = new_run_id()
-    outputs = await execute_run(graph(body).spec, {}, run_id=run_id, env=rt)
+    outputs = await execute_run(graph(body).spec, {}, run_id=run_id, env=rt.env)
     return outputs["v"], run_id
 
 
-async def test_same_content_same_uri_and_loads_by_uri_or_id(store_runtime: Runtime, tmp_path: Path) -> None:
+async def test_same_content_same_uri_and_loads_by_uri_or_id(store_runtime: ProcessHost, tmp_path: Path) -> None:
     text = f"report {os.urandom(4).hex()}"
     source = tmp_path / "model.bin"
     source.write_bytes(os.urandom(300_000))
@@ -89,7 +89,7 @@ async def train_model(loss: float, *, context: Any) -> dict[str, Any]:
     return {"uri": art.uri}
 
 
-async def test_saves_are_events_naming_run_node_and_tool(store_runtime: Runtime) -> None:
+async def test_saves_are_events_naming_run_node_and_tool(store_runtime: ProcessHost) -> None:
     async def body(*, context: Any) -> dict[str, Any]:
         return {"v": (await train_model(0.5))["uri"]}
 
@@ -99,7 +99,7 @@ async def test_saves_are_events_naming_run_node_and_tool(store_runtime: Runtime)
     assert saved.labels == {"loss": 0.5, "task": "t1"} and saved.mime == "application/json"
 
 
-async def test_list_search_best_and_pin(store_runtime: Runtime) -> None:
+async def test_list_search_best_and_pin(store_runtime: ProcessHost) -> None:
     task = f"t{os.urandom(3).hex()}"
 
     async def body(*, context: Any) -> dict[str, Any]:
@@ -124,14 +124,14 @@ async def test_list_search_best_and_pin(store_runtime: Runtime) -> None:
     assert len(after) == 1 and after[0]["pinned"] is True
 
 
-async def test_replay_returns_recorded_artifacts_without_writing(store_runtime: Runtime) -> None:
+async def test_replay_returns_recorded_artifacts_without_writing(store_runtime: ProcessHost) -> None:
     async def crashes(*, context: Any) -> dict[str, Any]:
         await context.artifacts().save_text("first version")
         raise Crash
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=store_runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=store_runtime.env)
 
     async def finishes(*, context: Any) -> dict[str, Any]:
         first: Artifact = await context.artifacts().save_text("first version")
@@ -139,7 +139,7 @@ async def test_replay_returns_recorded_artifacts_without_writing(store_runtime: 
         listed = await context.artifacts().list()
         return {"v": [first.uri, second.uri, [a.uri for a in listed]]}
 
-    first, second, listed = (await resume_run(graph(finishes).spec, run_id, env=store_runtime))["v"]
+    first, second, listed = (await resume_run(graph(finishes).spec, run_id, env=store_runtime.env))["v"]
     assert listed == [first, second]
     saved = [r.event for r in await read_events(store_runtime, run_id) if isinstance(r.event, ev.ArtifactSaved)]
     assert [s.uri for s in saved] == [first, second]  # the replayed save was not saved again
@@ -150,13 +150,13 @@ async def test_replay_returns_recorded_artifacts_without_writing(store_runtime: 
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=store_runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=store_runtime.env)
     with pytest.raises(NonDeterminismError) as caught:
-        await resume_run(graph(diverges).spec, run_id, env=store_runtime)
+        await resume_run(graph(diverges).spec, run_id, env=store_runtime.env)
     assert "artifact save" in str(caught.value)
 
 
-async def test_bad_references_and_inputs_say_what_is_wrong(store_runtime: Runtime, tmp_path: Path) -> None:
+async def test_bad_references_and_inputs_say_what_is_wrong(store_runtime: ProcessHost, tmp_path: Path) -> None:
     async def body(*, context: Any) -> dict[str, Any]:
         arts = context.artifacts()
         messages = []

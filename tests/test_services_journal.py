@@ -22,7 +22,7 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 from aethergraph.services.runtime.base import Service
 from aethergraph.services.runtime.registry import register_context_service
 
@@ -92,13 +92,13 @@ def ledger() -> Ledger:
     return service
 
 
-async def test_a_call_is_journaled_with_arguments_and_result(runtime: Runtime, ledger: Ledger) -> None:
+async def test_a_call_is_journaled_with_arguments_and_result(runtime: ProcessHost, ledger: Ledger) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         return {"v": await context.ledger().charge("acme", cents=250)}
 
     run_id = new_run_id()
-    assert await execute_run(flow.spec, {}, run_id=run_id, env=runtime) == {
+    assert await execute_run(flow.spec, {}, run_id=run_id, env=runtime.env) == {
         "v": {"account": "acme", "cents": 250, "receipt": "r1"}
     }
     events = [r.event for r in await read_events(runtime, run_id)]
@@ -109,7 +109,9 @@ async def test_a_call_is_journaled_with_arguments_and_result(runtime: Runtime, l
     assert returned.result_ref is None and returned.duration_us >= 0
 
 
-async def test_resume_returns_recorded_results_without_calling_the_service(runtime: Runtime, ledger: Ledger) -> None:
+async def test_resume_returns_recorded_results_without_calling_the_service(
+    runtime: ProcessHost, ledger: Ledger
+) -> None:
     async def crashes(*, context: Any) -> dict[str, Any]:
         await context.ledger().charge("acme", 1)
         await context.ledger().charge("acme", 2)
@@ -117,7 +119,7 @@ async def test_resume_returns_recorded_results_without_calling_the_service(runti
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
     assert len(ledger.calls) == 2
 
     async def finishes(*, context: Any) -> dict[str, Any]:
@@ -126,12 +128,12 @@ async def test_resume_returns_recorded_results_without_calling_the_service(runti
         third = await context.ledger().charge("acme", 3)
         return {"v": [first["receipt"], second["receipt"], third["receipt"]]}
 
-    assert await resume_run(graph(finishes).spec, run_id, env=runtime) == {"v": ["r1", "r2", "r3"]}
+    assert await resume_run(graph(finishes).spec, run_id, env=runtime.env) == {"v": ["r1", "r2", "r3"]}
     assert [args for _, args in ledger.calls] == [("acme", 1), ("acme", 2), ("acme", 3)]
 
 
 async def test_a_failure_is_journaled_and_raised_again_on_replay_without_calling(
-    runtime: Runtime, ledger: Ledger
+    runtime: ProcessHost, ledger: Ledger
 ) -> None:
     async def body(*, context: Any) -> dict[str, Any]:
         caught = []
@@ -149,7 +151,7 @@ async def test_a_failure_is_journaled_and_raised_again_on_replay_without_calling
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
     events = [r.event for r in await read_events(runtime, run_id)]
     failed = [e for e in events if isinstance(e, ev.ServiceFailed)]
     assert [(f.method, f.error_type, f.message) for f in failed] == [
@@ -157,7 +159,7 @@ async def test_a_failure_is_journaled_and_raised_again_on_replay_without_calling
         ("opaque", f"{__name__}.KeyConflictLike", "code 3"),
     ]
     ledger.calls.clear()
-    outputs = await resume_run(graph(body).spec, run_id, env=runtime)
+    outputs = await resume_run(graph(body).spec, run_id, env=runtime.env)
     # Same type and message where the type can be rebuilt from its message; ReplayedError names it otherwise.
     [rebuilt, opaque] = outputs["v"]
     assert rebuilt == ["QuotaExceeded", "account acme is over quota"]
@@ -166,28 +168,28 @@ async def test_a_failure_is_journaled_and_raised_again_on_replay_without_calling
     assert issubclass(ReplayedError, AetherGraphError)
 
 
-async def test_a_replay_asking_for_another_call_is_non_deterministic(runtime: Runtime, ledger: Ledger) -> None:
+async def test_a_replay_asking_for_another_call_is_non_deterministic(runtime: ProcessHost, ledger: Ledger) -> None:
     async def crashes(*, context: Any) -> dict[str, Any]:
         await context.ledger().charge("acme", 1)
         raise Crash
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
 
     async def other_amount(*, context: Any) -> dict[str, Any]:
         await context.ledger().charge("acme", 999)
         return {"v": 0}
 
     with pytest.raises(NonDeterminismError) as caught:
-        await resume_run(graph(other_amount).spec, run_id, env=runtime)
+        await resume_run(graph(other_amount).spec, run_id, env=runtime.env)
     assert "service call ledger.charge()" in str(caught.value)
     assert caught.value.recorded != caught.value.attempted
     assert len(ledger.calls) == 1
 
 
 async def test_a_call_in_flight_when_the_process_died_runs_again_under_the_same_called_event(
-    runtime: Runtime, ledger: Ledger
+    runtime: ProcessHost, ledger: Ledger
 ) -> None:
     class DiesMidCall(Service):
         async def submit(self, spec: dict[str, Any]) -> str:
@@ -203,21 +205,23 @@ async def test_a_call_in_flight_when_the_process_died_runs_again_under_the_same_
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(body).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(body).spec, {}, run_id=run_id, env=runtime.env)
 
     async def called_is_stored() -> bool | None:  # service.called is pipelined: acknowledged a moment later
         records = await read_events(runtime, run_id)
         return True if any(isinstance(r.event, ev.ServiceCalled) for r in records) else None
 
     await eventually(called_is_stored, "service.called to be stored")
-    assert await resume_run(graph(body).spec, run_id, env=runtime) == {"v": "job-7"}
+    assert await resume_run(graph(body).spec, run_id, env=runtime.env) == {"v": "job-7"}
     events = [r.event for r in await read_events(runtime, run_id)]
     [called] = [e for e in events if isinstance(e, ev.ServiceCalled)]
     [returned] = [e for e in events if isinstance(e, ev.ServiceReturned)]
     assert returned.parent == called.seq
 
 
-async def test_unencodable_arguments_and_results_name_the_service_and_method(runtime: Runtime, ledger: Ledger) -> None:
+async def test_unencodable_arguments_and_results_name_the_service_and_method(
+    runtime: ProcessHost, ledger: Ledger
+) -> None:
     @graph
     async def bad_result(*, context: Any) -> dict[str, Any]:
         await context.ledger().handle()
@@ -237,7 +241,7 @@ async def test_unencodable_arguments_and_results_name_the_service_and_method(run
     assert "ledger.charge()" in str(caught.value)
 
 
-async def test_opted_out_methods_journal_nothing_or_only_digests(runtime: Runtime, ledger: Ledger) -> None:
+async def test_opted_out_methods_journal_nothing_or_only_digests(runtime: ProcessHost, ledger: Ledger) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         seen = await context.ledger().peek()
@@ -245,7 +249,7 @@ async def test_opted_out_methods_journal_nothing_or_only_digests(runtime: Runtim
         return {"v": [seen, type(session).__name__, context.ledger().sync_helper()]}
 
     run_id = new_run_id()
-    assert await execute_run(flow.spec, {}, run_id=run_id, env=runtime) == {"v": [1, "object", "plain"]}
+    assert await execute_run(flow.spec, {}, run_id=run_id, env=runtime.env) == {"v": [1, "object", "plain"]}
     events = [r.event for r in await read_events(runtime, run_id)]
     called = [e for e in events if isinstance(e, ev.ServiceCalled)]
     assert [c.method for c in called] == ["open_session"]
@@ -254,7 +258,7 @@ async def test_opted_out_methods_journal_nothing_or_only_digests(runtime: Runtim
     assert returned.result["type"] == "object"
 
 
-async def test_large_results_ride_as_artifact_references(runtime: Runtime, ledger: Ledger) -> None:
+async def test_large_results_ride_as_artifact_references(runtime: ProcessHost, ledger: Ledger) -> None:
     size = runtime.settings.max_event_bytes  # larger than any event may be
 
     async def crashes(*, context: Any) -> dict[str, Any]:
@@ -263,7 +267,7 @@ async def test_large_results_ride_as_artifact_references(runtime: Runtime, ledge
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
     events = [r.event for r in await read_events(runtime, run_id)]
     [returned] = [e for e in events if isinstance(e, ev.ServiceReturned)]
     assert returned.result is None and returned.result_ref
@@ -272,11 +276,11 @@ async def test_large_results_ride_as_artifact_references(runtime: Runtime, ledge
         return {"v": len(await context.ledger().report(size))}
 
     ledger.calls.clear()
-    assert await resume_run(graph(finishes).spec, run_id, env=runtime) == {"v": size}
+    assert await resume_run(graph(finishes).spec, run_id, env=runtime.env) == {"v": size}
     assert ledger.calls == []
 
 
-async def test_unknown_service_lists_the_registered_names(runtime: Runtime, ledger: Ledger) -> None:
+async def test_unknown_service_lists_the_registered_names(runtime: ProcessHost, ledger: Ledger) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         return {"v": await context.trainr().submit({})}
@@ -315,7 +319,9 @@ def test_a_class_instead_of_an_instance_is_refused() -> None:
     assert "register_context_service('ledger2', MyService())" in str(caught.value)
 
 
-async def test_calling_a_service_without_call_with_arguments_says_what_to_do(runtime: Runtime, ledger: Ledger) -> None:
+async def test_calling_a_service_without_call_with_arguments_says_what_to_do(
+    runtime: ProcessHost, ledger: Ledger
+) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         return {"v": await context.ledger("acme")}
@@ -343,7 +349,7 @@ class Probe(Service):
         return f"{ctx.graph_id}/{ctx.node_id}"
 
 
-async def test_ctx_is_the_calling_node_under_concurrency(runtime: Runtime) -> None:
+async def test_ctx_is_the_calling_node_under_concurrency(runtime: ProcessHost) -> None:
     import asyncio
 
     register_context_service("probe", Probe())
@@ -359,7 +365,7 @@ async def test_ctx_is_the_calling_node_under_concurrency(runtime: Runtime) -> No
 
 
 async def test_every_service_kind_under_always_suspend(
-    runtime: Runtime, suspending_runtime: Runtime, ledger: Ledger
+    runtime: ProcessHost, suspending_runtime: ProcessHost, ledger: Ledger
 ) -> None:
     """The same graph, live and suspended-and-replayed after every step, gives the same outputs."""
     import os
@@ -377,9 +383,9 @@ async def test_every_service_kind_under_always_suspend(
         return {"v": [receipt, count, await context.artifacts().load_text(art), notes, listed == [art.id]]}
 
     expected = {"v": [1, 1, "body 1", ["note 1"], True]}
-    assert await execute_run(every_service.spec, {"run": 1}, env=runtime) == expected
+    assert await execute_run(every_service.spec, {"run": 1}, env=runtime.env) == expected
     ledger.calls.clear()
-    assert await execute_run(every_service.spec, {"run": 1}, env=suspending_runtime) == {
+    assert await execute_run(every_service.spec, {"run": 1}, env=suspending_runtime.env) == {
         "v": [1, 2, "body 1", ["note 1"], True]
     }
     assert ledger.calls == [("charge", ("acme", 1))]  # called once though the body re-ran after every step

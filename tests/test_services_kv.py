@@ -17,7 +17,7 @@ from aethergraph.core.decorators import GraphFunction
 from aethergraph.core.errors import KeyConflictError, SerializationError
 from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 
 class Crash(BaseException):
@@ -32,7 +32,7 @@ def prefix() -> str:
     return f"t{os.urandom(4).hex()}:"
 
 
-async def test_set_get_delete_and_many(runtime: Runtime) -> None:
+async def test_set_get_delete_and_many(runtime: ProcessHost) -> None:
     p = prefix()
 
     @graph
@@ -53,7 +53,7 @@ async def test_set_get_delete_and_many(runtime: Runtime) -> None:
     }
 
 
-async def test_keys_may_hold_any_characters_and_scans_keep_prefixes(runtime: Runtime) -> None:
+async def test_keys_may_hold_any_characters_and_scans_keep_prefixes(runtime: ProcessHost) -> None:
     p = prefix()
     keys = [p + "user 1/name", p + "user.1.email", p + "usér=1", p + "user:2", p + "other"]
 
@@ -70,7 +70,7 @@ async def test_keys_may_hold_any_characters_and_scans_keep_prefixes(runtime: Run
     assert third == 2
 
 
-async def test_incr_and_append_unique_are_atomic_across_concurrent_runs(runtime: Runtime) -> None:
+async def test_incr_and_append_unique_are_atomic_across_concurrent_runs(runtime: ProcessHost) -> None:
     p = prefix()
 
     @graph_fn(name="kv_bump", outputs=["v"])
@@ -91,7 +91,7 @@ async def test_incr_and_append_unique_are_atomic_across_concurrent_runs(runtime:
     assert sorted(seen, key=str) == sorted([0, 1, 2, 3, 4, "x"], key=str) and len(seen) == 6
 
 
-async def test_optimistic_writes_refuse_a_stale_revision(runtime: Runtime) -> None:
+async def test_optimistic_writes_refuse_a_stale_revision(runtime: ProcessHost) -> None:
     p = prefix()
 
     @graph
@@ -112,7 +112,7 @@ async def test_optimistic_writes_refuse_a_stale_revision(runtime: Runtime) -> No
     assert outcomes == [[p + "doc", first, second], [p + "doc", 0, second]]
 
 
-async def test_ttl_makes_keys_expire(runtime: Runtime) -> None:
+async def test_ttl_makes_keys_expire(runtime: ProcessHost) -> None:
     p = prefix()
 
     @graph
@@ -130,7 +130,7 @@ async def test_ttl_makes_keys_expire(runtime: Runtime) -> None:
     assert await eventually(expired, "the keys to expire")
 
 
-async def test_replay_reads_the_recorded_values_not_the_current_ones(runtime: Runtime) -> None:
+async def test_replay_reads_the_recorded_values_not_the_current_ones(runtime: ProcessHost) -> None:
     p = prefix()
 
     async def crashes(*, context: Any) -> dict[str, Any]:
@@ -140,7 +140,7 @@ async def test_replay_reads_the_recorded_values_not_the_current_ones(runtime: Ru
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
     await runtime.service_backends.kv.put(p + "k", b'"changed by someone else"')
 
     async def finishes(*, context: Any) -> dict[str, Any]:
@@ -149,13 +149,15 @@ async def test_replay_reads_the_recorded_values_not_the_current_ones(runtime: Ru
         now = await context.kv().get(p + "k")
         return {"v": [seen, now]}
 
-    assert await resume_run(graph(finishes).spec, run_id, env=runtime) == {"v": ["before", "changed by someone else"]}
+    assert await resume_run(graph(finishes).spec, run_id, env=runtime.env) == {
+        "v": ["before", "changed by someone else"]
+    }
     events = [r.event for r in await read_events(runtime, run_id)]
     sets = [e for e in events if isinstance(e, ev.ServiceCalled) and e.method == "set"]
     assert len(sets) == 1  # the replay did not write again
 
 
-async def test_bad_input_is_refused_before_anything_is_journaled(runtime: Runtime) -> None:
+async def test_bad_input_is_refused_before_anything_is_journaled(runtime: ProcessHost) -> None:
     p = prefix()
     problems: list[tuple[type[BaseException], Callable[[Any], Coroutine[Any, Any, Any]]]] = [
         (ValueError, lambda kv: kv.get("")),
@@ -179,7 +181,7 @@ async def test_bad_input_is_refused_before_anything_is_journaled(runtime: Runtim
         return {"v": raised}
 
     run_id = new_run_id()
-    raised = (await execute_run(flow.spec, {}, run_id=run_id, env=runtime))["v"]
+    raised = (await execute_run(flow.spec, {}, run_id=run_id, env=runtime.env))["v"]
     assert "cannot be stored" in raised[2] and "not an integer" in raised[-1]
     events = [r.event for r in await read_events(runtime, run_id)]
     assert [e.method for e in events if isinstance(e, ev.ServiceCalled)] == ["set", "incr"]

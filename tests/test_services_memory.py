@@ -15,7 +15,7 @@ from aethergraph.core.decorators import GraphFunction
 from aethergraph.core.errors import NonDeterminismError
 from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 
 class Crash(BaseException):
@@ -26,7 +26,7 @@ def graph(body: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> GraphFunc
     return graph_fn(name="memory_flow", outputs=["v"])(body)
 
 
-async def test_record_recent_search_and_last_by_name(runtime: Runtime) -> None:
+async def test_record_recent_search_and_last_by_name(runtime: ProcessHost) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         mem = context.memory()
@@ -64,7 +64,7 @@ async def test_record_recent_search_and_last_by_name(runtime: Runtime) -> None:
     assert v["none"] == [] and v["types"] is True
 
 
-async def test_chat_history_helpers(runtime: Runtime) -> None:
+async def test_chat_history_helpers(runtime: ProcessHost) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         mem = context.memory()
@@ -83,7 +83,7 @@ async def test_chat_history_helpers(runtime: Runtime) -> None:
     assert last == [{"role": "user", "text": "thanks"}]
 
 
-async def test_records_are_events_and_replay_neither_records_nor_reads_again(runtime: Runtime) -> None:
+async def test_records_are_events_and_replay_neither_records_nor_reads_again(runtime: ProcessHost) -> None:
     async def crashes(*, context: Any) -> dict[str, Any]:
         await context.memory().record("note", "first", name="n1")
         await context.memory().recent()
@@ -91,7 +91,7 @@ async def test_records_are_events_and_replay_neither_records_nor_reads_again(run
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
 
     async def finishes(*, context: Any) -> dict[str, Any]:
         mem = context.memory()
@@ -101,7 +101,7 @@ async def test_records_are_events_and_replay_neither_records_nor_reads_again(run
         late = await mem.recent()
         return {"v": [[e.text for e in early], [e.text for e in late]]}
 
-    assert await resume_run(graph(finishes).spec, run_id, env=runtime) == {"v": [["first"], ["first", "second"]]}
+    assert await resume_run(graph(finishes).spec, run_id, env=runtime.env) == {"v": [["first"], ["first", "second"]]}
     events = [r.event for r in await read_events(runtime, run_id)]
     recorded = [e for e in events if isinstance(e, ev.MemoryRecorded)]
     assert [(e.kind, e.text, e.name, e.node_id) for e in recorded] == [
@@ -117,13 +117,13 @@ async def test_records_are_events_and_replay_neither_records_nor_reads_again(run
 
     run_id = new_run_id()
     with pytest.raises(Crash):
-        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime)
+        await execute_run(graph(crashes).spec, {}, run_id=run_id, env=runtime.env)
     with pytest.raises(NonDeterminismError) as caught:
-        await resume_run(graph(diverges).spec, run_id, env=runtime)
+        await resume_run(graph(diverges).spec, run_id, env=runtime.env)
     assert "'note' memory record" in str(caught.value)
 
 
-async def test_bad_input(runtime: Runtime) -> None:
+async def test_bad_input(runtime: ProcessHost) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         with pytest.raises(ValueError):
@@ -135,7 +135,7 @@ async def test_bad_input(runtime: Runtime) -> None:
     assert await aethergraph.run_async(flow, {}) == {"v": []}
 
 
-async def test_memories_and_artifacts_are_projected_for_sql(runtime: Runtime) -> None:
+async def test_memories_and_artifacts_are_projected_for_sql(runtime: ProcessHost) -> None:
     @graph
     async def flow(*, context: Any) -> dict[str, Any]:
         await context.memory().record("fact", {"pump": "hot"}, tags=["hall-b"], name="pump")
@@ -143,7 +143,7 @@ async def test_memories_and_artifacts_are_projected_for_sql(runtime: Runtime) ->
         return {"v": art.id}
 
     run_id = new_run_id()
-    artifact_id = (await execute_run(flow.spec, {}, run_id=run_id, env=runtime))["v"]
+    artifact_id = (await execute_run(flow.spec, {}, run_id=run_id, env=runtime.env))["v"]
     rows = await aethergraph.query_async(
         "SELECT kind, name, data, tags, node_id FROM memories WHERE run_id = ?", [run_id]
     )

@@ -19,7 +19,7 @@ import pytest
 from helpers import START_AND_LEAVE, run_python, subprocess_env, wait_until
 
 import aethergraph
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def worker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
 
 
 async def test_a_waiting_run_resumed_on_another_host_does_not_submit_again(
-    runtime: Runtime, tmp_path: Path, worker: tuple[subprocess.Popen[bytes], Path]
+    runtime: ProcessHost, tmp_path: Path, worker: tuple[subprocess.Popen[bytes], Path]
 ) -> None:
     count = tmp_path / "submits.log"
     key = f"svc:{os.urandom(4).hex()}"
@@ -102,7 +102,9 @@ async def test_a_waiting_run_resumed_on_another_host_does_not_submit_again(
     assert outputs["kv"] == {"job": "job-3", "saved_in": "the first process"}  # written on A, read on B
 
 
-async def test_artifacts_and_kv_written_by_one_process_are_read_by_another(runtime: Runtime, tmp_path: Path) -> None:
+async def test_artifacts_and_kv_written_by_one_process_are_read_by_another(
+    runtime: ProcessHost, tmp_path: Path
+) -> None:
     key = f"svc:{os.urandom(4).hex()}"
     text = f"shared {os.urandom(4).hex()}"
     saved = run_python(

@@ -21,7 +21,7 @@ from aethergraph import graph_fn, start_server, tool
 from aethergraph.core import events as ev
 from aethergraph.core.executor import execute_run
 from aethergraph.core.settings import load_settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 from aethergraph.services.runtime.base import Service
 from aethergraph.services.runtime.registry import register_context_service
 
@@ -209,7 +209,7 @@ def tagged(records: list[Any], cls: type[ev.Event]) -> list[Any]:
     return [r.event for r in records if isinstance(r.event, cls)]
 
 
-async def test_register_at_startup_then_call_anywhere(runtime: Runtime) -> None:
+async def test_register_at_startup_then_call_anywhere(runtime: ProcessHost) -> None:
     start_server()  # start sidecar so services can be wired
 
     trainer_service = Trainer()
@@ -230,7 +230,7 @@ async def test_register_at_startup_then_call_anywhere(runtime: Runtime) -> None:
     assert returned.parent == called.seq and returned.result == outputs["job_id"]
 
 
-async def test_train_and_wait_uses_the_service_from_graph_and_tool(runtime: Runtime) -> None:
+async def test_train_and_wait_uses_the_service_from_graph_and_tool(runtime: ProcessHost) -> None:
     register_context_service("trainer", Trainer())
     handle = await aethergraph.start_run(train_and_wait, {"spec": {"epochs": 3}})
     outputs = await handle.result()
@@ -240,7 +240,7 @@ async def test_train_and_wait_uses_the_service_from_graph_and_tool(runtime: Runt
     assert [(c.method, c.node_id) for c in called] == [("submit", "root"), ("inspect_job", "wait_for_training_1")]
 
 
-async def test_storage_wrapper_logs_through_its_callers_context(runtime: Runtime, tmp_path: Path) -> None:
+async def test_storage_wrapper_logs_through_its_callers_context(runtime: ProcessHost, tmp_path: Path) -> None:
     register_context_service("storage", Storage())
     await asyncio.to_thread(Path("/tmp/report.pdf").write_bytes, b"%PDF-1.7 quarterly numbers")
     handle = await aethergraph.start_run(upload_report, {})
@@ -256,7 +256,7 @@ async def test_storage_wrapper_logs_through_its_callers_context(runtime: Runtime
     assert (tmp_path / "copy.pdf").read_bytes() == b"%PDF-1.7 quarterly numbers"
 
 
-async def test_ten_concurrent_workers_times_100_increments_is_1000(runtime: Runtime) -> None:
+async def test_ten_concurrent_workers_times_100_increments_is_1000(runtime: ProcessHost) -> None:
     register_context_service("counter", CounterService())
     handle = await aethergraph.start_run(count_concurrently, {"workers": 10, "times": 100})
     seen = (await handle.result())["seen"]
@@ -298,7 +298,7 @@ async def overlap_graph(*, context):
 
 @pytest.mark.parametrize(("guarded", "expected"), [(True, 1), (False, 10)])
 async def test_critical_serialises_and_unguarded_calls_interleave(
-    runtime: Runtime, guarded: bool, expected: int
+    runtime: ProcessHost, guarded: bool, expected: int
 ) -> None:
     service = Overlap(guarded)
     register_context_service("overlap", service)
@@ -306,7 +306,7 @@ async def test_critical_serialises_and_unguarded_calls_interleave(
     assert service.most == expected
 
 
-async def test_heavy_work_runs_in_a_worker_thread(runtime: Runtime) -> None:
+async def test_heavy_work_runs_in_a_worker_thread(runtime: ProcessHost) -> None:
     register_context_service("heavy", Heavy())
     HEAVY_THREADS.clear()
     assert await aethergraph.run_async(heavy_compute, {"x": 2000}) == {"value": sum(i * i for i in range(2000))}
@@ -316,7 +316,7 @@ async def test_heavy_work_runs_in_a_worker_thread(runtime: Runtime) -> None:
 async def test_tracker_is_started_when_the_runtime_opens_and_closed_when_it_closes() -> None:
     tracker = Tracker()
     register_context_service("tracker", tracker)
-    rt = await Runtime.open(load_settings())
+    rt = await ProcessHost.open(load_settings())
     try:
         assert isinstance(tracker._client, FakeHttpClient) and not tracker._client.closed
         assert await tracker.job_status("j1") == "open"
@@ -325,7 +325,7 @@ async def test_tracker_is_started_when_the_runtime_opens_and_closed_when_it_clos
     assert tracker._client.closed
 
 
-async def test_a_service_registered_later_is_started_before_its_first_call(runtime: Runtime) -> None:
+async def test_a_service_registered_later_is_started_before_its_first_call(runtime: ProcessHost) -> None:
     tracker = Tracker()
     register_context_service("tracker", tracker)
 
@@ -336,7 +336,7 @@ async def test_a_service_registered_later_is_started_before_its_first_call(runti
     assert await aethergraph.run_async(track_once, {}) == {"status": "open"}
 
 
-async def test_fake_trainer_swapped_in_by_registering_again(runtime: Runtime) -> None:
+async def test_fake_trainer_swapped_in_by_registering_again(runtime: ProcessHost) -> None:
     register_context_service("trainer", Trainer())
     # Test setup
     register_context_service("trainer", FakeTrainer())
@@ -345,7 +345,7 @@ async def test_fake_trainer_swapped_in_by_registering_again(runtime: Runtime) ->
     assert await aethergraph.run_async(train_and_wait, {"spec": {}}) == {"job_id": "job-test-123", "done": True}
 
 
-async def test_callable_service_and_its_explicit_method(runtime: Runtime) -> None:
+async def test_callable_service_and_its_explicit_method(runtime: ProcessHost) -> None:
     register_context_service("predictor", Predictor())
     handle = await aethergraph.start_run(predict_twice, {})
     assert await handle.result() == {"short": "echo: hello", "explicit": "echo: hello"}
@@ -357,10 +357,10 @@ async def test_callable_service_and_its_explicit_method(runtime: Runtime) -> Non
     ]
 
 
-async def test_tutorial_graphs_replay_without_calling_services_again(suspending_runtime: Runtime) -> None:
+async def test_tutorial_graphs_replay_without_calling_services_again(suspending_runtime: ProcessHost) -> None:
     """Always-suspend mode: every run suspends after each step and continues by replay."""
     SUBMITTED.clear()
     register_context_service("trainer", Trainer())
-    outputs = await execute_run(train_and_wait.spec, {"spec": {"epochs": 1}}, env=suspending_runtime)
+    outputs = await execute_run(train_and_wait.spec, {"spec": {"epochs": 1}}, env=suspending_runtime.env)
     assert outputs["done"] is True
     assert SUBMITTED == [{"epochs": 1}]  # submitted once, though the body re-ran after every step

@@ -12,7 +12,7 @@ from helpers import NatsServer, closed_port, start_nats_server
 from aethergraph import errors
 from aethergraph.core.errors import AetherGraphError, BusUnavailableError, RunFailedError
 from aethergraph.core.settings import Settings, load_settings
-from aethergraph.runtime import Runtime, start_server
+from aethergraph.runtime import ProcessHost, start_server
 
 # --- settings -----------------------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ def test_out_of_range_numbers_are_rejected(field: str, value: float) -> None:
 async def test_unreachable_nats_url_fails_with_bus_unavailable() -> None:
     url = f"nats://127.0.0.1:{closed_port()}"
     with pytest.raises(BusUnavailableError) as info:
-        await Runtime.open(Settings(nats_url=url, connect_timeout_s=0.5))
+        await ProcessHost.open(Settings(nats_url=url, connect_timeout_s=0.5))
     message = str(info.value)
     assert url in message
     assert "AETHERGRAPH_NATS_URL" in message
@@ -111,7 +111,7 @@ def server_without_jetstream(tmp_path: Path) -> Iterator[NatsServer]:
 async def test_server_without_jetstream_fails_with_bus_unavailable(server_without_jetstream: NatsServer) -> None:
     url = server_without_jetstream.url
     with pytest.raises(BusUnavailableError) as info:
-        await Runtime.open(Settings(nats_url=url, connect_timeout_s=1.0))
+        await ProcessHost.open(Settings(nats_url=url, connect_timeout_s=1.0))
     message = str(info.value)
     assert "JetStream" in message
     assert url in message

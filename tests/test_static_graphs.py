@@ -22,7 +22,7 @@ from aethergraph.core.errors import DecorationError, GraphBuildError, GraphInput
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 # --- tools (names prefixed sgb_: the registry is per process and shared by every test module) ----------
 
@@ -149,17 +149,17 @@ def sgb_nested_outer(xs):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(params=["live", "always_suspend"])
-def graph_env(request: pytest.FixtureRequest, runtime: Runtime, suspending_runtime: Runtime) -> Runtime:
+def graph_env(request: pytest.FixtureRequest, runtime: ProcessHost, suspending_runtime: ProcessHost) -> ProcessHost:
     """The run tests run twice: live, and suspending after every step to continue by replay."""
     return suspending_runtime if request.param == "always_suspend" else runtime
 
 
-async def start(env: Runtime, graph: Any, inputs: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
+async def start(env: ProcessHost, graph: Any, inputs: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
     spec = graph.spec
-    return await execute_run(spec, spec.task_graph().bind_inputs(inputs), run_id=run_id or new_run_id(), env=env)
+    return await execute_run(spec, spec.task_graph().bind_inputs(inputs), run_id=run_id or new_run_id(), env=env.env)
 
 
-async def chain_of(rt: Runtime, run_id: str) -> list[ev.Event]:
+async def chain_of(rt: ProcessHost, run_id: str) -> list[ev.Event]:
     return journal_chain([record.event for record in await read_events(rt, run_id)])
 
 
@@ -498,7 +498,7 @@ def test_decoration_errors() -> None:
 # --- submit-time errors -----------------------------------------------------------------------
 
 
-async def test_missing_and_unknown_inputs_are_refused_at_submit(runtime: Runtime) -> None:
+async def test_missing_and_unknown_inputs_are_refused_at_submit(runtime: ProcessHost) -> None:
     with pytest.raises(GraphInputError, match=r"needs input\(s\) \['xs'\]"):
         await ag.start_run(sgb_fan, {})
     with pytest.raises(GraphInputError, match=r"has no input\(s\) \['ys'\]; its inputs are \['xs'\]"):
@@ -507,7 +507,7 @@ async def test_missing_and_unknown_inputs_are_refused_at_submit(runtime: Runtime
         await ag.start_run(sgb_fan, {"xs": [1, 2, 3, 4]}, max_concurrency=0)
 
 
-async def test_calling_a_graph_with_missing_inputs_is_refused(runtime: Runtime) -> None:
+async def test_calling_a_graph_with_missing_inputs_is_refused(runtime: ProcessHost) -> None:
     with pytest.raises(TypeError, match="xs"):
         await sgb_fan()
 
@@ -515,7 +515,7 @@ async def test_calling_a_graph_with_missing_inputs_is_refused(runtime: Runtime) 
 # --- runs with known results (live and always-suspend) ------------------------------------------
 
 
-async def test_fan_out_fan_in_result(graph_env: Runtime) -> None:
+async def test_fan_out_fan_in_result(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     assert await start(graph_env, sgb_fan, {"xs": [1, 2, 3, 4]}, run_id=run_id) == {"total": 20, "first": 2}
     chain = await chain_of(graph_env, run_id)
@@ -533,14 +533,14 @@ async def test_fan_out_fan_in_result(graph_env: Runtime) -> None:
     assert isinstance(started, ev.RunStarted) and started.plan_digest == sgb_fan.build().digest
     assert isinstance(chain[-1], ev.RunCompleted) and chain[-1].outputs == {"total": 20, "first": 2}
     claims = [e for e in chain if isinstance(e, ev.RunClaimed)]
-    if graph_env.always_suspend:  # suspended and continued by replay at least once, never re-running a node
+    if graph_env.settings.always_suspend:  # suspended and continued by replay at least once, never re-running a node
         assert claims and {c.reason for c in claims} == {"replay"}
     else:
         assert claims == []
     assert len([e for e in chain if isinstance(e, ev.NodeReady | ev.NodeStarted)]) == len(completed)
 
 
-async def test_map_reduce_word_count(graph_env: Runtime) -> None:
+async def test_map_reduce_word_count(graph_env: ProcessHost) -> None:
     out = await start(graph_env, sgb_wordcount, {"docs": DOCS})
     expected: dict[str, int] = {}
     for text in DOCS.values():
@@ -549,17 +549,17 @@ async def test_map_reduce_word_count(graph_env: Runtime) -> None:
     assert out == {"counts": dict(sorted(expected.items())), "distinct": len(expected)}
 
 
-async def test_map_over_parts_of_an_output(graph_env: Runtime) -> None:
+async def test_map_over_parts_of_an_output(graph_env: ProcessHost) -> None:
     out = await start(graph_env, sgb_chunked, {"items": [1, 2, 3, 4, 5, 6, 7, 8, 9]})
     assert out == {"sums": [6, 15, 24], "grand": 45}
 
 
-async def test_outputs_may_be_inputs_constants_and_structures(graph_env: Runtime) -> None:
+async def test_outputs_may_be_inputs_constants_and_structures(graph_env: ProcessHost) -> None:
     assert await start(graph_env, sgb_passthrough, {"a": "A"}) == {"a": "A", "const": 7, "pair": [10, {"b": 5}]}
     assert await start(graph_env, sgb_passthrough, {"a": [1], "b": 2}) == {"a": [1], "const": 7, "pair": [4, {"b": 2}]}
 
 
-async def test_false_condition_skips_the_node_and_its_dependents(graph_env: Runtime) -> None:
+async def test_false_condition_skips_the_node_and_its_dependents(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     out = await start(graph_env, sgb_cond, {"value": 1, "threshold": 5}, run_id=run_id)
     assert out == {"checked": False, "big": None, "bigger": None, "always": 1}
@@ -571,16 +571,16 @@ async def test_false_condition_skips_the_node_and_its_dependents(graph_env: Runt
     assert isinstance(chain[-1], ev.RunCompleted)
 
 
-async def test_true_condition_runs_the_node(graph_env: Runtime) -> None:
+async def test_true_condition_runs_the_node(graph_env: ProcessHost) -> None:
     out = await start(graph_env, sgb_cond, {"value": 9, "threshold": 5})
     assert out == {"checked": True, "big": 18, "bigger": 36, "always": 9}
 
 
-async def test_literal_conditions(graph_env: Runtime) -> None:
+async def test_literal_conditions(graph_env: ProcessHost) -> None:
     assert await start(graph_env, sgb_literal_false, {"x": 4}) == {"y": None, "z": 8}
 
 
-async def test_control_keywords_run_in_order(graph_env: Runtime) -> None:
+async def test_control_keywords_run_in_order(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     assert await start(graph_env, sgb_control, {"x": 3}, run_id=run_id) == {"out": [12, 3, "side"]}
     chain = await chain_of(graph_env, run_id)
@@ -596,7 +596,7 @@ async def test_control_keywords_run_in_order(graph_env: Runtime) -> None:
     assert ready.timeout_s == 5.0
 
 
-async def test_a_static_graph_as_a_node_of_another_is_a_nested_run(graph_env: Runtime) -> None:
+async def test_a_static_graph_as_a_node_of_another_is_a_nested_run(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     assert await start(graph_env, sgb_nested_outer, {"xs": [1, 1, 1, 1]}, run_id=run_id) == {"total": 8, "again": 16}
     from aethergraph.core.static_run import node_run_id
@@ -610,7 +610,7 @@ async def test_a_static_graph_as_a_node_of_another_is_a_nested_run(graph_env: Ru
     assert isinstance(inner[-1], ev.RunCompleted) and inner[-1].outputs == {"total": 8, "first": 2}
 
 
-async def test_await_graph_and_run_async_and_handles(runtime: Runtime) -> None:
+async def test_await_graph_and_run_async_and_handles(runtime: ProcessHost) -> None:
     assert await sgb_fan(xs=[0, 1, 2, 3]) == {"total": 12, "first": 0}
     assert await ag.run_async(sgb_fan, {"xs": [1, 1, 1, 1]}, max_concurrency=1) == {"total": 8, "first": 2}
     handle = await ag.start_run(sgb_fan, {"xs": [5, 5, 5, 5]}, max_concurrency=2)
@@ -622,20 +622,20 @@ async def test_await_graph_and_run_async_and_handles(runtime: Runtime) -> None:
     assert await again.result() == {"total": 40, "first": 10}
 
 
-async def test_static_graph_inside_a_graph_fn(graph_env: Runtime) -> None:
+async def test_static_graph_inside_a_graph_fn(graph_env: ProcessHost) -> None:
     @graph_fn(name="sgb_fn_calls_static", outputs=["total"])
     async def calls_static(xs: list[int]) -> dict[str, Any]:
         out = await sgb_fan(xs=xs)
         return {"total": out["total"]}
 
     run_id = new_run_id()
-    out = await execute_run(calls_static.spec, {"xs": [2, 2, 2, 2]}, run_id=run_id, env=graph_env)
+    out = await execute_run(calls_static.spec, {"xs": [2, 2, 2, 2]}, run_id=run_id, env=graph_env.env)
     assert out == {"total": 16}
     stored = [record.event for record in await read_events(graph_env, run_id)]
     called = [e for e in stored if isinstance(e, ev.ToolCalled)]
     assert {e.tool for e in called} == {"sgb_fan"}
 
 
-async def test_many_runs_of_one_graph_at_once(runtime: Runtime) -> None:
+async def test_many_runs_of_one_graph_at_once(runtime: ProcessHost) -> None:
     outs = await asyncio.gather(*(ag.run_async(sgb_fan, {"xs": [i, i, i, i]}) for i in range(10)))
     assert outs == [{"total": 8 * i, "first": 2 * i} for i in range(10)]

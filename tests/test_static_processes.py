@@ -27,7 +27,7 @@ import aethergraph
 from aethergraph.core import events as ev
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.static_run import node_run_id
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def by_label(log: Path, kind: str) -> dict[str, list[int]]:
     return found
 
 
-async def chain_of(rt: Runtime, run_id: str) -> list[ev.Event]:
+async def chain_of(rt: ProcessHost, run_id: str) -> list[ev.Event]:
     return journal_chain([record.event for record in await read_events(rt, run_id)])
 
 
@@ -97,7 +97,7 @@ WIDE_LABELS = sorted(f"w{i}" for i in range(WIDTH))
 
 
 async def test_two_workers_racing_on_one_wide_graph_never_run_a_node_twice(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     workers = [hosts.worker(name, AETHERGRAPH_NODE_CONCURRENCY="4") for name in ("a", "b")]
@@ -142,7 +142,7 @@ async def test_two_workers_racing_on_one_wide_graph_never_run_a_node_twice(
 
 
 async def test_kill_9_of_a_worker_mid_node_another_worker_finishes_and_nothing_completed_runs_twice(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("kill")
@@ -191,7 +191,7 @@ async def test_kill_9_of_a_worker_mid_node_another_worker_finishes_and_nothing_c
 
 
 async def test_kill_9_of_the_scheduler_mid_local_node_a_worker_takes_the_run_and_runs_only_that_node_again(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     """The driver runs nodes of its own run in place (``node.started``, no work item): killed inside one,
     the run is taken over by another process, which runs that node again and nothing else."""
@@ -240,7 +240,7 @@ async def test_kill_9_of_the_scheduler_mid_local_node_a_worker_takes_the_run_and
 
 
 async def test_dual_stage_node_waits_with_no_process_and_a_worker_of_another_host_continues_it(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("dual")
@@ -284,7 +284,7 @@ async def test_dual_stage_node_waits_with_no_process_and_a_worker_of_another_hos
 
 
 async def test_dual_stage_review_that_says_no_skips_the_dependent(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("dualno")
@@ -336,7 +336,7 @@ def test_cli_graph_prints_mermaid_dot_and_json(hosts: Hosts) -> None:
 
 
 async def test_cli_run_fails_then_cli_retry_runs_only_the_failed_nodes(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log, flag = tmp_path / "count.log", tmp_path / "flag"
     run_id = new_run_id("retry")
@@ -362,7 +362,7 @@ async def test_cli_run_fails_then_cli_retry_runs_only_the_failed_nodes(
 
 
 async def test_cli_cancel_of_a_run_held_in_a_node_and_of_a_finished_run(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     run_id = new_run_id("cancel")
@@ -383,7 +383,7 @@ async def test_cli_cancel_of_a_run_held_in_a_node_and_of_a_finished_run(
 
 
 async def test_a_run_started_by_one_version_of_a_graph_is_not_continued_by_another(
-    runtime: Runtime, hosts: Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: Hosts, tmp_path: Path
 ) -> None:
     """kill -9 of the driver mid-node; a worker with a changed graph of the same name refuses the run,
     a worker with the graph the run started with finishes it."""

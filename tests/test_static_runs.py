@@ -30,7 +30,7 @@ from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.static_run import node_run_id
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 # --- what the tools record ------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ def sgr_resumable(tok):  # type: ignore[no-untyped-def]
 # --- max_concurrency --------------------------------------------------------------------------
 
 
-async def test_max_concurrency_one_really_serialises(runtime: Runtime) -> None:
+async def test_max_concurrency_one_really_serialises(runtime: ProcessHost) -> None:
     tok = token()
     handle = await ag.start_run(sgr_six, {"tok": tok, "sleep_s": 0.05}, max_concurrency=1)
     assert await handle.result() == {"labels": SIX}
@@ -203,29 +203,29 @@ async def test_max_concurrency_one_really_serialises(runtime: Runtime) -> None:
     assert peak == 1
 
 
-async def test_without_a_cap_nodes_overlap(runtime: Runtime) -> None:
+async def test_without_a_cap_nodes_overlap(runtime: ProcessHost) -> None:
     tok = token()
     assert await ag.run_async(sgr_six, {"tok": tok, "sleep_s": 0.3}) == {"labels": SIX}
     assert max_overlap(INTERVALS[tok]) > 1
 
 
-async def test_graph_level_cap_holds_and_is_reached(runtime: Runtime) -> None:
+async def test_graph_level_cap_holds_and_is_reached(runtime: ProcessHost) -> None:
     tok = token()
     assert await ag.run_async(sgr_six_capped, {"tok": tok, "sleep_s": 0.2}) == {"labels": SIX}
     assert max_overlap(INTERVALS[tok]) == 2
 
 
-async def test_run_cap_overrides_graph_cap(runtime: Runtime) -> None:
+async def test_run_cap_overrides_graph_cap(runtime: ProcessHost) -> None:
     tok = token()
     assert await ag.run_async(sgr_six_capped, {"tok": tok, "sleep_s": 0.05}, max_concurrency=1) == {"labels": SIX}
     assert max_overlap(INTERVALS[tok]) == 1
 
 
-async def test_cap_holds_in_always_suspend_mode(suspending_runtime: Runtime) -> None:
+async def test_cap_holds_in_always_suspend_mode(suspending_runtime: ProcessHost) -> None:
     tok = token()
     spec = sgr_six.spec
     out = await execute_run(
-        spec, {"tok": tok, "sleep_s": 0.05}, run_id=new_run_id(), env=suspending_runtime, max_concurrency=1
+        spec, {"tok": tok, "sleep_s": 0.05}, run_id=new_run_id(), env=suspending_runtime.env, max_concurrency=1
     )
     assert out == {"labels": SIX}
     assert max_overlap(INTERVALS[tok]) == 1 and len(INTERVALS[tok]) == 6
@@ -236,11 +236,11 @@ async def test_cap_holds_in_always_suspend_mode(suspending_runtime: Runtime) -> 
 
 @pytest.mark.parametrize("mode", ["live", "always_suspend"])
 async def test_node_failing_twice_succeeds_on_the_third_attempt(
-    runtime: Runtime, suspending_runtime: Runtime, mode: str
+    runtime: ProcessHost, suspending_runtime: ProcessHost, mode: str
 ) -> None:
     env = suspending_runtime if mode == "always_suspend" else runtime
     tok, run_id = token(), new_run_id()
-    out = await execute_run(sgr_retrying.spec, {"tok": tok, "fail_times": 2}, run_id=run_id, env=env)
+    out = await execute_run(sgr_retrying.spec, {"tok": tok, "fail_times": 2}, run_id=run_id, env=env.env)
     assert out == {"v": 40, "after": 41}
     assert CALLS[tok] == ["flaky", "flaky", "flaky", "after"]
     chain = journal_chain([r.event for r in await read_events(env, run_id)])
@@ -260,7 +260,7 @@ async def test_node_failing_twice_succeeds_on_the_third_attempt(
     assert isinstance(chain[-1], ev.RunCompleted)
 
 
-async def test_without_a_policy_the_run_fails_naming_the_node_and_skips_dependents(runtime: Runtime) -> None:
+async def test_without_a_policy_the_run_fails_naming_the_node_and_skips_dependents(runtime: ProcessHost) -> None:
     tok = token()
     handle = await ag.start_run(sgr_no_retry, {"tok": tok})
     with pytest.raises(RunFailedError) as info:
@@ -285,7 +285,7 @@ async def test_without_a_policy_the_run_fails_naming_the_node_and_skips_dependen
     assert again.value.node_id == "sgr_flaky_1"
 
 
-async def test_retry_on_limits_which_errors_are_retried(runtime: Runtime) -> None:
+async def test_retry_on_limits_which_errors_are_retried(runtime: ProcessHost) -> None:
     tok = token()
     with pytest.raises(RunFailedError) as info:
         await ag.run_async(sgr_retry_on, {"tok": tok})
@@ -296,7 +296,7 @@ async def test_retry_on_limits_which_errors_are_retried(runtime: Runtime) -> Non
 # --- timeouts -----------------------------------------------------------------------------------
 
 
-async def test_timeout_fails_the_node_with_timeout_error_and_stops_it(runtime: Runtime) -> None:
+async def test_timeout_fails_the_node_with_timeout_error_and_stops_it(runtime: ProcessHost) -> None:
     tok = token()
     with pytest.raises(RunFailedError) as info:
         await ag.run_async(sgr_timeout, {"tok": tok})
@@ -305,7 +305,7 @@ async def test_timeout_fails_the_node_with_timeout_error_and_stops_it(runtime: R
     assert STATE[tok] == ["started slow", "cancelled slow"]
 
 
-async def test_timeout_with_retry_runs_again(runtime: Runtime) -> None:
+async def test_timeout_with_retry_runs_again(runtime: ProcessHost) -> None:
     tok, run_id = token(), new_run_id()
     assert await ag.run_async(sgr_timeout_retry, {"tok": tok}, run_id=run_id) == {"done": True}
     assert STATE[tok] == ["started slow", "cancelled slow", "started slow", "finished slow"]
@@ -316,7 +316,7 @@ async def test_timeout_with_retry_runs_again(runtime: Runtime) -> None:
     assert completed.attempt == 2
 
 
-async def test_timeout_of_a_blocking_tool(runtime: Runtime) -> None:
+async def test_timeout_of_a_blocking_tool(runtime: ProcessHost) -> None:
     with pytest.raises(RunFailedError) as info:
         await ag.run_async(sgr_timeout_sync, {"sleep_s": 1.0})
     assert info.value.error_type == "TimeoutError"
@@ -333,7 +333,7 @@ async def started(tok: str, label: str) -> None:
     await eventually(check, f"node {label} to start")
 
 
-async def test_handle_cancel_mid_run_stops_the_running_node(runtime: Runtime) -> None:
+async def test_handle_cancel_mid_run_stops_the_running_node(runtime: ProcessHost) -> None:
     tok = token()
     handle = await ag.start_run(sgr_long, {"tok": tok})
     await started(tok, "slow")
@@ -359,7 +359,7 @@ async def test_handle_cancel_mid_run_stops_the_running_node(runtime: Runtime) ->
     assert await ag.cancel(done.run_id) == "succeeded"
 
 
-async def test_ag_cancel_by_run_id_then_retry_continues_from_the_cancelled_node(runtime: Runtime) -> None:
+async def test_ag_cancel_by_run_id_then_retry_continues_from_the_cancelled_node(runtime: ProcessHost) -> None:
     tok = token()
     handle = await ag.start_run(sgr_long, {"tok": tok})
     await started(tok, "slow")
@@ -374,7 +374,7 @@ async def test_ag_cancel_by_run_id_then_retry_continues_from_the_cancelled_node(
 # --- retrying a failed run --------------------------------------------------------------------------
 
 
-async def test_retry_of_a_failed_run_runs_only_failed_and_skipped_nodes(runtime: Runtime) -> None:
+async def test_retry_of_a_failed_run_runs_only_failed_and_skipped_nodes(runtime: ProcessHost) -> None:
     tok = token()
     handle = await ag.start_run(sgr_resumable, {"tok": tok})
     with pytest.raises(RunFailedError):
@@ -402,7 +402,7 @@ async def test_retry_of_a_failed_run_runs_only_failed_and_skipped_nodes(runtime:
         await ag.retry(handle.run_id)
 
 
-async def test_retry_of_a_graph_fn_run_is_refused(runtime: Runtime) -> None:
+async def test_retry_of_a_graph_fn_run_is_refused(runtime: ProcessHost) -> None:
     @graph_fn(name="sgr_fn_fails")
     async def fails() -> None:
         raise ValueError("no")
@@ -414,7 +414,7 @@ async def test_retry_of_a_graph_fn_run_is_refused(runtime: Runtime) -> None:
         await ag.retry(handle.run_id)
 
 
-async def test_continuing_a_run_with_a_changed_graph_of_the_same_name_is_refused(runtime: Runtime) -> None:
+async def test_continuing_a_run_with_a_changed_graph_of_the_same_name_is_refused(runtime: ProcessHost) -> None:
     tok = token()
 
     def version_one(tok):  # type: ignore[no-untyped-def]
@@ -463,14 +463,14 @@ async def sgr_fn_c(tok: str) -> dict[str, Any]:
     return {"label": (await sgr_sleep(tok=tok, label="c", sleep_s=0.3))["label"]}
 
 
-async def test_graph_fns_in_one_gather_run_concurrently(runtime: Runtime) -> None:
+async def test_graph_fns_in_one_gather_run_concurrently(runtime: ProcessHost) -> None:
     tok = token()
     outs = await asyncio.gather(sgr_fn_a(tok=tok), sgr_fn_b(tok=tok), sgr_fn_c(tok=tok))
     assert outs == [{"label": "a"}, {"label": "b"}, {"label": "c"}]
     assert max_overlap(INTERVALS[tok]) == 3
 
 
-async def test_static_runs_in_one_gather_run_concurrently(runtime: Runtime) -> None:
+async def test_static_runs_in_one_gather_run_concurrently(runtime: ProcessHost) -> None:
     toks = [token() for _ in range(3)]
     await asyncio.gather(*(ag.run_async(sgr_six, {"tok": t, "sleep_s": 0.3}, max_concurrency=1) for t in toks))
     every = [item for t in toks for item in INTERVALS[t]]
@@ -494,7 +494,7 @@ async def sgr_parent(*, context) -> dict[str, Any]:  # type: ignore[no-untyped-d
     return {"spawned": spawned, "out": out, "waited": waited}
 
 
-async def test_context_runs_spawn_wait_and_parent_linkage(runtime: Runtime) -> None:
+async def test_context_runs_spawn_wait_and_parent_linkage(runtime: ProcessHost) -> None:
     handle = await ag.start_run(sgr_parent, {})
     out = await handle.result()
     assert out["out"] == {"y": 4} and out["waited"] == {"y": 5}
@@ -522,7 +522,7 @@ def sgr_spawning_graph(x):  # type: ignore[no-untyped-def]
     return {"child": s.child, "y": s.out["y"]}
 
 
-async def test_context_runs_from_a_node_of_a_static_graph(runtime: Runtime) -> None:
+async def test_context_runs_from_a_node_of_a_static_graph(runtime: ProcessHost) -> None:
     handle = await ag.start_run(sgr_spawning_graph, {"x": 10})
     out = await handle.result()
     assert out["y"] == 11
@@ -551,7 +551,7 @@ async def sgr_canceller(tok: str, *, context) -> dict[str, Any]:  # type: ignore
     return {"status": status, "error": ""}
 
 
-async def test_context_runs_cancel_run_stops_the_child_and_its_node(runtime: Runtime) -> None:
+async def test_context_runs_cancel_run_stops_the_child_and_its_node(runtime: ProcessHost) -> None:
     tok = token()
     assert await ag.run_async(sgr_canceller, {"tok": tok}) == {"status": "cancelled", "error": "Cancelled"}
 
@@ -580,7 +580,7 @@ def sgr_id_collision(tok):  # type: ignore[no-untyped-def]
     return {"a": a.who, "a2": a2.who}
 
 
-async def test_retried_attempt_of_a_node_does_not_reuse_another_nodes_run(runtime: Runtime) -> None:
+async def test_retried_attempt_of_a_node_does_not_reuse_another_nodes_run(runtime: ProcessHost) -> None:
     tok = token()
     out = await ag.run_async(sgr_id_collision, {"tok": tok})
     assert CALLS[tok] == ["A2", "A", "A"]
@@ -597,7 +597,7 @@ def sgr_two_steps(tok):  # type: ignore[no-untyped-def]
 
 
 async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_again(
-    queue_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    queue_runtime: ProcessHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's acknowledgement of node ``a`` is lost after the scheduler journaled its outcome: the
     server hands ``a`` out again, and the executor acknowledges it without running the tool twice."""
@@ -619,7 +619,7 @@ async def test_a_node_redelivered_after_its_outcome_was_journaled_does_not_run_a
     # Every node executor of this process (other tests' runtimes take work from the same queue).
     monkeypatch.setattr(JetStreamWorkQueue, "ack", ack)
     spec = load_target(sgr_two_steps)
-    assert await execute_run(spec, {"tok": tok}, run_id=new_run_id(), env=queue_runtime) == {"v": 3}
+    assert await execute_run(spec, {"tok": tok}, run_id=new_run_id(), env=queue_runtime.env) == {"v": 3}
 
     async def settled() -> bool | None:
         return True if redelivered else None
@@ -649,7 +649,7 @@ def sgr_two_gated(tok):  # type: ignore[no-untyped-def]
     return {"a": a.v, "b": b.v}
 
 
-async def test_a_local_node_finishing_after_its_scheduler_stopped_stores_its_report(runtime: Runtime) -> None:
+async def test_a_local_node_finishing_after_its_scheduler_stopped_stores_its_report(runtime: ProcessHost) -> None:
     """Nodes run in place report straight to their scheduler; once it has stopped (here: fenced out by
     another writer), a late report is stored for whichever process continues the run, not left hanging."""
     tok = token()
@@ -663,7 +663,7 @@ async def test_a_local_node_finishing_after_its_scheduler_stopped_stores_its_rep
 
 
 async def _fence_the_scheduler_then_finish_a_late_local_node(
-    runtime: Runtime, handle: Any, tok: str, run_id: str
+    runtime: ProcessHost, handle: Any, tok: str, run_id: str
 ) -> None:
 
     async def both_started() -> bool | None:

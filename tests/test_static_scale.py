@@ -29,8 +29,8 @@ from aethergraph.core.errors import RunFailedError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.node_report import NodeReport
 from aethergraph.core.settings import Settings
-from aethergraph.engine.runs import RunHandle
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
+from aethergraph.host.runs import RunHandle
 
 GATES: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
@@ -62,14 +62,14 @@ def scale_three(tok, n):  # type: ignore[no-untyped-def]
     return {"z": scale_add(x=gated.x, y=doubled.y).z}
 
 
-async def _consumer_counts(runtime: Runtime) -> tuple[int, int]:
+async def _consumer_counts(runtime: ProcessHost) -> tuple[int, int]:
     js = runtime.bus.js
     commands = (await js.stream_info(COMMANDS_STREAM)).state.consumer_count
     events = (await js.stream_info(EVENTS_STREAM)).state.consumer_count
     return commands, events
 
 
-async def test_many_static_runs_and_followers_keep_the_servers_consumers_bounded(runtime: Runtime) -> None:
+async def test_many_static_runs_and_followers_keep_the_servers_consumers_bounded(runtime: ProcessHost) -> None:
     """1,500 static runs of a three-node graph started at once from one process, each awaited twice:
     by its own handle and by a handle without its task (``result()`` follows the run's events, as a
     caller in another process does): 1,500 runs and 1,500 followers.
@@ -83,7 +83,7 @@ async def test_many_static_runs_and_followers_keep_the_servers_consumers_bounded
     tok = os.urandom(6).hex()
     baseline = await _consumer_counts(runtime)
     handles = [await ag.start_run(scale_three, {"tok": tok, "n": i}) for i in range(RUNS)]
-    followers = [asyncio.ensure_future(RunHandle(h.run_id, runtime).result()) for h in handles]
+    followers = [asyncio.ensure_future(RunHandle(h.run_id, runtime.env).result()) for h in handles]
     owned = [asyncio.ensure_future(h.result()) for h in handles]
     peaks = list(baseline)
     sampling = True
@@ -118,7 +118,7 @@ async def test_many_static_runs_and_followers_keep_the_servers_consumers_bounded
     assert not runtime.event_log._followers
 
 
-async def test_stored_reports_are_caught_up_without_a_consumer(runtime: Runtime) -> None:
+async def test_stored_reports_are_caught_up_without_a_consumer(runtime: ProcessHost) -> None:
     """A scheduler continuing a run (``from_start``) gets the reports stored before it followed, then
     live ones, from the process-wide subscription."""
     run_id = new_run_id()
@@ -149,7 +149,7 @@ async def _ready(value: bool) -> bool | None:
 
 
 async def test_a_static_run_whose_scheduler_cannot_follow_its_reports_fails(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    runtime: ProcessHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scheduler that fails to start (here: following its reports raises) journals ``run.failed``
     with the error instead of leaving the run ``running`` with its ownership released."""
@@ -157,10 +157,10 @@ async def test_a_static_run_whose_scheduler_cannot_follow_its_reports_fails(
     async def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("cannot follow reports")
 
-    monkeypatch.setattr(runtime, "follow_node_reports", broken)
+    monkeypatch.setattr(runtime.nodes, "follow_node_reports", broken)
     handle = await ag.start_run(scale_three, {"tok": "never", "n": 1})
     with pytest.raises(RunFailedError, match="cannot follow reports"):
-        await RunHandle(handle.run_id, runtime).result()
+        await RunHandle(handle.run_id, runtime.env).result()
     with pytest.raises(RuntimeError):
         await handle.result()
     assert await handle.status() == "failed"
@@ -176,7 +176,7 @@ async def test_followers_and_schedulers_ride_out_a_server_restart(tmp_path: Path
     stop_servers.append(workspace)
     server = ensure_embedded_server(workspace)
     settings = Settings(nats_url=None, workspace=workspace)
-    driver, follower = await Runtime.open(settings), await Runtime.open(settings)
+    driver, follower = await ProcessHost.open(settings), await ProcessHost.open(settings)
     tok = os.urandom(6).hex()
     try:
         run_ids = [new_run_id() for _ in range(20)]
@@ -184,7 +184,7 @@ async def test_followers_and_schedulers_ride_out_a_server_restart(tmp_path: Path
             driver.driver.start(scale_three.__aethergraph_spec__, {"tok": tok, "n": i}, r)
             for i, r in enumerate(run_ids)
         ]
-        followers = [asyncio.ensure_future(RunHandle(r, follower).result()) for r in run_ids]
+        followers = [asyncio.ensure_future(RunHandle(r, follower.env).result()) for r in run_ids]
         await eventually(lambda: _ready(len(follower.event_log._followers) >= len(run_ids)), "every follower following")
         os.kill(server.pid, signal.SIGKILL)
         os.waitpid(server.pid, 0)  # noqa: ASYNC222 - started from this process: reap it

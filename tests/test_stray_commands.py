@@ -30,10 +30,10 @@ from aethergraph.core.ids import new_run_id
 from aethergraph.core.registry import must_get_graph
 from aethergraph.core.resume import AcceptedResume, AlreadyAnswered, accept_resume
 from aethergraph.core.spec import CallableSpec
-from aethergraph.engine.resume_commands import RetryPolicy
-from aethergraph.engine.runs import Suspended
-from aethergraph.engine.worker import Worker
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.host.resume_commands import RetryPolicy
+from aethergraph.host.runs import Suspended
+from aethergraph.host.worker import Worker
+from aethergraph.runtime import ProcessHost, load_target
 
 SAFETY_S = 30.0
 """Bound on anything awaited, so a hang fails the test instead of blocking the session."""
@@ -79,7 +79,7 @@ def lookup(name: str) -> CallableSpec:
 
 
 @pytest.fixture(scope="module")
-async def worker(runtime: Runtime) -> AsyncIterator[Worker]:
+async def worker(runtime: ProcessHost) -> AsyncIterator[Worker]:
     serving = Worker(runtime.driver, runtime.commands, graphs=lookup, retry=RETRY)
     task = asyncio.create_task(serving.serve())
     async with asyncio.timeout(SAFETY_S):
@@ -102,7 +102,7 @@ async def raw(nats_url: str) -> AsyncIterator[nats.NATS]:
         await nc.close()
 
 
-async def waiting_run(rt: Runtime, target: object) -> tuple[str, str]:
+async def waiting_run(rt: ProcessHost, target: object) -> tuple[str, str]:
     """Start a run here; return (run id, its open wait) once it suspended."""
     spec = load_target(target)
     run_id = new_run_id()
@@ -119,7 +119,7 @@ async def publish(nc: nats.NATS, subject: str, body: bytes | dict[str, Any]) -> 
     return int(ack.seq)
 
 
-async def stored_outcomes(rt: Runtime, after_seq: int) -> list[tuple[str, ResumeOutcome]]:
+async def stored_outcomes(rt: ProcessHost, after_seq: int) -> list[tuple[str, ResumeOutcome]]:
     """Every outcome stored on AG_COMMANDS after stream sequence ``after_seq``, with its subject."""
     sub = await rt.bus.js.pull_subscribe(
         "ag.cmd.outcome.>",
@@ -143,7 +143,7 @@ async def stored_outcomes(rt: Runtime, after_seq: int) -> list[tuple[str, Resume
     return found
 
 
-async def final_outcomes(rt: Runtime, after_seq: int, seqs: list[int]) -> dict[int, tuple[str, ResumeOutcome]]:
+async def final_outcomes(rt: ProcessHost, after_seq: int, seqs: list[int]) -> dict[int, tuple[str, ResumeOutcome]]:
     """Once every command in ``seqs`` has a final outcome: each one's (subject, outcome); asserts there is one each."""
 
     async def all_final() -> list[tuple[str, ResumeOutcome]] | None:
@@ -158,7 +158,7 @@ async def final_outcomes(rt: Runtime, after_seq: int, seqs: list[int]) -> dict[i
     return {seq: per_command[seq][0] for seq in seqs}
 
 
-async def nothing_pending(rt: Runtime) -> None:
+async def nothing_pending(rt: ProcessHost) -> None:
     """``ag-resume`` holds no command that is undelivered or delivered and not acknowledged."""
 
     async def drained() -> bool | None:
@@ -168,12 +168,12 @@ async def nothing_pending(rt: Runtime) -> None:
     await eventually(drained, "ag-resume to have nothing pending", timeout_s=SAFETY_S)
 
 
-async def last_seq(rt: Runtime) -> int:
+async def last_seq(rt: ProcessHost) -> int:
     return int((await rt.bus.js.stream_info("AG_COMMANDS")).state.last_seq)
 
 
 async def test_every_stray_command_gets_one_outcome_and_a_valid_resume_among_them_applies(
-    runtime: Runtime, worker: Worker, raw: nats.NATS, caplog: pytest.LogCaptureFixture
+    runtime: ProcessHost, worker: Worker, raw: nats.NATS, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="aethergraph.worker")
     ask_id, ask_wait = await waiting_run(runtime, sc_ask)
@@ -233,7 +233,7 @@ async def test_every_stray_command_gets_one_outcome_and_a_valid_resume_among_the
 
 
 async def test_a_command_for_an_unknown_graph_is_deferred_and_logged_once_then_applied(
-    runtime: Runtime, worker: Worker, raw: nats.NATS, caplog: pytest.LogCaptureFixture
+    runtime: ProcessHost, worker: Worker, raw: nats.NATS, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="aethergraph.worker")
     run_id, wait_id = await waiting_run(runtime, sc_hidden)
@@ -260,7 +260,9 @@ async def test_a_command_for_an_unknown_graph_is_deferred_and_logged_once_then_a
     await nothing_pending(runtime)
 
 
-async def test_a_command_handled_twice_has_one_stored_outcome(runtime: Runtime, worker: Worker, raw: nats.NATS) -> None:
+async def test_a_command_handled_twice_has_one_stored_outcome(
+    runtime: ProcessHost, worker: Worker, raw: nats.NATS
+) -> None:
     """A second handling of a command (its acknowledgement was lost) publishes its outcome again: dropped."""
     run_id, wait_id = await waiting_run(runtime, sc_ask)
     before = await last_seq(runtime)
@@ -270,7 +272,9 @@ async def test_a_command_handled_twice_has_one_stored_outcome(runtime: Runtime, 
     assert (outcome.status, outcome.wait_id) == ("accepted", wait_id)
     # The answer journaled: handled again (a redelivery), the command changes nothing and answers "accepted"
     # again, which JetStream drops as a duplicate of the stored outcome (Nats-Msg-Id outcome:<seq>).
-    again = await accept_resume(runtime, run_id, wait_id=None, payload="once", command_seq=seq, graphs=must_get_graph)
+    again = await accept_resume(
+        runtime.env, run_id, wait_id=None, payload="once", command_seq=seq, graphs=must_get_graph
+    )
     assert isinstance(again, AlreadyAnswered) and again.by_this_command
     await runtime.commands.publish_outcome(outcome, msg_id=f"outcome:{seq}")
     assert [o for _, o in await stored_outcomes(runtime, before) if o.command_seq == seq] == [outcome]
@@ -278,7 +282,7 @@ async def test_a_command_handled_twice_has_one_stored_outcome(runtime: Runtime, 
 
 
 async def test_a_command_redelivered_after_its_answer_was_stored_is_answered_accepted(
-    runtime: Runtime, worker: Worker, raw: nats.NATS
+    runtime: ProcessHost, worker: Worker, raw: nats.NATS
 ) -> None:
     """The kill between answer and outcome, made deterministic: the answer is stored by hand under the
     command's stream sequence, the command stays on ``ag-resume``, and the worker then handles it."""
@@ -288,7 +292,7 @@ async def test_a_command_redelivered_after_its_answer_was_stored_is_answered_acc
     try:
         seq = await publish(raw, f"ag.cmd.resume.{run_id}", {"payload": "by hand"})
         accepted = await accept_resume(
-            runtime, run_id, wait_id=None, payload="by hand", command_seq=seq, graphs=must_get_graph
+            runtime.env, run_id, wait_id=None, payload="by hand", command_seq=seq, graphs=must_get_graph
         )
         assert isinstance(accepted, AcceptedResume)
         runtime.driver.drive(accepted.root_run_id, accepted.continuation)  # as the dead worker's successor would
@@ -303,7 +307,7 @@ async def test_a_command_redelivered_after_its_answer_was_stored_is_answered_acc
 
 
 async def test_a_run_with_an_undecodable_message_on_its_subject_gets_one_outcome(
-    runtime: Runtime, worker: Worker, raw: nats.NATS
+    runtime: ProcessHost, worker: Worker, raw: nats.NATS
 ) -> None:
     """8 bytes of garbage among a waiting run's events change nothing: the journal read skips them, the
     resume is accepted once and the run completes."""

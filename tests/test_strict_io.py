@@ -26,7 +26,7 @@ from aethergraph.errors import (
     SerializationError,
     StaleWriterError,
 )
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.runtime import ProcessHost, load_target
 
 GRAPHS = Path(__file__).resolve().parent / "procs" / "strict_graphs.py"
 SAFETY_S = 60  # an upper bound for anything to happen, never a measurement
@@ -81,7 +81,7 @@ async def test_input_values_are_json_where_they_look_like_json_and_text_otherwis
 
 @pytest.mark.parametrize("pair", ["xs=[1,2,3", 'xs={"a": 1', 'xs="unclosed'])
 async def test_a_value_that_looks_like_json_but_does_not_parse_fails_naming_the_input(
-    runtime: Runtime, tmp_path: Path, pair: str
+    runtime: ProcessHost, tmp_path: Path, pair: str
 ) -> None:
     done = await cli(tmp_path, "run", f"{GRAPHS}:si_echo", "-i", pair, "--run-id", "si-broken")
     assert done.returncode == 2
@@ -92,7 +92,9 @@ async def test_a_value_that_looks_like_json_but_does_not_parse_fails_naming_the_
 # --- annotated inputs ----------------------------------------------------------------------------------------
 
 
-async def test_the_cli_refuses_an_input_that_does_not_match_its_annotation(runtime: Runtime, tmp_path: Path) -> None:
+async def test_the_cli_refuses_an_input_that_does_not_match_its_annotation(
+    runtime: ProcessHost, tmp_path: Path
+) -> None:
     done = await cli(tmp_path, "run", f"{GRAPHS}:si_typed", "-i", "x=abc", "--run-id", "si-typed-cli")
     assert done.returncode == 2
     assert "input 'x' must be int, got 'abc'" in done.stderr, done.stderr
@@ -102,7 +104,7 @@ async def test_the_cli_refuses_an_input_that_does_not_match_its_annotation(runti
     assert "input 'tags' must be list[str] | None" in bad_list.stderr and "at [1]" in bad_list.stderr
 
 
-async def test_annotated_inputs_are_checked_and_coerced_when_a_run_starts(runtime: Runtime) -> None:
+async def test_annotated_inputs_are_checked_and_coerced_when_a_run_starts(runtime: ProcessHost) -> None:
     typed = graph("si_typed")
     with pytest.raises(GraphInputError, match=r"input 'x' must be int, got 'abc'"):
         await aethergraph.start_run(typed, {"x": "abc"})
@@ -147,7 +149,7 @@ def test_datetime_set_bytes_uuid_and_decimal_values_raise_naming_where_they_are(
 
 
 async def test_a_graph_or_tool_returning_a_datetime_or_set_fails_its_run_with_serialization_error(
-    runtime: Runtime,
+    runtime: ProcessHost,
 ) -> None:
     cases = {
         "si_returns_datetime": r"graph_fn 'si_returns_datetime' produced a datetime at \['at'\].*\.isoformat\(\)",
@@ -176,7 +178,7 @@ async def test_a_duplicate_run_id_is_refused_up_front_by_the_cli(tmp_path: Path)
     assert detached.returncode != 0 and "already exists" in detached.stderr
 
 
-async def test_start_run_and_submit_refuse_a_taken_run_id_and_leave_the_run_alone(runtime: Runtime) -> None:
+async def test_start_run_and_submit_refuse_a_taken_run_id_and_leave_the_run_alone(runtime: ProcessHost) -> None:
     typed = graph("si_typed")
     handle = await aethergraph.start_run(typed, {"x": 1}, run_id="si-dup-api")
     assert await handle.result(timeout=SAFETY_S) == {"next": 2}
@@ -192,7 +194,7 @@ async def test_start_run_and_submit_refuse_a_taken_run_id_and_leave_the_run_alon
 
 
 async def test_an_oversized_resume_payload_is_refused_with_the_limit_and_nothing_is_published(
-    runtime: Runtime,
+    runtime: ProcessHost,
 ) -> None:
     handle = await aethergraph.start_run(graph("si_waits"), run_id="si-big-answer")
     async with asyncio.timeout(SAFETY_S):

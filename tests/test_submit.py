@@ -25,7 +25,7 @@ from aethergraph.core.errors import StaleWriterError
 from aethergraph.core.ids import QUEUE_OWNER
 from aethergraph.core.replay import journal_chain
 from aethergraph.core.settings import load_settings
-from aethergraph.runtime import Runtime
+from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +43,11 @@ def hosts(tmp_path: Path) -> Iterator[process_hosts.Hosts]:
         h.kill_all()
 
 
-async def _queued_ids(runtime: Runtime) -> set[str]:
+async def _queued_ids(runtime: ProcessHost) -> set[str]:
     return {owned.run_id for owned in await runtime.leases.owned_runs(QUEUE_OWNER)}
 
 
-async def _journal(runtime: Runtime, run_id: str) -> list[ev.AnyEvent]:
+async def _journal(runtime: ProcessHost, run_id: str) -> list[ev.AnyEvent]:
     return journal_chain([record.event for record in await read_events(runtime, run_id)])
 
 
@@ -58,7 +58,7 @@ def _cli_json(hosts: process_hosts.Hosts, *args: str) -> object:
 
 
 async def test_a_submitted_run_is_queued_until_a_worker_serving_its_graph_runs_it(
-    runtime: Runtime, hosts: process_hosts.Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: process_hosts.Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     handle = await aethergraph.submit(f"{GRAPHS}:sub_sum", {"x": 20, "label": "a", "log": str(log)})
@@ -97,12 +97,12 @@ async def test_a_submitted_run_is_queued_until_a_worker_serving_its_graph_runs_i
     assert worker.stop() == 0 and other.stop() == 0
 
 
-async def _none_queued(runtime: Runtime, run_ids: set[str]) -> bool | None:
+async def _none_queued(runtime: ProcessHost, run_ids: set[str]) -> bool | None:
     return True if not (await _queued_ids(runtime)) & run_ids else None
 
 
 async def test_run_detach_prints_the_run_id_and_exits_then_a_worker_finishes_the_run(
-    runtime: Runtime, hosts: process_hosts.Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: process_hosts.Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
     inputs = json.dumps({"x": 5, "label": "d", "log": str(log)})
@@ -119,7 +119,7 @@ async def test_run_detach_prints_the_run_id_and_exits_then_a_worker_finishes_the
 
 
 async def test_two_workers_started_together_take_each_queued_run_once(
-    runtime: Runtime, hosts: process_hosts.Hosts, tmp_path: Path
+    runtime: ProcessHost, hosts: process_hosts.Hosts, tmp_path: Path
 ) -> None:
     log = tmp_path / "count.log"
 
@@ -147,7 +147,7 @@ async def test_two_workers_started_together_take_each_queued_run_once(
     )
 
 
-async def test_a_submitted_static_run_is_run_by_a_worker(runtime: Runtime, hosts: process_hosts.Hosts) -> None:
+async def test_a_submitted_static_run_is_run_by_a_worker(runtime: ProcessHost, hosts: process_hosts.Hosts) -> None:
     handle = await aethergraph.submit(f"{GRAPHS}:sub_static", {"x": 3}, max_concurrency=1)
     assert await handle.status() == "queued"
     hosts.worker("w1")
@@ -158,7 +158,7 @@ async def test_a_submitted_static_run_is_run_by_a_worker(runtime: Runtime, hosts
     assert started.max_concurrency == 1
 
 
-async def test_a_queued_run_is_cancelled_at_once_and_taken_off_the_queue(runtime: Runtime, tmp_path: Path) -> None:
+async def test_a_queued_run_is_cancelled_at_once_and_taken_off_the_queue(runtime: ProcessHost, tmp_path: Path) -> None:
     handle = await aethergraph.submit(f"{GRAPHS}:sub_sum", {"x": 1, "label": "c", "log": str(tmp_path / "c.log")})
     assert await handle.status() == "queued"
     assert await handle.cancel("not needed") == "cancelled"
@@ -166,7 +166,9 @@ async def test_a_queued_run_is_cancelled_at_once_and_taken_off_the_queue(runtime
     await eventually(lambda: _none_queued(runtime, {handle.run_id}), "the run to leave the queue", timeout_s=SAFETY_S)
 
 
-async def test_submit_refuses_a_taken_run_id_and_the_queue_is_no_worker_id(runtime: Runtime, tmp_path: Path) -> None:
+async def test_submit_refuses_a_taken_run_id_and_the_queue_is_no_worker_id(
+    runtime: ProcessHost, tmp_path: Path
+) -> None:
     inputs = {"x": 1, "label": "t", "log": str(tmp_path / "t.log")}
     handle = await aethergraph.submit(f"{GRAPHS}:sub_sum", inputs)
     with pytest.raises(StaleWriterError):

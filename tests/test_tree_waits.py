@@ -30,9 +30,9 @@ from aethergraph.core.replay import ChainBuilder
 from aethergraph.core.resume import AlreadyAnswered, accept_resume
 from aethergraph.core.run_control import bind_run_inputs
 from aethergraph.core.static_run import node_run_id
-from aethergraph.engine.runs import Suspended
-from aethergraph.engine.worker import Worker
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.host.runs import Suspended
+from aethergraph.host.worker import Worker
+from aethergraph.runtime import ProcessHost, load_target
 
 SAFETY_S = 30.0
 """Bound on anything awaited, so a hang fails the test instead of blocking the session."""
@@ -96,7 +96,7 @@ async def ttw_spawner(*, context: NodeContext) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serving(env: Runtime) -> AsyncIterator[Worker]:
+async def serving(env: ProcessHost) -> AsyncIterator[Worker]:
     """An in-process worker on ``env`` consuming resume commands until the block ends."""
     worker = Worker(env.driver, env.commands)
     serving_task = asyncio.create_task(worker.serve())
@@ -114,11 +114,13 @@ async def serving(env: Runtime) -> AsyncIterator[Worker]:
             await serving_task
 
 
-def start(env: Runtime, target: object, inputs: dict[str, Any] | None = None) -> tuple[RunHandle, asyncio.Task[Any]]:
+def start(
+    env: ProcessHost, target: object, inputs: dict[str, Any] | None = None
+) -> tuple[RunHandle, asyncio.Task[Any]]:
     spec = load_target(target)
     run_id = new_run_id()
     task = env.driver.start(spec, bind_run_inputs(spec, inputs), run_id)
-    return RunHandle(run_id, env, task), task
+    return RunHandle(run_id, env.env, task), task
 
 
 async def suspended(task: asyncio.Task[Any]) -> Suspended:
@@ -128,7 +130,7 @@ async def suspended(task: asyncio.Task[Any]) -> Suspended:
     return end
 
 
-async def until(env: Runtime, run_id: str, check: Callable[[list[ev.Event]], bool]) -> list[ev.Event]:
+async def until(env: ProcessHost, run_id: str, check: Callable[[list[ev.Event]], bool]) -> list[ev.Event]:
     """Follow the run's journal until ``check(chain)``; return that chain."""
     builder = ChainBuilder()
     async with asyncio.timeout(SAFETY_S):
@@ -158,7 +160,9 @@ async def resume_ok(run_id: str, payload: Any, wait_id: str | None = None) -> An
 # --- a dual-stage node of a static graph -------------------------------------------------------------
 
 
-async def test_static_dual_stage_node_resumed_by_the_top_level_id_over_nats(runtime: Runtime, nats_url: str) -> None:
+async def test_static_dual_stage_node_resumed_by_the_top_level_id_over_nats(
+    runtime: ProcessHost, nats_url: str
+) -> None:
     async with serving(runtime):
         handle, task = start(runtime, ttw_one_gate, {"x": 3})
         end = await suspended(task)
@@ -181,7 +185,7 @@ async def test_static_dual_stage_node_resumed_by_the_top_level_id_over_nats(runt
     assert resumed.payload == {"ok": True} and resumed.command_seq == outcome["command_seq"]
 
 
-async def test_two_open_waits_are_listed_then_each_answered_by_its_id(runtime: Runtime) -> None:
+async def test_two_open_waits_are_listed_then_each_answered_by_its_id(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, ttw_two_gates, {"x": 1})
         run_id = handle.run_id
@@ -246,7 +250,7 @@ async def test_two_open_waits_are_listed_then_each_answered_by_its_id(runtime: R
 
 @pytest.mark.parametrize("env_name", ["live", "always_suspend"])
 async def test_nested_graph_fn_wait_resumed_by_the_parent_id(
-    env_name: str, runtime: Runtime, suspending_runtime: Runtime
+    env_name: str, runtime: ProcessHost, suspending_runtime: ProcessHost
 ) -> None:
     env = suspending_runtime if env_name == "always_suspend" else runtime
     async with serving(env):
@@ -266,7 +270,7 @@ async def test_nested_graph_fn_wait_resumed_by_the_parent_id(
     assert ended.value.reason == "run_ended"
 
 
-async def test_nested_wait_named_directly_and_unknown_nested_runs_are_refused(runtime: Runtime) -> None:
+async def test_nested_wait_named_directly_and_unknown_nested_runs_are_refused(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, ttw_parent)
         end = await suspended(task)
@@ -282,7 +286,7 @@ async def test_nested_wait_named_directly_and_unknown_nested_runs_are_refused(ru
         assert await handle.result(timeout=SAFETY_S) == {"answer": "Ada", "n": 10}
 
 
-async def test_wait_of_a_spawned_child_resumed_by_the_parent_id(runtime: Runtime) -> None:
+async def test_wait_of_a_spawned_child_resumed_by_the_parent_id(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, ttw_spawner)
         child_id = child_run_id(handle.run_id, f"{ROOT_NODE}.spawn1")
@@ -293,7 +297,7 @@ async def test_wait_of_a_spawned_child_resumed_by_the_parent_id(runtime: Runtime
             assert await task == {"answer": "spawned answer"}
 
 
-async def test_a_redelivered_command_for_a_nested_wait_changes_nothing(runtime: Runtime) -> None:
+async def test_a_redelivered_command_for_a_nested_wait_changes_nothing(runtime: ProcessHost) -> None:
     """Delivered again after its answer (in the nested run) was journaled and the whole tree ended."""
     async with serving(runtime):
         handle, task = start(runtime, ttw_parent)

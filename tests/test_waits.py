@@ -34,9 +34,9 @@ from aethergraph.core.registry import register_graph
 from aethergraph.core.replay import ChainBuilder, journal_chain
 from aethergraph.core.resume import JournalState, journal_state
 from aethergraph.core.spec import CallableSpec
-from aethergraph.engine.runs import Suspended
-from aethergraph.engine.worker import Worker
-from aethergraph.runtime import Runtime, load_target
+from aethergraph.host.runs import Suspended
+from aethergraph.host.worker import Worker
+from aethergraph.runtime import ProcessHost, load_target
 
 SAFETY_S = 30.0
 """Bound on anything awaited, so a hang fails the test instead of blocking the session."""
@@ -323,13 +323,13 @@ async def tw_evolving(*, context: NodeContext) -> dict[str, Any]:
 
 
 @pytest.fixture(params=["live", "always_suspend"])
-def graph_env(request: pytest.FixtureRequest, runtime: Runtime, suspending_runtime: Runtime) -> Runtime:
+def graph_env(request: pytest.FixtureRequest, runtime: ProcessHost, suspending_runtime: ProcessHost) -> ProcessHost:
     """The wait tests run twice: live, and suspending after every step to continue by replay."""
     return suspending_runtime if request.param == "always_suspend" else runtime
 
 
 @contextlib.asynccontextmanager
-async def serving(env: Runtime, graphs: Callable[[str], CallableSpec] | None = None) -> AsyncIterator[Worker]:
+async def serving(env: ProcessHost, graphs: Callable[[str], CallableSpec] | None = None) -> AsyncIterator[Worker]:
     """An in-process worker on ``env`` consuming resume commands until the block ends."""
     worker = Worker(env.driver, env.commands) if graphs is None else Worker(env.driver, env.commands, graphs=graphs)
     serving_task = asyncio.create_task(worker.serve())
@@ -348,18 +348,20 @@ async def serving(env: Runtime, graphs: Callable[[str], CallableSpec] | None = N
 
 
 @pytest.fixture
-async def worker(graph_env: Runtime) -> AsyncIterator[Worker]:
+async def worker(graph_env: ProcessHost) -> AsyncIterator[Worker]:
     """The only consumer of resume commands during the test, continuing runs on ``graph_env``."""
     async with serving(graph_env) as serving_worker:
         yield serving_worker
 
 
-def start(env: Runtime, target: object, inputs: dict[str, Any] | None = None) -> tuple[RunHandle, asyncio.Task[Any]]:
+def start(
+    env: ProcessHost, target: object, inputs: dict[str, Any] | None = None
+) -> tuple[RunHandle, asyncio.Task[Any]]:
     """``aethergraph.start_run`` on a given runtime; also returns the task driving the run here."""
     spec = load_target(target)
     run_id = new_run_id()
     task = env.driver.start(spec, spec.bind((), dict(inputs or {})), run_id)
-    return RunHandle(run_id, env, task), task
+    return RunHandle(run_id, env.env, task), task
 
 
 async def suspended(task: asyncio.Task[Any]) -> Suspended:
@@ -374,7 +376,7 @@ async def result(handle: RunHandle) -> dict[str, Any]:
     return await handle.result(timeout=SAFETY_S)
 
 
-async def journal(rt: Runtime, run_id: str) -> list[ev.Event]:
+async def journal(rt: ProcessHost, run_id: str) -> list[ev.Event]:
     return journal_chain(record.event for record in await read_events(rt, run_id))
 
 
@@ -387,7 +389,7 @@ def only(events: list[ev.Event], cls: type[ev.Event]) -> list[Any]:
     return [event for event in events if isinstance(event, cls)]
 
 
-async def statuses_until_end(env: Runtime, run_id: str) -> list[str]:
+async def statuses_until_end(env: ProcessHost, run_id: str) -> list[str]:
     """The run's status after every journaled event (consecutive repeats dropped), until it ends."""
     builder = ChainBuilder()
     seen: list[str] = []
@@ -402,7 +404,7 @@ async def statuses_until_end(env: Runtime, run_id: str) -> list[str]:
     return seen
 
 
-async def until(env: Runtime, run_id: str, check: Callable[[JournalState], bool]) -> JournalState:
+async def until(env: ProcessHost, run_id: str, check: Callable[[JournalState], bool]) -> JournalState:
     """Follow the run's journal until its state satisfies ``check``; return that state."""
     builder = ChainBuilder()
     async with asyncio.timeout(SAFETY_S):
@@ -422,7 +424,7 @@ async def resume_ok(run_id: str, payload: Any, wait_id: str | None = None) -> An
 # --- channel questions: suspend, resume, replay ------------------------------------------------------
 
 
-async def test_ask_text_suspends_then_a_resume_continues_by_replay(graph_env: Runtime, worker: Worker) -> None:
+async def test_ask_text_suspends_then_a_resume_continues_by_replay(graph_env: ProcessHost, worker: Worker) -> None:
     handle, task = start(graph_env, tw_greet, {"x": 1})
     run_id = handle.run_id
     end = await suspended(task)
@@ -481,7 +483,7 @@ async def test_ask_text_suspends_then_a_resume_continues_by_replay(graph_env: Ru
     assert isinstance(final.ended, ev.RunCompleted)
 
 
-async def test_status_goes_running_waiting_running_succeeded(graph_env: Runtime, worker: Worker) -> None:
+async def test_status_goes_running_waiting_running_succeeded(graph_env: ProcessHost, worker: Worker) -> None:
     gate = new_run_id()
     GATES[gate], ENTERED[gate] = asyncio.Event(), asyncio.Event()
     run_id = new_run_id()
@@ -524,7 +526,7 @@ async def test_status_goes_running_waiting_running_succeeded(graph_env: Runtime,
     ids=["choice-first", "choice-last", "approved-true", "approved-false", "middle", "false-is-last", "both"],
 )
 async def test_ask_approval_accepts_a_choice_or_approved(
-    runtime: Runtime, options: list[str], payload: dict[str, Any], expected: dict[str, Any]
+    runtime: ProcessHost, options: list[str], payload: dict[str, Any], expected: dict[str, Any]
 ) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_approve, {"options": options})
@@ -538,7 +540,7 @@ async def test_ask_approval_accepts_a_choice_or_approved(
     assert resumed.payload == payload  # the journal keeps the answer as given
 
 
-async def test_ask_files_returns_the_list(graph_env: Runtime, worker: Worker) -> None:
+async def test_ask_files_returns_the_list(graph_env: ProcessHost, worker: Worker) -> None:
     handle, task = start(graph_env, tw_files)
     end = await suspended(task)
     assert (end.kind, end.prompt) == ("files", "upload the inputs")
@@ -554,7 +556,7 @@ async def test_ask_files_returns_the_list(graph_env: Runtime, worker: Worker) ->
     assert executions("tw_prepare", handle.run_id) == 1
 
 
-async def test_custom_wait_on_a_named_channel_checks_its_schema(graph_env: Runtime, worker: Worker) -> None:
+async def test_custom_wait_on_a_named_channel_checks_its_schema(graph_env: ProcessHost, worker: Worker) -> None:
     handle, task = start(graph_env, tw_custom)
     end = await suspended(task)
     assert (end.kind, end.prompt) == ("payment", "pay invoice 7")
@@ -575,9 +577,9 @@ async def test_custom_wait_on_a_named_channel_checks_its_schema(graph_env: Runti
     assert len(only(await journal(graph_env, handle.run_id), ev.ChannelSent)) == 1
 
 
-async def test_named_channel_waits_durably_even_where_the_console_answers_inline(runtime: Runtime) -> None:
+async def test_named_channel_waits_durably_even_where_the_console_answers_inline(runtime: ProcessHost) -> None:
     """A process that may read answers inline (a terminal) still suspends on a named channel's question."""
-    interactive = await Runtime.open(inline_answers=True)
+    interactive = await ProcessHost.open(inline_answers=True)
     try:
         assert interactive.inline_answers
         handle, task = start(interactive, tw_named)
@@ -594,7 +596,7 @@ async def test_named_channel_waits_durably_even_where_the_console_answers_inline
         }
 
 
-async def test_two_waits_in_sequence_each_answered_once(graph_env: Runtime, worker: Worker) -> None:
+async def test_two_waits_in_sequence_each_answered_once(graph_env: ProcessHost, worker: Worker) -> None:
     handle, task = start(graph_env, tw_two_questions)
     first = await suspended(task)
     await resume_ok(handle.run_id, "alpha")
@@ -621,7 +623,7 @@ async def test_two_waits_in_sequence_each_answered_once(graph_env: Runtime, work
     assert executions("tw_prepare", handle.run_id) == 1
 
 
-async def test_two_concurrent_waits_are_ambiguous_until_named(graph_env: Runtime, worker: Worker) -> None:
+async def test_two_concurrent_waits_are_ambiguous_until_named(graph_env: ProcessHost, worker: Worker) -> None:
     """``asyncio.gather`` of two questions opens two waits; each is answered by id, in any order."""
     handle, task = start(graph_env, tw_gather)
     end = await suspended(task)
@@ -654,7 +656,7 @@ LIVE_AND_SUSPEND_WITH_INNER_STEPS = pytest.mark.parametrize("graph_env", ["live"
 
 @LIVE_AND_SUSPEND_WITH_INNER_STEPS
 async def test_dual_stage_tool_sets_up_once_and_resumes_with_payload_and_arguments(
-    graph_env: Runtime, worker: Worker
+    graph_env: ProcessHost, worker: Worker
 ) -> None:
     handle, task = start(graph_env, tw_reviewing, {"item": "doc"})
     run_id = handle.run_id
@@ -705,7 +707,7 @@ async def test_dual_stage_tool_sets_up_once_and_resumes_with_payload_and_argumen
 
 
 @LIVE_AND_SUSPEND_WITH_INNER_STEPS
-async def test_dual_stage_setup_returning_none_waits_on_the_tool_name(graph_env: Runtime, worker: Worker) -> None:
+async def test_dual_stage_setup_returning_none_waits_on_the_tool_name(graph_env: ProcessHost, worker: Worker) -> None:
     assert tw_plain_job.name == "tw_plain_job"  # the class name in snake case
     handle, task = start(graph_env, tw_plain_jobs)
     end = await suspended(task)
@@ -716,12 +718,12 @@ async def test_dual_stage_setup_returning_none_waits_on_the_tool_name(graph_env:
     assert await result(handle) == {"echo": {"job": "render", "resume": [1, "two", None]}}
 
 
-async def test_dual_stage_tool_outside_a_run_is_refused(runtime: Runtime) -> None:
+async def test_dual_stage_tool_outside_a_run_is_refused(runtime: ProcessHost) -> None:
     with pytest.raises(NotInRunError):
         await tw_review(item="doc")
 
 
-async def test_dual_stage_tool_followed_by_another_wait(runtime: Runtime) -> None:
+async def test_dual_stage_tool_followed_by_another_wait(runtime: ProcessHost) -> None:
     """The second resume replays the finished dual-stage step; its recorded wait must not be asked for again."""
     async with serving(runtime):
         handle, task = start(runtime, tw_review_then_ask)
@@ -735,7 +737,7 @@ async def test_dual_stage_tool_followed_by_another_wait(runtime: Runtime) -> Non
 
 
 @pytest.mark.parametrize("inner", ["channel", "now"])
-async def test_tool_with_journaled_context_calls_then_a_wait(runtime: Runtime, inner: str) -> None:
+async def test_tool_with_journaled_context_calls_then_a_wait(runtime: ProcessHost, inner: str) -> None:
     """A tool that sends on a channel (or takes context.now()) before the body waits: the resume replays it."""
     async with serving(runtime):
         handle, task = start(runtime, tw_inner_step_then_ask, {"inner": inner})
@@ -815,7 +817,9 @@ def test_wait_declarations_are_checked() -> None:
 # --- checkpoints -------------------------------------------------------------------------------------------
 
 
-async def test_checkpoint_is_loaded_when_the_body_runs_again_after_a_resume(graph_env: Runtime, worker: Worker) -> None:
+async def test_checkpoint_is_loaded_when_the_body_runs_again_after_a_resume(
+    graph_env: ProcessHost, worker: Worker
+) -> None:
     handle, task = start(graph_env, tw_checkpointed)
     await suspended(task)
     assert [state for owner, state in LOADED if owner == handle.run_id] == [{"step": 0}]
@@ -831,7 +835,7 @@ async def test_checkpoint_is_loaded_when_the_body_runs_again_after_a_resume(grap
 # --- deadlines ---------------------------------------------------------------------------------------------
 
 
-async def test_expired_deadline_raises_wait_expired_in_the_graph(runtime: Runtime) -> None:
+async def test_expired_deadline_raises_wait_expired_in_the_graph(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_deadline, {"seconds": 0.5})
         end = await suspended(task)
@@ -860,7 +864,7 @@ async def test_expired_deadline_raises_wait_expired_in_the_graph(runtime: Runtim
     assert [r.payload for r in only(events, ev.WaitResumed)] == ["whenever"]
 
 
-async def test_uncaught_expiry_fails_the_run(runtime: Runtime) -> None:
+async def test_uncaught_expiry_fails_the_run(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_deadline_uncaught)
         end = await suspended(task)
@@ -874,7 +878,7 @@ async def test_uncaught_expiry_fails_the_run(runtime: Runtime) -> None:
     assert isinstance(failed, ev.RunFailed) and end.wait_id in failed.message
 
 
-async def test_answer_before_the_deadline_wins_and_the_expiry_is_a_duplicate(runtime: Runtime) -> None:
+async def test_answer_before_the_deadline_wins_and_the_expiry_is_a_duplicate(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_deadline, {"seconds": 0.5})
         end = await suspended(task)
@@ -893,7 +897,7 @@ async def test_answer_before_the_deadline_wins_and_the_expiry_is_a_duplicate(run
     assert isinstance(events[-1], ev.RunCompleted)
 
 
-async def test_deadline_as_an_aware_datetime_is_journaled_exactly(runtime: Runtime) -> None:
+async def test_deadline_as_an_aware_datetime_is_journaled_exactly(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_deadline_at)
         end = await suspended(task)
@@ -906,7 +910,7 @@ async def test_deadline_as_an_aware_datetime_is_journaled_exactly(runtime: Runti
 # --- nested runs -------------------------------------------------------------------------------------------
 
 
-async def test_wait_in_a_nested_run_is_resumed_by_the_child_id(graph_env: Runtime, worker: Worker) -> None:
+async def test_wait_in_a_nested_run_is_resumed_by_the_child_id(graph_env: ProcessHost, worker: Worker) -> None:
     handle, task = start(graph_env, tw_parent)
     run_id = handle.run_id
     child_id = f"{run_id}-tw_child_1"
@@ -957,7 +961,7 @@ async def test_wait_in_a_nested_run_is_resumed_by_the_child_id(graph_env: Runtim
     assert child_events[-1].outputs == {"answer": "Grace"}  # type: ignore[attr-defined]
 
 
-async def test_deadline_in_a_nested_run_expires_the_child_and_the_root_continues(runtime: Runtime) -> None:
+async def test_deadline_in_a_nested_run_expires_the_child_and_the_root_continues(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_parent_deadline)
         end = await suspended(task)
@@ -972,7 +976,7 @@ async def test_deadline_in_a_nested_run_expires_the_child_and_the_root_continues
 # --- the code changed while the run waited -------------------------------------------------------------------
 
 
-async def test_changed_graph_fails_the_resumed_run_with_non_determinism(runtime: Runtime) -> None:
+async def test_changed_graph_fails_the_resumed_run_with_non_determinism(runtime: ProcessHost) -> None:
     async with serving(runtime):
         handle, task = start(runtime, tw_evolving)
         await suspended(task)

@@ -20,7 +20,7 @@ from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
 from aethergraph.core.spec import CallableSpec
-from aethergraph.engine.runs import RunHandle, Suspended
+from aethergraph.host.runs import Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
 from aethergraph.runtime import get_runtime, load_target, resume, serve_worker
 
@@ -136,7 +136,7 @@ def run(
             try:
                 end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
                 if isinstance(end, Suspended) and wait:
-                    end = await RunHandle(chosen, runtime, intake=runtime.resume_intake).result()
+                    end = await runtime.runs.handle(chosen).result()
                 if isinstance(end, Suspended):
                     waiting = True
                 else:
@@ -172,7 +172,7 @@ def _submit_detached(
     spec: CallableSpec, inputs: dict[str, Any], run_id: str, max_concurrency: int | None, *, graph: str, as_json: bool
 ) -> None:
     async def go() -> None:
-        await (await get_runtime()).submit_run(spec, inputs, run_id, max_concurrency)
+        await (await get_runtime()).runs.submit(spec, inputs, run_id, max_concurrency)
 
     drive(go)
     module = graph.partition(":")[0]
@@ -313,7 +313,7 @@ def resume_command(
 
     async def go() -> None:
         try:
-            located = await resolve_resume(await get_runtime(), run_id, wait_id, payload)
+            located = await resolve_resume((await get_runtime()).env, run_id, wait_id, payload)
             where = "" if located.run.run_id == run_id else f" of nested run {located.run.run_id}"
             wait = located.requested
             err_console.print(f"answering wait {located.ref}{where} ({wait.kind}): {escape(wait.prompt)}")

@@ -52,7 +52,7 @@ def cancel_command(
     settings_or_exit()
 
     async def go() -> str:
-        return await (await get_runtime()).cancel_run(run_id, reason or "cancelled from the command line")
+        return await (await get_runtime()).runs.cancel_run(run_id, reason or "cancelled from the command line")
 
     status = drive(go)
     colour = "green" if status == "cancelled" else "yellow"
@@ -78,7 +78,7 @@ def retry_command(
         raise typer.Exit(2) from None
 
     async def go() -> dict[str, Any]:
-        handle = await (await get_runtime()).retry_run(run_id)
+        handle = await (await get_runtime()).runs.retry(run_id)
         return await handle.result()
 
     outputs = drive(go)

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.tree import Tree
 
-from aethergraph.engine.queries import ProjectionAccess, serve_projections, store_path
+from aethergraph.projections.client import ProjectionAccess, serve_projections, store_path
 from aethergraph.projections.projector import Projector
 from aethergraph.projections.store import QueryResult
 from aethergraph.runtime import get_runtime

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import datetime as _dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import msgspec
@@ -36,6 +36,7 @@ from aethergraph.core.errors import ResumeRejectedError
 from aethergraph.core.ids import check_run_id
 
 from .topology import (
+    ALL_CANCELS,
     COMMANDS_STREAM,
     RESUME_CONSUMER,
     cancel_subject,
@@ -43,6 +44,7 @@ from .topology import (
     outcome_subject,
     outcome_subject_of_command,
     resume_subject,
+    run_id_of_command,
     schedule_subject,
 )
 
@@ -288,6 +290,20 @@ class JetStreamCommands:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+    async def watch_cancels(self, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``on_cancel(run_id)`` for every cancel request published from now on; returns the stop function."""
+
+        async def deliver(msg: Msg) -> None:
+            on_cancel(run_id_of_command(msg.subject))
+
+        sub = await self._nc.subscribe(ALL_CANCELS, cb=deliver)
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+        return stop
 
     async def resume_feed(self) -> CommandFeed:
         """A pull subscription on the shared durable consumer of resume commands."""

@@ -22,6 +22,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.js.client import JetStreamContext
 
 from aethergraph.core.events import NodeReady
 
@@ -166,3 +167,9 @@ class JetStreamWorkQueue:
     def in_progress(self, item: WorkItem) -> None:
         """Still working on it: restart the consumer's ack timer."""
         self._send(item.reply, b"+WPI")
+
+
+async def shared_ack_wait_s(js: JetStreamContext) -> float | None:
+    """The ack wait of the shared work consumer (the last process to connect set it), if it has one."""
+    info = await js.consumer_info(EVENTS_STREAM, WORK_CONSUMER)
+    return float(info.config.ack_wait) if info.config.ack_wait else None

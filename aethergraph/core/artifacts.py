@@ -26,7 +26,7 @@ from .ids import ROOT_NODE
 from .local_blobs import CHUNK_BYTES
 from .scope import cursor
 from .service_calls import call_journaled
-from .service_ports import BlobStore, service_backends
+from .service_ports import BlobStore
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -101,7 +101,7 @@ class ArtifactService:
         self._ctx = ctx
 
     def _blobs(self) -> BlobStore:
-        return service_backends(self._ctx._scope.env).blobs
+        return self._ctx._scope.env.service_backends.blobs
 
     def _call(self, method: str, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return call_journaled(self._ctx, "artifacts", method, fn, args, kwargs)
@@ -310,7 +310,7 @@ class ArtifactService:
     async def _find(self, scope: Scope, kind: str | None, labels: dict[str, Any] | None) -> ArtifactList:
         if scope not in ("run", "all"):
             raise ValueError(f"artifact scope is 'run' or 'all', got {scope!r}")
-        backends = service_backends(self._ctx._scope.env)
+        backends = self._ctx._scope.env.service_backends
         events = await backends.catalog.saved(self._ctx.run_id if scope == "run" else None)
         pinned = await backends.blobs.pinned()
         latest: dict[str, ArtifactSaved] = {}
@@ -335,7 +335,7 @@ class ArtifactService:
         return pick(scored, key=lambda pair: pair[0])[1]
 
     async def _pin(self, sha: str) -> Artifact:
-        backends = service_backends(self._ctx._scope.env)
+        backends = self._ctx._scope.env.service_backends
         if not await backends.blobs.has(sha):
             raise ArtifactNotFoundError(f"cannot pin artifact {sha}: it is not in the artifact store", ref=sha)
         await backends.blobs.pin(sha)

@@ -1,29 +1,40 @@
-"""How core finds the process's runtime without importing it.
+"""The one call core makes upward: ``await my_graph(...)`` outside any run.
 
-The composition root (``aethergraph.runtime``) installs a provider at import;
-core asks it for a :class:`RunEnvironment` when a run starts outside any run.
+Inside a run, everything core needs from the hosting process arrives with the
+run (``RunScope.env``, a :class:`~aethergraph.core.ports.RunEnvironment`).
+A graph awaited outside any run has no run yet: core hands it to the
+*top-level launcher*, which the composition root (``aethergraph.runtime``)
+installs once, and which runs it as a new top-level run on the process's host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import NotInRunError
-from .ports import RunEnvironment
 
-__all__ = ["get_environment", "set_environment_provider"]
+if TYPE_CHECKING:
+    from .spec import CallableSpec
 
-_provider: Callable[[], Awaitable[RunEnvironment]] | None = None
+__all__ = ["TopLevelLauncher", "install_top_level_launcher", "launch_top_level"]
+
+TopLevelLauncher = Callable[["CallableSpec", Mapping[str, Any]], Awaitable[dict[str, Any]]]
+"""Runs a graph as a new top-level run of this process and returns its outputs."""
+
+_launcher: TopLevelLauncher | None = None
 
 
-def set_environment_provider(provider: Callable[[], Awaitable[RunEnvironment]]) -> None:
-    global _provider
-    _provider = provider
+def install_top_level_launcher(launcher: TopLevelLauncher) -> None:
+    """Called by the composition root only."""
+    global _launcher
+    _launcher = launcher
 
 
-async def get_environment() -> RunEnvironment:
-    if _provider is None:
+async def launch_top_level(spec: CallableSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    if _launcher is None:
         raise NotInRunError(
-            "no AetherGraph runtime is installed; import aethergraph (not only aethergraph.core) before running graphs"
+            f"{spec.label} was awaited outside any run, and no AetherGraph host is installed to run it; "
+            "import aethergraph (not only aethergraph.core) first, or use aethergraph.run(...)"
         )
-    return await _provider()
+    return await _launcher(spec, inputs)

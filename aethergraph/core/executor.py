@@ -9,7 +9,7 @@ from typing import Any
 
 from .codec import digest, normalise_value
 from .context import NodeContext
-from .environment import get_environment
+from .environment import launch_top_level
 from .errors import (
     EventTooLargeError,
     NonDeterminismError,
@@ -64,7 +64,7 @@ async def execute_run(
     inputs: Mapping[str, Any],
     *,
     run_id: str | None = None,
-    env: RunEnvironment | None = None,
+    env: RunEnvironment,
     parent_node_id: str | None = None,
     parent: ParentLink | None = None,
     max_concurrency: int | None = None,
@@ -79,8 +79,6 @@ async def execute_run(
     ``on_started`` is called once ``run.started`` is committed.
     """
     parent_scope = current_scope()
-    if env is None:
-        env = parent_scope.env if parent_scope is not None else await get_environment()
     if parent is None and parent_scope is not None and parent_node_id is not None:
         parent = ParentLink(run_id=parent_scope.run_id, node_id=parent_node_id, root_run_id=parent_scope.root_run_id)
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
@@ -172,7 +170,7 @@ async def resume_run(
     spec: CallableSpec,
     run_id: str,
     *,
-    env: RunEnvironment | None = None,
+    env: RunEnvironment,
     reason: ClaimReason = "resume",
 ) -> dict[str, Any]:
     """Continue a run from its journal: replay the recorded steps, then go live.
@@ -180,7 +178,6 @@ async def resume_run(
     A run that already completed returns its recorded outputs without running
     anything; one that failed or was cancelled raises :class:`RunFailedError`.
     """
-    env = env or await get_environment()
     chain, last_stream_seq = await load_journal(env, check_run_id(run_id))
     if not chain or not isinstance(chain[0], RunStarted):
         raise RunNotFoundError(f"run {run_id} has no journal on this bus", run_id=run_id)
@@ -443,7 +440,7 @@ async def call_graph(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[st
     scope = current_scope()
     if scope is not None:
         return await call_tool_in_run(scope, spec, args, kwargs)
-    return await (await get_environment()).run_top_level(spec, check_input_types(spec, spec.bind(args, kwargs)))
+    return await launch_top_level(spec, check_input_types(spec, spec.bind(args, kwargs)))
 
 
 def _detached_context(spec: CallableSpec, kwargs: Mapping[str, Any]) -> NodeContext | None:

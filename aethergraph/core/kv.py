@@ -17,7 +17,7 @@ import msgspec
 
 from .errors import KeyConflictError, SerializationError
 from .service_calls import call_journaled
-from .service_ports import KeyValueStore, service_backends
+from .service_ports import KeyValueStore
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -65,7 +65,7 @@ class KeyValueService:
         self._ctx = ctx
 
     def _store(self) -> KeyValueStore:
-        return service_backends(self._ctx._scope.env).kv
+        return self._ctx._scope.env.service_backends.kv
 
     def _call(self, method: str, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return call_journaled(self._ctx, "kv", method, fn, args, kwargs)

@@ -16,9 +16,21 @@ if TYPE_CHECKING:
     import asyncio
 
     from .node_report import LocalNode, NodeReport
+    from .service_ports import ServiceBackends
     from .spec import CallableSpec
 
-__all__ = ["EventLog", "LocalReportSink", "ParentLink", "ReportSink", "RunEnvironment", "RunWriter", "StoredEvent"]
+__all__ = [
+    "EventLog",
+    "LocalReportSink",
+    "NodePort",
+    "ParentLink",
+    "ReportSink",
+    "RunEnvironment",
+    "RunPort",
+    "RunWriter",
+    "StoredEvent",
+    "WaitPort",
+]
 
 ReportSink = Callable[["NodeReport | None"], None]
 """Receives a static run's node reports in order; ``None`` once the stored ones have all been delivered."""
@@ -92,32 +104,21 @@ class EventLog(Protocol):
         ...
 
 
-class RunEnvironment(Protocol):
-    """What a run needs from the process hosting it."""
-
-    @property
-    def event_log(self) -> EventLog: ...
-
-    @property
-    def worker_id(self) -> str: ...
-
-    @property
-    def always_suspend(self) -> bool:
-        """Test mode: suspend every run after each step and continue it by replay."""
-        ...
+class WaitPort(Protocol):
+    """How waits reach the process: whether a terminal may answer them, and their deadlines."""
 
     @property
     def inline_answers(self) -> bool:
         """True if channels may read a wait's answer in this process (a terminal); else waits suspend."""
         ...
 
-    async def run_top_level(self, spec: CallableSpec, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run a new top-level run in this process (under an ownership record) and return its outputs."""
-        ...
-
     async def schedule_wait_expiry(self, run_id: str, wait_id: str, deadline_us: int) -> None:
         """Arrange for ``wait.expired`` to be journaled at ``deadline_us`` unless the wait is answered first."""
         ...
+
+
+class NodePort(Protocol):
+    """How a static run's scheduler reaches the nodes it dispatches and their reports."""
 
     async def follow_node_reports(
         self, run_id: str, sink: ReportSink, *, from_start: bool, local: LocalReportSink | None = None
@@ -145,6 +146,10 @@ class RunEnvironment(Protocol):
         """
         ...
 
+
+class RunPort(Protocol):
+    """How a run starts and cancels other runs (``context.runs()``)."""
+
     async def spawn_run(self, spec: CallableSpec, inputs: Mapping[str, Any], run_id: str, parent: ParentLink) -> bool:
         """Start run ``run_id`` of ``spec`` detached (driven here, taken over if this process dies).
 
@@ -155,3 +160,22 @@ class RunEnvironment(Protocol):
     async def cancel_run(self, run_id: str, reason: str) -> str:
         """Cancel a run wherever it is driven; returns its status afterwards."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunEnvironment:
+    """What a run needs from the process hosting it: the hosting process composes it from its roles.
+
+    Every run of the process carries the same value (``RunScope.env``);
+    nothing in core looks the host up.
+    """
+
+    event_log: EventLog
+    # The hosting process's identity in ``worker`` fields, ownership records and claims.
+    worker_id: str
+    waits: WaitPort
+    nodes: NodePort
+    runs: RunPort
+    service_backends: ServiceBackends
+    # Test mode: suspend every run after each step and continue it by replay.
+    always_suspend: bool = False

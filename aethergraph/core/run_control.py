@@ -214,7 +214,7 @@ class RunManager:
         scope.node_counters[key] = count
         run_id = child_run_id(scope.run_id, f"{self._node_id}.spawn{count}")
         parent = ParentLink(run_id=scope.run_id, node_id=self._node_id, root_run_id=scope.root_run_id)
-        await scope.env.spawn_run(spec, bound, run_id, parent)
+        await scope.env.runs.spawn_run(spec, bound, run_id, parent)
         return run_id
 
     async def wait_run(self, run_id: str) -> dict[str, Any]:
@@ -227,4 +227,4 @@ class RunManager:
 
     async def cancel_run(self, run_id: str, reason: str = "") -> str:
         """Cancel run ``run_id`` wherever it runs; returns its status afterwards."""
-        return await self._scope.env.cancel_run(run_id, reason)
+        return await self._scope.env.runs.cancel_run(run_id, reason)

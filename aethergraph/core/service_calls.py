@@ -30,7 +30,6 @@ from .events import ServiceCalled, ServiceFailed, ServiceReturned
 from .replay import rebuild_error
 from .scope import RunScope, cursor
 from .service_base import JournalMode, accessed_context, call_context
-from .service_ports import service_backends
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -58,7 +57,7 @@ def _digest_of_unencodable(args: Sequence[Any], kwargs: Mapping[str, Any]) -> st
 
 async def _spill(scope: RunScope, raw: bytes) -> str:
     """Store an oversized encoded value as a blob; its URI goes into the event instead."""
-    blobs = service_backends(scope.env).blobs
+    blobs = scope.env.service_backends.blobs
     sha = hashlib.sha256(raw).hexdigest()
     if not await blobs.has(sha):
         await blobs.put_bytes(sha, raw)
@@ -66,7 +65,7 @@ async def _spill(scope: RunScope, raw: bytes) -> str:
 
 
 async def _unspill(scope: RunScope, ref: str) -> Any:
-    blobs = service_backends(scope.env).blobs
+    blobs = scope.env.service_backends.blobs
     sha = blobs.digest_of(ref)
     if sha is None:
         raise SerializationError(f"the journal references {ref!r}, which is not a URI of this artifact store")
@@ -100,7 +99,7 @@ async def call_journaled(
     scope = ctx._scope
     if scope.divergence is not None:
         raise scope.divergence
-    inline_limit = service_backends(scope.env).inline_limit
+    inline_limit = scope.env.service_backends.inline_limit
     if mode == "digest":
         try:
             args_digest = digest(_encode_args(service, method, args, kwargs))

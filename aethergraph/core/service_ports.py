@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
-from .errors import NotInRunError
 from .events import ArtifactSaved
-from .ports import RunEnvironment
 
 __all__ = [
     "ArtifactCatalog",
     "BlobStore",
-    "HasServiceBackends",
     "KeyValueEntry",
     "KeyValueStore",
     "ServiceBackends",
-    "service_backends",
 ]
 
 
@@ -111,19 +107,3 @@ class ServiceBackends(Protocol):
     def inline_limit(self) -> int:
         """Largest encoded service argument or result kept inside an event; larger ones go to ``blobs``."""
         ...
-
-
-@runtime_checkable
-class HasServiceBackends(Protocol):
-    @property
-    def service_backends(self) -> ServiceBackends: ...
-
-
-def service_backends(env: RunEnvironment) -> ServiceBackends:
-    """The backends of the process hosting a run."""
-    if isinstance(env, HasServiceBackends):
-        return env.service_backends
-    raise NotInRunError(
-        f"the run environment {type(env).__name__} provides no service backends (kv, artifacts); "
-        "run graphs through aethergraph's runtime"
-    )

@@ -373,7 +373,7 @@ class _StaticRun:
             # A local node starts before its node.started is stored: the scheduler is its only witness,
             # and whoever continues the run after a crash runs a node.started without outcome again.
             local = (
-                self.scope.env.run_node_here(
+                self.scope.env.nodes.run_node_here(
                     LocalNode(run_id=self.scope.run_id, node_id=node_id, **dispatch), self.on_local_report
                 )
                 if self.local_nodes
@@ -456,8 +456,8 @@ async def drive_static_run(
     env = scope.env
     stop: Callable[[], Awaitable[None]] | None = None
     try:
-        await env.ensure_node_executor()
-        stop = await env.follow_node_reports(
+        await env.nodes.ensure_node_executor()
+        stop = await env.nodes.follow_node_reports(
             scope.run_id, run.on_report, from_start=len(history) > 1, local=run.on_local_report
         )
         run.start()

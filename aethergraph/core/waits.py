@@ -117,7 +117,7 @@ async def wait_for(scope: RunScope, node_id: str, wait: Wait, *, inline: InlineA
             resolution = replay.resolutions.get(recorded.wait_id)
             if resolution is not None:
                 return _resolve(scope, recorded, resolution)
-            if inline is not None and scope.env.inline_answers:
+            if inline is not None and scope.env.waits.inline_answers:
                 return await _answer_inline(scope, recorded, inline)
             raise _suspend(scope, recorded)
     journal = scope.journal
@@ -149,8 +149,8 @@ async def wait_for(scope: RunScope, node_id: str, wait: Wait, *, inline: InlineA
         deadline_us=deadline_us,
     )
     if deadline_us is not None:
-        await scope.env.schedule_wait_expiry(scope.run_id, wait_id, deadline_us)
-    if inline is not None and scope.env.inline_answers:
+        await scope.env.waits.schedule_wait_expiry(scope.run_id, wait_id, deadline_us)
+    if inline is not None and scope.env.waits.inline_answers:
         return await _answer_inline(scope, requested, inline)
     raise _suspend(scope, requested)
 

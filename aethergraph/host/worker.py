@@ -6,7 +6,7 @@ A worker does two things, both driven by events:
   checks each against the run's journal, commits the answer and continues
   the run by replay; every command gets exactly one final
   :class:`~aethergraph.bus.commands.ResumeOutcome` (see
-  :mod:`aethergraph.engine.resume_commands`);
+  :mod:`aethergraph.host.resume_commands`);
 * it watches process heartbeats; when one expires it takes over the runs that
   process was driving (and, when it starts, the runs of processes already
   dead), continuing each by replay under a fenced claim;

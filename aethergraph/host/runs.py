@@ -280,7 +280,7 @@ class RunHandle:
 
     async def cancel(self, reason: str = "") -> RunStatus:
         """Cancel the run wherever it runs (its running nodes too); returns its status afterwards."""
-        return await self._env.cancel_run(self.run_id, reason)  # type: ignore[return-value]
+        return await self._env.runs.cancel_run(self.run_id, reason)  # type: ignore[return-value]
 
     async def wait_for_status(self, *statuses: RunStatus) -> RunStatus:
         """Wait until the run reaches one of ``statuses`` (e.g. ``"waiting"``) and return it.
@@ -298,9 +298,3 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
-
-
-async def cancel_quietly(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task

@@ -29,12 +29,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-
+from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.node_reports import JetStreamNodeReports
-from aethergraph.bus.topology import EVENTS_STREAM, WORK_CONSUMER
-from aethergraph.bus.work_queue import JetStreamWorkQueue, WorkItem
+from aethergraph.bus.work_queue import JetStreamWorkQueue, WorkItem, shared_ack_wait_s
 from aethergraph.core.codec import normalise_value
 from aethergraph.core.errors import (
     CANCEL_REQUESTED,
@@ -109,12 +106,12 @@ class NodeExecutor:
         self._local_sinks = local_sinks if local_sinks is not None else {}
         self._plans: dict[str, dict[str, str]] = {}  # run id -> node id -> tool, of the runs seen here
 
-    async def start(self, nc: Client, js: JetStreamContext) -> None:
-        # The consumer is shared: heartbeat at a third of ITS ack wait (the last process to connect set it).
-        info = await js.consumer_info(EVENTS_STREAM, WORK_CONSUMER)
-        if info.config.ack_wait:
-            self._heartbeat_s = max(0.2, float(info.config.ack_wait) / 3)
-        self._queue = JetStreamWorkQueue(nc, capacity=self._capacity, handler=self._on_item)
+    async def start(self, bus: BusConnection) -> None:
+        # The consumer is shared: heartbeat at a third of ITS ack wait.
+        ack_wait_s = await shared_ack_wait_s(bus.js)
+        if ack_wait_s:
+            self._heartbeat_s = max(0.2, ack_wait_s / 3)
+        self._queue = JetStreamWorkQueue(bus.nc, capacity=self._capacity, handler=self._on_item)
         await self._queue.start()
 
     def connection_lost(self) -> None:
