@@ -6,7 +6,7 @@ The public surface is this module's ``__all__``; everything under
 
 from __future__ import annotations
 
-from aethergraph.core import errors
+from aethergraph import errors
 from aethergraph.core.artifacts import Artifact
 from aethergraph.core.context import NodeContext
 from aethergraph.core.decorators import GraphFunction, Tool, graph_fn, tool

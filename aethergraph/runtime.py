@@ -24,6 +24,7 @@ from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.core.spec import CallableSpec
+from aethergraph.core.waits import interrupt_inline_answers
 from aethergraph.host.loader import import_module, import_modules, load_target
 from aethergraph.host.process import ProcessHost
 from aethergraph.host.resume_client import await_resume_outcome
@@ -96,8 +97,8 @@ async def start_run(
     the bus (``status()`` finds it) and completes somewhere. This process
     drives it; if the process ends first, a worker takes the run over (at
     once when the process shuts down, after the lease when it is killed).
-    Raises :class:`~aethergraph.errors.StaleWriterError` if ``run_id`` is
-    taken. ``max_concurrency`` caps how many nodes of a static graph's run
+    Raises :class:`~aethergraph.errors.RunExistsError` (a ``StaleWriterError``)
+    if ``run_id`` is taken. ``max_concurrency`` caps how many nodes of a static graph's run
     execute at once (over the graph's own ``max_concurrency``).
     """
     spec = load_target(target)
@@ -122,7 +123,7 @@ async def submit(
     queue: the caller may exit at once. The run's status is ``queued`` until
     a worker (``aethergraph worker MODULE``) that serves the graph claims it;
     that worker runs it from the start. Raises
-    :class:`~aethergraph.errors.StaleWriterError` if ``run_id`` is taken.
+    :class:`~aethergraph.errors.RunExistsError` (a ``StaleWriterError``) if ``run_id`` is taken.
     """
     spec = load_target(target)
     bound = bind_run_inputs(spec, inputs)
@@ -258,13 +259,26 @@ def _refuse_running_loop(what: str, instead: str) -> None:
     raise RuntimeError(f"{what} was called inside a running event loop; use `{instead}`")
 
 
-def run(target: object, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
-    """Synchronous :func:`run_async` for scripts; opens and closes its own event loop."""
+def run(
+    target: object,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    run_id: str | None = None,
+    max_concurrency: int | None = None,
+) -> dict[str, Any]:
+    """Synchronous :func:`run_async` for scripts (same options); opens and closes its own event loop.
+
+    Interrupted (Ctrl-C) while the run asks a question on the console, the
+    run is left waiting with the question open, to be answered later.
+    """
     _refuse_running_loop("aethergraph.run()", "await aethergraph.run_async(...)")
 
     async def _main() -> dict[str, Any]:
         try:
-            return await run_async(target, inputs, run_id=run_id)
+            return await run_async(target, inputs, run_id=run_id, max_concurrency=max_concurrency)
+        except asyncio.CancelledError:
+            interrupt_inline_answers()  # a question still open on the console: leave the run waiting
+            raise
         finally:
             await close_runtime()
 

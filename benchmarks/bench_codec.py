@@ -1,10 +1,10 @@
-"""5. Codec: encoding and decoding one ``tool.called`` event."""
+"""5. Codec: encoding and decoding one ``tool.called`` event, and normalising a step's values."""
 
 from __future__ import annotations
 
 import time
 
-from aethergraph.core.codec import decode_event, encode_event
+from aethergraph.core.codec import decode_event, encode_event, normalise_value
 
 from .harness import BenchContext, Figure, value_figure
 from .workload import tool_called
@@ -38,11 +38,28 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     def decode() -> None:
         decode_event(data)
 
-    cases = {"roundtrip": both, "encode": encode, "decode": decode}
+    # A tool's arguments or outputs as a step journals them (normalise_value runs twice per step).
+    values = {"x": 21, "name": "sample-7", "weights": [0.5, 1.5, 2.5], "options": {"mode": "fast", "retries": 2}}
+
+    def normalise() -> None:
+        normalise_value(values, what="tool 'bench'")
+
+    def normalise_lax() -> None:
+        normalise_value(values, what="tool 'bench'", strict=False)
+
+    cases = {
+        "roundtrip": both,
+        "encode": encode,
+        "decode": decode,
+        "normalise": normalise,
+        "normalise_lax": normalise_lax,
+    }
     labels = {
         "roundtrip": "encode + decode one `tool.called`",
         "encode": "encode only (`encode_event`)",
         "decode": "decode only (`decode_event`, tagged union)",
+        "normalise": "normalise a step's values (`normalise_value`, refusing datetimes, sets, ...)",
+        "normalise_lax": "the same without the check for lossy types (`strict=False`)",
     }
     results: dict[str, list[float]] = {name: [] for name in cases}
     ctx.say(f"{repeats} repeats of {loops:,} loops each")
@@ -61,7 +78,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
             per_repeat_n=loops,
             better="lower",
             sync_interval=None,
-            note=f"{len(data)} bytes" if name == "roundtrip" else "",
+            note=f"{len(data)} bytes" if name == "roundtrip" else "4 keys, 8 values" if name == "normalise" else "",
         )
         for name, values in results.items()
     ]

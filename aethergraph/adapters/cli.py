@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import signal
 import sys
 from typing import Annotated, Any
@@ -14,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
-from aethergraph.core.errors import AetherGraphError, ResumeRejectedError
+from aethergraph.core.errors import AetherGraphError, ResumeRejectedError, RunExistsError
 from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
@@ -44,18 +45,44 @@ def _parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--input takes KEY=VALUE, got {pair!r}")
-        try:
-            inputs[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            inputs[key] = raw
+        inputs[key] = _input_value(key, raw)
     return inputs
+
+
+_JSON_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+
+
+def _input_value(key: str, raw: str) -> Any:
+    """An ``--input`` value: JSON where it looks like JSON, else the text as given.
+
+    A value starting with ``[``, ``{`` or ``"`` must be valid JSON; a JSON
+    number, ``true``, ``false`` or ``null`` is that value; anything else
+    (``hello``, ``1.2.3``) is a string.
+    """
+    text = raw.strip()
+    if text[:1] in ("[", "{", '"'):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(
+                f"input {key!r}: {raw!r} looks like JSON but does not parse ({exc.msg} at character {exc.pos}); "
+                f'fix the JSON, or pass a plain string without a leading [, {{ or "'
+            ) from None
+    if text in ("true", "false", "null") or _JSON_NUMBER.fullmatch(text):
+        return json.loads(text)
+    return raw
 
 
 @app.command()
 def run(
     graph: Annotated[str, typer.Argument(help="MODULE:GRAPH or path/to/file.py:GRAPH")],
     input: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE (VALUE parsed as JSON when it can be)")
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help='KEY=VALUE; VALUE is JSON if it starts with [ { " or is a number, true, false or null, else a string',
+        ),
     ] = None,
     inputs_json: Annotated[str | None, typer.Option("--inputs-json", help="all inputs as one JSON object")] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="choose the run id (must be new)")] = None,
@@ -88,7 +115,7 @@ def run(
         if detach and (wait or events):
             raise ValueError("--detach returns at once; follow the run with `aethergraph status RUN_ID` instead")
     except (AetherGraphError, TypeError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     settings_or_exit()
     if detach:
@@ -101,7 +128,11 @@ def run(
         failure: BaseException | None = None
         outputs: dict[str, Any] = {}
         waiting = False
-        async with RunProgress(runtime.bus.nc, chosen, spec.name, err_console):
+        total_nodes = len(spec.task_graph().nodes) if spec.kind == "static" else None
+        interval = runtime.settings.progress_interval_s
+        async with RunProgress(
+            runtime.bus.nc, chosen, spec.name, err_console, total_nodes=total_nodes, plain_interval_s=interval
+        ):
             try:
                 end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
                 if isinstance(end, Suspended) and wait:
@@ -110,6 +141,9 @@ def run(
                     waiting = True
                 else:
                     outputs = end
+            except RunExistsError as exc:  # refused before anything was written: not this run's failure
+                err_console.print(f"[red]error:[/] {escape(exc.message)}")
+                raise typer.Exit(2) from None
             except Exception as exc:  # noqa: BLE001 - reported below with the run id
                 failure = exc
         journal = [record.event async for record in runtime.event_log.read_run(chosen)] if events or failure else []
@@ -159,11 +193,13 @@ def _announce_suspension(suspended: Suspended, *, continue_here: bool) -> None:
         if continue_here
         else "a worker (`aethergraph worker MODULE`) continues it (`run --wait` stays and continues its own run)"
     )
+    answer = {"text": "--text '...'", "approval": "--approve (or --reject)"}.get(suspended.kind, "--json '...'")
     err_console.print(
         f"run {suspended.run_id} is waiting for {suspended.kind} wait {suspended.wait_id}{where}: "
         f"{escape(repr(suspended.prompt))}. Answer it with `aethergraph resume {suspended.run_id} "
-        f"--wait-id {wait_ref} --json '...'`; {how}.",
+        f"--wait-id {wait_ref} {answer}`; {how}.",
         soft_wrap=True,
+        highlight=False,
     )
 
 

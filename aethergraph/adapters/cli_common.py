@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from aethergraph.core.errors import AetherGraphError
 from aethergraph.core.ids import check_run_id
@@ -48,7 +49,7 @@ def drive(make: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except AetherGraphError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

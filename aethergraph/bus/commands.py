@@ -55,6 +55,7 @@ __all__ = [
     "ResumeCommand",
     "ResumeOutcome",
     "check_command_run_id",
+    "check_payload_size",
     "decode_resume_command",
 ]
 
@@ -125,17 +126,22 @@ def decode_resume_command(run_id: str, data: bytes, *, max_event_bytes: int | No
             reason="malformed",
         ) from None
     if max_event_bytes is not None and len(data) + _ENVELOPE_BYTES > max_event_bytes:
-        size = len(msgspec.json.encode(command.payload))
-        if size + _ENVELOPE_BYTES > max_event_bytes:
-            raise ResumeRejectedError(
-                f"resume payload for run {run_id} is {size:,} bytes; a wait.resumed event holds at most "
-                f"{max_event_bytes - _ENVELOPE_BYTES:,} (AETHERGRAPH_MAX_EVENT_BYTES). Save large values as "
-                "artifacts and send their reference as the payload",
-                run_id=run_id,
-                reason="payload_too_large",
-                wait_id=command.wait_id,
-            )
+        check_payload_size(run_id, command.wait_id, len(msgspec.json.encode(command.payload)), max_event_bytes)
     return command
+
+
+def check_payload_size(run_id: str, wait_id: str | None, size: int, max_event_bytes: int) -> None:
+    """Raise :class:`ResumeRejectedError` (reason ``payload_too_large``) for a payload of ``size`` encoded
+    bytes that a ``wait.resumed`` event under ``max_event_bytes`` could not hold."""
+    if size + _ENVELOPE_BYTES > max_event_bytes:
+        raise ResumeRejectedError(
+            f"resume payload for run {run_id} is {size:,} bytes; a wait.resumed event holds at most "
+            f"{max_event_bytes - _ENVELOPE_BYTES:,} (AETHERGRAPH_MAX_EVENT_BYTES). Save large values as "
+            "artifacts and send their reference as the payload",
+            run_id=run_id,
+            reason="payload_too_large",
+            wait_id=wait_id,
+        )
 
 
 class CommandDelivery:
@@ -231,8 +237,14 @@ class JetStreamCommands:
         self.max_event_bytes = max_event_bytes
 
     async def publish_resume(self, run_id: str, *, wait_id: str | None, payload: Any, expire: bool = False) -> int:
-        """Publish a resume command; returns its stream sequence once JetStream stored it."""
+        """Publish a resume command; returns its stream sequence once JetStream stored it.
+
+        A payload too large to be journaled is refused before anything is
+        published (:class:`ResumeRejectedError`, reason ``payload_too_large``).
+        """
         body = msgspec.json.encode(ResumeCommand(wait_id=wait_id, payload=payload, expire=expire))
+        if len(body) + _ENVELOPE_BYTES > self.max_event_bytes:
+            check_payload_size(run_id, wait_id, len(msgspec.json.encode(payload)), self.max_event_bytes)
         ack = await self._js.publish(resume_subject(run_id), body, stream=COMMANDS_STREAM)
         return int(ack.seq)
 

@@ -170,6 +170,23 @@ class ArtifactService:
         guessed = mime or "application/octet-stream"
         return await self._save(sha, size, store, kind=kind, name=name or source.name, mime=guessed, labels=labels)
 
+    async def save(
+        self,
+        path: str | Path,
+        *,
+        kind: str = "",
+        labels: Mapping[str, Any] | None = None,
+        name: str = "",
+        mime: str | None = None,
+    ) -> Artifact:
+        """Save a local file (the original AetherGraph's ``save(path, kind=..., labels=...)``): :meth:`save_file`."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(
+                f"artifacts().save takes the path of a local file, got {type(path).__name__}; "
+                "use save_json for values, save_text for text and save_bytes for bytes"
+            )
+        return await self.save_file(path, kind=kind, name=name, mime=mime, labels=labels)
+
     async def _save(
         self,
         sha: str,

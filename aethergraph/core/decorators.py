@@ -9,7 +9,7 @@ from .executor import call_graph, call_tool_detached, call_tool_detached_async, 
 from .graphify import current_build
 from .registry import RegisteredCallable
 from .scope import current_scope
-from .spec import CallableSpec, build_spec
+from .spec import CallableSpec, build_spec, check_declared_inputs
 
 __all__ = ["GraphFunction", "Tool", "graph_fn", "tool"]
 
@@ -72,34 +72,48 @@ def tool(
     name: str | None = None,
     outputs: Sequence[str] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make a function a tool: ``@tool`` or ``@tool(name="analyze", outputs=["val"])``."""
-    if fn is not None:
-        return Tool(build_spec(fn, kind="tool", name=name, outputs=outputs))
+    """Make a function a tool: ``@tool`` or ``@tool(name="analyze", outputs=["val"])``.
+
+    Applied to a :class:`~aethergraph.DualStageTool` subclass (the original
+    AetherGraph's spelling), ``name`` and ``outputs`` set the class's and the
+    decorator returns the tool, an instance of the class.
+    """
 
     def decorate(target: Callable[..., Any]) -> Tool:
+        if isinstance(target, type):
+            from .dual_stage import DualStageTool
+
+            if issubclass(target, DualStageTool):
+                return target.as_tool(name=name, outputs=outputs)
         return Tool(build_spec(target, kind="tool", name=name, outputs=outputs))
 
-    return decorate
+    return decorate(fn) if fn is not None else decorate
 
 
 @overload
 def graph_fn(fn: Callable[..., Any], /) -> GraphFunction: ...
 @overload
 def graph_fn(
-    *, name: str | None = None, outputs: Sequence[str] | None = None
+    *, name: str | None = None, inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None
 ) -> Callable[[Callable[..., Any]], GraphFunction]: ...
 def graph_fn(
     fn: Callable[..., Any] | None = None,
     /,
     *,
     name: str | None = None,
+    inputs: Sequence[str] | None = None,
     outputs: Sequence[str] | None = None,
 ) -> GraphFunction | Callable[[Callable[..., Any]], GraphFunction]:
-    """Make an ``async def`` a reactive graph: ``@graph_fn(name="demo", outputs=[...])``."""
-    if fn is not None:
-        return GraphFunction(build_spec(fn, kind="graph_fn", name=name, outputs=outputs))
+    """Make an ``async def`` a reactive graph: ``@graph_fn(name="demo", outputs=[...])``.
+
+    ``inputs=[...]`` (optional, as the original AetherGraph spelled it) is
+    checked against the signature when the decorator is applied; ``outputs``
+    against the returned dict when the run ends (:class:`OutputError`).
+    """
 
     def decorate(target: Callable[..., Any]) -> GraphFunction:
-        return GraphFunction(build_spec(target, kind="graph_fn", name=name, outputs=outputs))
+        spec = build_spec(target, kind="graph_fn", name=name, outputs=outputs)
+        check_declared_inputs(spec, inputs)
+        return GraphFunction(spec)
 
-    return decorate
+    return decorate(fn) if fn is not None else decorate

@@ -27,7 +27,8 @@ payload and the same arguments; ``setup`` is not run again.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from .context import NodeContext
@@ -39,14 +40,22 @@ from .waits import Wait, wait_for
 
 __all__ = ["DualStageTool"]
 
+# The keys of a wait dict returned by setup (the original AetherGraph's WaitSpec).
+_WAIT_KEYS = frozenset({"kind", "prompt", "resume_schema", "channel", "deadline"})
+
 
 class DualStageTool(Tool):
     """Subclass it, define ``setup`` and ``on_resume``, and call an instance like a tool inside a run.
 
     ``name`` (default: the class name in snake case) and ``outputs`` are class
-    attributes. ``setup`` and ``on_resume`` must be ``async def`` and take the
-    same parameters (``on_resume`` first takes ``resume``, the payload);
-    ``context`` is optional in both.
+    attributes, or given as ``@tool(name=..., outputs=[...])`` on the class
+    (which then names the tool instance). ``setup`` and ``on_resume`` must be
+    ``async def``; the tool takes ``setup``'s parameters, and ``on_resume``
+    takes ``resume`` (the payload) first, then those of the call's arguments
+    it names (all of them with ``**kwargs``); ``context`` is optional in both.
+    ``setup`` returns a :class:`~aethergraph.Wait`, ``None`` (a wait of kind
+    ``name``), or a dict with ``kind``, ``prompt``, ``resume_schema`` (the
+    payload's JSON Schema) and optionally ``channel`` and ``deadline``.
     """
 
     name: ClassVar[str | None] = None  # type: ignore[assignment]
@@ -67,11 +76,29 @@ class DualStageTool(Tool):
                 f"{where}: on_resume must take the payload first: `async def on_resume(self, resume, ...)`"
             )
 
-    async def setup(self, *args: Any, **kwargs: Any) -> Wait | None:
+    async def setup(self, *args: Any, **kwargs: Any) -> Wait | Mapping[str, Any] | None:
         raise NotImplementedError
 
     async def on_resume(self, resume: Any, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def as_tool(cls, *, name: str | None = None, outputs: Sequence[str] | None = None) -> DualStageTool:
+        """The tool of this class, with ``name`` / ``outputs`` (if given) over the class attributes.
+
+        ``@tool(name=..., outputs=[...])`` on the class calls this.
+        """
+        if name is not None:
+            cls.name = name
+        if outputs is not None:
+            cls.outputs = outputs
+        try:
+            return cls()
+        except TypeError as exc:
+            raise DecorationError(
+                f"@tool on DualStageTool subclass {cls.__qualname__} creates its tool as {cls.__qualname__}(), "
+                f"which failed: {exc}. Give __init__ no required arguments, or create the instance yourself"
+            ) from None
 
     def __init__(self) -> None:
         cls = type(self)
@@ -104,13 +131,40 @@ class DualStageTool(Tool):
             made = await self.setup(**_with_context(kwargs, self._setup_context, context))
             if made is None:
                 made = Wait(kind=self.spec.name)
+            elif isinstance(made, Mapping):
+                made = self._wait_from_dict(made)
             if not isinstance(made, Wait):
                 raise TypeError(
-                    f"{type(self).__qualname__}.setup must return a Wait (or None), got {type(made).__name__}"
+                    f"{type(self).__qualname__}.setup must return a Wait, a dict with kind / prompt / "
+                    f"resume_schema, or None; got {type(made).__name__}"
                 )
             wait = made
         payload = await wait_for(scope, context.node_id, wait)
-        return await self.on_resume(payload, **_with_context(kwargs, self._resume_context, context))
+        return await self.on_resume(payload, **self._resume_arguments(kwargs, context))
+
+    def _wait_from_dict(self, spec: Mapping[str, Any]) -> Wait:
+        """A wait given as the original AetherGraph's dict: ``{"kind", "prompt", "resume_schema", ...}``."""
+        unknown = sorted(set(spec) - _WAIT_KEYS)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__qualname__}.setup returned a wait dict with unknown keys {unknown}; "
+                f"it takes {sorted(_WAIT_KEYS)} (or return aethergraph.Wait(...))"
+            )
+        prompt = spec.get("prompt")
+        return Wait(
+            kind=str(spec.get("kind") or self.spec.name),
+            prompt=prompt if isinstance(prompt, str) else "" if prompt is None else json.dumps(prompt),
+            schema=spec.get("resume_schema") or {},
+            deadline=spec.get("deadline"),
+            channel=str(spec.get("channel") or "external"),
+        )
+
+    def _resume_arguments(self, kwargs: dict[str, Any], context: NodeContext) -> dict[str, Any]:
+        """The call's arguments that ``on_resume`` takes (all of them if it takes ``**kwargs``), and the context."""
+        params = inspect.signature(self.on_resume).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            kwargs = {key: value for key, value in kwargs.items() if key in params}
+        return _with_context(kwargs, self._resume_context, context)
 
     def __repr__(self) -> str:
         return f"<dual-stage tool {self.name!r} outputs={list(self.spec.outputs)}>"

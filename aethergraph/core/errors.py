@@ -31,6 +31,7 @@ __all__ = [
     "ReplayedError",
     "ResumeRejectedError",
     "RunFailedError",
+    "RunExistsError",
     "RunNotFoundError",
     "RunSuspended",
     "SerializationError",
@@ -119,6 +120,14 @@ class EventRejectedError(AetherGraphError):
 
 class StaleWriterError(EventRejectedError):
     """Another writer appended to this run's journal first; this writer is fenced out."""
+
+
+class RunExistsError(StaleWriterError):
+    """A run was started under an id that an existing run already has (``--run-id``, ``run_id=``).
+
+    Nothing was written. A :class:`StaleWriterError` (the start was fenced out
+    by the existing run's ``run.started``), so code catching that keeps working.
+    """
 
 
 class GraphBuildError(AetherGraphError, ValueError):

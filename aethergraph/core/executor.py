@@ -14,6 +14,7 @@ from .errors import (
     EventTooLargeError,
     NonDeterminismError,
     NotInRunError,
+    RunExistsError,
     RunFailedError,
     RunNotFoundError,
     RunSuspended,
@@ -35,6 +36,7 @@ from .events import (
     ToolReturned,
 )
 from .ids import QUEUE_OWNER, ROOT_NODE, check_run_id, child_run_id, new_run_id
+from .input_types import check_input_types
 from .journal import RunJournal
 from .ports import ParentLink, RunEnvironment
 from .replay import ReplayCursor, journal_chain, rebuild_error
@@ -83,9 +85,8 @@ async def execute_run(
     journal = RunJournal(run_id, env.event_log.writer(run_id), env.worker_id)
     normalised_inputs, _ = normalise_value(dict(inputs), what=f"the inputs of {spec.label}")
     plan_digest = spec.task_graph().digest if spec.kind == "static" else ""
-    start_seq = await journal.commit(
-        RunStarted,
-        parent=None,
+    start_seq = await commit_run_started(
+        journal,
         graph_id=spec.name,
         inputs=normalised_inputs,
         parent_run_id=parent.run_id if parent else None,
@@ -120,7 +121,7 @@ async def queue_run(
 
     A worker serving the graph claims the run (``run.claimed``, reason
     ``takeover``) and runs its body from the start. Raises
-    :class:`StaleWriterError` if ``run_id`` is taken.
+    :class:`RunExistsError` if ``run_id`` is taken.
     """
     journal = RunJournal(check_run_id(run_id), env.event_log.writer(run_id), QUEUE_OWNER)
     normalised_inputs, _ = normalise_value(dict(inputs), what=f"the inputs of {spec.label}")
@@ -131,7 +132,24 @@ async def queue_run(
         "max_concurrency": max_concurrency,
         "queued": True,
     }
-    await journal.commit(RunStarted, parent=None, **fields)
+    await commit_run_started(journal, **fields)
+
+
+async def commit_run_started(journal: RunJournal, **fields: Any) -> int:
+    """Commit a new run's ``run.started``; raises :class:`RunExistsError` if a run with its id exists.
+
+    The event is fenced (nothing may be stored for the run before it), so two
+    starts under one id never both succeed.
+    """
+    try:
+        return await journal.commit(RunStarted, parent=None, **fields)
+    except StaleWriterError as exc:
+        run_id = journal.run_id
+        raise RunExistsError(
+            f"run {run_id} already exists; pick another id or omit --run-id (run_id=) to get a new one",
+            run_id=run_id,
+            seq=exc.seq,
+        ) from None
 
 
 async def load_journal(env: RunEnvironment, run_id: str) -> tuple[list[AnyEvent], int]:
@@ -422,7 +440,7 @@ async def call_graph(spec: CallableSpec, args: Sequence[Any], kwargs: Mapping[st
     scope = current_scope()
     if scope is not None:
         return await call_tool_in_run(scope, spec, args, kwargs)
-    return await launch_top_level(spec, spec.bind(args, kwargs))
+    return await launch_top_level(spec, check_input_types(spec, spec.bind(args, kwargs)))
 
 
 def _detached_context(spec: CallableSpec, kwargs: Mapping[str, Any]) -> NodeContext | None:

@@ -28,7 +28,7 @@ _LEVELS: dict[Level, int] = {
 def _fields(extra: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     merged = {**(extra or {}), **kwargs}
     try:
-        value, _ = normalise_value(merged, what="a log record")
+        value, _ = normalise_value(merged, what="a log record", strict=False)  # a timestamp in a log is fine as text
     except SerializationError:
         return {key: repr(item) for key, item in merged.items()}
     return value if isinstance(value, dict) else {}

@@ -26,6 +26,7 @@ from .events import (
     ToolCalled,
 )
 from .ids import child_run_id
+from .input_types import check_input_types
 from .journal import RunJournal
 from .ports import ParentLink, RunEnvironment
 from .registry import must_get_graph
@@ -58,10 +59,15 @@ def spec_of(graph: object) -> CallableSpec:
 
 
 def bind_run_inputs(spec: CallableSpec, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A run's inputs checked against its graph (a static graph names missing and unknown inputs)."""
+    """A run's inputs checked against its graph, the one place a run's inputs are bound.
+
+    A static graph names missing and unknown inputs; a graph_fn or tool binds
+    them to its signature and checks them against its annotations
+    (:func:`~aethergraph.core.input_types.check_input_types`).
+    """
     if spec.kind == "static":
         return spec.task_graph().bind_inputs(dict(inputs or {}))
-    return spec.bind((), dict(inputs or {}))
+    return check_input_types(spec, spec.bind((), dict(inputs or {})))
 
 
 def run_failure(run_id: str, end: RunFailed | RunCancelled) -> RunFailedError:

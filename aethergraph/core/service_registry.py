@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_SERVICES",
+    "NOT_YET_BUILT",
     "close_services",
     "get_context_service",
     "register_context_service",
@@ -45,6 +46,13 @@ log = logging.getLogger("aethergraph.services")
 BUILTIN_SERVICES = frozenset(
     {"artifacts", "channel", "kv", "llm", "logger", "mcp", "memory", "rag", "runs", "viz", "wait"}
 )
+# Built-in names reserved for services this version does not provide yet, and what they will be.
+NOT_YET_BUILT = {
+    "llm": "the LLM service",
+    "mcp": "the MCP service",
+    "rag": "the retrieval (RAG) service",
+    "viz": "the visualization service",
+}
 # Attributes of a Service that are its machinery, never journaled as calls.
 _MACHINERY = frozenset({"ctx", "critical", "run_blocking", "start", "close"})
 _WRAPPED = "__aethergraph_service_method__"
@@ -63,6 +71,13 @@ def _check_name(name: str) -> str:
         )
     from .context import NodeContext
 
+    if name in NOT_YET_BUILT:
+        raise ServiceNameError(
+            f"cannot register a context service as {name!r}: the name is reserved for {NOT_YET_BUILT[name]}, "
+            f"which this version of AetherGraph does not provide yet. Register yours under another name "
+            f"(e.g. {name}_client) and call it as context.{name}_client()",
+            service=name,
+        )
     if name in BUILTIN_SERVICES or hasattr(NodeContext, name):
         raise ServiceNameError(
             f"cannot register a context service as {name!r}: context.{name}() is built into AetherGraph. "
@@ -100,6 +115,16 @@ def registered_services() -> dict[str, object]:
 
 def get_context_service(name: str) -> object:
     service = _services.get(name)
+    if service is None and name in NOT_YET_BUILT:
+        known = sorted(_services)
+        raise UnknownServiceError(
+            f"context.{name}() is not available: {NOT_YET_BUILT[name]} is not built into this version of "
+            f"AetherGraph yet, and the name {name!r} is reserved for it. Until then, call your provider "
+            f"from a custom service under another name, e.g. register_context_service('{name}_client', "
+            f"My{name.capitalize()}Client()) and context.{name}_client() (docs/services.md)",
+            service=name,
+            registered=tuple(known),
+        )
     if service is None:
         known = sorted(_services)
         raise UnknownServiceError(

@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     ``console_input`` decides whether console questions
     are answered inline: ``auto`` when standard input is a terminal,
     ``always`` (e.g. answers piped in), or ``never`` (every question is a
-    durable wait answered by a resume command). ``node_concurrency`` is how
+    durable wait answered by a resume command). ``progress_interval_s`` is how
+    often ``aethergraph run`` prints a plain progress line when standard
+    error is not a terminal. ``node_concurrency`` is how
     many nodes of static graphs one process takes from the work queue at
     once; ``local_node_concurrency`` is how many nodes of the runs a process
     schedules itself it may run in place, without the work queue (journaled
@@ -75,6 +77,7 @@ class Settings(BaseSettings):
     lease_s: Annotated[float, Field(ge=1, le=3600)] = 1.0
     outage_tolerance_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     console_input: Literal["auto", "always", "never"] = "auto"
+    progress_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     node_ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
     node_concurrency: Annotated[int, Field(ge=1, le=100_000)] = 256
     local_node_concurrency: Annotated[int, Field(ge=0, le=100_000)] = 16

@@ -13,7 +13,7 @@ from .errors import DecorationError, OutputError
 if TYPE_CHECKING:
     from .task_graph import TaskGraph
 
-__all__ = ["CallableSpec", "build_spec", "normalise_outputs"]
+__all__ = ["CallableSpec", "build_spec", "check_declared_inputs", "normalise_outputs"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,127}$")
 _OUTPUT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -157,6 +157,34 @@ def build_spec(
         context_param=context_param,
         signature=signature.replace(parameters=kept),
     )
+
+
+def check_declared_inputs(spec: CallableSpec, inputs: object) -> None:
+    """Check ``@graph_fn(inputs=[...])`` against the function's signature (the original AetherGraph's spelling).
+
+    Every declared input must be a parameter of the function (other than the
+    context), and every parameter without a default must be declared.
+    """
+    if inputs is None:
+        return
+    where = f"@graph_fn(name={spec.name!r})"
+    if isinstance(inputs, str) or not isinstance(inputs, (list, tuple)):
+        raise DecorationError(f"{where}: inputs must be a list of parameter names, e.g. inputs=['x'], got {inputs!r}")
+    params = spec.signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = [name for name in inputs if name not in params and not takes_any]
+    if unknown:
+        raise DecorationError(
+            f"{where}: inputs {unknown} are not parameters of {spec.fn.__name__}{spec.signature}; "
+            f"its parameters are {named}. Add them to the signature or remove them from inputs="
+        )
+    required = [name for name in named if params[name].default is inspect.Parameter.empty and name not in inputs]
+    if required:
+        raise DecorationError(
+            f"{where}: parameters {required} have no default but are missing from inputs={list(inputs)}; "
+            "list every input the graph takes, or give those parameters a default"
+        )
 
 
 def normalise_outputs(spec: CallableSpec, result: object) -> dict[str, Any]:

@@ -10,18 +10,28 @@ without asking again, and a wait that is still open suspends the run again.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DecorationError, NonDeterminismError, RunSuspended, WaitExpiredError
+from .errors import DecorationError, NonDeterminismError, RunSuspended, WaitExpiredError, cancel_was_requested
 from .events import WaitExpired, WaitRequested, WaitResumed
 from .payloads import validate_payload
 from .scope import RunScope, cursor
 
-__all__ = ["Wait", "InlineAnswer", "deadline_micros", "wait_for"]
+__all__ = [
+    "InlineAnswer",
+    "PromptListener",
+    "Wait",
+    "add_prompt_listener",
+    "deadline_micros",
+    "interrupt_inline_answers",
+    "wait_for",
+]
 
 InlineAnswer = Callable[[WaitRequested], Awaitable[Any]]
 """Reads a wait's answer in-process (e.g. from a terminal); returns the payload."""
@@ -146,11 +156,79 @@ async def wait_for(scope: RunScope, node_id: str, wait: Wait, *, inline: InlineA
 
 
 async def _answer_inline(scope: RunScope, requested: WaitRequested, inline: InlineAnswer) -> Any:
-    """A cooperative wait: read the answer here and journal it (fenced like any step)."""
-    payload = await inline(requested)
+    """A cooperative wait: read the answer here and journal it (fenced like any step).
+
+    If no answer comes in (end of input, or the process is interrupted or
+    stopping while it asks), the wait stays open and the run suspends like a
+    durable wait (``run.waiting``): anyone may answer it later. Only a
+    requested cancel (``aethergraph cancel``) cancels the run.
+    """
+    task = asyncio.current_task()
+    if task is not None:
+        _answering.add(task)
+    for listener in list(_prompt_listeners):
+        listener(requested, True)
+    try:
+        payload = await inline(requested)
+    except EOFError:
+        raise _unanswered(scope, requested, "end of input") from None
+    except asyncio.CancelledError as exc:
+        if cancel_was_requested(exc) or task is None:
+            raise
+        task.uncancel()
+        raise _unanswered(scope, requested, "interrupted") from None
+    finally:
+        if task is not None:
+            _answering.discard(task)
+        for listener in list(_prompt_listeners):
+            listener(requested, False)
     validate_payload(requested, payload)
     seq = await scope.journal.commit(
         WaitResumed, parent=requested.seq, node_id=requested.node_id, wait_id=requested.wait_id, payload=payload
     )
     cursor.set(seq)
     return payload
+
+
+# --- inline answers: who else must know (a live display on the terminal), and interrupting them ----------
+
+PromptListener = Callable[[WaitRequested, bool], None]
+"""Called with the wait and ``True`` just before an inline answer is read, ``False`` once reading stopped."""
+
+_prompt_listeners: list[PromptListener] = []
+_answering: set[asyncio.Task[Any]] = set()
+
+
+def add_prompt_listener(listener: PromptListener) -> Callable[[], None]:
+    """Be told when this process opens and closes an inline prompt (e.g. to pause a live display).
+
+    Returns the function that removes the listener.
+    """
+    _prompt_listeners.append(listener)
+
+    def remove() -> None:
+        if listener in _prompt_listeners:
+            _prompt_listeners.remove(listener)
+
+    return remove
+
+
+def interrupt_inline_answers() -> int:
+    """Stop reading every inline answer this process waits for; their runs wait with the question open.
+
+    For an interrupted script (Ctrl-C) whose runs sit at a console prompt.
+    Returns how many were interrupted.
+    """
+    tasks = [task for task in _answering if not task.done()]
+    for task in tasks:
+        task.cancel()
+    return len(tasks)
+
+
+def _unanswered(scope: RunScope, requested: WaitRequested, why: str) -> RunSuspended:
+    print(
+        f"\nno answer read ({why}): wait {requested.wait_id} of run {scope.run_id} stays open and the run waits for it",
+        file=sys.stderr,
+        flush=True,
+    )
+    return _suspend(scope, requested)

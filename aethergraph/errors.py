@@ -1,0 +1,70 @@
+"""The errors AetherGraph raises: ``from aethergraph.errors import RunFailedError, WaitExpiredError``.
+
+Every error derives from :class:`AetherGraphError` and carries ``run_id``,
+``node_id`` and ``seq`` where they apply. The classes are defined in
+``aethergraph.core.errors``; this module is their public import path.
+"""
+
+from __future__ import annotations
+
+from aethergraph.core.errors import (
+    AetherGraphError,
+    ArtifactNotFoundError,
+    BusUnavailableError,
+    DecorationError,
+    EventRejectedError,
+    EventTooLargeError,
+    GraphBuildError,
+    GraphInputError,
+    GraphNotFoundError,
+    KeyConflictError,
+    NonDeterminismError,
+    NotInRunError,
+    OutputError,
+    ProjectionError,
+    ProjectionLockedError,
+    ReplayedError,
+    ResumeRejectedError,
+    RunExistsError,
+    RunFailedError,
+    RunNotFoundError,
+    RunSuspended,
+    SerializationError,
+    ServiceNameError,
+    StaleWriterError,
+    TopologyMismatchError,
+    UnknownServiceError,
+    WaitExpiredError,
+    WorkspaceError,
+)
+
+__all__ = [
+    "AetherGraphError",
+    "ArtifactNotFoundError",
+    "BusUnavailableError",
+    "DecorationError",
+    "EventRejectedError",
+    "EventTooLargeError",
+    "GraphBuildError",
+    "GraphInputError",
+    "GraphNotFoundError",
+    "KeyConflictError",
+    "NonDeterminismError",
+    "NotInRunError",
+    "OutputError",
+    "ProjectionError",
+    "ProjectionLockedError",
+    "ReplayedError",
+    "ResumeRejectedError",
+    "RunExistsError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "RunSuspended",
+    "SerializationError",
+    "ServiceNameError",
+    "StaleWriterError",
+    "TopologyMismatchError",
+    "UnknownServiceError",
+    "WaitExpiredError",
+    "WorkspaceError",
+]
