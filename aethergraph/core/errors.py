@@ -296,6 +296,18 @@ class RunSuspended(BaseException):
         self.prompt = prompt
 
 
+class HistoryEnded(BaseException):
+    """Control-flow signal of offline replay: the code reached the end of the recorded history.
+
+    Raised where the next step would execute live; ``aethergraph.testing.replay``
+    catches it (every recorded step matched).
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id}: the recorded history ends here")
+        self.run_id = run_id
+
+
 def error_type_name(exc: BaseException) -> str:
     """How a journal names an exception's type: ``ValueError``, or ``module.Class`` outside builtins."""
     cls = type(exc)

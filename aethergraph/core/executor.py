@@ -277,8 +277,8 @@ async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
             if spec.context_param is not None:
                 kwargs[spec.context_param] = NodeContext(scope, ROOT_NODE)
             outputs = normalise_outputs(spec, await spec.fn(**kwargs))
-        replay = scope.replaying()
-        if scope.divergence is None and replay is not None:
+        replay = scope.replay
+        if scope.divergence is None and replay is not None and replay.active:
             scope.divergence = replay.unfinished()
         if scope.divergence is not None:
             raise scope.divergence
@@ -366,6 +366,7 @@ async def call_tool_in_run(
                 scope.failed_nodes[id(error)] = node_id
                 raise error
             called_seq = step.opening.seq
+            scope.going_live()  # recorded as called, never finished: it executes again
     if called_seq is None:
         called_seq, _ = journal.append(
             ToolCalled,

@@ -226,6 +226,11 @@ class ReplayCursor:
         """True while recorded steps remain to be replayed."""
         return bool(self._steps)
 
+    @property
+    def remaining(self) -> int:
+        """How many recorded steps remain to be replayed."""
+        return len(self._steps)
+
     def skip_log(self) -> bool:
         """True if a log record was already journaled and must not be appended again."""
         if self._logs_to_skip:

@@ -7,7 +7,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NonDeterminismError
+from .errors import HistoryEnded, NonDeterminismError
 from .events import Event, MemoryRecorded
 from .journal import RunJournal
 from .ports import RunEnvironment
@@ -43,10 +43,25 @@ class RunScope:
     # The run's memory entries (context.memory()), from the journal and this execution; built on first use.
     memory_log: list[MemoryRecorded] | None = None
 
+    # Offline replay (aethergraph.testing.replay): stop where the recorded history ends instead of going live.
+    offline: bool = False
+
     def replaying(self) -> ReplayCursor | None:
-        """The replay cursor while recorded steps remain, else ``None``."""
+        """The replay cursor while recorded steps remain, else ``None`` (the step about to be taken goes live).
+
+        Offline, a step beyond the recorded history raises :class:`HistoryEnded` instead.
+        """
         replay = self.replay
-        return replay if replay is not None and replay.active else None
+        if replay is not None and replay.active:
+            return replay
+        if self.offline:
+            self.going_live()
+        return None
+
+    def going_live(self) -> None:
+        """Called before a step executes live: offline replay ends here (nothing is executed)."""
+        if self.offline:
+            raise HistoryEnded(self.run_id)
 
     def next_node_id(self, tool_name: str) -> str:
         """Deterministic node ids in call order: ``<tool>_<n>`` counting from 1."""

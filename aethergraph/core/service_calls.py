@@ -137,6 +137,7 @@ async def call_journaled(
                     return await _recorded_result(scope, outcome)
                 return await _call_in_context(ctx, fn, args, kwargs)  # digest mode: called again
             called_seq = step.opening.seq
+            scope.going_live()  # recorded as called, never finished: it is called again
     if called_seq is None:
         called_seq, _ = journal.append(
             ServiceCalled,
