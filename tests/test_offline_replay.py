@@ -157,7 +157,7 @@ async def test_a_history_that_stops_midway_replays_up_to_its_end(runtime: Proces
 
 async def test_a_journal_of_another_graph_is_refused(runtime: ProcessHost) -> None:
     events = await recorded(runtime)
-    with pytest.raises(NonDeterminismError, match="not of graph_fn 'analyze_signal'|replay it with that graph"):
+    with pytest.raises(NonDeterminismError, match="replay it with that graph"):
         await replay_async(events, _examples()["analyze_signal"])
 
 

@@ -20,6 +20,7 @@ from rich.tree import Tree
 
 from aethergraph.projections.client import ProjectionAccess, serve_projections, store_path
 from aethergraph.projections.projector import Projector
+from aethergraph.projections.schema import node_entity
 from aethergraph.projections.store import QueryResult
 from aethergraph.runtime import get_runtime
 
@@ -245,7 +246,7 @@ def _lineage_tree(run_id: str, result: QueryResult) -> Tree:
         for extra in attached.get((run["run_id"], None), []) + attached.get((run["run_id"], "root"), []):
             add_attached(branch, extra)
         for node in nodes.get(run["run_id"], []):
-            entity = f"node:{run['run_id']}/{node['id']}"
+            entity = node_entity(run["run_id"], node["id"])
             sources = ", ".join(short(s, run["run_id"]) for s in sorted(inputs.get(entity, [])))
             text = (
                 f"[bold]{escape(node['id'])}[/] {_status(node['status'])} [dim]{_duration(node['duration_us'])}[/]"

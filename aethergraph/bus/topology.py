@@ -78,7 +78,6 @@ __all__ = [
     "live_report_prefix",
     "run_events_filter",
     "run_id_of_command",
-    "run_id_of_subject",
     "run_owner_subject",
     "run_owners_filter",
     "schedule_subject",
@@ -173,11 +172,6 @@ def report_subject(run_id: str) -> str:
 
 def cancel_subject(run_id: str) -> str:
     return _CANCEL_PREFIX + check_run_id(run_id)
-
-
-def run_id_of_subject(subject: str) -> str:
-    """The run id token of ``ag.evt.<run_id>.<type>`` (third token)."""
-    return subject.split(".", 3)[2]
 
 
 def worker_lease_subject(worker_id: str) -> str:

@@ -26,28 +26,14 @@ __all__ = [
     "PROJECTIONS",
     "STATE_DDL",
     "ProjectionSchema",
-    "artifact_entity",
     "node_entity",
     "projection",
-    "run_entity",
-    "wait_entity",
 ]
 
 
-def run_entity(run_id: str) -> str:
-    return f"run:{run_id}"
-
-
 def node_entity(run_id: str, node_id: str) -> str:
+    """A node's id in the lineage tables (``edges``): what the SQL macro ``node_entity(run_id, node_id)`` builds."""
     return f"node:{run_id}/{node_id}"
-
-
-def artifact_entity(artifact_id: str) -> str:
-    return f"artifact:{artifact_id}"
-
-
-def wait_entity(run_id: str, wait_id: str) -> str:
-    return f"wait:{run_id}/{wait_id}"
 
 
 @dataclass(frozen=True, kw_only=True)

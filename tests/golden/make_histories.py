@@ -23,10 +23,11 @@ HISTORIES = HERE / "histories"
 
 
 async def record() -> None:
-    import aethergraph
     from demo import analyze_signal
     from lineage import study
     from review import review_signal
+
+    import aethergraph
 
     async def save(run_id: str, name: str) -> None:
         host = await aethergraph.get_runtime()
