@@ -118,7 +118,7 @@ async def test_changed_graph_fails_with_non_determinism(
     assert calls == []  # nothing executed
     last = journal_chain(r.event for r in await read_events(runtime, run_id))[-1]
     assert isinstance(last, ev.RunFailed)
-    assert last.error_type == "aethergraph.core.errors.NonDeterminismError"
+    assert last.error_type == "aethergraph.errors.NonDeterminismError"
 
 
 async def test_code_that_stops_short_of_its_journal_is_non_deterministic(runtime: ProcessHost) -> None:

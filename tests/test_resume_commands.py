@@ -476,7 +476,7 @@ async def test_raw_expire_command_expires_the_wait(runtime: ProcessHost, slot: W
     assert (outcome.status, outcome.wait_id) == ("accepted", wait_id)
     with pytest.raises(RunFailedError) as info:
         await handle.result(timeout=SAFETY_S)
-    assert info.value.error_type == "aethergraph.core.errors.WaitExpiredError"
+    assert info.value.error_type == "aethergraph.errors.WaitExpiredError"
     events = await journal(runtime, handle.run_id)
     [expired] = [e for e in events if isinstance(e, ev.WaitExpired)]
     assert (expired.wait_id, expired.command_seq) == (wait_id, seq)

@@ -290,12 +290,12 @@ async def test_missing_output_raises_output_error_and_is_journaled(graph_env: Pr
     assert types_of(records) == ["run.started", "tool.called", "tool.failed", "run.failed"]
     failed, run_failed = records[-2].event, records[-1].event
     assert isinstance(failed, ev.ToolFailed)
-    assert failed.error_type == "aethergraph.core.errors.OutputError"
+    assert failed.error_type == "aethergraph.errors.OutputError"
     assert "'extra'" in failed.message
     assert failed.node_id == "half_done_1"
     assert isinstance(run_failed, ev.RunFailed)
     assert run_failed.failed_node_id == "half_done_1"
-    assert run_failed.error_type == "aethergraph.core.errors.OutputError"
+    assert run_failed.error_type == "aethergraph.errors.OutputError"
 
 
 class Opaque:
@@ -317,7 +317,7 @@ async def test_unserialisable_result_raises_serialization_error(graph_env: Proce
     raw = await read_events(graph_env, run_id)
     records = without_claims(raw)
     assert types_of(records)[-2:] == ["tool.failed", "run.failed"]
-    assert records[-2].event.error_type == "aethergraph.core.errors.SerializationError"  # type: ignore[attr-defined]
+    assert records[-2].event.error_type == "aethergraph.errors.SerializationError"  # type: ignore[attr-defined]
 
 
 async def test_unserialisable_plain_object(graph_env: ProcessHost) -> None:
@@ -698,8 +698,8 @@ async def test_output_too_large_points_at_artifacts_and_is_a_failed_step(graph_e
     tool_failed, run_failed = records[2].event, records[3].event
     assert isinstance(tool_failed, ev.ToolFailed)
     assert tool_failed.node_id == "huge_1"
-    assert tool_failed.error_type == "aethergraph.core.errors.EventTooLargeError"
+    assert tool_failed.error_type == "aethergraph.errors.EventTooLargeError"
     assert "context.artifacts()" in tool_failed.message
     assert isinstance(run_failed, ev.RunFailed)
-    assert run_failed.error_type == "aethergraph.core.errors.EventTooLargeError"
+    assert run_failed.error_type == "aethergraph.errors.EventTooLargeError"
     assert run_failed.failed_node_id == "huge_1"

@@ -870,7 +870,7 @@ async def test_uncaught_expiry_fails_the_run(runtime: ProcessHost) -> None:
         end = await suspended(task)
         with pytest.raises(RunFailedError) as info:
             await result(handle)
-    assert info.value.error_type == "aethergraph.core.errors.WaitExpiredError"
+    assert info.value.error_type == "aethergraph.errors.WaitExpiredError"
     assert await handle.status() == "failed"
     events = await journal(runtime, handle.run_id)
     assert tags(events)[-3:] == ["run.waiting", "wait.expired", "run.failed"]
@@ -993,13 +993,13 @@ async def test_changed_graph_fails_the_resumed_run_with_non_determinism(runtime:
                 await result(handle)
         finally:
             register_graph(tw_evolving.spec)
-    assert info.value.error_type == "aethergraph.core.errors.NonDeterminismError"
+    assert info.value.error_type == "aethergraph.errors.NonDeterminismError"
     assert executions("tw_other", handle.run_id) == 0  # nothing executed past the divergence
     assert executions("tw_prepare", handle.run_id) == 1
     events = await journal(runtime, handle.run_id)
     failed = events[-1]
     assert isinstance(failed, ev.RunFailed)
-    assert failed.error_type == "aethergraph.core.errors.NonDeterminismError"
+    assert failed.error_type == "aethergraph.errors.NonDeterminismError"
     assert "replay diverged from the journal" in failed.message and "tw_other" in failed.message
     assert tags(events)[-3:] == ["run.waiting", "wait.resumed", "run.failed"]
     with pytest.raises(ResumeRejectedError) as rejected:

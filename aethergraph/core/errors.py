@@ -21,15 +21,20 @@ __all__ = [
     "EventTooLargeError",
     "GraphBuildError",
     "GraphInputError",
+    "GraphMismatchError",
     "GraphNotFoundError",
+    "HistoryEnded",
     "KeyConflictError",
     "NonDeterminismError",
     "NotInRunError",
+    "NotRetryableError",
     "OutputError",
     "ProjectionError",
     "ProjectionLockedError",
     "ReplayedError",
     "ResumeRejectedError",
+    "RunBusyError",
+    "RunCancelledError",
     "RunFailedError",
     "RunExistsError",
     "RunNotFoundError",
@@ -156,6 +161,34 @@ class RunFailedError(AetherGraphError):
     def __init__(self, message: str, *, run_id: str, error_type: str, node_id: str | None = None) -> None:
         super().__init__(message, run_id=run_id, node_id=node_id)
         self.error_type = error_type
+
+
+class RunCancelledError(RunFailedError):
+    """The run was cancelled (``aethergraph cancel``, ``handle.cancel()``) before it could finish."""
+
+    def __init__(self, message: str, *, run_id: str, node_id: str | None = None) -> None:
+        super().__init__(message, run_id=run_id, error_type="Cancelled", node_id=node_id)
+
+
+class NotRetryableError(AetherGraphError, ValueError):
+    """``retry`` was asked of a run that cannot continue from its failed nodes (``status`` says why)."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message, run_id=run_id)
+        self.status = status
+
+
+class GraphMismatchError(AetherGraphError, ValueError):
+    """A run was continued with another graph than the one it is a run of (``recorded_graph``)."""
+
+    def __init__(self, message: str, *, run_id: str, recorded_graph: str, graph: str) -> None:
+        super().__init__(message, run_id=run_id)
+        self.recorded_graph = recorded_graph
+        self.graph = graph
+
+
+class RunBusyError(AetherGraphError):
+    """A run kept changing while it was being ended from outside (cancel, fail); try again."""
 
 
 class NonDeterminismError(AetherGraphError):
@@ -308,10 +341,31 @@ class HistoryEnded(BaseException):
         self.run_id = run_id
 
 
+PUBLIC_ERRORS_MODULE = "aethergraph.errors"
+"""The stable name journals give AetherGraph's own errors (``aethergraph.errors.WaitExpiredError``)."""
+
+# Where journals written before the public names named AetherGraph's errors; read as the public module.
+ERROR_MODULE_ALIASES: Mapping[str, str] = {"aethergraph.core.errors": PUBLIC_ERRORS_MODULE}
+
+
 def error_type_name(exc: BaseException) -> str:
-    """How a journal names an exception's type: ``ValueError``, or ``module.Class`` outside builtins."""
+    """How a journal names an exception's type: ``ValueError``; ``aethergraph.errors.X`` for AetherGraph's
+    own errors (whichever module defines them); ``module.Class`` for anything else."""
     cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    if cls.__module__ == __name__ and cls.__qualname__ in __all__:
+        return f"{PUBLIC_ERRORS_MODULE}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def public_error_class(error_type: str) -> type[BaseException] | None:
+    """The AetherGraph error class a journal's ``error_type`` names, under its public or an older name."""
+    module, _, name = error_type.rpartition(".")
+    if ERROR_MODULE_ALIASES.get(module, module) != PUBLIC_ERRORS_MODULE or name not in __all__:
+        return None
+    found = globals().get(name)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
 
 
 CANCEL_REQUESTED = "aethergraph: cancel requested"

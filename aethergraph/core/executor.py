@@ -12,8 +12,10 @@ from .context import NodeContext
 from .environment import launch_top_level
 from .errors import (
     EventTooLargeError,
+    GraphMismatchError,
     NonDeterminismError,
     NotInRunError,
+    RunCancelledError,
     RunExistsError,
     RunFailedError,
     RunNotFoundError,
@@ -183,20 +185,22 @@ async def resume_run(
         raise RunNotFoundError(f"run {run_id} has no journal on this bus", run_id=run_id)
     started, last = chain[0], chain[-1]
     if started.graph_id != spec.name:
-        raise RunFailedError(
+        raise GraphMismatchError(
             f"run {run_id} is a run of {started.graph_id!r}, not of {spec.label}; resume it with that graph",
             run_id=run_id,
-            error_type="GraphMismatch",
+            recorded_graph=started.graph_id,
+            graph=spec.name,
         )
     if isinstance(last, RunCompleted):
         return dict(last.outputs)
-    if isinstance(last, (RunFailed, RunCancelled)):
-        why = f"{last.error_type}: {last.message}" if isinstance(last, RunFailed) else "cancelled"
+    if isinstance(last, RunCancelled):
+        raise RunCancelledError(f"run {run_id} already ended: cancelled", run_id=run_id)
+    if isinstance(last, RunFailed):
         raise RunFailedError(
-            f"run {run_id} already ended: {why}",
+            f"run {run_id} already ended: {last.error_type}: {last.message}",
             run_id=run_id,
-            error_type=last.error_type if isinstance(last, RunFailed) else "Cancelled",
-            node_id=last.failed_node_id if isinstance(last, RunFailed) else None,
+            error_type=last.error_type,
+            node_id=last.failed_node_id,
         )
     scope = await claim_run(spec, started, chain, last_stream_seq, env, reason=reason)
     return await drive_run(spec, started.inputs, scope, started.seq)

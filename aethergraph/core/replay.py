@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import NonDeterminismError, ReplayedError
+from .errors import NonDeterminismError, ReplayedError, public_error_class
 from .events import (
     ArtifactSaved,
     ChannelSent,
@@ -347,7 +347,9 @@ def rebuild_error(event: ToolFailed | ServiceFailed) -> BaseException:
     """The recorded failure as an exception of the same type where that type can be rebuilt."""
     module, _, name = event.error_type.rpartition(".")
     owner = sys.modules.get(module) if module else builtins
-    cls = getattr(owner, name, None) if owner is not None and "." not in name else None
+    cls = public_error_class(event.error_type) or (
+        getattr(owner, name, None) if owner is not None and "." not in name else None
+    )
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             rebuilt = cls(event.message)

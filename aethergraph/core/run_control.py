@@ -12,7 +12,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from .errors import GraphNotFoundError, RunFailedError, RunNotFoundError, StaleWriterError, error_type_name
+from .errors import (
+    GraphNotFoundError,
+    RunBusyError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    StaleWriterError,
+    error_type_name,
+)
 from .events import (
     ClaimReason,
     Event,
@@ -79,9 +87,7 @@ def run_failure(run_id: str, end: RunFailed | RunCancelled) -> RunFailedError:
             error_type=end.error_type,
             node_id=end.failed_node_id,
         )
-    return RunFailedError(
-        f"run {run_id} was cancelled: {end.reason or 'no reason given'}", run_id=run_id, error_type="Cancelled"
-    )
+    return RunCancelledError(f"run {run_id} was cancelled: {end.reason or 'no reason given'}", run_id=run_id)
 
 
 async def follow_run_end(
@@ -186,9 +192,7 @@ async def force_end(
         except StaleWriterError:
             continue
         return _ENDED_STATUS[end]
-    raise RunFailedError(
-        f"run {run_id} kept changing while it was being ended; try again", run_id=run_id, error_type="Busy"
-    )
+    raise RunBusyError(f"run {run_id} kept changing while it was being ended; try again", run_id=run_id)
 
 
 class RunManager:

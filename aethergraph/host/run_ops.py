@@ -16,7 +16,7 @@ from typing import Any
 from aethergraph.bus.commands import JetStreamCommands
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
-from aethergraph.core.errors import RunFailedError, RunNotFoundError
+from aethergraph.core.errors import NotRetryableError, RunNotFoundError
 from aethergraph.core.executor import claim_run, drive_run, load_journal, queue_run
 from aethergraph.core.ids import QUEUE_OWNER, check_run_id, new_run_id
 from aethergraph.core.ports import ParentLink
@@ -117,18 +117,18 @@ class RunOps:
         if state.started is None:
             raise RunNotFoundError(f"run {run_id} does not exist on this bus", run_id=run_id)
         if state.status not in ("failed", "cancelled"):
-            raise RunFailedError(
+            raise NotRetryableError(
                 f"run {run_id} is {state.status}; only a failed or cancelled run can be retried",
                 run_id=run_id,
-                error_type="NotRetryable",
+                status=state.status,
             )
         spec = must_get_graph(state.started.graph_id, run_id=run_id)
         if spec.kind != "static":
-            raise RunFailedError(
+            raise NotRetryableError(
                 f"run {run_id} is a run of {spec.label}; only static graphs (@graphify) continue from their "
                 "failed nodes. Start a new run of it instead",
                 run_id=run_id,
-                error_type="NotRetryable",
+                status=state.status,
             )
         started = state.started
         await self._leases.own(run_id, spec.name)

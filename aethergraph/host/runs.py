@@ -25,6 +25,7 @@ from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.core.errors import (
     CANCEL_REQUESTED,
     BusUnavailableError,
+    RunCancelledError,
     RunFailedError,
     RunNotFoundError,
     RunSuspended,
@@ -143,7 +144,7 @@ class RunDriver:
                     self.leases.hand_over()
                     raise
                 self.cancel_requested.discard(run_id)
-                raise RunFailedError(f"run {run_id} was cancelled", run_id=run_id, error_type="Cancelled") from None
+                raise RunCancelledError(f"run {run_id} was cancelled", run_id=run_id) from None
             except RunSuspended as suspended:
                 if suspended.wait_id is None:
                     raise RuntimeError(f"run {run_id} suspended without a wait outside always-suspend mode") from None
