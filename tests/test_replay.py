@@ -12,7 +12,13 @@ from helpers import read_events
 from aethergraph import NodeContext, graph_fn, tool
 from aethergraph.core import events as ev
 from aethergraph.core.decorators import GraphFunction
-from aethergraph.core.errors import NonDeterminismError, ReplayedError, RunFailedError, RunNotFoundError
+from aethergraph.core.errors import (
+    GraphMismatchError,
+    NonDeterminismError,
+    ReplayedError,
+    RunFailedError,
+    RunNotFoundError,
+)
 from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
@@ -202,8 +208,9 @@ async def test_resume_with_another_graph_names_the_right_one(runtime: ProcessHos
     async def something_else() -> dict[str, Any]:
         return {}
 
-    with pytest.raises(RunFailedError, match="is a run of 'evolving'"):
+    with pytest.raises(GraphMismatchError, match="is a run of 'evolving'") as caught:
         await resume_run(something_else.spec, run_id, env=runtime.env)
+    assert (caught.value.recorded_graph, caught.value.graph) == ("evolving", "something_else")
 
 
 async def test_resume_of_a_failed_run_reports_how_it_ended(runtime: ProcessHost) -> None:
@@ -218,4 +225,65 @@ async def test_resume_of_a_failed_run_reports_how_it_ended(runtime: ProcessHost)
     with pytest.raises(RunFailedError, match="already ended: ValueError: bad value 7") as info:
         await resume_run(graph(body).spec, run_id, env=runtime.env)
     assert info.value.node_id == "fails_plainly_1"
+    assert calls == []
+
+
+# --- every kind of step diverges the same way (one journaled-step protocol) --------------------------------
+
+
+async def value_then_message_then_crash(x: int, *, context: NodeContext) -> dict[str, Any]:
+    context.now()
+    await context.channel().send_text("hello")
+    await add_one(x)
+    raise Crash
+
+
+@pytest.mark.parametrize(
+    ("first", "recorded", "attempted", "seq"),
+    [
+        ("uuid", "context.now()", "context.uuid()", 2),  # a context value of another kind
+        ("message-elsewhere", "a message on channel 'console'", "a message on channel 'ops'", 3),
+        ("tool-instead-of-message", "a message on channel 'console'", "tool 'add_one'", 3),
+    ],
+)
+async def test_values_and_channel_messages_diverge_like_tool_calls(
+    runtime: ProcessHost, first: str, recorded: str, attempted: str, seq: int
+) -> None:
+    run_id = await interrupted(runtime, value_then_message_then_crash)
+
+    async def changed(x: int, *, context: NodeContext) -> dict[str, Any]:
+        if first == "uuid":
+            context.uuid()
+        else:
+            context.now()
+        if first == "message-elsewhere":
+            await context.channel("ops").send_text("hello")
+        elif first == "tool-instead-of-message":
+            await add_one(x)
+        else:
+            await context.channel().send_text("hello")
+        return {"v": 0}
+
+    with pytest.raises(NonDeterminismError) as info:
+        await resume_run(graph(changed).spec, run_id, env=runtime.env)
+    err = info.value
+    assert (err.run_id, err.seq) == (run_id, seq)
+    assert err.recorded.startswith(recorded) and err.attempted.startswith(attempted)
+    assert calls == []
+    last = journal_chain(r.event for r in await read_events(runtime, run_id))[-1]
+    assert isinstance(last, ev.RunFailed) and last.error_type == "aethergraph.errors.NonDeterminismError"
+
+
+async def test_a_swallowed_value_divergence_still_fails_the_run(runtime: ProcessHost) -> None:
+    """``context.uuid()`` where ``now()`` was recorded raises; code that swallows it cannot go on live."""
+    run_id = await interrupted(runtime, value_then_message_then_crash)
+
+    async def swallows(x: int, *, context: NodeContext) -> dict[str, Any]:
+        with contextlib.suppress(Exception):
+            context.uuid()
+        await add_one(x)
+        return {"v": 0}
+
+    with pytest.raises(NonDeterminismError):
+        await resume_run(graph(swallows).spec, run_id, env=runtime.env)
     assert calls == []

@@ -25,7 +25,7 @@ from aethergraph.bus.topology import COMMANDS_STREAM, event_subject, report_subj
 from aethergraph.bus.work_queue import JetStreamWorkQueue
 from aethergraph.core import events as ev
 from aethergraph.core.codec import encode_event
-from aethergraph.core.errors import NonDeterminismError, RunFailedError, StaleWriterError
+from aethergraph.core.errors import NonDeterminismError, NotRetryableError, RunFailedError, StaleWriterError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.replay import journal_chain
@@ -398,7 +398,7 @@ async def test_retry_of_a_failed_run_runs_only_failed_and_skipped_nodes(runtime:
     ]
     assert flaky_ready == [1, 2]
 
-    with pytest.raises(RunFailedError, match="only a failed or cancelled run can be retried"):
+    with pytest.raises(NotRetryableError, match="only a failed or cancelled run can be retried"):
         await ag.retry(handle.run_id)
 
 
@@ -410,7 +410,7 @@ async def test_retry_of_a_graph_fn_run_is_refused(runtime: ProcessHost) -> None:
     handle = await ag.start_run(fails, {})
     with pytest.raises(ValueError):
         await handle.result()
-    with pytest.raises(RunFailedError, match="only static graphs"):
+    with pytest.raises(NotRetryableError, match="only static graphs"):
         await ag.retry(handle.run_id)
 
 

@@ -20,13 +20,13 @@ import msgspec
 
 # aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .codec import normalise_value
-from .errors import ArtifactNotFoundError, NonDeterminismError, RunSuspended
+from .errors import ArtifactNotFoundError
 from .events import ArtifactSaved
 from .ids import ROOT_NODE
 from .local_blobs import CHUNK_BYTES
-from .scope import cursor
 from .service_calls import call_journaled
 from .service_ports import BlobStore
+from .step import StepKey, append_opening, replayed_opening, suspend_point
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -203,25 +203,22 @@ class ArtifactService:
         if scope.divergence is not None:
             raise scope.divergence
         label_values, _ = normalise_value(dict(labels or {}), what=f"the labels of an artifact saved by {ctx.node_id}")
-        replay = scope.replaying()
-        if replay is not None:
-            try:
-                recorded = replay.take_artifact(sha, ctx.node_id)
-            except NonDeterminismError as exc:
-                scope.divergence = exc
-                raise
-            if recorded is not None:
-                cursor.set(recorded.seq)
-                return _from_event(recorded)
+        node_id = ctx.node_id
+        key = StepKey(
+            ArtifactSaved,
+            node_id,
+            f"an artifact save (node {node_id}, content {sha[:16]}...)",
+            compared={"artifact_id": sha},
+        )
+        recorded = replayed_opening(scope, key)
+        if isinstance(recorded, ArtifactSaved):
+            return _from_event(recorded)
         blobs = self._blobs()
         if not await blobs.has(sha):
             await store(blobs)
-        node_id = ctx.node_id
-        seq = await scope.journal.commit(
-            ArtifactSaved,
-            parent=cursor.get() or None,
-            node_id=node_id,
-            artifact_id=sha,
+        event, committed = append_opening(
+            scope,
+            key,
             uri=blobs.uri(sha),
             kind=str(kind),
             name=str(name),
@@ -230,21 +227,10 @@ class ArtifactService:
             labels=label_values,
             tool="" if node_id == ROOT_NODE else node_id.rsplit("_", 1)[0],
         )
-        cursor.set(seq)
-        if scope.suspend_after_each_step:
-            raise RunSuspended(scope.run_id, "always-suspend test mode")
-        return Artifact(
-            id=sha,
-            uri=blobs.uri(sha),
-            kind=str(kind),
-            name=str(name),
-            mime=mime,
-            size=size,
-            labels=label_values,
-            run_id=scope.run_id,
-            node_id=node_id,
-            tool="" if node_id == ROOT_NODE else node_id.rsplit("_", 1)[0],
-        )
+        await committed
+        suspend_point(scope)
+        assert isinstance(event, ArtifactSaved)
+        return _from_event(event)
 
     # --- loading (content behind an id never changes: not journaled) -------------------
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from .errors import ResumeRejectedError
 from .events import ChannelSent, WaitRequested
-from .scope import RunScope, cursor
+from .scope import RunScope
+from .step import StepKey, append_opening, replayed_opening
 from .waits import InlineAnswer, Wait, wait_for
 
 __all__ = ["Channel", "approval_schema"]
@@ -86,17 +87,15 @@ class Channel:
     async def send_text(self, text: str) -> None:
         """Send a message (printed on the console); journaled, and not sent again on replay."""
         text = str(text)
-        scope = self._scope
-        replay = scope.replaying()
-        if replay is not None:
-            recorded = replay.take_send(self.name, self._node_id)
-            if recorded is not None:
-                cursor.set(recorded.seq)
-                return
-        seq, committed = scope.journal.append(
-            ChannelSent, parent=cursor.get() or None, node_id=self._node_id, channel=self.name, text=text
+        key = StepKey(
+            ChannelSent,
+            self._node_id,
+            f"a message on channel {self.name!r} (node {self._node_id})",
+            names={"channel": self.name},
         )
-        cursor.set(seq)
+        if replayed_opening(self._scope, key) is not None:
+            return
+        _, committed = append_opening(self._scope, key, text=text)
         if self.name == CONSOLE:
             print(text, flush=True)
         await committed

@@ -16,6 +16,7 @@ from .ids import ROOT_NODE
 from .logger import NodeLogger
 from .run_control import RunManager
 from .scope import RunScope, cursor
+from .step import StepKey, append_opening, replayed_opening
 from .waits import Wait, wait_for
 
 if TYPE_CHECKING:
@@ -58,18 +59,12 @@ class NodeContext:
 
     def _value(self, kind: Literal["now", "uuid", "random"], make: Callable[[], object]) -> Any:
         """A fresh value journaled as ``value.recorded``, or the recorded one on replay."""
-        scope = self._scope
-        replay = scope.replaying()
-        if replay is not None:
-            recorded = replay.take_value(kind)
-            if recorded is not None:
-                cursor.set(recorded.seq)
-                return recorded.value
+        key = StepKey(ValueRecorded, self.node_id, f"context.{kind}()", names={"kind": kind})
+        recorded = replayed_opening(self._scope, key)
+        if isinstance(recorded, ValueRecorded):
+            return recorded.value
         value = make()
-        seq, _ = scope.journal.append(
-            ValueRecorded, parent=cursor.get() or None, node_id=self.node_id, kind=kind, value=value
-        )
-        cursor.set(seq)
+        append_opening(self._scope, key, value=value)  # committed with the run's next awaited event
         return value
 
     def now(self) -> _dt.datetime:
@@ -131,11 +126,11 @@ class NodeContext:
         """
         value, _ = normalise_value(state, what=f"checkpoint {key!r} of node {self.node_id}")
         scope = self._scope
-        seq = await scope.journal.commit(
+        saved = await scope.journal.commit(
             CheckpointSaved, parent=cursor.get() or None, node_id=self.node_id, key=str(key), state=value
         )
         scope.checkpoints[(self.node_id, str(key))] = value
-        cursor.set(seq)
+        cursor.set(saved.seq)
 
     async def load_checkpoint(self, key: str, default: Any = None) -> Any:
         """The latest state this node saved under ``key`` (in this or an earlier execution), else ``default``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,7 +10,6 @@ from .codec import digest, normalise_value
 from .context import NodeContext
 from .environment import launch_top_level
 from .errors import (
-    EventTooLargeError,
     GraphMismatchError,
     NonDeterminismError,
     NotInRunError,
@@ -41,10 +39,11 @@ from .ids import QUEUE_OWNER, ROOT_NODE, check_run_id, child_run_id, new_run_id
 from .input_types import check_input_types
 from .journal import RunJournal
 from .ports import ParentLink, RunEnvironment
-from .replay import ReplayCursor, journal_chain, rebuild_error
+from .replay import Outcome, ReplayCursor, journal_chain
 from .scope import RunScope, current_scope, cursor, run_scope_var
 from .spec import CallableSpec, normalise_outputs
 from .static_run import drive_static_run
+from .step import StepKey, run_call
 
 __all__ = [
     "call_graph",
@@ -144,7 +143,7 @@ async def commit_run_started(journal: RunJournal, **fields: Any) -> int:
     starts under one id never both succeed.
     """
     try:
-        return await journal.commit(RunStarted, parent=None, **fields)
+        return (await journal.commit(RunStarted, parent=None, **fields)).seq
     except StaleWriterError as exc:
         run_id = journal.run_id
         raise RunExistsError(
@@ -350,79 +349,40 @@ async def call_tool_in_run(
     arguments = spec.bind(args, kwargs)
     normalised_args, raw_args = normalise_value(arguments, what=f"the arguments of {spec.label}")
     args_digest = digest(raw_args)
-    journal = scope.journal
-    called_seq: int | None = None
-    replay = scope.replaying()
-    if replay is not None:
-        try:
-            step = replay.take_tool(spec.name, args_digest, node_id)
-        except NonDeterminismError as exc:
-            scope.divergence = exc
-            raise
-        if step is not None:
-            outcome = step.outcome
-            if isinstance(outcome, ToolReturned):
-                cursor.set(outcome.seq)
-                return dict(outcome.outputs)
-            if isinstance(outcome, ToolFailed):
-                cursor.set(outcome.seq)
-                error = rebuild_error(outcome)
-                scope.failed_nodes[id(error)] = node_id
-                raise error
-            called_seq = step.opening.seq
-            scope.going_live()  # recorded as called, never finished: it executes again
-    if called_seq is None:
-        called_seq, _ = journal.append(
-            ToolCalled,
-            parent=cursor.get(),
-            node_id=node_id,
-            tool=spec.name,
-            args=normalised_args,
-            args_digest=args_digest,
-        )
-    started = time.perf_counter_ns()
-    outer_cursor = cursor.set(called_seq)
-    cursor_restored = False
-    try:
+    key = StepKey(
+        ToolCalled,
+        node_id,
+        f"tool {spec.name!r} (node {node_id}, arguments digest {args_digest})",
+        names={"tool": spec.name},
+        compared={"args_digest": args_digest},
+    )
+
+    async def execute() -> Any:
         if spec.kind in ("graph_fn", "static"):
-            result: Any = await _run_child(scope, spec, arguments, node_id)
-        else:
-            context = NodeContext(scope, node_id) if spec.context_param is not None else None
-            result = spec.fn(**_call_kwargs(spec, arguments, context))
-            if spec.is_async:
-                result = await result
+            return await _run_child(scope, spec, arguments, node_id)
+        context = NodeContext(scope, node_id) if spec.context_param is not None else None
+        result = spec.fn(**_call_kwargs(spec, arguments, context))
+        return await result if spec.is_async else result
+
+    async def outputs_of(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         outputs, _ = normalise_value(normalise_outputs(spec, result), what=spec.label)
-        cursor.reset(outer_cursor)
-        cursor_restored = True
-        seq, committed = journal.append(
-            ToolReturned,
-            parent=called_seq,
-            node_id=node_id,
-            tool=spec.name,
-            outputs=outputs,
-            duration_us=(time.perf_counter_ns() - started) // 1000,
-        )
-    except Exception as exc:
-        if not cursor_restored:
-            cursor.reset(outer_cursor)
-        scope.failed_nodes[id(exc)] = node_id
-        seq, committed = journal.append(
-            ToolFailed,
-            parent=called_seq,
-            node_id=node_id,
-            tool=spec.name,
-            error_type=error_type_name(exc),
-            message=exc.message if isinstance(exc, EventTooLargeError) else str(exc),
-            duration_us=(time.perf_counter_ns() - started) // 1000,
-        )
-        await committed
-        cursor.set(seq)
-        raise
-    await committed
-    cursor.set(seq)
-    if scope.suspend_after_each_step:
-        raise RunSuspended(scope.run_id, "always-suspend test mode")
-    return dict(outputs)
+        return {"outputs": outputs}, dict(outputs)
+
+    async def recorded(outcome: Outcome) -> dict[str, Any]:
+        assert isinstance(outcome, ToolReturned)
+        return dict(outcome.outputs)
+
+    outputs: dict[str, Any] = await run_call(
+        scope,
+        key,
+        opening_fields={"args": normalised_args},
+        execute=execute,
+        returned=(ToolReturned, outputs_of),
+        failed=ToolFailed,
+        on_recorded=recorded,
+        failing_node=node_id,
+    )
+    return outputs
 
 
 async def _run_child(scope: RunScope, spec: CallableSpec, arguments: dict[str, Any], node_id: str) -> dict[str, Any]:

@@ -34,8 +34,8 @@ class RunJournal:
 
     def append(
         self, cls: type[E], /, *, parent: int | None, node_id: str | None = None, **fields: Any
-    ) -> tuple[int, Awaitable[int]]:
-        """Append an event; returns its sequence and an awaitable for its commit."""
+    ) -> tuple[E, Awaitable[int]]:
+        """Append an event; returns the event it built and an awaitable for its commit."""
         seq = self._seq + 1
         event = cls(
             run_id=self.run_id,
@@ -49,13 +49,13 @@ class RunJournal:
         )
         committed = self._writer.append(event)
         self._seq = seq
-        return seq, committed
+        return event, committed
 
-    async def commit(self, cls: type[E], /, *, parent: int | None, node_id: str | None = None, **fields: Any) -> int:
-        """Append an event and wait until the bus has acknowledged it."""
-        seq, committed = self.append(cls, parent=parent, node_id=node_id, **fields)
+    async def commit(self, cls: type[E], /, *, parent: int | None, node_id: str | None = None, **fields: Any) -> E:
+        """Append an event and wait until the bus has acknowledged it; returns the event."""
+        event, committed = self.append(cls, parent=parent, node_id=node_id, **fields)
         await committed
-        return seq
+        return event
 
     async def flush(self) -> None:
         """Wait until every appended event is acknowledged (raises the first refusal)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .codec import normalise_value
-from .errors import NonDeterminismError
 from .events import MemoryRecorded
-from .scope import RunScope, cursor
+from .scope import RunScope
 from .service_calls import call_journaled
+from .step import StepKey, append_opening, replayed_opening
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -117,24 +116,15 @@ class MemoryService:
         value, _ = normalise_value(data, what=f"memory().record({kind!r}) in node {ctx.node_id}")
         tag_list = [str(tag) for tag in tags]
         searchable = (text if text is not None else _text_of(value))[:_MAX_TEXT]
-        replay = scope.replaying()
-        if replay is not None:
-            try:
-                recorded = replay.take_memory(kind, ctx.node_id)
-            except NonDeterminismError as exc:
-                scope.divergence = exc
-                raise
-            if recorded is not None:
-                cursor.set(recorded.seq)
-                return _entry(recorded)
+        described = f"a {kind!r} memory record (node {ctx.node_id})"
+        key = StepKey(MemoryRecorded, ctx.node_id, described, names={"kind": kind})
+        recorded = replayed_opening(scope, key)
+        if isinstance(recorded, MemoryRecorded):
+            return _entry(recorded)
         log = memory_log(scope)
-        fields: dict[str, Any] = {"kind": kind, "data": value, "name": str(name), "tags": tag_list, "text": searchable}
-        seq = await scope.journal.commit(MemoryRecorded, parent=cursor.get() or None, node_id=ctx.node_id, **fields)
-        cursor.set(seq)
-        now_us = time.time_ns() // 1000
-        event = MemoryRecorded(
-            run_id=scope.run_id, seq=seq, ts=now_us, worker=scope.journal.worker, node_id=ctx.node_id, **fields
-        )
+        event, committed = append_opening(scope, key, data=value, name=str(name), tags=tag_list, text=searchable)
+        await committed
+        assert isinstance(event, MemoryRecorded)
         log.append(event)
         return _entry(event)
 

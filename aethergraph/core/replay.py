@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -251,54 +251,18 @@ class ReplayCursor:
             attempted=attempted,
         )
 
-    def take_tool(self, tool: str, args_digest: str, node_id: str) -> RecordedStep | None:
-        """The recorded step for this tool call, or ``None`` when replay is over."""
+    def take(self, matches: Callable[[Event], bool], attempted: str) -> RecordedStep | None:
+        """The next recorded step if ``matches`` accepts its opening; ``None`` when replay is over.
+
+        Raises :class:`NonDeterminismError` (recorded vs ``attempted``) if the next recorded step is another.
+        """
         if not self._steps:
             return None
         step = self._steps[0]
-        opening = step.opening
-        if not isinstance(opening, ToolCalled) or opening.tool != tool or opening.args_digest != args_digest:
-            raise self._mismatch(opening, f"tool {tool!r} (node {node_id}, arguments digest {args_digest})")
+        if not matches(step.opening):
+            raise self._mismatch(step.opening, attempted)
         self._steps.popleft()
         return step
-
-    def take_service(self, service: str, method: str, args_digest: str, node_id: str) -> RecordedStep | None:
-        """The recorded step for this service call, or ``None`` when replay is over."""
-        if not self._steps:
-            return None
-        step = self._steps[0]
-        opening = step.opening
-        if (
-            not isinstance(opening, ServiceCalled)
-            or opening.service != service
-            or opening.method != method
-            or opening.args_digest != args_digest
-        ):
-            raise self._mismatch(
-                opening, f"service call {service}.{method}() (node {node_id}, arguments digest {args_digest})"
-            )
-        self._steps.popleft()
-        return step
-
-    def take_artifact(self, artifact_id: str, node_id: str) -> ArtifactSaved | None:
-        """The recorded ``artifact.saved`` for this save (same content), or ``None`` when replay is over."""
-        if not self._steps:
-            return None
-        opening = self._steps[0].opening
-        if not isinstance(opening, ArtifactSaved) or opening.artifact_id != artifact_id:
-            raise self._mismatch(opening, f"an artifact save (node {node_id}, content {artifact_id[:16]}...)")
-        self._steps.popleft()
-        return opening
-
-    def take_memory(self, kind: str, node_id: str) -> MemoryRecorded | None:
-        """The recorded ``memory.recorded`` for this record, or ``None`` when replay is over."""
-        if not self._steps:
-            return None
-        opening = self._steps[0].opening
-        if not isinstance(opening, MemoryRecorded) or opening.kind != kind:
-            raise self._mismatch(opening, f"a {kind!r} memory record (node {node_id})")
-        self._steps.popleft()
-        return opening
 
     def unfinished(self) -> NonDeterminismError | None:
         """The divergence if the code finished while recorded steps remain."""
@@ -306,41 +270,12 @@ class ReplayCursor:
             return None
         return self._mismatch(self._steps[0].opening, "no further step (the code returned)")
 
-    def take_value(self, kind: str) -> ValueRecorded | None:
-        if not self._steps:
-            return None
-        opening = self._steps[0].opening
-        if not isinstance(opening, ValueRecorded) or opening.kind != kind:
-            raise self._mismatch(opening, f"context.{kind}()")
-        self._steps.popleft()
-        return opening
-
     def peek_wait(self, node_id: str) -> WaitRequested | None:
         """The recorded wait if the next step is a wait opened by ``node_id``."""
         if not self._steps:
             return None
         opening = self._steps[0].opening
         return opening if isinstance(opening, WaitRequested) and opening.node_id == node_id else None
-
-    def take_wait(self, kind: str, node_id: str) -> WaitRequested | None:
-        """The recorded ``wait.requested`` for this wait, or ``None`` when replay is over."""
-        if not self._steps:
-            return None
-        opening = self._steps[0].opening
-        if not isinstance(opening, WaitRequested) or opening.kind != kind:
-            raise self._mismatch(opening, f"a {kind!r} wait (node {node_id})")
-        self._steps.popleft()
-        return opening
-
-    def take_send(self, channel: str, node_id: str) -> ChannelSent | None:
-        """The recorded ``channel.sent`` for this message, or ``None`` when replay is over."""
-        if not self._steps:
-            return None
-        opening = self._steps[0].opening
-        if not isinstance(opening, ChannelSent) or opening.channel != channel:
-            raise self._mismatch(opening, f"a message on channel {channel!r} (node {node_id})")
-        self._steps.popleft()
-        return opening
 
 
 def rebuild_error(event: ToolFailed | ServiceFailed) -> BaseException:

@@ -207,7 +207,7 @@ async def accept_resume(
             raise
         if owning is not None:
             await owning  # recorded before the answer: if this process dies now, the run is found and taken over
-        answer = await _commit_answer(scope.journal, env.worker_id, requested, payload, expire, command_seq)
+        answer = await _commit_answer(scope.journal, requested, payload, expire, command_seq)
         continuation: Callable[[], Awaitable[dict[str, Any]]]
         if root is holder:
             assert scope.replay is not None
@@ -227,7 +227,6 @@ async def accept_resume(
 
 async def _commit_answer(
     journal: RunJournal,
-    worker_id: str,
     requested: WaitRequested,
     payload: Any,
     expire: bool,
@@ -237,5 +236,4 @@ async def _commit_answer(
     common: dict[str, Any] = {"wait_id": requested.wait_id, "command_seq": command_seq, "node_id": requested.node_id}
     fields: dict[str, Any] = {} if expire else {"payload": payload}
     cls: type[WaitResumed] | type[WaitExpired] = WaitExpired if expire else WaitResumed
-    seq = await journal.commit(cls, parent=requested.seq, **fields, **common)
-    return cls(run_id=requested.run_id, seq=seq, ts=0, worker=worker_id, parent=requested.seq, **fields, **common)
+    return await journal.commit(cls, parent=requested.seq, **fields, **common)

@@ -188,7 +188,7 @@ async def force_end(
             claimed = await journal.commit(
                 RunClaimed, parent=last.seq, reason=claim_reason, previous_worker=last.worker
             )
-            await journal.commit(end, parent=claimed, **fields)
+            await journal.commit(end, parent=claimed.seq, **fields)
         except StaleWriterError:
             continue
         return _ENDED_STATUS[end]

@@ -18,18 +18,18 @@ service) are part of the outer call and are not journaled separately.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .codec import digest, normalise_value
-from .errors import NonDeterminismError, RunSuspended, SerializationError, error_type_name
+from .errors import SerializationError
 from .events import ServiceCalled, ServiceFailed, ServiceReturned
-from .replay import rebuild_error
-from .scope import RunScope, cursor
+from .replay import Outcome
+from .scope import RunScope
 from .service_base import JournalMode, accessed_context, call_context
+from .step import StepKey, run_call
 
 if TYPE_CHECKING:
     from .context import NodeContext
@@ -117,76 +117,34 @@ async def call_journaled(
             args_ref = await _spill(scope, raw_args)
         else:
             event_args, event_kwargs = _decode(raw_args)
-    journal = scope.journal
-    called_seq: int | None = None
-    replay = scope.replaying()
-    if replay is not None:
-        try:
-            step = replay.take_service(service, method, args_digest, ctx.node_id)
-        except NonDeterminismError as exc:
-            scope.divergence = exc
-            raise
-        if step is not None:
-            outcome = step.outcome
-            if isinstance(outcome, ServiceFailed) and mode == "full":
-                cursor.set(outcome.seq)
-                raise rebuild_error(outcome)
-            if isinstance(outcome, (ServiceReturned, ServiceFailed)):
-                cursor.set(outcome.seq)
-                if mode == "full" and isinstance(outcome, ServiceReturned):
-                    return await _recorded_result(scope, outcome)
-                return await _call_in_context(ctx, fn, args, kwargs)  # digest mode: called again
-            called_seq = step.opening.seq
-            scope.going_live()  # recorded as called, never finished: it is called again
-    if called_seq is None:
-        called_seq, _ = journal.append(
-            ServiceCalled,
-            parent=cursor.get() or None,
-            node_id=ctx.node_id,
-            service=service,
-            method=method,
-            args=event_args,
-            kwargs=event_kwargs,
-            args_digest=args_digest,
-            args_ref=args_ref,
-        )
-    started = time.perf_counter_ns()
-    outer_cursor = cursor.set(called_seq)
-    try:
-        try:
-            result = await _call_in_context(ctx, fn, args, kwargs)
-        finally:
-            cursor.reset(outer_cursor)
-        value, result_ref = await _journal_value(scope, service, method, result, mode, inline_limit)
-    except Exception as exc:
-        seq, committed = journal.append(
-            ServiceFailed,
-            parent=called_seq,
-            node_id=ctx.node_id,
-            service=service,
-            method=method,
-            error_type=error_type_name(exc),
-            message=str(exc),
-            duration_us=(time.perf_counter_ns() - started) // 1000,
-        )
-        await committed
-        cursor.set(seq)
-        raise
-    seq, committed = journal.append(
-        ServiceReturned,
-        parent=called_seq,
-        node_id=ctx.node_id,
-        service=service,
-        method=method,
-        result=None if result_ref else value,
-        result_ref=result_ref,
-        duration_us=(time.perf_counter_ns() - started) // 1000,
+    key = StepKey(
+        ServiceCalled,
+        ctx.node_id,
+        f"service call {service}.{method}() (node {ctx.node_id}, arguments digest {args_digest})",
+        names={"service": service, "method": method},
+        compared={"args_digest": args_digest},
     )
-    await committed
-    cursor.set(seq)
-    if scope.suspend_after_each_step:
-        raise RunSuspended(scope.run_id, "always-suspend test mode")
-    return result if mode == "digest" else value
+
+    async def journaled(result: Any) -> tuple[dict[str, Any], Any]:
+        value, result_ref = await _journal_value(scope, service, method, result, mode, inline_limit)
+        fields = {"result": None if result_ref else value, "result_ref": result_ref}
+        return fields, result if mode == "digest" else value
+
+    async def recorded(outcome: Outcome) -> Any:
+        if mode == "full" and isinstance(outcome, ServiceReturned):
+            return await _recorded_result(scope, outcome)
+        return await _call_in_context(ctx, fn, args, kwargs)  # digest mode: called again
+
+    return await run_call(
+        scope,
+        key,
+        opening_fields={"args": event_args, "kwargs": event_kwargs, "args_ref": args_ref},
+        execute=lambda: _call_in_context(ctx, fn, args, kwargs),
+        returned=(ServiceReturned, journaled),
+        failed=ServiceFailed,
+        on_recorded=recorded,
+        raise_recorded_failure=mode == "full",
+    )
 
 
 async def _journal_value(

@@ -418,7 +418,8 @@ class _StaticRun:
     # --- journal ------------------------------------------------------------------------
 
     def _append(self, cls: type[Event], /, *, parent: int | None, node_id: str | None = None, **fields: Any) -> int:
-        seq, appended = self.journal.append(cls, parent=parent, node_id=node_id, **fields)
+        event, appended = self.journal.append(cls, parent=parent, node_id=node_id, **fields)
+        seq = event.seq
         committed = asyncio.ensure_future(appended)  # the bus's writers already return futures: no new task
         committed.add_done_callback(self._check_commit)
         self.last_commit = committed

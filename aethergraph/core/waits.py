@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DecorationError, NonDeterminismError, RunSuspended, WaitExpiredError, cancel_was_requested
+from .errors import DecorationError, RunSuspended, WaitExpiredError, cancel_was_requested
 from .events import WaitExpired, WaitRequested, WaitResumed
 from .payloads import validate_payload
 from .scope import RunScope, cursor
+from .step import StepKey, append_opening, replayed_opening
 
 __all__ = [
     "InlineAnswer",
@@ -103,51 +104,29 @@ async def wait_for(scope: RunScope, node_id: str, wait: Wait, *, inline: InlineA
     then ``inline`` reads the answer if given and the environment allows it,
     else the run suspends until a resume command answers the wait.
     """
-    if scope.divergence is not None:
-        raise scope.divergence
-    replay = scope.replaying()
-    if replay is not None:
-        try:
-            recorded = replay.take_wait(wait.kind, node_id)
-        except NonDeterminismError as exc:
-            scope.divergence = exc
-            raise
-        if recorded is not None:
-            cursor.set(recorded.seq)
-            resolution = replay.resolutions.get(recorded.wait_id)
-            if resolution is not None:
-                return _resolve(scope, recorded, resolution)
-            if inline is not None and scope.env.waits.inline_answers:
-                return await _answer_inline(scope, recorded, inline)
-            raise _suspend(scope, recorded)
-    journal = scope.journal
-    wait_id = f"w{journal.last_seq + 1}"
+    key = StepKey(WaitRequested, node_id, f"a {wait.kind!r} wait (node {node_id})", names={"kind": wait.kind})
+    recorded = replayed_opening(scope, key)
+    if isinstance(recorded, WaitRequested):
+        assert scope.replay is not None
+        resolution = scope.replay.resolutions.get(recorded.wait_id)
+        if resolution is not None:
+            return _resolve(scope, recorded, resolution)
+        if inline is not None and scope.env.waits.inline_answers:
+            return await _answer_inline(scope, recorded, inline)
+        raise _suspend(scope, recorded)
+    wait_id = f"w{scope.journal.last_seq + 1}"
     deadline_us = deadline_micros(wait.deadline, time.time_ns() // 1000)
-    requested_seq = await journal.commit(
-        WaitRequested,
-        parent=cursor.get() or None,
-        node_id=node_id,
+    requested, committed = append_opening(
+        scope,
+        key,
         wait_id=wait_id,
-        kind=wait.kind,
         prompt=wait.prompt,
         payload_schema=dict(wait.schema),
         channel=wait.channel,
         deadline_us=deadline_us,
     )
-    cursor.set(requested_seq)
-    requested = WaitRequested(
-        run_id=scope.run_id,
-        seq=requested_seq,
-        ts=0,
-        worker=journal.worker,
-        node_id=node_id,
-        wait_id=wait_id,
-        kind=wait.kind,
-        prompt=wait.prompt,
-        payload_schema=dict(wait.schema),
-        channel=wait.channel,
-        deadline_us=deadline_us,
-    )
+    await committed
+    assert isinstance(requested, WaitRequested)
     if deadline_us is not None:
         await scope.env.waits.schedule_wait_expiry(scope.run_id, wait_id, deadline_us)
     if inline is not None and scope.env.waits.inline_answers:
@@ -183,10 +162,10 @@ async def _answer_inline(scope: RunScope, requested: WaitRequested, inline: Inli
         for listener in list(_prompt_listeners):
             listener(requested, False)
     validate_payload(requested, payload)
-    seq = await scope.journal.commit(
+    resumed = await scope.journal.commit(
         WaitResumed, parent=requested.seq, node_id=requested.node_id, wait_id=requested.wait_id, payload=payload
     )
-    cursor.set(seq)
+    cursor.set(resumed.seq)
     return payload
 
 
