@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from aethergraph.bus.embedded import find_nats_server_binary
 from aethergraph.bus.event_log import StoredRecord
+from aethergraph.core.events import Event
+from aethergraph.core.replay import journal_chain
 from aethergraph.host.process import ProcessHost
 
 T = TypeVar("T")
@@ -132,6 +134,18 @@ async def read_events(rt: ProcessHost, run_id: str, *, timeout_s: float = 10.0) 
     """Every stored event of ``run_id`` in stream order."""
     async with asyncio.timeout(timeout_s):
         return [record async for record in rt.event_log.read_run(run_id)]
+
+
+async def chain_of(rt: ProcessHost, run_id: str) -> list[Event]:
+    """A run's journal as read back from the bus (the journal rule applied)."""
+    return journal_chain([record.event for record in await read_events(rt, run_id)])
+
+
+async def outcome_of(run_id: str, *, timeout_s: float = 90.0) -> Any:
+    """The outputs of ``run_id`` once it ends (raises its failure); ``timeout_s`` is a hang guard."""
+    import aethergraph
+
+    return await asyncio.wait_for((await aethergraph.get_run(run_id)).result(), timeout_s)
 
 
 async def run_message_count(rt: ProcessHost, run_id: str) -> int:

@@ -27,6 +27,7 @@ from helpers import (
     START_AND_LEAVE,
     NatsServer,
     eventually,
+    outcome_of,
     port_accepts,
     read_events,
     run_python,
@@ -139,9 +140,6 @@ def assert_consistent_chain(chain: Sequence[ev.Event], outputs: dict[str, Any]) 
     assert sum(isinstance(e, ev.RunCompleted) for e in chain) == 1
     assert isinstance(chain[-1], ev.RunCompleted) and chain[-1].outputs == outputs
 
-
-async def outcome_of(run_id: str) -> Any:
-    return await asyncio.wait_for((await aethergraph.get_run(run_id)).result(), SAFETY_S)
 
 
 def new_run_id(prefix: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from helpers import read_events
+from helpers import chain_of, read_events
 
 import aethergraph
 from aethergraph import NodeContext, RunHandle, graph_fn, tool
@@ -26,7 +26,7 @@ from aethergraph.core import events as ev
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.registry import must_get_graph
-from aethergraph.core.replay import ChainBuilder, journal_chain
+from aethergraph.core.replay import ChainBuilder
 from aethergraph.core.resume import AlreadyAnswered, JournalState, accept_resume, journal_state
 from aethergraph.core.spec import CallableSpec, build_spec
 from aethergraph.host.runs import Suspended
@@ -178,10 +178,6 @@ async def records(rt: ProcessHost, run_id: str) -> list[tuple[int, str, int]]:
     return [(r.stream_seq, r.event.__struct_config__.tag, r.event.seq) for r in stored]
 
 
-async def journal(rt: ProcessHost, run_id: str) -> list[ev.Event]:
-    return journal_chain(record.event for record in await read_events(rt, run_id))
-
-
 async def commands_published(rt: ProcessHost, run_id: str) -> int:
     """How many resume commands AG_COMMANDS holds for the run."""
     info = await rt.bus.js.stream_info("AG_COMMANDS", subjects_filter=f"ag.cmd.resume.{run_id}")
@@ -275,7 +271,7 @@ async def test_resume_publishes_a_command_and_returns_the_accepted_outcome(
     assert json.loads(stored.data) == {"wait_id": wait_id, "payload": "forty-two", "expire": False}
 
     assert await handle.result(timeout=SAFETY_S) == {"answer": "forty-two", "n": 9}
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     [resumed] = [e for e in events if isinstance(e, ev.WaitResumed)]
     assert (resumed.wait_id, resumed.payload, resumed.command_seq) == (wait_id, "forty-two", outcome.command_seq)
     assert AFTER.count(handle.run_id) == 1
@@ -396,7 +392,7 @@ async def test_second_resume_of_a_wait_is_rejected_and_changes_nothing(runtime: 
 
     await resume_ok(handle.run_id, "two")
     assert await handle.result(timeout=SAFETY_S) == {"first": "one", "second": "two"}
-    resumed = [e for e in await journal(runtime, handle.run_id) if isinstance(e, ev.WaitResumed)]
+    resumed = [e for e in await chain_of(runtime, handle.run_id) if isinstance(e, ev.WaitResumed)]
     assert [r.payload for r in resumed] == ["one", "two"]
     assert resumed[0].command_seq == first_outcome.command_seq
 
@@ -477,7 +473,7 @@ async def test_raw_expire_command_expires_the_wait(runtime: ProcessHost, slot: W
     with pytest.raises(RunFailedError) as info:
         await handle.result(timeout=SAFETY_S)
     assert info.value.error_type == "aethergraph.errors.WaitExpiredError"
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     [expired] = [e for e in events if isinstance(e, ev.WaitExpired)]
     assert (expired.wait_id, expired.command_seq) == (wait_id, seq)
     assert AFTER.count(handle.run_id) == 0
@@ -498,7 +494,7 @@ async def test_two_resumes_of_one_wait_at_once_apply_exactly_one(runtime: Proces
     [accepted] = [o for o in found if o.status == "accepted"]
     winner = "first" if accepted.command_seq == seqs[0] else "second"
     assert await handle.result(timeout=SAFETY_S) == {"answer": winner, "n": len(winner)}
-    resumed = [e for e in await journal(runtime, handle.run_id) if isinstance(e, ev.WaitResumed)]
+    resumed = [e for e in await chain_of(runtime, handle.run_id) if isinstance(e, ev.WaitResumed)]
     assert [(r.payload, r.command_seq) for r in resumed] == [(winner, accepted.command_seq)]
     assert AFTER.count(handle.run_id) == 1
 
@@ -575,7 +571,7 @@ async def test_answers_to_two_open_waits_arriving_together_both_apply(runtime: P
         found = await outcomes_of(outcomes, seq_a, seq_b)
     assert [(o.status, o.wait_id) for o in found] == [("accepted", wait_a), ("accepted", wait_b)]
     assert await handle.result(timeout=SAFETY_S) == {"a": "A", "b": "B"}
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     assert sorted((e.wait_id, e.payload) for e in events if isinstance(e, ev.WaitResumed)) == [
         (wait_a, "A"),
         (wait_b, "B"),

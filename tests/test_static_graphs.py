@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from helpers import read_events
+from helpers import chain_of, read_events
 
 import aethergraph as ag
 from aethergraph import RetryPolicy, graph_fn, graphify, tool
@@ -21,7 +21,6 @@ from aethergraph.core import events as ev
 from aethergraph.core.errors import DecorationError, GraphBuildError, GraphInputError
 from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.replay import journal_chain
 from aethergraph.host.process import ProcessHost
 
 # --- tools (names prefixed sgb_: the registry is per process and shared by every test module) ----------
@@ -157,10 +156,6 @@ def graph_env(request: pytest.FixtureRequest, runtime: ProcessHost, suspending_r
 async def start(env: ProcessHost, graph: Any, inputs: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
     spec = graph.spec
     return await execute_run(spec, spec.task_graph().bind_inputs(inputs), run_id=run_id or new_run_id(), env=env.env)
-
-
-async def chain_of(rt: ProcessHost, run_id: str) -> list[ev.Event]:
-    return journal_chain([record.event for record in await read_events(rt, run_id)])
 
 
 # --- structure ----------------------------------------------------------------------------------

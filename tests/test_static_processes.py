@@ -10,22 +10,19 @@ by sleeping, and killed with SIGKILL.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import process_hosts
 import pytest
-from helpers import eventually, read_events, wait_until
+from helpers import chain_of, eventually, outcome_of, wait_until
 from process_hosts import lines, wait_ready
 
 import aethergraph
 from aethergraph.core import events as ev
-from aethergraph.core.replay import journal_chain
 from aethergraph.core.static_run import node_run_id
 from aethergraph.host.process import ProcessHost
 
@@ -68,13 +65,6 @@ def by_label(log: Path, kind: str) -> dict[str, list[int]]:
             found.setdefault(parts[1], []).append(int(parts[2]))
     return found
 
-
-async def chain_of(rt: ProcessHost, run_id: str) -> list[ev.Event]:
-    return journal_chain([record.event for record in await read_events(rt, run_id)])
-
-
-async def outcome_of(run_id: str) -> dict[str, Any]:
-    return await asyncio.wait_for((await aethergraph.get_run(run_id)).result(), SAFETY_S)
 
 
 def new_run_id(prefix: str) -> str:

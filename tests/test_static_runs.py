@@ -55,10 +55,21 @@ def max_overlap(intervals: list[tuple[str, float, float]]) -> int:
     return peak
 
 
+# Barriers by token: a node of a run whose token has one waits there until all its parties arrived, so
+# a test proves that k nodes run at once by completing at all (no sleep long enough to be lucky).
+MEET: dict[str, asyncio.Barrier] = {}
+SAFETY_S = 60.0
+
+
 @tool(name="sgr_sleep", outputs=["label"])
 async def sgr_sleep(tok: str, label: str, sleep_s: float) -> dict[str, Any]:
     start = time.monotonic()
-    await asyncio.sleep(sleep_s)
+    barrier = MEET.get(tok)
+    if barrier is None:
+        await asyncio.sleep(sleep_s)
+    else:
+        async with asyncio.timeout(SAFETY_S):  # a hang guard: the parties never all ran at once
+            await barrier.wait()
     INTERVALS[tok].append((label, start, time.monotonic()))
     return {"label": label}
 
@@ -205,13 +216,15 @@ async def test_max_concurrency_one_really_serialises(runtime: ProcessHost) -> No
 
 async def test_without_a_cap_nodes_overlap(runtime: ProcessHost) -> None:
     tok = token()
-    assert await ag.run_async(sgr_six, {"tok": tok, "sleep_s": 0.3}) == {"labels": SIX}
-    assert max_overlap(INTERVALS[tok]) > 1
+    MEET[tok] = asyncio.Barrier(6)  # the run completes only if all six nodes run at once
+    assert await ag.run_async(sgr_six, {"tok": tok, "sleep_s": 0}) == {"labels": SIX}
+    assert max_overlap(INTERVALS[tok]) == 6
 
 
 async def test_graph_level_cap_holds_and_is_reached(runtime: ProcessHost) -> None:
     tok = token()
-    assert await ag.run_async(sgr_six_capped, {"tok": tok, "sleep_s": 0.2}) == {"labels": SIX}
+    MEET[tok] = asyncio.Barrier(2)  # nodes pass in pairs: the cap of 2 is reached; a third would show as overlap
+    assert await ag.run_async(sgr_six_capped, {"tok": tok, "sleep_s": 0}) == {"labels": SIX}
     assert max_overlap(INTERVALS[tok]) == 2
 
 
@@ -450,21 +463,22 @@ async def test_continuing_a_run_with_a_changed_graph_of_the_same_name_is_refused
 
 @graph_fn(name="sgr_fn_a", outputs=["label"])
 async def sgr_fn_a(tok: str) -> dict[str, Any]:
-    return {"label": (await sgr_sleep(tok=tok, label="a", sleep_s=0.3))["label"]}
+    return {"label": (await sgr_sleep(tok=tok, label="a", sleep_s=0))["label"]}
 
 
 @graph_fn(name="sgr_fn_b", outputs=["label"])
 async def sgr_fn_b(tok: str) -> dict[str, Any]:
-    return {"label": (await sgr_sleep(tok=tok, label="b", sleep_s=0.3))["label"]}
+    return {"label": (await sgr_sleep(tok=tok, label="b", sleep_s=0))["label"]}
 
 
 @graph_fn(name="sgr_fn_c", outputs=["label"])
 async def sgr_fn_c(tok: str) -> dict[str, Any]:
-    return {"label": (await sgr_sleep(tok=tok, label="c", sleep_s=0.3))["label"]}
+    return {"label": (await sgr_sleep(tok=tok, label="c", sleep_s=0))["label"]}
 
 
 async def test_graph_fns_in_one_gather_run_concurrently(runtime: ProcessHost) -> None:
     tok = token()
+    MEET[tok] = asyncio.Barrier(3)  # each graph_fn's node waits for the other two
     outs = await asyncio.gather(sgr_fn_a(tok=tok), sgr_fn_b(tok=tok), sgr_fn_c(tok=tok))
     assert outs == [{"label": "a"}, {"label": "b"}, {"label": "c"}]
     assert max_overlap(INTERVALS[tok]) == 3
@@ -472,7 +486,8 @@ async def test_graph_fns_in_one_gather_run_concurrently(runtime: ProcessHost) ->
 
 async def test_static_runs_in_one_gather_run_concurrently(runtime: ProcessHost) -> None:
     toks = [token() for _ in range(3)]
-    await asyncio.gather(*(ag.run_async(sgr_six, {"tok": t, "sleep_s": 0.3}, max_concurrency=1) for t in toks))
+    MEET.update(dict.fromkeys(toks, asyncio.Barrier(3)))  # one node of each run meets the other runs' nodes
+    await asyncio.gather(*(ag.run_async(sgr_six, {"tok": t, "sleep_s": 0}, max_concurrency=1) for t in toks))
     every = [item for t in toks for item in INTERVALS[t]]
     assert len(every) == 18 and max_overlap(every) == 3  # one node of each run at a time, all three at once
 

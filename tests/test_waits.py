@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
 import pytest
-from helpers import read_events
+from helpers import chain_of
 
 import aethergraph
 from aethergraph import DualStageTool, NodeContext, RunHandle, Wait, graph_fn, tool
@@ -31,7 +31,7 @@ from aethergraph.core.errors import (
 )
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.registry import register_graph
-from aethergraph.core.replay import ChainBuilder, journal_chain
+from aethergraph.core.replay import ChainBuilder
 from aethergraph.core.resume import JournalState, journal_state
 from aethergraph.core.spec import CallableSpec
 from aethergraph.host.runs import Suspended
@@ -376,10 +376,6 @@ async def result(handle: RunHandle) -> dict[str, Any]:
     return await handle.result(timeout=SAFETY_S)
 
 
-async def journal(rt: ProcessHost, run_id: str) -> list[ev.Event]:
-    return journal_chain(record.event for record in await read_events(rt, run_id))
-
-
 def tags(events: list[ev.Event]) -> list[str]:
     """Event types in order, without ``run.claimed`` (each replay, resume or takeover writes one)."""
     return [event.__struct_config__.tag for event in events if not isinstance(event, ev.RunClaimed)]
@@ -440,7 +436,7 @@ async def test_ask_text_suspends_then_a_resume_continues_by_replay(graph_env: Pr
     assert requested.deadline_us is None and requested.node_id == "root"
     assert state.waiting_on is not None and state.waiting_on.wait_id == end.wait_id
     assert state.waiting_on.wait_run_id == run_id
-    assert tags(await journal(graph_env, run_id)) == [
+    assert tags(await chain_of(graph_env, run_id)) == [
         "run.started",
         "tool.called",
         "tool.returned",
@@ -454,7 +450,7 @@ async def test_ask_text_suspends_then_a_resume_continues_by_replay(graph_env: Pr
     assert await result(handle) == {"n": 2, "name": "Ada"}
     assert await handle.status() == "succeeded"
 
-    events = await journal(graph_env, run_id)
+    events = await chain_of(graph_env, run_id)
     assert tags(events) == [
         "run.started",
         "tool.called",
@@ -536,7 +532,7 @@ async def test_ask_approval_accepts_a_choice_or_approved(
         assert requested.payload_schema["properties"]["choice"] == {"enum": options}
         await resume_ok(handle.run_id, payload)
         assert await result(handle) == {"decision": expected}
-    [resumed] = only(await journal(runtime, handle.run_id), ev.WaitResumed)
+    [resumed] = only(await chain_of(runtime, handle.run_id), ev.WaitResumed)
     assert resumed.payload == payload  # the journal keeps the answer as given
 
 
@@ -551,7 +547,7 @@ async def test_ask_files_returns_the_list(graph_env: ProcessHost, worker: Worker
     assert info.value.reason == "invalid_payload"
     await resume_ok(handle.run_id, ["report.pdf", "s3://bucket/data.csv"])
     assert await result(handle) == {"files": ["report.pdf", "s3://bucket/data.csv"], "count": 2}
-    events = await journal(graph_env, handle.run_id)
+    events = await chain_of(graph_env, handle.run_id)
     assert tags(events)[-4:] == ["wait.resumed", "tool.called", "tool.returned", "run.completed"]
     assert executions("tw_prepare", handle.run_id) == 1
 
@@ -560,7 +556,7 @@ async def test_custom_wait_on_a_named_channel_checks_its_schema(graph_env: Proce
     handle, task = start(graph_env, tw_custom)
     end = await suspended(task)
     assert (end.kind, end.prompt) == ("payment", "pay invoice 7")
-    events = await journal(graph_env, handle.run_id)
+    events = await chain_of(graph_env, handle.run_id)
     [sent] = only(events, ev.ChannelSent)
     assert (sent.channel, sent.text) == ("slack:#billing", "invoice sent")
     [requested] = only(events, ev.WaitRequested)
@@ -570,11 +566,11 @@ async def test_custom_wait_on_a_named_channel_checks_its_schema(graph_env: Proce
             await aethergraph.resume(handle.run_id, bad)
         assert info.value.reason == "invalid_payload"
         assert info.value.wait_id == end.wait_id
-    assert await journal(graph_env, handle.run_id) == events  # refused answers change nothing
+    assert await chain_of(graph_env, handle.run_id) == events  # refused answers change nothing
 
     await resume_ok(handle.run_id, {"amount": 12, "note": "paid"}, wait_id=end.wait_id)
     assert await result(handle) == {"payment": {"amount": 12, "note": "paid"}}
-    assert len(only(await journal(graph_env, handle.run_id), ev.ChannelSent)) == 1
+    assert len(only(await chain_of(graph_env, handle.run_id), ev.ChannelSent)) == 1
 
 
 async def test_named_channel_waits_durably_even_where_the_console_answers_inline(runtime: ProcessHost) -> None:
@@ -614,7 +610,7 @@ async def test_two_waits_in_sequence_each_answered_once(graph_env: ProcessHost, 
     assert info.value.reason == "wait_closed"
     await resume_ok(handle.run_id, "beta")
     assert await result(handle) == {"first": "alpha", "second": "beta"}
-    events = await journal(graph_env, handle.run_id)
+    events = await chain_of(graph_env, handle.run_id)
     assert [(r.wait_id, r.payload) for r in only(events, ev.WaitResumed)] == [
         (first.wait_id, "alpha"),
         (second_id, "beta"),
@@ -643,7 +639,7 @@ async def test_two_concurrent_waits_are_ambiguous_until_named(graph_env: Process
     assert state.waiting_on is not None and state.waiting_on.wait_id == wait_a
     await resume_ok(handle.run_id, "A")  # the only open wait now: no id needed
     assert await result(handle) == {"a": "A", "b": "B"}
-    assert len(only(await journal(graph_env, handle.run_id), ev.WaitRequested)) == 2
+    assert len(only(await chain_of(graph_env, handle.run_id), ev.WaitRequested)) == 2
 
 
 # --- DualStageTool ---------------------------------------------------------------------------------------
@@ -684,7 +680,7 @@ async def test_dual_stage_tool_sets_up_once_and_resumes_with_payload_and_argumen
     assert setup["key"] == resumed["key"] == f"{run_id}:tw_review_1"
     assert executions("tw_prepare", run_id) == 2
 
-    events = await journal(graph_env, run_id)
+    events = await chain_of(graph_env, run_id)
     assert tags(events) == [
         "run.started",
         "tool.called",
@@ -743,7 +739,7 @@ async def test_tool_with_journaled_context_calls_then_a_wait(runtime: ProcessHos
         handle, task = start(runtime, tw_inner_step_then_ask, {"inner": inner})
         await suspended(task)
         inner_tag = "channel.sent" if inner == "channel" else "value.recorded"
-        assert tags(await journal(runtime, handle.run_id))[:5] == [
+        assert tags(await chain_of(runtime, handle.run_id))[:5] == [
             "run.started",
             "tool.called",
             inner_tag,
@@ -828,7 +824,7 @@ async def test_checkpoint_is_loaded_when_the_body_runs_again_after_a_resume(
     assert await result(handle) == {"before": saved, "after": saved, "answer": "yes"}
     # The re-executed body found the state the first execution saved.
     assert [state for owner, state in LOADED if owner == handle.run_id] == [{"step": 0}, saved]
-    [checkpoint] = only(await journal(graph_env, handle.run_id), ev.CheckpointSaved)
+    [checkpoint] = only(await chain_of(graph_env, handle.run_id), ev.CheckpointSaved)
     assert (checkpoint.key, checkpoint.state, checkpoint.node_id) == ("progress", saved, "root")
 
 
@@ -857,7 +853,7 @@ async def test_expired_deadline_raises_wait_expired_in_the_graph(runtime: Proces
         assert [w.prompt for w in state.open_waits.values()] == ["too late; answer at leisure"]
         await resume_ok(handle.run_id, "whenever")
         assert await result(handle) == {"outcome": "expired", "expired_wait": end.wait_id, "late": "whenever"}
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     [expired] = only(events, ev.WaitExpired)
     assert expired.wait_id == end.wait_id and expired.parent == requested.seq
     assert expired.command_seq is not None
@@ -872,7 +868,7 @@ async def test_uncaught_expiry_fails_the_run(runtime: ProcessHost) -> None:
             await result(handle)
     assert info.value.error_type == "aethergraph.errors.WaitExpiredError"
     assert await handle.status() == "failed"
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     assert tags(events)[-3:] == ["run.waiting", "wait.expired", "run.failed"]
     failed = events[-1]
     assert isinstance(failed, ev.RunFailed) and end.wait_id in failed.message
@@ -891,7 +887,7 @@ async def test_answer_before_the_deadline_wins_and_the_expiry_is_a_duplicate(run
                     if later.command_seq != outcome.command_seq:
                         break
     assert later.status == "duplicate"
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     assert only(events, ev.WaitExpired) == []
     assert [(r.wait_id, r.payload) for r in only(events, ev.WaitResumed)] == [(end.wait_id, "in time")]
     assert isinstance(events[-1], ev.RunCompleted)
@@ -935,7 +931,7 @@ async def test_wait_in_a_nested_run_is_resumed_by_the_child_id(graph_env: Proces
     assert executions("tw_prepare", run_id) == 1
     assert executions("tw_prepare", child_id) == 1
 
-    parent_events = await journal(graph_env, run_id)
+    parent_events = await chain_of(graph_env, run_id)
     assert tags(parent_events) == [
         "run.started",
         "tool.called",
@@ -948,7 +944,7 @@ async def test_wait_in_a_nested_run_is_resumed_by_the_child_id(graph_env: Proces
     [waiting] = only(parent_events, ev.RunWaiting)
     assert waiting.wait_run_id == child_id
     assert len([e for e in only(parent_events, ev.ToolCalled) if e.tool == "tw_child"]) == 1
-    child_events = await journal(graph_env, child_id)
+    child_events = await chain_of(graph_env, child_id)
     assert tags(child_events) == [
         "run.started",
         "tool.called",
@@ -968,9 +964,9 @@ async def test_deadline_in_a_nested_run_expires_the_child_and_the_root_continues
         child_id = f"{handle.run_id}-tw_child_deadline_1"
         assert end.wait_run_id == child_id
         assert await result(handle) == {"answer": f"expired {end.wait_id}"}
-    child_events = await journal(runtime, child_id)
+    child_events = await chain_of(runtime, child_id)
     assert tags(child_events)[-3:] == ["run.waiting", "wait.expired", "run.completed"]
-    assert tags(await journal(runtime, handle.run_id))[-3:] == ["run.waiting", "tool.returned", "run.completed"]
+    assert tags(await chain_of(runtime, handle.run_id))[-3:] == ["run.waiting", "tool.returned", "run.completed"]
 
 
 # --- the code changed while the run waited -------------------------------------------------------------------
@@ -996,7 +992,7 @@ async def test_changed_graph_fails_the_resumed_run_with_non_determinism(runtime:
     assert info.value.error_type == "aethergraph.errors.NonDeterminismError"
     assert executions("tw_other", handle.run_id) == 0  # nothing executed past the divergence
     assert executions("tw_prepare", handle.run_id) == 1
-    events = await journal(runtime, handle.run_id)
+    events = await chain_of(runtime, handle.run_id)
     failed = events[-1]
     assert isinstance(failed, ev.RunFailed)
     assert failed.error_type == "aethergraph.errors.NonDeterminismError"
