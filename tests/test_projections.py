@@ -629,6 +629,11 @@ def expected_static_nodes(events: Sequence[ev.Event]) -> dict[tuple[str, str], t
     """What :func:`static_nodes` holds, folded in Python from the events in stream order."""
     rows: dict[tuple[str, str], list[Any]] = {}
     for e in events:
+        if isinstance(e, ev.RunCancelled):  # the nodes it leaves running are skipped, reason cancelled
+            for (run_id, _), row in rows.items():
+                if run_id == e.run_id and row[0] in ("running", "retrying"):
+                    row[0], row[4], row[5] = "skipped", "cancelled", ""
+            continue
         if not isinstance(e, ev.NodeReady | ev.NodeStarted | ev.NodeCompleted | ev.NodeFailed | ev.NodeSkipped):
             continue
         if not e.node_id:

@@ -9,10 +9,13 @@ them.
 
 from __future__ import annotations
 
+import contextlib
+import traceback as tb
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
+    "TRACEBACK_MAX_CHARS",
     "AetherGraphError",
     "ArtifactNotFoundError",
     "BusUnavailableError",
@@ -40,6 +43,9 @@ __all__ = [
     "UnknownServiceError",
     "WaitExpiredError",
     "WorkspaceError",
+    "error_type_name",
+    "failure_traceback",
+    "keep_traceback",
 ]
 
 
@@ -291,6 +297,35 @@ def error_type_name(exc: BaseException) -> str:
     """How a journal names an exception's type: ``ValueError``, or ``module.Class`` outside builtins."""
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+TRACEBACK_MAX_CHARS: Final = 8192
+"""The most of a failure's traceback a journal keeps: the end (innermost frames and the exception line) is kept."""
+
+_JOURNALED = "__aethergraph_traceback__"
+
+
+def keep_traceback(exc: BaseException, text: str) -> BaseException:
+    """Attach a traceback read from a journal to ``exc`` (an error rebuilt on replay, or a run's failure)."""
+    if text:
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _JOURNALED, text)
+    return exc
+
+
+def failure_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as a journal records it: the one it was rebuilt with, else formatted, at most
+    :data:`TRACEBACK_MAX_CHARS` characters (the end is kept)."""
+    text = getattr(exc, _JOURNALED, None)
+    if not isinstance(text, str) or not text:
+        try:
+            text = "".join(tb.format_exception(exc))
+        except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure itself
+            text = f"{error_type_name(exc)} (its traceback could not be formatted)"
+    if len(text) > TRACEBACK_MAX_CHARS:
+        cut = len(text) - TRACEBACK_MAX_CHARS
+        text = f"[{cut:,} characters of the traceback cut]\n" + text[-TRACEBACK_MAX_CHARS:]
+    return text
 
 
 CANCEL_REQUESTED = "aethergraph: cancel requested"

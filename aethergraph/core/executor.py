@@ -20,6 +20,7 @@ from .errors import (
     StaleWriterError,
     cancel_was_requested,
     error_type_name,
+    failure_traceback,
 )
 from .events import (
     AnyEvent,
@@ -295,6 +296,7 @@ async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
             error_type=error_type_name(reported),
             message=str(reported),
             failed_node_id=scope.failed_nodes.get(id(reported)),
+            traceback=failure_traceback(reported),
         )
         raise reported from (None if reported is exc else exc)
     finally:
@@ -394,6 +396,7 @@ async def call_tool_in_run(
             error_type=error_type_name(exc),
             message=exc.message if isinstance(exc, EventTooLargeError) else str(exc),
             duration_us=(time.perf_counter_ns() - started) // 1000,
+            traceback=failure_traceback(exc),
         )
         await committed
         cursor.set(seq)

@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS projection_state (
     version INTEGER NOT NULL,
     last_seq BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_source (
+    stream VARCHAR PRIMARY KEY,
+    created VARCHAR NOT NULL,
+    cluster VARCHAR,
+    server_name VARCHAR,
+    url VARCHAR
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream_seq BIGINT PRIMARY KEY,
     subject VARCHAR NOT NULL,
@@ -132,7 +139,7 @@ CREATE TABLE events (
     ),
     ProjectionSchema(
         name="runs",
-        version=3,  # 3: status 'queued' (a submitted run no worker has claimed yet)
+        version=4,  # 3: status 'queued' (a submitted run no worker has claimed yet); 4: traceback, retry clears errors
         description="one row per run: graph, status, parent/root, inputs, outputs, error, timings",
         tables={
             "runs": """
@@ -148,6 +155,7 @@ CREATE TABLE runs (
     error_type VARCHAR,
     error_message VARCHAR,
     failed_node_id VARCHAR,
+    traceback VARCHAR,
     waiting_wait_id VARCHAR,
     waiting_run_id VARCHAR,
     started_at TIMESTAMP,
@@ -162,7 +170,7 @@ CREATE TABLE runs (
     ),
     ProjectionSchema(
         name="nodes",
-        version=3,
+        version=4,  # 4: traceback; nodes of a cancelled run are skipped (reason cancelled)
         description="one row per node of a run (a tool call of a graph_fn, or a node of a static graph)",
         tables={
             "nodes": """
@@ -179,6 +187,7 @@ CREATE TABLE nodes (
     executor VARCHAR,
     error_type VARCHAR,
     error_message VARCHAR,
+    traceback VARCHAR,
     skip_reason VARCHAR,
     skip_upstream VARCHAR,
     child_run_id VARCHAR,
@@ -189,7 +198,7 @@ CREATE TABLE nodes (
     ),
     ProjectionSchema(
         name="calls",
-        version=2,
+        version=3,  # 3: tool_calls.traceback
         description="tool calls and service calls with arguments, results, errors and durations",
         tables={
             "tool_calls": """
@@ -204,6 +213,7 @@ CREATE TABLE tool_calls (
     status VARCHAR NOT NULL,
     error_type VARCHAR,
     error_message VARCHAR,
+    traceback VARCHAR,
     duration_us BIGINT,
     called_at TIMESTAMP,
     ended_at TIMESTAMP,
@@ -231,8 +241,8 @@ CREATE TABLE service_calls (
     ),
     ProjectionSchema(
         name="waits",
-        version=2,
-        description="every wait: prompt, schema, deadline, open/resumed/expired, the resume payload",
+        version=3,  # 3: a wait of a run that ended unanswered is closed with the run (cancelled or failed)
+        description="every wait: prompt, schema, deadline, open/resumed/expired/cancelled/failed, the resume payload",
         tables={
             "waits": """
 CREATE TABLE waits (
