@@ -60,7 +60,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)

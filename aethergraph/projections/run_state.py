@@ -150,7 +150,7 @@ def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunStat
     ).rows
     if run[1] in ("succeeded", "failed", "cancelled"):
         waits = []
-    error = f"{run[5]}: {run[6]}" if run[5] else None
+    error = f"{run[5]}: {run[6]}" if run[5] else run[6]  # a cancelled run's "error" is its reason
     return RunState(
         run_id=run_id,
         graph_id=run[0],
