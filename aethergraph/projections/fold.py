@@ -230,8 +230,7 @@ _NODE_STATUS: Final = (
     "WHEN 'node.skipped' THEN 'skipped' WHEN 'wait.requested' THEN 'waiting' "
     "WHEN 'wait.resumed' THEN 'running' WHEN 'wait.expired' THEN 'running' END"
 )
-_NODE_ERRORS: Final = "t IN ('tool.failed', 'node.failed', 'tool.returned', 'node.completed')"
-_NODE_FAILED: Final = "CASE WHEN t IN ('tool.failed', 'node.failed') THEN {} ELSE '' END"
+_NODE_FAILURES: Final = "t IN ('tool.failed', 'node.failed')"
 # Merging keeps non-null values, so a static node dispatched again after a skip (a retried run) clears its skip with ''.
 _SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} ELSE '' END"
 _SKIP_EVENTS: Final = "t IN ('node.skipped', 'node.ready', 'node.started')"
@@ -252,10 +251,10 @@ _NODES = _merge(
         )),
         ("worker", "last", _last("worker", "t <> 'child'")),
         ("executor", "last", _last("executor", _EXECUTED)),
-        # A node that succeeds after a failed attempt drops the failure ('' clears, see _NODES_CLOSE).
-        ("error_type", "last", _last(_NODE_FAILED.format("error_type"), _NODE_ERRORS)),
-        ("error_message", "last", _last(_NODE_FAILED.format("message"), _NODE_ERRORS)),
-        ("traceback", "last", _last(_NODE_FAILED.format("nullif(traceback, '')"), _NODE_ERRORS)),
+        # The latest failed attempt's error stays beside a later attempt's success.
+        ("error_type", "last", _last("error_type", _NODE_FAILURES)),
+        ("error_message", "last", _last("message", _NODE_FAILURES)),
+        ("traceback", "last", _last("nullif(traceback, '')", _NODE_FAILURES)),
         ("skip_reason", "last", _last(_SKIP.format("reason"), _SKIP_EVENTS)),
         ("skip_upstream", "last", _last(_SKIP.format("coalesce(upstream, '')"), _SKIP_EVENTS)),
         ("child_run_id", "first", _first("child", "t = 'child'")),
@@ -279,8 +278,7 @@ _NODES = _merge(
 
 # The nodes of a run cancelled while they ran or waited are skipped with reason cancelled (static graphs;
 # a graph_fn's tool call shows status cancelled), unless the run
-# went on after the cancellation (a retried run dispatches them again); failures cleared by a later
-# success ('' while merging) show NULL again.
+# went on after the cancellation (a retried run dispatches them again).
 _NODES_CLOSE = (
     """UPDATE nodes SET status = CASE WHEN skip_reason IS NULL THEN 'cancelled' ELSE 'skipped' END,
     skip_reason = CASE WHEN skip_reason IS NULL THEN NULL ELSE 'cancelled' END, ended_at = x.ts
@@ -290,9 +288,6 @@ FROM (
 ) AS x
 WHERE nodes.run_id = x.run_id AND nodes.run_id >= $2 AND nodes.status IN ('running', 'waiting', 'retrying')
       AND nodes.last_seq < x.end_seq""",
-    "UPDATE nodes SET error_type = nullif(error_type, ''), error_message = nullif(error_message, ''), "
-    "traceback = nullif(traceback, '') WHERE run_id >= $2 AND (error_type = '' OR error_message = '' "
-    "OR traceback = '') AND run_id IN (SELECT e.run_id FROM staging WHERE pos > $1)",
 )
 
 
