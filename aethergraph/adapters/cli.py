@@ -9,7 +9,8 @@ import json
 import logging
 import signal
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -62,6 +63,10 @@ def _parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
     return inputs
 
 
+_RUN_JSON_HELP = "print only the outputs, as JSON, on stdout (messages, logs and failures go to stderr)"
+T = TypeVar("T")
+
+
 @app.command()
 def run(
     graph: Annotated[str, typer.Argument(help="MODULE:GRAPH or path/to/file.py:GRAPH")],
@@ -71,13 +76,7 @@ def run(
     inputs_json: Annotated[str | None, typer.Option("--inputs-json", help="all inputs as one JSON object")] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="choose the run id (must be new)")] = None,
     events: Annotated[bool, typer.Option("--events/--no-events", help="print the run's events afterwards")] = False,
-    as_json: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="print only the outputs, as JSON, on stdout (messages, logs and failures go to stderr)",
-        ),
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=_RUN_JSON_HELP)] = False,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="if the run waits for an answer, wait until a worker finishes it")
     ] = False,
@@ -143,19 +142,21 @@ def run(
             raise typer.Exit(1)
         return outputs, journal
 
-    # With --json, stdout carries the outputs only: whatever the run prints (channel messages, the
-    # failure's events) goes to stderr.
-    stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        outputs, journal = drive(go)
+    outputs, journal = _drive_with_pure_stdout(go) if as_json else drive(go)
     if as_json:
-        stdout.write(json.dumps(outputs) + "\n")
-        stdout.flush()
+        sys.stdout.write(json.dumps(outputs) + "\n")
         return
     console.print(f"[bold green]run {chosen} succeeded[/] ({spec.label})")
     console.print(outputs_table(outputs))
     if events:
         _print_events(chosen, journal)
+
+
+def _drive_with_pure_stdout(go: Callable[[], Awaitable[T]]) -> T:
+    """``drive(go)`` with stdout sent to stderr: whatever the run prints (channel messages, a tool's own
+    prints, the failure's events) stays off stdout, which ``--json`` keeps for the outputs alone."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return drive(go)
 
 
 def _submit_detached(
