@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 __all__ = [
-    "TRACEBACK_MAX_CHARS",
     "AetherGraphError",
     "ArtifactNotFoundError",
     "BusUnavailableError",
@@ -43,9 +42,6 @@ __all__ = [
     "UnknownServiceError",
     "WaitExpiredError",
     "WorkspaceError",
-    "error_type_name",
-    "failure_traceback",
-    "keep_traceback",
 ]
 
 
