@@ -45,9 +45,11 @@ COLUMNS: dict[str, dict[str, str]] = {
         "root_run_id": "the top-level run of the tree (itself for a top-level run)",
         "inputs": "the run's inputs (JSON)",
         "outputs": "the run's outputs once it succeeded (JSON)",
-        "error_type": "the error type when it failed",
+        "error_type": "the error type when it failed (NULL again once a retry made it succeed)",
         "error_message": "the error message (or the cancel reason)",
         "failed_node_id": "the node whose failure failed the run",
+        "traceback": "the failing code's Python traceback, as journaled with `run.failed` (at most 8,192 "
+        "characters, the end kept)",
         "waiting_wait_id": "while parked: the wait it waits for (empty once it runs again)",
         "waiting_run_id": "while parked: the run holding that wait (itself or a nested run)",
         "started_at": "time of `run.started`",
@@ -63,7 +65,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "node_id": "`<tool>_<n>` in a graph_fn run, the node id in a static graph",
         "tool": "the tool (or nested graph) the node calls",
         "status": "`running`, `waiting`, `succeeded` or `failed`; static graph nodes also `retrying` (an attempt "
-        "failed and the retry policy runs it again) and `skipped`",
+        "failed and the retry policy runs it again) and `skipped` (a node still running when its run was "
+        "cancelled is `skipped`, reason `cancelled`; a graph_fn's call then shows `cancelled`)",
         "attempts": "attempts started (static graphs retry; a graph_fn step counts 1)",
         "started_at": "first start (a static node's first `node.ready` or `node.started`, its dispatch)",
         "ended_at": "end of the latest attempt (or the skip)",
@@ -72,6 +75,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "executor": "static graphs: the worker that executed the latest attempt that ran",
         "error_type": "error type of the latest failed attempt (kept when a retry then succeeded)",
         "error_message": "its error message",
+        "traceback": "its Python traceback, as journaled with the failure (at most 8,192 characters)",
         "skip_reason": "static graphs: `condition`, `upstream_skipped`, `upstream_failed` or `cancelled` while "
         "skipped, empty if dispatched (NULL in graph_fn runs)",
         "skip_upstream": "static graphs: the skipped or failed node that made it skip (empty if none)",
@@ -90,6 +94,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "status": "`running`, `succeeded` or `failed`",
         "error_type": "error type when it failed",
         "error_message": "error message when it failed",
+        "traceback": "the tool's Python traceback when it failed, as journaled in `tool.failed` (at most 8,192 "
+        "characters, the end kept)",
         "duration_us": "how long it ran (µs)",
         "called_at": "time of `tool.called`",
         "ended_at": "time of its outcome",
@@ -121,9 +127,10 @@ COLUMNS: dict[str, dict[str, str]] = {
         "payload_schema": "JSON Schema the answer must satisfy",
         "channel": "where it was asked (`console`, ...)",
         "deadline": "when it expires, if it has a deadline",
-        "status": "`open`, `resumed` or `expired`",
+        "status": "`open`, `resumed`, `expired`, or `cancelled` / `failed` when its run ended that way "
+        "before an answer came (it can no longer be answered)",
         "requested_at": "time of `wait.requested`",
-        "closed_at": "time it was answered or expired",
+        "closed_at": "time it was answered, expired, or its run ended",
         "payload": "the answer (JSON)",
         "command_seq": "stream sequence of the resume command that carried the answer",
     },
@@ -200,6 +207,13 @@ COLUMNS: dict[str, dict[str, str]] = {
         "reason": "`stale epoch: ...` (written by a writer that no longer owned the run) or `duplicate "
         "position: ...` (another event already took that `seq`)",
         "data": "the whole event as JSON",
+    },
+    "store_source": {
+        "stream": "the stream the store folded (`AG_EVENTS`)",
+        "created": "that stream's creation time on its server: a stream deleted and created again is another one",
+        "cluster": "its cluster's name (NULL on a single server)",
+        "server_name": "the server it was read from (for the message only)",
+        "url": "the NATS URL it was read from (for the message only)",
     },
     "projection_state": {
         "projection": "a projection (`journal`, `events`, `runs`, `nodes`, `calls`, `waits`, `artifacts`, "
@@ -290,7 +304,7 @@ def _schema() -> str:
     store = ProjectionStore.open(":memory:")
     parts = [SCHEMA_HEADING]
     owners = {table: schema for schema in PROJECTIONS for table in schema.tables}
-    order = [t for schema in PROJECTIONS for t in schema.tables] + ["dead_letters", "projection_state"]
+    order = [t for schema in PROJECTIONS for t in schema.tables] + ["dead_letters", "projection_state", "store_source"]
     for table in order:
         rows = store.query(
             "SELECT column_name, data_type, is_nullable FROM information_schema.columns "

@@ -431,13 +431,17 @@ class _Gen:
                 # A retried run may dispatch a node it had skipped.
                 if draw(st.booleans()) and not self.ready(emit, node_id, root):
                     break
-        end = draw(st.sampled_from(["completed", "completed", "failed", "cancelled", "running"]))
+        end = draw(st.sampled_from(["completed", "completed", "failed", "cancelled", "running", "retried"]))
+        if end == "retried":  # failed, then a retry made it succeed: the run's error is cleared
+            emit(ev.RunFailed, error_type="OSError", message="flaky", failed_node_id=last_node, traceback="tb")
+            claim("retry")
+            end = "completed"
         if end == "completed":
             result = self.new_value() if not self.pool or draw(st.booleans()) else draw(st.sampled_from(self.pool))
             emit(ev.RunCompleted, outputs={"result": result, "ok": True})
             return f"completed:{result}"
         if end == "failed":
-            emit(ev.RunFailed, error_type="ValueError", message="it broke", failed_node_id=last_node)
+            emit(ev.RunFailed, error_type="ValueError", message="it broke", failed_node_id=last_node, traceback="tb")
             return "failed"
         if end == "cancelled":
             emit(ev.RunCancelled, reason=draw(st.sampled_from(["", "user asked"])))
@@ -629,6 +633,11 @@ def expected_static_nodes(events: Sequence[ev.Event]) -> dict[tuple[str, str], t
     """What :func:`static_nodes` holds, folded in Python from the events in stream order."""
     rows: dict[tuple[str, str], list[Any]] = {}
     for e in events:
+        if isinstance(e, ev.RunCancelled):  # the nodes it leaves running are skipped, reason cancelled
+            for (run_id, _), row in rows.items():
+                if run_id == e.run_id and row[0] in ("running", "retrying"):
+                    row[0], row[4], row[5] = "skipped", "cancelled", ""
+            continue
         if not isinstance(e, ev.NodeReady | ev.NodeStarted | ev.NodeCompleted | ev.NodeFailed | ev.NodeSkipped):
             continue
         if not e.node_id:
@@ -965,5 +974,51 @@ def test_small_values_do_not_make_data_edges() -> None:
         store.apply(decoded(out))
         data = sorted(tuple(r) for r in store.query("SELECT src, dst FROM edges WHERE kind = 'data'").rows)
         assert data == [("node:small/a_1", "node:small/c_1")]
+    finally:
+        store.close()
+
+
+def ended_runs_journal() -> list[ev.Event]:
+    """A run cancelled and one failed while waiting; a static run failed at a node, then retried to success."""
+    out: list[ev.Event] = []
+    cancelled = RunJournal(out, "end-a")
+    cancelled.add(ev.RunStarted, graph_id="g")
+    cancelled.add(ev.WaitRequested, "root", wait_id="w2", kind="text", prompt="name?")
+    cancelled.add(ev.RunCancelled, reason="not needed")
+    failed = RunJournal(out, "end-b")
+    failed.add(ev.RunStarted, graph_id="g")
+    failed.add(ev.WaitRequested, "root", wait_id="w2", kind="review", prompt="ok?")
+    failed.add(ev.RunFailed, error_type="ValueError", message="bad", traceback="Traceback ...\nValueError: bad\n")
+    retried = RunJournal(out, "end-c")
+    retried.add(ev.RunStarted, graph_id="s")
+    retried.add(ev.NodeReady, "n1", tool="t")
+    retried.add(ev.NodeFailed, "n1", error_type="E", message="m", executor="w-1", traceback="tb of n1")
+    retried.add(ev.RunFailed, error_type="E", message="m", failed_node_id="n1", traceback="tb of n1")
+    retried.claim("w-2", reason="retry")
+    retried.add(ev.NodeReady, "n1", tool="t", attempt=2)
+    retried.add(ev.NodeCompleted, "n1", attempt=2, executor="w-2")
+    retried.add(ev.RunCompleted, outputs={"v": 1})
+    return out
+
+
+@pytest.mark.parametrize("per_event", [False, True], ids=["one batch", "a batch per event"])
+def test_waits_close_with_their_run_and_a_successful_retry_clears_the_runs_error(per_event: bool) -> None:
+    items = decoded(ended_runs_journal())
+    store = ProjectionStore.open(":memory:")
+    try:
+        for start, end in [(i, i) for i in range(1, len(items) + 1)] if per_event else [(1, len(items))]:
+            apply_range(store, items, start, end)
+        waits = store.query("SELECT run_id, status, closed_at IS NOT NULL FROM waits ORDER BY run_id").rows
+        assert [tuple(w) for w in waits] == [("end-a", "cancelled", True), ("end-b", "failed", True)]
+        runs = store.query(
+            "SELECT run_id, status, error_type, error_message, failed_node_id, traceback FROM runs ORDER BY run_id"
+        ).rows
+        assert [tuple(r) for r in runs] == [
+            ("end-a", "cancelled", None, "not needed", None, None),
+            ("end-b", "failed", "ValueError", "bad", None, "Traceback ...\nValueError: bad\n"),
+            ("end-c", "succeeded", None, None, None, None),
+        ]
+        # The node keeps its failed attempt's error beside the success (see docs/lineage.md, nodes).
+        assert one(store, "SELECT status || ' ' || traceback FROM nodes WHERE run_id = 'end-c'") == "succeeded tb of n1"
     finally:
         store.close()

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 import signal
 import sys
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
 
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError, RunExistsError
+from aethergraph.core.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.resume import resolve_resume
 from aethergraph.core.run_control import bind_run_inputs
@@ -24,7 +27,16 @@ from aethergraph.host.runs import Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
 from aethergraph.runtime import get_runtime, load_target, resume, serve_worker
 
-from .cli_common import app, checked_run_id, console, drive, err_console, settings_or_exit
+from .cli_common import (
+    EXIT_USAGE,
+    app,
+    checked_run_id,
+    console,
+    drive,
+    err_console,
+    reader_settings,
+    settings_or_exit,
+)
 from .console import add_event_row, event_line, event_table, event_to_json, outputs_table, run_state_json
 from .progress import RunProgress
 
@@ -73,6 +85,10 @@ def _input_value(key: str, raw: str) -> Any:
     return raw
 
 
+_RUN_JSON_HELP = "print only the outputs, as JSON, on stdout (messages, logs and failures go to stderr)"
+T = TypeVar("T")
+
+
 @app.command()
 def run(
     graph: Annotated[str, typer.Argument(help="MODULE:GRAPH or path/to/file.py:GRAPH")],
@@ -87,7 +103,7 @@ def run(
     inputs_json: Annotated[str | None, typer.Option("--inputs-json", help="all inputs as one JSON object")] = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="choose the run id (must be new)")] = None,
     events: Annotated[bool, typer.Option("--events/--no-events", help="print the run's events afterwards")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print outputs as JSON only")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=_RUN_JSON_HELP)] = False,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="if the run waits for an answer, wait until a worker finishes it")
     ] = False,
@@ -105,6 +121,8 @@ def run(
     status 3) unless --wait: answer it with `aethergraph resume`, and a worker
     (`aethergraph worker MODULE`) continues it. With --detach the run is
     submitted (status `queued`) and a worker serving the graph runs it.
+
+    Exit status: 0 succeeded, 1 failed, 2 bad arguments, 3 waiting for an answer.
     """
     try:
         spec = load_target(graph)
@@ -158,7 +176,7 @@ def run(
             raise typer.Exit(1)
         return outputs, journal
 
-    outputs, journal = drive(go)
+    outputs, journal = _drive_with_pure_stdout(go) if as_json else drive(go)
     if as_json:
         sys.stdout.write(json.dumps(outputs) + "\n")
         return
@@ -166,6 +184,13 @@ def run(
     console.print(outputs_table(outputs))
     if events:
         _print_events(chosen, journal)
+
+
+def _drive_with_pure_stdout(go: Callable[[], Awaitable[T]]) -> T:
+    """``drive(go)`` with stdout sent to stderr: whatever the run prints (channel messages, a tool's own
+    prints, the failure's events) stays off stdout, which ``--json`` keeps for the outputs alone."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return drive(go)
 
 
 def _submit_detached(
@@ -213,33 +238,48 @@ def _print_events(run_id: str, journal: list[Any]) -> None:
 @app.command("events")
 def events_command(
     run_id: Annotated[str, typer.Argument(help="the run whose events to print")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events (Ctrl-C to stop)")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="print new events as they come, until the run ends (or Ctrl-C)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
 ) -> None:
-    """Print a run's events in journal order."""
-    checked_run_id(run_id)
-    settings_or_exit()
+    """Print a run's events in journal order; with --follow, until the run ends.
 
-    async def go() -> int:
+    Exit status: 0 printed, 1 no bus to read, 2 no such run.
+    """
+    checked_run_id(run_id)
+    reader_settings()
+
+    async def go() -> int | None:
         runtime = await get_runtime()
+        if not await runtime.event_log.started_runs([run_id]):
+            return None
         count = 0
         table = event_table(title=f"events of run {run_id}")
-        async for record in runtime.event_log.read_run(run_id, follow=follow):
-            count += 1
-            if as_json:
-                sys.stdout.write(event_to_json(record.event) + "\n")
-                sys.stdout.flush()
-            elif follow:
-                console.print(event_line(record.event), highlight=False)
-            else:
-                add_event_row(table, record.event)
+        records = runtime.event_log.read_run(run_id, follow=follow)
+        try:
+            async for record in records:
+                count += 1
+                if as_json:
+                    sys.stdout.write(event_to_json(record.event) + "\n")
+                    sys.stdout.flush()
+                elif follow:
+                    console.print(event_line(record.event), highlight=False)
+                else:
+                    add_event_row(table, record.event)
+                if follow and isinstance(record.event, RunCompleted | RunFailed | RunCancelled):
+                    break  # the run ended
+        finally:
+            close = getattr(records, "aclose", None)
+            if close is not None:
+                await close()  # stop following: no subscription is left behind
         if not as_json and not follow and count:
             console.print(table)
         return count
 
-    if drive(go) == 0:
-        err_console.print(f"[yellow]no events for run {run_id}[/]")
-        raise typer.Exit(1)
+    if drive(go) is None:
+        err_console.print(f"[red]error:[/] no run {run_id} on the bus; list runs with `aethergraph runs`")
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command("worker")
@@ -309,7 +349,7 @@ def resume_command(
     except typer.BadParameter as exc:
         err_console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    settings_or_exit()
+    reader_settings()
 
     async def go() -> None:
         try:
@@ -343,9 +383,12 @@ def status_command(
     run_id: Annotated[str, typer.Argument(help="the run")],
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
-    """Print a run's status, nodes and open waits, rebuilt from the stream (works on any host)."""
+    """Print a run's status, nodes and open waits, rebuilt from the stream (works on any host).
+
+    A failed run's error is shown with its traceback (as journaled with the failure).
+    """
     checked_run_id(run_id)
-    settings_or_exit()
+    reader_settings()
 
     async def go() -> RunState:
         return await rebuild_run_state((await get_runtime()).event_log, run_id)
@@ -360,12 +403,16 @@ def status_command(
     )
     for node in state.nodes:
         where = "" if node.run_id == run_id else f" [dim](nested run {node.run_id})[/]"
-        console.print(f"  node {node.node_id} {node.status}{where}")
+        skipped = f" ({node.skip_reason})" if node.status == "skipped" and node.skip_reason else ""
+        console.print(f"  node {node.node_id} {node.status}{skipped}{where}")
     for wait in state.open_waits:
         where = "" if wait.run_id == run_id else f" in nested run {wait.run_id}"
         console.print(f"  open wait [bold]{wait.wait_id}[/]{where} ({wait.kind}): {escape(wait.prompt)}")
     if state.waiting_on and state.waiting_on[1] != run_id:
         console.print(f"  waiting on wait {state.waiting_on[0]} of nested run {state.waiting_on[1]}")
+    if state.traceback:
+        console.print("[bold]traceback[/] (journaled with the failure):")
+        console.print(escape(state.traceback.rstrip()), highlight=False, soft_wrap=True)
 
 
 @app.command("nats")
@@ -421,9 +468,9 @@ def nats_command(
 
 # The projection commands (projector, sql, runs, lineage, export) and the static-graph
 # commands (graph, cancel, retry) register on the same app.
-from . import cli_graphs, cli_migrate, cli_projections  # noqa: E402
+from . import cli_graphs, cli_inspect, cli_migrate, cli_projections  # noqa: E402
 
-__all__ += ["cli_graphs", "cli_migrate", "cli_projections"]
+__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections"]
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import typer
 from aethergraph.core.errors import AetherGraphError
 from aethergraph.runtime import get_runtime, import_modules, load_target
 
-from .cli_common import app, checked_run_id, console, drive, err_console, settings_or_exit
+from .cli_common import app, checked_run_id, console, drive, err_console, reader_settings, settings_or_exit
 from .console import outputs_table
 
 __all__ = ["cancel_command", "graph_command", "retry_command"]
@@ -49,7 +49,7 @@ def cancel_command(
 ) -> None:
     """Cancel a run wherever it runs; a waiting run is cancelled at once."""
     checked_run_id(run_id)
-    settings_or_exit()
+    reader_settings()  # nothing to cancel where there is no bus: no server is started for it
 
     async def go() -> str:
         return await (await get_runtime()).runs.cancel_run(run_id, reason or "cancelled from the command line")

@@ -1,4 +1,5 @@
-"""``aethergraph projector | sql | runs | lineage | export``: the projections from the command line."""
+"""``aethergraph projector | sql | runs | lineage | export | projections rebuild``: the projections from the
+command line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import csv
 import datetime as dt
 import json
+import re
 import signal
 import sys
 from collections import defaultdict
@@ -21,12 +23,33 @@ from rich.tree import Tree
 from aethergraph.projections.client import ProjectionAccess, serve_projections, store_path
 from aethergraph.projections.projector import Projector
 from aethergraph.projections.schema import node_entity
-from aethergraph.projections.store import QueryResult
+from aethergraph.projections.store import EXPORT_STORAGE_VERSION, QueryResult
 from aethergraph.runtime import get_runtime
 
-from .cli_common import app, checked_run_id, console, drive, err_console, settings_or_exit
+from .cli_common import app, checked_run_id, console, drive, err_console, reader_settings, settings_or_exit
 
-__all__ = ["CatchUpProgress", "result_table"]
+__all__ = ["CatchUpProgress", "notice", "parse_duration", "query_projections", "result_table"]
+
+projections_app = typer.Typer(help="Manage the workspace's projection store (the DuckDB tables behind `sql`).")
+app.add_typer(projections_app, name="projections")
+
+
+def notice(message: str) -> None:
+    """Tell the user something about the store on stderr (it is folded again, and why)."""
+    err_console.print(f"[yellow]{escape(message)}[/]", soft_wrap=True)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30s``, ``15m``, ``2h``, ``1d``, ``1w`` as a timedelta (typer.BadParameter otherwise)."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise typer.BadParameter(f"{text!r} is not a duration; write a number and a unit: 30s, 15m, 2h, 1d or 1w")
+    return dt.timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+
 
 # Catch-ups shorter than this many events finish before a bar would be worth drawing.
 _PROGRESS_FROM = 20_000
@@ -98,18 +121,23 @@ def result_table(result: QueryResult, *, title: str | None = None) -> Table:
     return table
 
 
-def _query(sql: str, params: list[Any] | None = None, *, what: str = "catching up") -> QueryResult:
-    settings_or_exit()
+def query_projections(sql: str, params: list[Any] | None = None, *, what: str = "catching up") -> QueryResult:
+    """Run read-only ``sql`` on the workspace's projections (exits with a message when there is no bus)."""
+    reader_settings()
     progress = CatchUpProgress(what)
 
     async def go() -> QueryResult:
         runtime = await get_runtime()
         try:
-            return await ProjectionAccess(runtime.bus, runtime.settings, on_progress=progress).query(sql, params)
+            access = ProjectionAccess(runtime.bus, runtime.settings, on_progress=progress, on_notice=notice)
+            return await access.query(sql, params)
         finally:
             progress.close()
 
     return drive(go)
+
+
+_query = query_projections
 
 
 @app.command("sql")
@@ -120,7 +148,11 @@ def sql_command(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON array of row objects")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="print CSV with a header row")] = False,
 ) -> None:
-    """Query the projections (runs, nodes, tool_calls, service_calls, waits, artifacts, edges, events) with SQL."""
+    """Query the projections (runs, nodes, tool_calls, service_calls, waits, artifacts, edges, events) with SQL.
+
+    Queries are read-only: one SELECT (or DESCRIBE, SHOW, SUMMARIZE); anything that would change the
+    tables is refused. `aethergraph projections rebuild` folds them again from the stream.
+    """
     if as_json and as_csv:
         err_console.print("[red]error:[/] give at most one of --json and --csv")
         raise typer.Exit(2)
@@ -145,6 +177,10 @@ def runs_command(
             "--status", help="only runs with this status (queued, running, waiting, succeeded, failed, cancelled)"
         ),
     ] = None,
+    graph: Annotated[str | None, typer.Option("--graph", help="only runs of this graph")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="only runs started within this long: 30s, 15m, 2h, 1d, 1w")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many, newest first")] = 50,
     nested: Annotated[
         bool, typer.Option("--nested/--top-level", help="include runs started inside other runs")
@@ -152,17 +188,50 @@ def runs_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List runs with their status and duration, newest first."""
+    try:
+        cutoff = None if since is None else dt.datetime.now(dt.UTC).replace(tzinfo=None) - parse_duration(since)
+    except typer.BadParameter as exc:
+        err_console.print(f"[red]error:[/] --since: {exc}")
+        raise typer.Exit(2) from None
     sql = (
         "SELECT run_id, graph_id, status, started_at, "
         "round(date_diff('microsecond', started_at, coalesce(ended_at, last_event_at)) / 1000.0, 1) AS duration_ms, "
         "event_count AS events, parent_run_id FROM runs WHERE ($1::VARCHAR IS NULL OR status = $1) "
-        "AND ($2 OR parent_run_id IS NULL) ORDER BY started_at DESC NULLS LAST, run_id LIMIT $3"
+        "AND ($2 OR parent_run_id IS NULL) AND ($4::VARCHAR IS NULL OR graph_id = $4) "
+        "AND ($5::TIMESTAMP IS NULL OR started_at >= $5) "
+        "ORDER BY started_at DESC NULLS LAST, run_id LIMIT $3"
     )
-    result = _query(sql, [status, nested, limit])
+    result = _query(sql, [status, nested, limit, graph, cutoff])
     if as_json:
         sys.stdout.write(json.dumps(result.dicts(), default=_json_default) + "\n")
         return
-    console.print(result_table(result, title="runs"))
+    console.print(_runs_table(result, nested=nested))
+
+
+def _runs_table(result: QueryResult, *, nested: bool) -> Table:
+    """The runs as a table whose run ids never wrap: the other columns are cut short first."""
+    rows = result.dicts()
+    id_width = max((len(r["run_id"]) for r in rows), default=6)
+    table = Table(title="runs", show_lines=False, header_style="bold")
+    table.add_column("run_id", no_wrap=True, min_width=id_width, overflow="fold")
+    for column in ("graph", "status", "started (UTC)"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    for column in ("ms", "events"):
+        table.add_column(column, justify="right", no_wrap=True, overflow="ellipsis")
+    if nested:
+        table.add_column("parent", no_wrap=True, overflow="ellipsis")
+    for r in rows:
+        started = r["started_at"].strftime("%Y-%m-%d %H:%M:%S") if r["started_at"] else ""
+        cells = [
+            r["run_id"],
+            escape(str(r["graph_id"] or "")),
+            _status(r["status"]),
+            started,
+            "" if r["duration_ms"] is None else f"{r['duration_ms']:g}",
+            str(r["events"]),
+        ]
+        table.add_row(*cells, *([r["parent_run_id"] or ""] if nested else []))
+    return table
 
 
 _LINEAGE_SQL = """
@@ -277,6 +346,7 @@ def lineage_command(
 ) -> None:
     """Print a run's DAG as a tree: nodes, nested runs, waits, artifacts, and where each node's inputs came from."""
     checked_run_id(run_id)
+    reader_settings()
     result = _query(_LINEAGE_SQL, [run_id])
     if as_json:
         sys.stdout.write(json.dumps(result.dicts(), default=_json_default) + "\n")
@@ -287,20 +357,56 @@ def lineage_command(
 @app.command("export")
 def export_command(
     target: Annotated[Path, typer.Argument(help="the DuckDB file to write (must not exist)")],
+    storage_version: Annotated[
+        str,
+        typer.Option(
+            "--storage-version",
+            help=f"DuckDB storage format to write: {EXPORT_STORAGE_VERSION} (the default) opens in the DuckDB 1.5 "
+            "command line (`pip install duckdb-cli`) and later; `latest` is the installed DuckDB's own format",
+        ),
+    ] = EXPORT_STORAGE_VERSION,
 ) -> None:
     """Write a read-only snapshot of the projections to a DuckDB file (open it with `duckdb -readonly FILE`)."""
-    settings_or_exit()
+    reader_settings()
     progress = CatchUpProgress("catching up")
 
     async def go() -> Path:
         runtime = await get_runtime()
         try:
-            return await ProjectionAccess(runtime.bus, runtime.settings, on_progress=progress).export(target)
+            access = ProjectionAccess(runtime.bus, runtime.settings, on_progress=progress, on_notice=notice)
+            return await access.export(target, storage_version)
         finally:
             progress.close()
 
     path = drive(go)
-    console.print(f"exported the projections to [bold]{path}[/] (read-only)")
+    console.print(
+        f"exported the projections to [bold]{path}[/] (read-only, DuckDB storage {storage_version}); "
+        f"open it with `duckdb -readonly {path}`"
+    )
+
+
+@projections_app.command("rebuild")
+def rebuild_command() -> None:
+    """Empty the workspace's projection store and fold every event of the stream into it again.
+
+    Use it when the tables look wrong (a store is otherwise kept up to date by itself, and folded
+    again when the bus or its stream changed). Stop a running `aethergraph projector` first.
+    """
+    reader_settings()
+    progress = CatchUpProgress("rebuilding")
+
+    async def go() -> Projector:
+        runtime = await get_runtime()
+        try:
+            return await ProjectionAccess(runtime.bus, runtime.settings, on_progress=progress).rebuild()
+        finally:
+            progress.close()
+
+    projector = drive(go)
+    console.print(
+        f"rebuilt the projections: {projector.stats.messages} messages folded up to stream sequence "
+        f"{projector.store.last_seq} ({projector.stats.dead_letters} dead letters)"
+    )
 
 
 @app.command("projector")
@@ -322,7 +428,9 @@ def projector_command() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        projector = await serve_projections(runtime.bus, runtime.settings, stop, on_progress=progress, on_ready=ready)
+        projector = await serve_projections(
+            runtime.bus, runtime.settings, stop, on_progress=progress, on_ready=ready, on_notice=notice
+        )
         console.print(
             f"projector stopped at stream sequence {projector.store.last_seq} "
             f"({projector.stats.messages} messages folded, {projector.stats.dead_letters} dead letters)"

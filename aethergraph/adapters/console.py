@@ -151,6 +151,8 @@ def run_state_json(state: RunState) -> dict[str, Any]:
         "status": state.status,
         "events": state.event_count,
         "error": state.error,
+        "traceback": state.traceback,
+        "outputs": state.outputs,
         "waiting_on": {"wait_id": state.waiting_on[0], "run_id": state.waiting_on[1]} if state.waiting_on else None,
         "runs": state.runs,
         "nodes": [
@@ -161,6 +163,9 @@ def run_state_json(state: RunState) -> dict[str, Any]:
                 "status": n.status,
                 "duration_us": n.duration_us,
                 "child_run_id": n.child_run_id,
+                "skip_reason": n.skip_reason,
+                "error": n.error,
+                "traceback": n.traceback,
             }
             for n in state.nodes
         ],

@@ -156,6 +156,11 @@ def _read_state(nats_dir: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+def has_embedded_store(workspace: Path) -> bool:
+    """Whether ``workspace`` holds an embedded server's JetStream store (a server ran there once)."""
+    return (workspace.resolve() / "nats" / "jetstream").is_dir()
+
+
 def running_server(workspace: Path) -> EmbeddedServer | None:
     """The embedded server of ``workspace`` if one is running, else ``None``."""
     nats_dir = _nats_dir(workspace)

@@ -9,8 +9,10 @@ them.
 
 from __future__ import annotations
 
+import contextlib
+import traceback as tb
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "AetherGraphError",
@@ -366,6 +368,35 @@ def public_error_class(error_type: str) -> type[BaseException] | None:
         return None
     found = globals().get(name)
     return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+TRACEBACK_MAX_CHARS: Final = 8192
+"""The most of a failure's traceback a journal keeps: the end (innermost frames and the exception line) is kept."""
+
+_JOURNALED = "__aethergraph_traceback__"
+
+
+def keep_traceback(exc: BaseException, text: str) -> BaseException:
+    """Attach a traceback read from a journal to ``exc`` (an error rebuilt on replay, or a run's failure)."""
+    if text:
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _JOURNALED, text)
+    return exc
+
+
+def failure_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback as a journal records it: the one it was rebuilt with, else formatted, at most
+    :data:`TRACEBACK_MAX_CHARS` characters (the end is kept)."""
+    text = getattr(exc, _JOURNALED, None)
+    if not isinstance(text, str) or not text:
+        try:
+            text = "".join(tb.format_exception(exc))
+        except Exception:  # noqa: BLE001 - a broken __str__ must not hide the failure itself
+            text = f"{error_type_name(exc)} (its traceback could not be formatted)"
+    if len(text) > TRACEBACK_MAX_CHARS:
+        cut = len(text) - TRACEBACK_MAX_CHARS
+        text = f"[{cut:,} characters of the traceback cut]\n" + text[-TRACEBACK_MAX_CHARS:]
+    return text
 
 
 CANCEL_REQUESTED = "aethergraph: cancel requested"

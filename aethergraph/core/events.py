@@ -104,9 +104,12 @@ class RunCompleted(Event, frozen=True, kw_only=True, tag="run.completed"):
 
 
 class RunFailed(Event, frozen=True, kw_only=True, tag="run.failed"):
+    """A run's failure; ``traceback`` is the failing exception's Python traceback (bounded, "" if none)."""
+
     error_type: str
     message: str
     failed_node_id: str | None = None
+    traceback: str = ""
 
 
 class RunWaiting(Event, frozen=True, kw_only=True, tag="run.waiting"):
@@ -168,7 +171,10 @@ class NodeCompleted(Event, frozen=True, kw_only=True, tag="node.completed"):
 
 
 class NodeFailed(Event, frozen=True, kw_only=True, tag="node.failed"):
-    """A node attempt failed; ``retry_at_us`` is set when the retry policy runs it again then."""
+    """A node attempt failed; ``retry_at_us`` is set when the retry policy runs it again then.
+
+    ``traceback`` is the failing code's Python traceback (bounded, "" when the node failed before it ran).
+    """
 
     error_type: str
     message: str
@@ -177,6 +183,7 @@ class NodeFailed(Event, frozen=True, kw_only=True, tag="node.failed"):
     started_us: int = 0
     duration_us: int = 0
     retry_at_us: int | None = None
+    traceback: str = ""
 
 
 class NodeSkipped(Event, frozen=True, kw_only=True, tag="node.skipped"):
@@ -206,10 +213,13 @@ class ToolReturned(Event, frozen=True, kw_only=True, tag="tool.returned"):
 
 
 class ToolFailed(Event, frozen=True, kw_only=True, tag="tool.failed"):
+    """A tool call's committed failure; ``traceback`` is the exception's Python traceback (bounded)."""
+
     tool: str
     error_type: str
     message: str
     duration_us: int = 0
+    traceback: str = ""
 
 
 class ServiceCalled(Event, frozen=True, kw_only=True, tag="service.called"):
@@ -243,11 +253,14 @@ class ServiceReturned(Event, frozen=True, kw_only=True, tag="service.returned"):
 
 
 class ServiceFailed(Event, frozen=True, kw_only=True, tag="service.failed"):
+    """A service call's committed failure; ``traceback`` is the exception's Python traceback (bounded)."""
+
     service: str
     method: str
     error_type: str
     message: str
     duration_us: int = 0
+    traceback: str = ""
 
 
 class ValueRecorded(Event, frozen=True, kw_only=True, tag="value.recorded"):

@@ -21,6 +21,7 @@ from .errors import (
     StaleWriterError,
     cancel_was_requested,
     error_type_name,
+    failure_traceback,
 )
 from .events import (
     AnyEvent,
@@ -313,6 +314,7 @@ async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
             error_type=error_type_name(reported),
             message=str(reported),
             failed_node_id=scope.failed_nodes.get(id(reported)),
+            traceback=failure_traceback(reported),
         )
         raise reported from (None if reported is exc else exc)
     finally:

@@ -36,6 +36,7 @@ class NodeReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     wait_run_id: str | None = None
     kind: str = ""
     prompt: str = ""
+    traceback: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import NonDeterminismError, ReplayedError, public_error_class
+from .errors import NonDeterminismError, ReplayedError, keep_traceback, public_error_class
 from .events import (
     ArtifactSaved,
     ChannelSent,
@@ -292,5 +292,6 @@ def rebuild_error(event: ToolFailed | ServiceFailed) -> BaseException:
             rebuilt = None
         # A constructor that formats its argument would change the message: only an exact rebuild counts.
         if rebuilt is not None and str(rebuilt) == event.message:
-            return rebuilt
-    return ReplayedError(event.message, error_type=event.error_type, run_id=event.run_id, node_id=event.node_id)
+            return keep_traceback(rebuilt, getattr(event, "traceback", ""))
+    replayed = ReplayedError(event.message, error_type=event.error_type, run_id=event.run_id, node_id=event.node_id)
+    return keep_traceback(replayed, getattr(event, "traceback", ""))

@@ -20,6 +20,7 @@ from .errors import (
     RunNotFoundError,
     StaleWriterError,
     error_type_name,
+    keep_traceback,
 )
 from .events import (
     ClaimReason,
@@ -81,12 +82,14 @@ def bind_run_inputs(spec: CallableSpec, inputs: Mapping[str, Any] | None) -> dic
 def run_failure(run_id: str, end: RunFailed | RunCancelled) -> RunFailedError:
     if isinstance(end, RunFailed):
         where = f" at node {end.failed_node_id}" if end.failed_node_id else ""
-        return RunFailedError(
+        error = RunFailedError(
             f"run {run_id} failed{where}: {end.error_type}: {end.message}",
             run_id=run_id,
             error_type=end.error_type,
             node_id=end.failed_node_id,
         )
+        keep_traceback(error, end.traceback)
+        return error
     return RunCancelledError(f"run {run_id} was cancelled: {end.reason or 'no reason given'}", run_id=run_id)
 
 

@@ -38,6 +38,7 @@ from .errors import (
     StaleWriterError,
     cancel_was_requested,
     error_type_name,
+    failure_traceback,
 )
 from .events import (
     Event,
@@ -88,6 +89,7 @@ class _NodeState:
     skip_reason: str = ""
     waiting: NodeReport | None = None
     error: tuple[str, str] = ("", "")
+    traceback: str = ""
 
 
 class _StaticRun:
@@ -135,6 +137,7 @@ class _StaticRun:
                 self.outputs[event.node_id or ""] = dict(event.outputs)
             elif isinstance(event, NodeFailed) and state is not None:
                 state.seq, state.error = event.seq, (event.error_type, event.message)
+                state.traceback = event.traceback
                 state.status = "retrying" if event.retry_at_us is not None else "failed"
             elif isinstance(event, NodeSkipped) and state is not None:
                 state.status, state.seq, state.skip_reason = "skipped", event.seq, event.reason
@@ -240,7 +243,7 @@ class _StaticRun:
         policy = self.graph.nodes[node_id].retry
         retry = policy is not None and report.status != "cancelled" and policy.retries(state.attempt, error_type)
         delay = policy.delay_s(state.attempt) if policy is not None and retry else 0.0
-        state.error = (error_type, report.message)
+        state.error, state.traceback = (error_type, report.message), report.traceback
         state.seq = self._append(
             NodeFailed,
             parent=state.seq,
@@ -252,6 +255,7 @@ class _StaticRun:
             started_us=report.started_us,
             duration_us=report.duration_us,
             retry_at_us=time.time_ns() // 1000 + int(delay * 1_000_000) if retry else None,
+            traceback=report.traceback,
         )
         outcome = self.last_commit
         if retry:
@@ -526,6 +530,7 @@ async def _fail_unexpectedly(run: _StaticRun, exc: Exception) -> None:
             error_type=error_type_name(exc),
             message=f"the scheduler of static run {run.scope.run_id} failed: {exc}",
             failed_node_id=None,
+            traceback=failure_traceback(exc),
         )
     except StaleWriterError:
         raise
@@ -570,7 +575,12 @@ async def _fail(run: _StaticRun) -> dict[str, Any]:
     node_id = run.failed[0]
     error_type, message = run.states[node_id].error
     await run.journal.commit(
-        RunFailed, parent=run.states[node_id].seq, error_type=error_type, message=message, failed_node_id=node_id
+        RunFailed,
+        parent=run.states[node_id].seq,
+        error_type=error_type,
+        message=message,
+        failed_node_id=node_id,
+        traceback=run.states[node_id].traceback,
     )
     raise RunFailedError(
         f"run {run.scope.run_id} failed at node {node_id}: {error_type}: {message}",

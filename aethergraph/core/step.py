@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import EventTooLargeError, NonDeterminismError, RunSuspended, error_type_name
+from .errors import EventTooLargeError, NonDeterminismError, RunSuspended, error_type_name, failure_traceback
 from .events import Event
 from .replay import Outcome, RecordedStep, rebuild_error
 from .scope import RunScope, cursor
@@ -103,6 +103,7 @@ def failure_fields(exc: BaseException) -> dict[str, Any]:
     return {
         "error_type": error_type_name(exc),
         "message": exc.message if isinstance(exc, EventTooLargeError) else str(exc),
+        "traceback": failure_traceback(exc),
     }
 
 

@@ -41,6 +41,7 @@ from aethergraph.core.errors import (
     RunSuspended,
     StaleWriterError,
     error_type_name,
+    failure_traceback,
 )
 from aethergraph.core.events import (
     NodeCompleted,
@@ -327,7 +328,12 @@ class NodeExecutor:
             error_type = exc.error_type if isinstance(exc, RunFailedError) else error_type_name(exc)
             message = exc.message if isinstance(exc, (EventTooLargeError, RunFailedError)) else str(exc)
             return NodeReport(
-                status="failed", error_type=error_type, message=message, **common, duration_us=_since(started)
+                status="failed",
+                error_type=error_type,
+                message=message,
+                traceback=failure_traceback(exc),
+                **common,
+                duration_us=_since(started),
             )
 
     def _cancelled_report(self, event: NodeWork, started_us: int = 0) -> NodeReport:

@@ -4,23 +4,34 @@ A query goes first to the projector that owns the workspace's store (if one
 runs, it answers from live data). With none running, this process opens the
 store itself, folds whatever the stream holds beyond the store's cursor, and
 answers; the store is closed again after, so a projector can start later.
+
+Before folding, the store is checked against the stream on the bus: a store
+that folded another stream (``AETHERGRAPH_NATS_URL`` now names another server,
+or the stream was deleted and created again) is emptied and folded again from
+this one, and ``on_notice`` hears why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aethergraph.bus.connection import BusConnection
-from aethergraph.core.errors import ProjectionLockedError
+from aethergraph.core.errors import ProjectionError, ProjectionLockedError
 from aethergraph.core.settings import Settings
 from aethergraph.projections.projector import ProgressCallback, Projector
 from aethergraph.projections.service import QueryRequest, QueryService, remote_request, store_id_for
-from aethergraph.projections.store import ProjectionStore, QueryResult
+from aethergraph.projections.store import EXPORT_STORAGE_VERSION, ProjectionStore, QueryResult
 
-__all__ = ["ProjectionAccess", "serve_projections", "store_path"]
+__all__ = ["NoticeCallback", "ProjectionAccess", "serve_projections", "store_path"]
+
+NoticeCallback = Callable[[str], None]
+"""Hears what a user should know about the store (it is being folded again, and why)."""
+
+log = logging.getLogger(__name__)
 
 STORE_FILE = "projections.duckdb"
 # How long a query waits for another process (a catch-up of its own) to release the store.
@@ -34,11 +45,19 @@ def store_path(settings: Settings) -> Path:
 class ProjectionAccess:
     """Queries, exports and catch-ups against the projection store of ``settings.workspace``."""
 
-    def __init__(self, bus: BusConnection, settings: Settings, *, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        bus: BusConnection,
+        settings: Settings,
+        *,
+        on_progress: ProgressCallback | None = None,
+        on_notice: NoticeCallback | None = None,
+    ) -> None:
         self._bus = bus
         self.path = store_path(settings)
         self.store_id = store_id_for(self.path)
         self._on_progress = on_progress
+        self._on_notice = on_notice or log.warning
 
     async def _request(self, request: QueryRequest) -> QueryResult | None:
         return await remote_request(self._bus.nc, self.store_id, request)
@@ -64,8 +83,30 @@ class ProjectionAccess:
             return opened
         store = opened
         try:
-            await Projector(self._bus, store, store_id=self.store_id).catch_up(on_progress=self._on_progress)
+            projector = Projector(self._bus, store, store_id=self.store_id)
+            await _check_source(projector, self.path, self._bus.url, self._on_notice)
+            await projector.catch_up(on_progress=self._on_progress)
             return await asyncio.to_thread(action, store)
+        finally:
+            store.close()
+
+    async def rebuild(self) -> Projector:
+        """Empty the store and fold the whole stream again (refused while a projector owns the store)."""
+        if await self._request(QueryRequest(op="status")) is not None:
+            raise ProjectionError(
+                f"a projector process owns {self.path}; stop it (Ctrl-C), then run `aethergraph projections "
+                "rebuild` again (a projector started afterwards serves the rebuilt store)"
+            )
+        opened = await self._open_store(QueryRequest(op="status"))
+        if isinstance(opened, QueryResult):
+            raise ProjectionError(f"a projector process took {self.path} meanwhile; stop it and rebuild again")
+        store = opened
+        try:
+            await asyncio.to_thread(store.reset_all)
+            projector = Projector(self._bus, store, store_id=self.store_id)
+            await projector.check_source()
+            await projector.catch_up(on_progress=self._on_progress)
+            return projector
         finally:
             store.close()
 
@@ -77,13 +118,13 @@ class ProjectionAccess:
         result: QueryResult = await self._locally(request, lambda store: store.query(sql, params))
         return result
 
-    async def export(self, target: Path) -> Path:
+    async def export(self, target: Path, storage_version: str = EXPORT_STORAGE_VERSION) -> Path:
         target = await asyncio.to_thread(target.resolve)
-        request = QueryRequest(op="export", path=str(target))
+        request = QueryRequest(op="export", path=str(target), storage_version=storage_version)
         remote = await self._request(request)
         if remote is not None:
             return Path(remote.rows[0][0])
-        done = await self._locally(request, lambda store: store.export(target))
+        done = await self._locally(request, lambda store: store.export(target, storage_version))
         return Path(done.rows[0][0]) if isinstance(done, QueryResult) else Path(done)
 
 
@@ -94,6 +135,7 @@ async def serve_projections(
     *,
     on_progress: ProgressCallback | None = None,
     on_ready: Callable[[Projector], None] | None = None,
+    on_notice: NoticeCallback | None = None,
 ) -> Projector:
     """Own the workspace's store: catch up, then fold new events and answer queries until ``stop``."""
     path = store_path(settings)
@@ -102,6 +144,7 @@ async def serve_projections(
     service = QueryService(bus.nc, store, store_id)
     projector = Projector(bus, store, store_id=store_id)
     try:
+        await _check_source(projector, path, bus.url, on_notice or log.warning)
         await service.start()
         await projector.catch_up(on_progress=on_progress)
         if on_ready is not None:
@@ -111,3 +154,9 @@ async def serve_projections(
         await service.stop()
         store.close()
     return projector
+
+
+async def _check_source(projector: Projector, path: Path, url: str, notice: NoticeCallback) -> None:
+    reason = await projector.check_source()
+    if reason is not None:
+        notice(f"the projection store {path} was folded from another stream ({reason}); folding it again from {url}")

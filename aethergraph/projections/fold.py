@@ -67,7 +67,7 @@ _FIELDS: Final[dict[str, str]] = {
     "artifact_id": "VARCHAR", "uri": "VARCHAR", "name": "VARCHAR", "mime": "VARCHAR", "size": "BIGINT",
     "labels": "JSON",
     "data": "JSON", "tags": "JSON", "text": "VARCHAR", "executor": "VARCHAR", "retry_at_us": "BIGINT",
-    "upstream": "VARCHAR", "queued": "BOOLEAN",
+    "upstream": "VARCHAR", "queued": "BOOLEAN", "traceback": "VARCHAR",
 }  # fmt: skip
 
 _STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
@@ -166,6 +166,10 @@ _ATTEMPT: Final = (
     "WHEN t IN ('node.started', 'node.ready', 'node.completed', 'node.failed') THEN coalesce(attempt, 1) END"
 )
 
+# The events that set a run's failure (run.failed) or clear it (it completes, or is retried).
+_RUN_ERRORS: Final = "(e.type IN ('run.failed', 'run.completed') OR (e.type = 'run.claimed' AND e.reason = 'retry'))"
+_FAILED_OR_CLEARED: Final = "CASE WHEN e.type = 'run.failed' THEN {} ELSE '' END"
+
 _EVENTS = (
     "INSERT INTO events SELECT stream_seq, e.run_id, e.seq, e.type, make_timestamp(e.ts), e.worker, e.parent, "
     "e.node_id, coalesce(e.epoch, 1), raw::JSON FROM staging WHERE pos > $1"
@@ -182,12 +186,15 @@ _RUNS = _merge(
         ("root_run_id", "first", _first("coalesce(e.root_run_id, e.run_id)", "e.type = 'run.started'")),
         ("inputs", "first", _first("e.inputs", "e.type = 'run.started'")),
         ("outputs", "last", _last("e.outputs", "e.type = 'run.completed'")),
-        ("error_type", "last", _last("e.error_type", "e.type = 'run.failed'")),
+        # A run that succeeds after all (a retried static run) drops its old failure: '' clears, see _RUNS_CLEAR.
+        ("error_type", "last", _last(_FAILED_OR_CLEARED.format("e.error_type"), _RUN_ERRORS)),
         ("error_message", "last", _last(
-            "CASE WHEN e.type = 'run.failed' THEN e.message ELSE nullif(e.reason, '') END",
-            "e.type IN ('run.failed', 'run.cancelled')",
+            "CASE WHEN e.type = 'run.failed' THEN e.message WHEN e.type = 'run.cancelled' THEN nullif(e.reason, '') "
+            "ELSE '' END",
+            f"({_RUN_ERRORS} OR e.type = 'run.cancelled')",
         )),
-        ("failed_node_id", "last", _last("e.failed_node_id", "e.type = 'run.failed'")),
+        ("failed_node_id", "last", _last(_FAILED_OR_CLEARED.format("e.failed_node_id"), _RUN_ERRORS)),
+        ("traceback", "last", _last(_FAILED_OR_CLEARED.format("nullif(e.traceback, '')"), _RUN_ERRORS)),
         # Merging keeps non-null values, so "not waiting any more" is the empty string.
         ("waiting_wait_id", "last", _last(_WHILE_WAITING.format("e.wait_id"), "st IS NOT NULL")),
         ("waiting_run_id", "last", _last(_WHILE_WAITING.format("e.wait_run_id"), "st IS NOT NULL")),
@@ -203,6 +210,14 @@ _RUNS = _merge(
     low=("run_id", "$2"),
 )  # fmt: skip
 
+# The runs of the batch whose failure a later event cleared ('' while merging) show NULL again.
+_RUNS_CLEAR = (
+    "UPDATE runs SET error_type = nullif(error_type, ''), error_message = nullif(error_message, ''), "
+    "failed_node_id = nullif(failed_node_id, ''), traceback = nullif(traceback, '') "
+    "WHERE run_id >= $2 AND (error_type = '' OR error_message = '' OR failed_node_id = '' OR traceback = '') "
+    "AND run_id IN (SELECT e.run_id FROM staging WHERE pos > $1)"
+)
+
 _NODE_TYPES: Final = (
     "'tool.called', 'node.started', 'node.ready', 'tool.returned', 'node.completed', 'tool.failed', 'node.failed', "
     "'node.skipped', 'wait.requested', 'wait.resumed', 'wait.expired'"
@@ -215,6 +230,7 @@ _NODE_STATUS: Final = (
     "WHEN 'node.skipped' THEN 'skipped' WHEN 'wait.requested' THEN 'waiting' "
     "WHEN 'wait.resumed' THEN 'running' WHEN 'wait.expired' THEN 'running' END"
 )
+_NODE_FAILURES: Final = "t IN ('tool.failed', 'node.failed')"
 # Merging keeps non-null values, so a static node dispatched again after a skip (a retried run) clears its skip with ''.
 _SKIP: Final = "CASE t WHEN 'node.skipped' THEN {} ELSE '' END"
 _SKIP_EVENTS: Final = "t IN ('node.skipped', 'node.ready', 'node.started')"
@@ -235,8 +251,10 @@ _NODES = _merge(
         )),
         ("worker", "last", _last("worker", "t <> 'child'")),
         ("executor", "last", _last("executor", _EXECUTED)),
-        ("error_type", "last", _last("error_type", "t IN ('tool.failed', 'node.failed')")),
-        ("error_message", "last", _last("message", "t IN ('tool.failed', 'node.failed')")),
+        # The latest failed attempt's error stays beside a later attempt's success.
+        ("error_type", "last", _last("error_type", _NODE_FAILURES)),
+        ("error_message", "last", _last("message", _NODE_FAILURES)),
+        ("traceback", "last", _last("nullif(traceback, '')", _NODE_FAILURES)),
         ("skip_reason", "last", _last(_SKIP.format("reason"), _SKIP_EVENTS)),
         ("skip_upstream", "last", _last(_SKIP.format("coalesce(upstream, '')"), _SKIP_EVENTS)),
         ("child_run_id", "first", _first("child", "t = 'child'")),
@@ -246,16 +264,31 @@ _NODES = _merge(
     f"""FROM (
     SELECT ord AS s, e.type AS t, e.run_id, e.node_id, e.tool, e.attempt, e.ts, e.seq, e.worker,
            e.duration_us, e.error_type, e.message, e.executor, e.retry_at_us, e.reason, e.upstream,
-           NULL::VARCHAR AS child
+           e.traceback, NULL::VARCHAR AS child
     FROM staging WHERE pos > $1 AND e.type IN ({_NODE_TYPES}) AND {_IN_NODE}
     UNION ALL
     SELECT ord, 'child', e.parent_run_id, e.parent_node_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL, NULL, e.run_id
+           NULL, NULL, NULL, NULL, NULL, e.run_id
     FROM staging WHERE pos > $1 AND e.type = 'run.started'
           AND e.parent_run_id IS NOT NULL AND e.parent_node_id IS NOT NULL
 ) GROUP BY run_id, node_id""",
     low=("run_id", "$2"),
 )  # fmt: skip
+
+
+# The nodes of a run cancelled while they ran or waited are skipped with reason cancelled (static graphs;
+# a graph_fn's tool call shows status cancelled), unless the run
+# went on after the cancellation (a retried run dispatches them again).
+_NODES_CLOSE = (
+    """UPDATE nodes SET status = CASE WHEN skip_reason IS NULL THEN 'cancelled' ELSE 'skipped' END,
+    skip_reason = CASE WHEN skip_reason IS NULL THEN NULL ELSE 'cancelled' END, ended_at = x.ts
+FROM (
+    SELECT e.run_id AS run_id, max(e.seq) AS end_seq, max(make_timestamp(e.ts)) AS ts
+    FROM staging WHERE pos > $1 AND e.type = 'run.cancelled' GROUP BY e.run_id
+) AS x
+WHERE nodes.run_id = x.run_id AND nodes.run_id >= $2 AND nodes.status IN ('running', 'waiting', 'retrying')
+      AND nodes.last_seq < x.end_seq""",
+)
 
 
 def _calls(table: str, opened: str, closed: tuple[str, str], extra: list[tuple[str, Rule, str]]) -> str:
@@ -294,6 +327,7 @@ _TOOL_CALLS = _calls(
         ("args", "first", _first("e.args", "e.type = 'tool.called'")),
         ("outputs", "last", _last("e.outputs", "e.type = 'tool.returned'")),
         ("worker", "last", _last("e.worker", "true")),
+        ("traceback", "last", _last("nullif(e.traceback, '')", "e.type = 'tool.failed'")),
     ],
 )
 _SERVICE_CALLS = _calls(
@@ -333,6 +367,16 @@ _WAITS = _merge(
     "e.type IN ('wait.requested', 'wait.resumed', 'wait.expired')) GROUP BY e.run_id, e.wait_id",
     low=("run_id", "$2"),
 )  # fmt: skip
+
+# A wait still open when its run is cancelled or fails can no longer be answered: it closes with the run.
+_WAITS_CLOSE = """UPDATE waits SET status = x.status, closed_at = x.ts
+FROM (
+    SELECT e.run_id AS run_id,
+           arg_max(CASE e.type WHEN 'run.cancelled' THEN 'cancelled' ELSE 'failed' END, ord) AS status,
+           max(make_timestamp(e.ts)) AS ts
+    FROM staging WHERE pos > $1 AND e.type IN ('run.cancelled', 'run.failed') GROUP BY e.run_id
+) AS x
+WHERE waits.run_id = x.run_id AND waits.run_id >= $2 AND waits.status = 'open'"""
 
 _ARTIFACTS = (
     "INSERT INTO artifacts SELECT e.run_id, e.seq, e.artifact_id, e.uri, e.kind, e.name, e.mime, e.size, e.labels, "
@@ -439,10 +483,10 @@ GROUP BY v.entity, c.entity, c.root""",
 # Projection name -> its statements, in order (lineage: roots, then edges and values, then data edges).
 FOLDS: Final[dict[str, tuple[str, ...]]] = {
     "events": (_EVENTS,),
-    "runs": (_RUNS,),
-    "nodes": (_NODES,),
+    "runs": (_RUNS, _RUNS_CLEAR),
+    "nodes": (_NODES, *_NODES_CLOSE),
     "calls": (_TOOL_CALLS, _SERVICE_CALLS),
-    "waits": (_WAITS,),
+    "waits": (_WAITS, _WAITS_CLOSE),
     "artifacts": (_ARTIFACTS,),
     "memories": (_MEMORIES,),
     "lineage": (_ROOTS, _STRUCTURAL_EDGES, _PRODUCED_VALUES, _DATA_EDGES),

@@ -41,7 +41,7 @@ from aethergraph.core.events import EVENT_TYPES
 
 from .fold import Decoded
 from .journal import JournalKey
-from .store import DeadLetter, ProjectionStore
+from .store import DeadLetter, ProjectionStore, StreamSource
 
 __all__ = ["ProgressCallback", "Projector", "ProjectorStats", "decode_batch", "decode_message"]
 
@@ -151,6 +151,38 @@ class Projector:
     async def stream_last_seq(self) -> int:
         info = await self._bus.js.stream_info(EVENTS_STREAM)
         return int(info.state.last_seq)
+
+    async def stream_source(self) -> StreamSource:
+        """The identity of the stream on the bus: its creation time and cluster, with the server read from."""
+        info = await self._bus.js.stream_info(EVENTS_STREAM)
+        server = getattr(self._bus.nc, "_server_info", None) or {}
+        return StreamSource(
+            stream=EVENTS_STREAM,
+            created=info.created.isoformat() if info.created else "",
+            cluster=info.cluster.name if info.cluster is not None else None,
+            server_name=server.get("server_name"),
+            url=self._bus.url,
+        )
+
+    async def check_source(self) -> str | None:
+        """Make sure the store folds the stream on this bus; empty it first if it folded another one.
+
+        Returns why the store was emptied (to be folded again from this stream), or None if it was not:
+        the bus is another server, or the stream was deleted and created again, since the store last folded.
+        """
+        current = await self.stream_source()
+        store = self._store
+        recorded = await asyncio.to_thread(store.source)
+        reason: str | None = None
+        if recorded is None and store.last_seq > 0:
+            reason = "it does not record which stream it folded (it was made by an earlier version)"
+        elif recorded is not None and not recorded.same_stream(current):
+            reason = f"it holds the {recorded.describe()}, the bus has the {current.describe()}"
+        if reason is not None:
+            await asyncio.to_thread(store.reset_all)
+        if recorded is None or reason is not None or recorded != current:
+            await asyncio.to_thread(store.record_source, current)
+        return reason
 
     async def catch_up(self, *, on_progress: ProgressCallback | None = None) -> int:
         """Fold every message stored when this is called; returns how many were read."""

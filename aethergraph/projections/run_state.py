@@ -51,6 +51,9 @@ class NodeState:
     status: str | None
     duration_us: int | None
     child_run_id: str | None
+    skip_reason: str | None = None
+    error: str | None = None
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +65,9 @@ class RunState:
     ended_at: datetime | None
     event_count: int
     error: str | None
+    # The journaled traceback of the failure (None unless the run failed with one).
+    traceback: str | None
+    outputs: dict[str, Any] | None
     # (wait_id, run_id holding the wait) while the run is parked on a wait.
     waiting_on: tuple[str, str] | None
     runs: list[str]
@@ -126,21 +132,25 @@ async def rebuild_run_state(
 def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunState:
     run = store.query(
         "SELECT graph_id, status, started_at, ended_at, event_count, error_type, error_message, "
-        "waiting_wait_id, waiting_run_id "
+        "waiting_wait_id, waiting_run_id, traceback, outputs "
         "FROM runs WHERE run_id = ?",
         [run_id],
     ).rows[0]
     nodes = store.query(
-        "SELECT run_id, node_id, tool, status, duration_us, child_run_id FROM nodes "
+        "SELECT run_id, node_id, tool, status, duration_us, child_run_id, nullif(skip_reason, ''), "
+        "error_type || ': ' || error_message, traceback FROM nodes "
         "WHERE run_id IN (SELECT unnest($1)) ORDER BY started_at, run_id, first_seq",
         [tree],
     ).rows
+    # A run that ended has no wait left to answer (its waits closed with it, and so did its nested runs').
     waits = store.query(
         "SELECT run_id, wait_id, node_id, kind, prompt, payload_schema, deadline FROM waits "
         "WHERE status = 'open' AND run_id IN (SELECT unnest($1)) ORDER BY requested_at",
         [tree],
     ).rows
-    error = f"{run[5]}: {run[6]}" if run[5] else None
+    if run[1] in ("succeeded", "failed", "cancelled"):
+        waits = []
+    error = f"{run[5]}: {run[6]}" if run[5] else run[6]  # a cancelled run's "error" is its reason
     return RunState(
         run_id=run_id,
         graph_id=run[0],
@@ -149,10 +159,22 @@ def _read_state(store: ProjectionStore, run_id: str, tree: list[str]) -> RunStat
         ended_at=run[3],
         event_count=run[4],
         error=error,
+        traceback=run[9],
+        outputs=json.loads(run[10]) if run[10] is not None else None,
         waiting_on=(run[7], run[8]) if run[7] else None,
         runs=tree,
         nodes=[
-            NodeState(run_id=n[0], node_id=n[1], tool=n[2], status=n[3], duration_us=n[4], child_run_id=n[5])
+            NodeState(
+                run_id=n[0],
+                node_id=n[1],
+                tool=n[2],
+                status=n[3],
+                duration_us=n[4],
+                child_run_id=n[5],
+                skip_reason=n[6],
+                error=n[7],
+                traceback=n[8],
+            )
             for n in nodes
         ],
         open_waits=[

@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS projection_state (
     version INTEGER NOT NULL,
     last_seq BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_source (
+    stream VARCHAR PRIMARY KEY,
+    created VARCHAR NOT NULL,
+    cluster VARCHAR,
+    server_name VARCHAR,
+    url VARCHAR
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream_seq BIGINT PRIMARY KEY,
     subject VARCHAR NOT NULL,
@@ -118,7 +125,7 @@ CREATE TABLE events (
     ),
     ProjectionSchema(
         name="runs",
-        version=3,  # 3: status 'queued' (a submitted run no worker has claimed yet)
+        version=4,  # 3: status 'queued' (a submitted run no worker has claimed yet); 4: traceback, retry clears errors
         description="one row per run: graph, status, parent/root, inputs, outputs, error, timings",
         tables={
             "runs": """
@@ -134,6 +141,7 @@ CREATE TABLE runs (
     error_type VARCHAR,
     error_message VARCHAR,
     failed_node_id VARCHAR,
+    traceback VARCHAR,
     waiting_wait_id VARCHAR,
     waiting_run_id VARCHAR,
     started_at TIMESTAMP,
@@ -148,7 +156,7 @@ CREATE TABLE runs (
     ),
     ProjectionSchema(
         name="nodes",
-        version=3,
+        version=4,  # 4: traceback; nodes of a cancelled run are skipped (reason cancelled)
         description="one row per node of a run (a tool call of a graph_fn, or a node of a static graph)",
         tables={
             "nodes": """
@@ -165,6 +173,7 @@ CREATE TABLE nodes (
     executor VARCHAR,
     error_type VARCHAR,
     error_message VARCHAR,
+    traceback VARCHAR,
     skip_reason VARCHAR,
     skip_upstream VARCHAR,
     child_run_id VARCHAR,
@@ -175,7 +184,7 @@ CREATE TABLE nodes (
     ),
     ProjectionSchema(
         name="calls",
-        version=2,
+        version=3,  # 3: tool_calls.traceback
         description="tool calls and service calls with arguments, results, errors and durations",
         tables={
             "tool_calls": """
@@ -190,6 +199,7 @@ CREATE TABLE tool_calls (
     status VARCHAR NOT NULL,
     error_type VARCHAR,
     error_message VARCHAR,
+    traceback VARCHAR,
     duration_us BIGINT,
     called_at TIMESTAMP,
     ended_at TIMESTAMP,
@@ -217,8 +227,8 @@ CREATE TABLE service_calls (
     ),
     ProjectionSchema(
         name="waits",
-        version=2,
-        description="every wait: prompt, schema, deadline, open/resumed/expired, the resume payload",
+        version=3,  # 3: a wait of a run that ended unanswered is closed with the run (cancelled or failed)
+        description="every wait: prompt, schema, deadline, open/resumed/expired/cancelled/failed, the resume payload",
         tables={
             "waits": """
 CREATE TABLE waits (

@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 from aethergraph.bus.topology import projector_query_subject
 from aethergraph.core.errors import ProjectionError
 
-from .store import ProjectionStore, QueryResult
+from .store import EXPORT_STORAGE_VERSION, ProjectionStore, QueryResult
 
 __all__ = ["QueryChunk", "QueryRequest", "QueryService", "remote_request", "store_id_for"]
 
@@ -42,6 +42,7 @@ class QueryRequest(msgspec.Struct, frozen=True, kw_only=True):
     sql: str = ""
     params: list[Any] | dict[str, Any] | None = None
     path: str = ""
+    storage_version: str = EXPORT_STORAGE_VERSION
 
 
 class QueryChunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,7 +129,7 @@ class QueryService:
             if request.op == "query":
                 result = await asyncio.to_thread(self._store.query, request.sql, request.params)
             elif request.op == "export":
-                path = await asyncio.to_thread(self._store.export, request.path)
+                path = await asyncio.to_thread(self._store.export, request.path, request.storage_version)
                 result = QueryResult(columns=("path",), types=("VARCHAR",), rows=[(str(path),)])
             else:
                 cursors = sorted(self._store.cursors.items())

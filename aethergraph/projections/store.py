@@ -29,10 +29,30 @@ from .journal import JournalKey, JournalSorter
 from .journal_store import journal_key, read_heads, read_held, write_journal
 from .schema import JOURNAL, MACROS, PROJECTIONS, STATE_DDL, ProjectionSchema, projection
 
-__all__ = ["DEAD_LETTER_MAX_BYTES", "DeadLetter", "ProjectionStore", "QueryResult"]
+__all__ = [
+    "DEAD_LETTER_MAX_BYTES",
+    "EXPORT_STORAGE_VERSION",
+    "DeadLetter",
+    "ProjectionStore",
+    "QueryResult",
+    "StreamSource",
+    "check_read_only",
+]
 
 DEAD_LETTER_MAX_BYTES = 4096
 """How much of a dead letter's bytes the store keeps (the reason then says how long it was)."""
+
+EXPORT_STORAGE_VERSION = "v1.5.0"
+"""The DuckDB storage format an export is written in by default: the one DuckDB 1.5 (the current stable
+command line, ``pip install duckdb-cli``) reads. ``latest`` writes the installed DuckDB's own format."""
+
+_FOLD_AGAIN = (
+    "The tables are folded from the stream: to fold them again run `aethergraph projections rebuild`; "
+    "to change data, `aethergraph export FILE` and work on the copy"
+)
+
+# What a query on the projections may be: DuckDB's parser names each statement's type.
+_READ_ONLY = frozenset({duckdb.StatementType.SELECT})
 
 # How many of the positional parameters ($1 cursor, $2 and $3 batch bounds) each fold statement takes.
 _ARITY: dict[str, int] = {
@@ -50,6 +70,42 @@ class DeadLetter:
     subject: str
     raw: bytes
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSource:
+    """Which stream a store folded: the stream's name and creation time, its cluster, and where it was read."""
+
+    stream: str
+    created: str
+    cluster: str | None
+    server_name: str | None
+    url: str
+
+    def same_stream(self, other: StreamSource) -> bool:
+        """Whether ``other`` is this very stream (not a stream of the same name on another server, or reset)."""
+        return (self.stream, self.created, self.cluster) == (other.stream, other.created, other.cluster)
+
+    def describe(self) -> str:
+        where = f"{self.url}" + (f" (server {self.server_name})" if self.server_name else "")
+        return f"stream {self.stream} created {self.created} on {where}"
+
+
+def check_read_only(sql: str) -> None:
+    """Raise :class:`ProjectionError` unless ``sql`` is one read-only statement (DuckDB's parser decides)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ProjectionError(f"query failed: {exc}") from exc
+    if len(statements) != 1:
+        raise ProjectionError(f"give one SQL statement per query, not {len(statements)}")
+    kind = statements[0].type
+    if kind not in _READ_ONLY:
+        name = kind.name.replace("_STATEMENT", "")
+        raise ProjectionError(
+            f"the projections are read-only: {name} statements are refused (queries may only SELECT, "
+            f"DESCRIBE, SHOW or SUMMARIZE). {_FOLD_AGAIN}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +187,29 @@ class ProjectionStore:
 
     def close(self) -> None:
         self._con.close()
+
+    def reset_all(self) -> None:
+        """Empty every projection and the dead letters, forget the stream: the next catch-up folds it all again."""
+        with self._write_lock:
+            for schema in PROJECTIONS:
+                self._reset(schema)
+            self._con.execute("DELETE FROM dead_letters")
+            self._con.execute("DELETE FROM store_source")
+
+    def source(self) -> StreamSource | None:
+        """The stream this store folded, if it recorded one."""
+        row = self._con.execute("SELECT stream, created, cluster, server_name, url FROM store_source").fetchone()
+        return None if row is None else StreamSource(*row)
+
+    def record_source(self, source: StreamSource) -> None:
+        with self._write_lock:
+            self._con.execute("BEGIN")
+            self._con.execute("DELETE FROM store_source")
+            self._con.execute(
+                "INSERT INTO store_source VALUES (?, ?, ?, ?, ?)",
+                [source.stream, source.created, source.cluster, source.server_name, source.url],
+            )
+            self._con.execute("COMMIT")
 
     @property
     def last_seq(self) -> int:
@@ -229,13 +308,26 @@ class ProjectionStore:
     # --- reading ------------------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> QueryResult:
-        """Run ``sql`` on its own cursor (safe while another thread applies batches)."""
+        """Run the read-only ``sql`` on its own cursor (safe while another thread applies batches).
+
+        Anything but one SELECT (DESCRIBE, SHOW, SUMMARIZE are SELECTs) raises :class:`ProjectionError`,
+        and the statement runs in a read-only transaction, so a write hidden inside one (a data-modifying
+        CTE) is refused by DuckDB itself.
+        """
+        check_read_only(sql)
         cursor = self._con.cursor()
         try:
             try:
+                cursor.execute("BEGIN TRANSACTION READ ONLY")
                 relation = cursor.execute(sql, params) if params is not None else cursor.execute(sql)
                 description = relation.description or []
                 rows = relation.fetchall() if description else []
+            except duckdb.TransactionException as exc:
+                if "read-only" not in str(exc):
+                    raise ProjectionError(f"query failed: {exc}") from exc
+                raise ProjectionError(
+                    f"the projections are read-only: the query tried to write ({exc}). {_FOLD_AGAIN}"
+                ) from exc
             except duckdb.Error as exc:
                 raise ProjectionError(f"query failed: {exc}") from exc
             return QueryResult(
@@ -244,10 +336,14 @@ class ProjectionStore:
                 rows=rows,
             )
         finally:
-            cursor.close()
+            cursor.close()  # ends the read-only transaction (cheaper than an explicit ROLLBACK)
 
-    def export(self, target: str | os.PathLike[str]) -> Path:
-        """Write a consistent copy of every table and macro to a new DuckDB file, made read-only."""
+    def export(self, target: str | os.PathLike[str], storage_version: str = EXPORT_STORAGE_VERSION) -> Path:
+        """Write a consistent copy of every table and macro to a new DuckDB file, made read-only.
+
+        ``storage_version`` is DuckDB's storage format to write (``v1.5.0``: what DuckDB 1.5 reads;
+        ``latest``: the installed DuckDB's own).
+        """
         path = Path(target).resolve()
         if path.exists():
             raise ProjectionError(f"{path} already exists; choose a new file name for the export")
@@ -257,7 +353,8 @@ class ProjectionStore:
             source = cursor.execute("SELECT current_database()").fetchone()
             assert source is not None
             escaped = str(path).replace("'", "''")
-            cursor.execute(f"ATTACH '{escaped}' AS ag_export")
+            version = storage_version.replace("'", "''")
+            cursor.execute(f"ATTACH '{escaped}' AS ag_export (STORAGE_VERSION '{version}')")
             try:
                 cursor.execute(f'COPY FROM DATABASE "{source[0]}" TO ag_export')
             finally:
