@@ -364,6 +364,7 @@ async def test_two_workers_racing_to_take_over_an_orphaned_run_finish_it_once(
         assert {key for key, _ in runs[label]} == {f"{run_id}:dp_step_{i}"}  # the same key every time
     [last] = [w for w in workers if w.worker_id == claims[-1].worker]
     assert last.pid in finished(log)["s3"]
+    wait_ready(*workers)  # the loser may still be starting (a SIGTERM before its handler is installed kills it)
     for w in workers:
         assert w.stop() == 0, w.output()
 
