@@ -426,3 +426,13 @@ def test_version_and_exit_codes_in_help(hosts: process_hosts.Hosts) -> None:
     assert "Exit status" in top and "130" in top
     words = " ".join(ok(hosts.cli("h", "result", "--help")).stdout.replace("│", " ").split())
     assert "Exit status: 0 succeeded" in words and "5 cancelled" in words
+
+
+def test_error_messages_keep_their_brackets(hosts: process_hosts.Hosts) -> None:
+    """Rich markup must not eat text of an error (a type like ``list[str]``, a list of names)."""
+    done = hosts.cli("q", "retry", "0mxnotarun00000000000", "-m", "no_such_module[str]")
+    assert done.returncode == 2
+    assert "no_such_module[str]" in " ".join(done.stderr.split())
+    done = hosts.cli("q", "graph", "no_such_module[str]:g")
+    assert done.returncode != 0
+    assert "no_such_module[str]" in " ".join(done.stderr.split())

@@ -172,7 +172,7 @@ def run(
         if failure is not None:
             if journal:
                 _print_events(chosen, journal)
-            err_console.print(f"[red]run {chosen} failed:[/] {type(failure).__name__}: {failure}")
+            err_console.print(f"[red]run {chosen} failed:[/] {type(failure).__name__}: {escape(str(failure))}")
             raise typer.Exit(1)
         return outputs, journal
 
@@ -347,7 +347,7 @@ def resume_command(
     try:
         payload = _resume_payload(as_json, text, approve)
     except typer.BadParameter as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     reader_settings()
 
@@ -457,7 +457,7 @@ def nats_command(
                 "log": str(server.log_file),
             }
     except AetherGraphError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(info) + "\n")

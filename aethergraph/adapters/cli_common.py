@@ -87,7 +87,7 @@ def settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ValueError as exc:
-        err_console.print(f"[red]invalid AETHERGRAPH_* setting:[/] {exc}")
+        err_console.print(f"[red]invalid AETHERGRAPH_* setting:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -133,5 +133,5 @@ def checked_run_id(run_id: str) -> str:
     try:
         return check_run_id(run_id)
     except ValueError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None

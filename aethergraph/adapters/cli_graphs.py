@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from aethergraph.core.errors import AetherGraphError
 from aethergraph.runtime import get_runtime, import_modules, load_target
@@ -29,7 +30,7 @@ def graph_command(
         spec = load_target(target)
         graph = spec.task_graph()
     except (AetherGraphError, TypeError) as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if fmt == "mermaid":
         sys.stdout.write(graph.to_mermaid())
@@ -38,7 +39,7 @@ def graph_command(
     elif fmt == "json":
         sys.stdout.write(json.dumps({**graph.describe(), "digest": graph.digest, "order": list(graph.order)}) + "\n")
     else:
-        err_console.print(f"[red]error:[/] --format must be mermaid, dot or json, not {fmt!r}")
+        err_console.print(f"[red]error:[/] --format must be mermaid, dot or json, not {escape(repr(fmt))}")
         raise typer.Exit(2)
 
 
@@ -74,7 +75,7 @@ def retry_command(
     try:
         import_modules(*(module or []))
     except AetherGraphError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     async def go() -> dict[str, Any]:

@@ -191,7 +191,7 @@ def runs_command(
     try:
         cutoff = None if since is None else dt.datetime.now(dt.UTC).replace(tzinfo=None) - parse_duration(since)
     except typer.BadParameter as exc:
-        err_console.print(f"[red]error:[/] --since: {exc}")
+        err_console.print(f"[red]error:[/] --since: {escape(str(exc))}")
         raise typer.Exit(2) from None
     sql = (
         "SELECT run_id, graph_id, status, started_at, "
