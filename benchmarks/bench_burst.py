@@ -7,8 +7,9 @@ stream, runs stayed ``running`` forever and ``result()`` calls failed. This
 benchmark starts ``RUNS`` runs of a three-node graph at once, awaits each one
 through a handle without its task (so ``result()`` follows the run's events,
 as a caller in another process would), samples the consumer counts of
-``AG_COMMANDS`` and ``AG_EVENTS`` every 50 ms throughout, and checks every
-run's outputs.
+``AG_COMMANDS``, ``AG_EVENTS`` and the whole account (every stream, the
+lease, KV and artifact streams included) every 50 ms throughout, and checks
+every run's outputs.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ def bench_burst_three(n):  # type: ignore[no-untyped-def]
     return {"z": bench_burst_add(x=first.x, y=bench_burst_double(x=first.x).y).z}
 
 
-async def _consumers(runtime: Runtime) -> tuple[int, int]:
+async def _consumers(runtime: Runtime) -> tuple[int, int, int]:
+    """Consumers on AG_COMMANDS, on AG_EVENTS, and on every stream of the account."""
     js = runtime.bus.js
-    return (
-        (await js.stream_info(COMMANDS_STREAM)).state.consumer_count,
-        (await js.stream_info(EVENTS_STREAM)).state.consumer_count,
+    commands, events, account = await asyncio.gather(
+        js.stream_info(COMMANDS_STREAM), js.stream_info(EVENTS_STREAM), js.account_info()
     )
+    return commands.state.consumer_count, events.state.consumer_count, account.consumers
 
 
 async def _burst(runtime: Runtime, runs: int, cpu: CpuMeter) -> tuple[float, list[int], int]:
@@ -94,6 +96,8 @@ async def _measure(ctx: BenchContext, runs: int, repeats: int) -> list[Figure]:
             rates: list[float] = []
             commands: list[float] = []
             events: list[float] = []
+            everywhere: list[float] = []
+            not_done: list[float] = []
             stuck = 0
             cpu = CpuMeter(server.pid)
             for index in range(repeats):
@@ -102,6 +106,8 @@ async def _measure(ctx: BenchContext, runs: int, repeats: int) -> list[Figure]:
                 rates.append(runs / elapsed)
                 commands.append(float(peaks[0]))
                 events.append(float(peaks[1]))
+                everywhere.append(float(peaks[2]))
+                not_done.append(float(wrong))
                 stuck += wrong
         finally:
             await close_runtime()
@@ -142,6 +148,28 @@ async def _measure(ctx: BenchContext, runs: int, repeats: int) -> list[Figure]:
             sync_interval=DEFAULT_SYNC,
             note="was one per follower; the durable ones (ag-work) remain",
         ),
+        value_figure(
+            NAME,
+            "peak_consumers_account",
+            f"peak consumers on every stream of the account during the burst of {runs:,} runs",
+            everywhere,
+            unit="consumers",
+            per_repeat_n=runs,
+            better="lower",
+            sync_interval=DEFAULT_SYNC,
+            note="`account_info().consumers`: AG_EVENTS, AG_COMMANDS, AG_LEASES and the bucket streams together",
+        ),
+        value_figure(
+            NAME,
+            "runs_not_done",
+            f"runs of the {runs:,} not completed with the right outputs (stuck, failed or wrong)",
+            not_done,
+            unit="runs",
+            per_repeat_n=runs,
+            better="lower",
+            sync_interval=DEFAULT_SYNC,
+            note="counted per repeat; the benchmark then fails rather than publish figures with runs left behind",
+        ),
     ]
 
 
@@ -151,6 +179,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         "One process starts every run (`start_run` in a loop) and awaits each through a `RunHandle` without "
         "its task, so `result()` follows the run's events as a caller in another process does: N runs and N "
         "followers at once. Nodes run in the process (16 in place, the rest through `ag-work`). Consumers are "
-        "read with `stream_info().state.consumer_count` every 50 ms; the figure is the peak over the burst."
+        "read with `stream_info().state.consumer_count` (and `account_info().consumers` for every stream) every "
+        "50 ms; the figure is the peak over the burst."
     ]
     return figures, notes

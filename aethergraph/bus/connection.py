@@ -6,20 +6,21 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.settings import Settings
 
 from .embedded import EmbeddedServer, ensure_embedded_server
-from .migration import TopologyPlan, mismatch_error, plan_topology, stream_differences
+from .migration import TopologyPlan, consumer_changed, mismatch_error, plan_topology, stream_differences
 from .topology import Topology
 
 __all__ = [
@@ -164,10 +165,22 @@ async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
     Raises :class:`~aethergraph.core.errors.TopologyMismatchError` (nothing changed) when an existing
     stream has other replicas or limits than ``topology``; ``aethergraph nats --migrate`` applies them.
     """
-    plan = await plan_topology(js, topology)
-    if plan.differences:
-        raise mismatch_error(plan.differences)
-    await _apply(js, topology, plan)
+    # Usually one round trip: every stream and durable consumer is looked up at once (a lookup costs the
+    # server far less than declaring an existing consumer again). Only what is missing or differs is declared.
+    pairs = topology.consumers()
+    planning = asyncio.ensure_future(plan_topology(js, topology))
+    found = await asyncio.gather(
+        *(js.consumer_info(stream, str(consumer.durable_name)) for stream, consumer in pairs), return_exceptions=True
+    )
+    planned = await planning
+    if planned.differences:
+        raise mismatch_error(planned.differences)
+    declare = [
+        (stream, consumer)
+        for (stream, consumer), info in zip(pairs, found, strict=True)
+        if isinstance(info, BaseException) or consumer_changed(info.config, consumer)
+    ]
+    await _apply(js, planned, declare)
 
 
 async def migrate_topology(js: JetStreamContext, topology: Topology, *, apply: bool = True) -> TopologyPlan:
@@ -176,11 +189,11 @@ async def migrate_topology(js: JetStreamContext, topology: Topology, *, apply: b
     if apply:
         for config in plan.migrate:
             await js.update_stream(config)
-        await _apply(js, topology, plan)
+        await _apply(js, plan, topology.consumers())
     return plan
 
 
-async def _apply(js: JetStreamContext, topology: Topology, plan: TopologyPlan) -> None:
+async def _apply(js: JetStreamContext, plan: TopologyPlan, consumers: Sequence[tuple[str, ConsumerConfig]]) -> None:
     for config in plan.create:
         try:
             await js.add_stream(config)
@@ -192,7 +205,7 @@ async def _apply(js: JetStreamContext, topology: Topology, plan: TopologyPlan) -
                 raise mismatch_error(differences) from exc
     for config in plan.extend:
         await js.update_stream(config)
-    for stream, consumer in topology.consumers():
+    for stream, consumer in consumers:
         await js.add_consumer(stream, consumer)
 
 

@@ -27,6 +27,7 @@ from .events import (
 )
 from .ids import child_run_id
 from .journal import RunJournal
+from .journal_state import journal_state
 from .ports import ParentLink, RunEnvironment
 from .registry import must_get_graph
 from .replay import ChainBuilder, journal_chain
@@ -87,11 +88,21 @@ async def follow_run_end(
     its failed nodes) does not count. ``on_waiting`` is awaited each time the
     run starts waiting for an answer.
     """
-    stored = [record.event async for record in env.event_log.read_run(run_id)]
+    chain = journal_chain([record.event async for record in env.event_log.read_run(run_id)])
     retried_at = max(
-        (event.seq for event in journal_chain(stored) if isinstance(event, RunClaimed) and event.reason == "retry"),
-        default=0,
+        (event.seq for event in chain if isinstance(event, RunClaimed) and event.reason == "retry"), default=0
     )
+    # A run that has ended is answered from this one read; one that waits now gets on_waiting now. A wait
+    # already answered (its run.waiting followed by the claim that continued it) calls nothing.
+    read_up_to = chain[-1].seq if chain else 0
+    for stored in chain:
+        if stored.seq < retried_at:
+            continue
+        if isinstance(stored, RunCompleted):
+            return dict(stored.outputs)
+        _raise_end(run_id, stored)
+    if on_waiting is not None and journal_state(run_id, chain).status == "waiting":
+        await on_waiting()
     builder = ChainBuilder()
     async for record in env.event_log.read_run(run_id, follow=True):
         for event in builder.add(record.event):
@@ -99,11 +110,15 @@ async def follow_run_end(
                 continue
             if isinstance(event, RunCompleted):
                 return dict(event.outputs)
-            if isinstance(event, (RunFailed, RunCancelled)):
-                raise run_failure(run_id, event)
-            if isinstance(event, RunWaiting) and on_waiting is not None:
+            _raise_end(run_id, event)
+            if isinstance(event, RunWaiting) and event.seq > read_up_to and on_waiting is not None:
                 await on_waiting()
     raise RunNotFoundError(f"stopped reading run {run_id} before it ended", run_id=run_id)
+
+
+def _raise_end(run_id: str, event: Event) -> None:
+    if isinstance(event, (RunFailed, RunCancelled)):
+        raise run_failure(run_id, event)
 
 
 def _children(run_id: str, chain: Sequence[Event]) -> list[str]:
