@@ -19,6 +19,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.settings import Settings
 
+from .dispatch import retrieve_exception
 from .embedded import EmbeddedServer, ensure_embedded_server
 from .migration import TopologyPlan, consumer_changed, mismatch_error, plan_topology, stream_differences
 from .topology import Topology
@@ -271,11 +272,18 @@ async def _connect_or_refused(url: str, settings: Settings, *, client_name: str,
 
 
 async def open_nats(
-    settings: Settings, *, client_name: str, events: ConnectionEvents | None = None
-) -> tuple[Client, JetStreamContext, str, EmbeddedServer | None]:
+    settings: Settings,
+    *,
+    client_name: str,
+    events: ConnectionEvents | None = None,
+    alongside: Callable[[JetStreamContext], Awaitable[None]] | None = None,
+) -> tuple[Client, JetStreamContext, str, EmbeddedServer | None, asyncio.Future[None] | None]:
     """Connect to ``settings.nats_url`` (or the workspace's embedded server) and wait for its JetStream.
 
-    ``events`` (if given) hears of every lost connection.
+    ``events`` (if given) hears of every lost connection. ``alongside`` (if
+    given) starts together with the JetStream check, so that its requests
+    share that round trip; its future is returned last (cancelled if the
+    check fails), for the caller to await.
     """
     embedded: EmbeddedServer | None = None
     url = settings.nats_url
@@ -287,14 +295,21 @@ async def open_nats(
         options["disconnected_cb"] = events.disconnected
     nc = await _connect_or_refused(url, settings, client_name=client_name, options=options)
     js = nc.jetstream(timeout=settings.connect_timeout_s * 2)
+    started = asyncio.ensure_future(alongside(js)) if alongside is not None else None
+    if started is not None:
+        started.add_done_callback(retrieve_exception)
     # The server's INFO says whether it runs JetStream at all: only then is waiting for it worthwhile.
     announced = bool(getattr(nc, "_server_info", {}).get("jetstream"))
     try:
         await _retrying(js.account_info, retry_s=settings.connect_retry_s if announced else 0.0)
-    except (APIError, *_NOT_YET) as exc:
+    except BaseException as exc:
+        if started is not None:
+            started.cancel()
         await nc.close()
-        raise BusUnavailableError(_no_jetstream_message(url, exc, announced, settings.connect_retry_s)) from exc
-    return nc, js, url, embedded
+        if isinstance(exc, (APIError, *_NOT_YET)):
+            raise BusUnavailableError(_no_jetstream_message(url, exc, announced, settings.connect_retry_s)) from exc
+        raise
+    return nc, js, url, embedded, started
 
 
 def _no_jetstream_message(url: str, exc: BaseException, announced: bool, retry_s: float) -> str:
@@ -315,10 +330,18 @@ def _no_jetstream_message(url: str, exc: BaseException, announced: bool, retry_s
 async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
     """Connect to ``settings.nats_url``, or to the workspace's embedded server, and declare the topology."""
     events = ConnectionEvents()
-    nc, js, url, embedded = await open_nats(settings, client_name=client_name, events=events)
     topology = topology_for(settings)
+    # The streams are checked in the JetStream check's round trip; if JetStream was not ready for them
+    # then, they are checked again (with retries) once it is.
+    nc, js, url, embedded, checked = await open_nats(
+        settings, client_name=client_name, events=events, alongside=lambda js: ensure_topology(js, topology)
+    )
     try:
-        await _retrying(lambda: ensure_topology(js, topology), retry_s=settings.connect_retry_s)
+        try:
+            assert checked is not None
+            await checked
+        except (APIError, *_NOT_YET):
+            await _retrying(lambda: ensure_topology(js, topology), retry_s=settings.connect_retry_s)
     except APIError as exc:
         await nc.close()
         if exc.err_code == _NO_PEERS:
