@@ -89,16 +89,23 @@ class RunDriver:
         having had its record. A record that is not stored fails the run
         before its first step (no run is left running that nobody would take
         over); a refused ``run.started`` (the id is another run's) releases
-        the record once it is stored. Raises :class:`StaleWriterError` at once
-        if this process already drives ``run_id``.
+        the record once it is stored. If this process already drives
+        ``run_id``, the task fails with :class:`StaleWriterError` at once,
+        before anything is written (the record of the run that goes on stays).
         """
         current = self.tasks.get(run_id)
         if current is not None and not current.done():
-            raise StaleWriterError(
-                f"run {run_id} is already running in this process; start the new run with another run id",
-                run_id=run_id,
-                seq=1,
-            )
+
+            async def refused() -> RunEnd:
+                raise StaleWriterError(
+                    f"run {run_id} is already running in this process; start the new run with another run id",
+                    run_id=run_id,
+                    seq=1,
+                )
+
+            task = asyncio.create_task(refused(), name=f"aethergraph-refused-{run_id}")
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return task
 
         def on_started() -> None:
             if started is not None and not started.done():
