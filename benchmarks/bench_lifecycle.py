@@ -119,7 +119,8 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     notes = [
         "`start_run` (here `RunDriver.start_durably`, what it calls) of a graph_fn with one step, one at a time, "
         "in the benchmark process; the clock stops when it returns, i.e. once the run's `run.started` is "
-        "acknowledged and its ownership recorded (two awaited writes: the record, then `run.started`).",
+        "acknowledged and its ownership recorded (two writes sent together, the record first, each awaited; one "
+        "round trip).",
         "`submit` of the same graph, one at a time, with one worker process (`aethergraph worker "
         "benchmarks.graphs_durable`) idle beside it: the submitter journals `run.started` (queued) and the queue "
         "record, the worker hears of the record, claims the run and starts its first step, which stamps the wall "

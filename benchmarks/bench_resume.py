@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +17,9 @@ from aethergraph import Settings
 from aethergraph.core.codec import decode_event
 from aethergraph.core.events import RunClaimed, RunCompleted, ToolCalled, WaitResumed
 from aethergraph.core.ids import new_run_id
+from aethergraph.host.process import ProcessHost
 from aethergraph.host.runs import Suspended
-from aethergraph.runtime import ProcessHost, close_runtime, get_runtime, load_target
+from aethergraph.runtime import close_runtime, get_runtime, load_target
 
 from . import graphs_durable
 from .harness import (
@@ -29,7 +32,7 @@ from .harness import (
     temp_workspace,
     value_figure,
 )
-from .processes import start_worker
+from .processes import process_env, spawn, start_worker
 from .workload import raw_requests, sample_payload
 
 NAME = "resume"
@@ -170,6 +173,84 @@ async def _measure(
     return results, floors
 
 
+async def _start_parked_runs(nats_url: str, workspace: Path, count: int) -> list[str]:
+    """``count`` waiting runs started by a runtime that is closed again: nothing in this process holds them."""
+    runtime = await ProcessHost.open(Settings(nats_url=nats_url, workspace=workspace, sync_interval=DEFAULT_SYNC))
+    runtime.driver.on_suspend = None
+    try:
+        return await _start_waiting_runs(runtime, count)
+    finally:
+        await runtime.close()
+
+
+def _measure_callers(
+    ctx: BenchContext, nats_url: str, workspace: Path, scratch: Path, worker_pid: int
+) -> list[list[dict[str, int]]]:
+    """Per repeat, one sample per fresh process: its first resume (new process) and its second (hot).
+
+    Each process is started and has imported aethergraph before it is given
+    its run ids, so the clock covers the two calls and nothing before them.
+    """
+    repeats, per_repeat = ctx.pick(5, 2), ctx.pick(20, 5)
+    run_ids = asyncio.run(_start_parked_runs(nats_url, workspace, 2 * (repeats * per_repeat + 2)))
+    env = process_env(nats_url, scratch / "caller-workspace")
+    results: list[list[dict[str, int]]] = []
+    for repeat in range(-1, repeats):  # repeat -1: two warm-up processes
+        ctx.say(f"resumes from new processes: repeat {repeat + 1}/{repeats}" if repeat >= 0 else "warm-up")
+        samples: list[dict[str, int]] = []
+        for _ in range(per_repeat if repeat >= 0 else 2):
+            caller = spawn(
+                ["-m", "benchmarks.resume_caller"], env, scratch / "caller.log", stdin=subprocess.PIPE, stdout_pipe=True
+            )
+            try:
+                assert caller.process.stdin is not None and caller.process.stdout is not None
+                if caller.process.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"the resuming process did not start: {caller.log_text()[-2000:]}")
+                time.sleep(IDLE_S)
+                caller.process.stdin.write(f"{run_ids.pop()} {run_ids.pop()}\n")
+                caller.process.stdin.flush()
+                line = caller.process.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"the resuming process failed: {caller.log_text()[-2000:]}")
+                first, hot = json.loads(line)
+            finally:
+                caller.stop()
+            if {first["pid"], hot["pid"]} != {worker_pid}:
+                raise RuntimeError(f"a run continued in pid {first['pid']}/{hot['pid']}, not in the worker")
+            samples.append({**{f"new_{k}": v for k, v in first.items()}, **{f"hot_{k}": v for k, v in hot.items()}})
+        if repeat >= 0:
+            results.append(samples)
+    return results
+
+
+def _caller_figures(results: list[list[dict[str, int]]]) -> list[Figure]:
+    def figure(key: str, label: str, field: str, note: str = "") -> Figure:
+        values = [[sample[field] for sample in samples] for samples in results]
+        return latency_figure(NAME, key, label, values, unit="ms", scale=1e-6, sync_interval=DEFAULT_SYNC, note=note)
+
+    return [
+        figure(
+            "new_process_total",
+            "new process: `resume(run_id, payload)` then `(await get_run(run_id)).result()`, from the first call",
+            "new_total_ns",
+            "issue 16 target p50 ≤2 ms, p99 ≤10 ms; includes opening the process's connection",
+        ),
+        figure(
+            "new_process_resume", "new process: the `resume()` call alone (to its `accepted` outcome)", "new_resume_ns"
+        ),
+        figure(
+            "new_process_tool",
+            "new process: `resume()` called -> continuation's first tool starts in the worker",
+            "new_tool_after_ns",
+        ),
+        figure(
+            "hot_total",
+            "the same process resuming a second run (connection open): `resume()` then `result()`",
+            "hot_total_ns",
+        ),
+    ]
+
+
 def _figure(
     key: str,
     label: str,
@@ -188,6 +269,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         worker = start_worker(server.url, scratch, "worker")
         try:
             results, floors = asyncio.run(_measure(ctx, server.url, workspace, worker.pid))
+            callers = _measure_callers(ctx, server.url, workspace, scratch, worker.pid)
             worker.check_alive("the worker")
         finally:
             worker.stop()
@@ -280,6 +362,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
             sync_interval=DEFAULT_SYNC,
             note="how many acknowledgement round trips a resume costs",
         ),
+        *_caller_figures(callers),
     ]
     notes = [
         "One resume at a time: each run was started (and suspended on `context.wait(Wait(kind='bench'))`) by the "
@@ -293,5 +376,11 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
         f"Each round: a raw publish after {IDLE_S * 1e3:g} ms of nothing (an idle worker, the usual case), a raw "
         "publish as soon as that resume completed (a busy worker, warm caches), and `aethergraph.resume` after "
         f"{IDLE_S * 1e3:g} ms.",
+        "New process (issue 16's user path): for each sample a fresh `python -m benchmarks.resume_caller` is "
+        "started and has imported aethergraph (not the graph: the worker continues the run); the clock starts at "
+        "its `aethergraph.resume(run_id, payload)` call (so it includes that call opening the process's "
+        "connection: settings, connect, JetStream and stream checks) and stops when "
+        "`(await aethergraph.get_run(run_id)).result()` returns the outputs. Hot: the same process then does the "
+        f"same for a second run. One process at a time, {IDLE_S * 1e3:g} ms after it is ready.",
     ]
     return figures, notes

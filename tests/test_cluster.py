@@ -122,7 +122,7 @@ async def test_three_replicas_and_runs_survive_killing_the_events_leader(
     # Started at once: the cluster may still be electing its JetStream meta leader.
     driver = start_driver(results, stop, env, tmp_path / "driver.log")
     settings = Settings(nats_url=urls, workspace=tmp_path / "ws", stream_replicas=3, connect_retry_s=60)
-    nc, js, _url, _embedded = await open_nats(settings, client_name="cluster-test")
+    nc, js, _url, _embedded, _ = await open_nats(settings, client_name="cluster-test")
     try:
         await asyncio.to_thread(wait_for_results, results, 3, driver, "the first runs")
         for stream in STREAMS:

@@ -101,7 +101,7 @@ async def test_migrate_applies_the_new_limits_and_keeps_the_events(server: NatsS
 
 async def test_missing_subjects_and_features_are_added_without_asking(server: NatsServer, tmp_path: Path) -> None:
     settings = settings_for(server, tmp_path)
-    nc, js, _url, _embedded = await open_nats(settings, client_name="t")
+    nc, js, _url, _embedded, _ = await open_nats(settings, client_name="t")
     try:
         wanted = topology_for(settings).commands_stream()
         await js.add_stream(wanted.evolve(subjects=["ag.other.>"], allow_msg_schedules=False, republish=None))

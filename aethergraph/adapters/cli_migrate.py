@@ -48,7 +48,7 @@ def migrate_streams(settings: Settings, *, dry_run: bool, as_json: bool) -> None
     """Print how the server's streams differ from ``settings`` and (unless ``dry_run``) update them."""
 
     async def go() -> TopologyPlan:
-        nc, js, _url, _embedded = await open_nats(settings, client_name="aethergraph:migrate")
+        nc, js, _url, _embedded, _ = await open_nats(settings, client_name="aethergraph:migrate")
         try:
             return await migrate_topology(js, topology_for(settings), apply=not dry_run)
         finally:

@@ -163,7 +163,7 @@ class AckRouter:
         if not data:
             status, _ = status_of(headers)
             handler(
-                BusUnavailableError(no_stream_answer_message(EVENTS_STREAM, status, server=server_address(self._nc)))
+                BusUnavailableError(no_stream_answer_message(self._stream, status, server=server_address(self._nc)))
             )
             return
         try:

@@ -6,21 +6,23 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.settings import Settings
 
 from .client_internals import probe, server_info
+from .dispatch import retrieve_exception
 from .embedded import EmbeddedServer, ensure_embedded_server
-from .migration import TopologyPlan, mismatch_error, plan_topology, stream_differences
+from .migration import TopologyPlan, consumer_changed, mismatch_error, plan_topology, stream_differences
 from .topology import Topology
 
 __all__ = [
@@ -165,10 +167,22 @@ async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
     Raises :class:`~aethergraph.core.errors.TopologyMismatchError` (nothing changed) when an existing
     stream has other replicas or limits than ``topology``; ``aethergraph nats --migrate`` applies them.
     """
-    plan = await plan_topology(js, topology)
-    if plan.differences:
-        raise mismatch_error(plan.differences)
-    await _apply(js, topology, plan)
+    # Usually one round trip: every stream and durable consumer is looked up at once (a lookup costs the
+    # server far less than declaring an existing consumer again). Only what is missing or differs is declared.
+    pairs = topology.consumers()
+    planning = asyncio.ensure_future(plan_topology(js, topology))
+    found = await asyncio.gather(
+        *(js.consumer_info(stream, str(consumer.durable_name)) for stream, consumer in pairs), return_exceptions=True
+    )
+    planned = await planning
+    if planned.differences:
+        raise mismatch_error(planned.differences)
+    declare = [
+        (stream, consumer)
+        for (stream, consumer), info in zip(pairs, found, strict=True)
+        if isinstance(info, BaseException) or consumer_changed(info.config, consumer)
+    ]
+    await _apply(js, planned, declare)
 
 
 async def migrate_topology(js: JetStreamContext, topology: Topology, *, apply: bool = True) -> TopologyPlan:
@@ -177,11 +191,11 @@ async def migrate_topology(js: JetStreamContext, topology: Topology, *, apply: b
     if apply:
         for config in plan.migrate:
             await js.update_stream(config)
-        await _apply(js, topology, plan)
+        await _apply(js, plan, topology.consumers())
     return plan
 
 
-async def _apply(js: JetStreamContext, topology: Topology, plan: TopologyPlan) -> None:
+async def _apply(js: JetStreamContext, plan: TopologyPlan, consumers: Sequence[tuple[str, ConsumerConfig]]) -> None:
     for config in plan.create:
         try:
             await js.add_stream(config)
@@ -193,7 +207,7 @@ async def _apply(js: JetStreamContext, topology: Topology, plan: TopologyPlan) -
                 raise mismatch_error(differences) from exc
     for config in plan.extend:
         await js.update_stream(config)
-    for stream, consumer in topology.consumers():
+    for stream, consumer in consumers:
         await js.add_consumer(stream, consumer)
 
 
@@ -259,11 +273,18 @@ async def _connect_or_refused(url: str, settings: Settings, *, client_name: str,
 
 
 async def open_nats(
-    settings: Settings, *, client_name: str, events: ConnectionEvents | None = None
-) -> tuple[Client, JetStreamContext, str, EmbeddedServer | None]:
+    settings: Settings,
+    *,
+    client_name: str,
+    events: ConnectionEvents | None = None,
+    alongside: Callable[[JetStreamContext], Awaitable[None]] | None = None,
+) -> tuple[Client, JetStreamContext, str, EmbeddedServer | None, asyncio.Future[None] | None]:
     """Connect to ``settings.nats_url`` (or the workspace's embedded server) and wait for its JetStream.
 
-    ``events`` (if given) hears of every lost connection.
+    ``events`` (if given) hears of every lost connection. ``alongside`` (if
+    given) starts together with the JetStream check, so that its requests
+    share that round trip; its future is returned last (cancelled if the
+    check fails), for the caller to await.
     """
     embedded: EmbeddedServer | None = None
     url = settings.nats_url
@@ -275,14 +296,21 @@ async def open_nats(
         options["disconnected_cb"] = events.disconnected
     nc = await _connect_or_refused(url, settings, client_name=client_name, options=options)
     js = nc.jetstream(timeout=settings.connect_timeout_s * 2)
+    started = asyncio.ensure_future(alongside(js)) if alongside is not None else None
+    if started is not None:
+        started.add_done_callback(retrieve_exception)
     # The server's INFO says whether it runs JetStream at all: only then is waiting for it worthwhile.
     announced = bool(server_info(nc).get("jetstream"))
     try:
         await _retrying(js.account_info, retry_s=settings.connect_retry_s if announced else 0.0)
-    except (APIError, *_NOT_YET) as exc:
+    except BaseException as exc:
+        if started is not None:
+            started.cancel()
         await nc.close()
-        raise BusUnavailableError(_no_jetstream_message(url, exc, announced, settings.connect_retry_s)) from exc
-    return nc, js, url, embedded
+        if isinstance(exc, (APIError, *_NOT_YET)):
+            raise BusUnavailableError(_no_jetstream_message(url, exc, announced, settings.connect_retry_s)) from exc
+        raise
+    return nc, js, url, embedded, started
 
 
 def _no_jetstream_message(url: str, exc: BaseException, announced: bool, retry_s: float) -> str:
@@ -312,11 +340,19 @@ async def _probe_client(nc: Client) -> None:
 async def connect_bus(settings: Settings, *, client_name: str) -> BusConnection:
     """Connect to ``settings.nats_url``, or to the workspace's embedded server, and declare the topology."""
     events = ConnectionEvents()
-    nc, js, url, embedded = await open_nats(settings, client_name=client_name, events=events)
     topology = topology_for(settings)
+    # The streams are checked in the JetStream check's round trip; if JetStream was not ready for them
+    # then, they are checked again (with retries) once it is.
+    nc, js, url, embedded, checked = await open_nats(
+        settings, client_name=client_name, events=events, alongside=lambda js: ensure_topology(js, topology)
+    )
     try:
         await _probe_client(nc)
-        await _retrying(lambda: ensure_topology(js, topology), retry_s=settings.connect_retry_s)
+        try:
+            assert checked is not None
+            await checked
+        except (APIError, *_NOT_YET):
+            await _retrying(lambda: ensure_topology(js, topology), retry_s=settings.connect_retry_s)
     except APIError as exc:
         await nc.close()
         if exc.err_code == _NO_PEERS:

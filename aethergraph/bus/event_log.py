@@ -229,50 +229,73 @@ class JetStreamEventLog:
         return {(header_value(reply.headers, b"Nats-Subject") or b"").decode().split(".")[2] for reply in replies}
 
     async def _follow(self, run_id: str) -> AsyncIterator[StoredRecord]:
-        """The run's stored events, then each one as it is stored, until the reader stops.
+        async with self.following(run_id) as (stored, live):
+            for record in stored:
+                yield record
+            async for record in live:
+                yield record
+
+    @contextlib.asynccontextmanager
+    async def following(self, run_id: str) -> AsyncIterator[tuple[list[StoredRecord], AsyncIterator[StoredRecord]]]:
+        """The run's stored events now, and an iterator of every event stored after them.
 
         The live subscription exists before the stored events are read, so
         every event is in the read, on the subscription, or both (dropped
         again by its stream sequence). After a lost connection the stored
-        events are read again before anything delivered since.
+        events are read again before anything delivered since. One read of
+        the stored events serves both: a caller can decide from them (the run
+        ended, say) before it waits for anything.
         """
         follower = _Follower()
         sub = await self._nc.subscribe(live_events_filter(run_id))
         dispatch_raw(self._nc, sub, follower.on_message)
         self._followers.add(follower)
-        last = 0
         try:
-            while True:
-                if follower.resync:
-                    follower.resync = False
-                    await self.wait_connected(self._loop.time() + self.outage_s)
-                    try:
-                        async for batch in self._stored_batches(run_id):
-                            for raw in batch:
-                                if raw.stream_seq > last:
-                                    last = raw.stream_seq
-                                    if raw.event is not None:
-                                        yield StoredRecord(event=raw.event, stream_seq=raw.stream_seq)
-                    except BusUnavailableError:
-                        if not follower.resync:
-                            raise
-                    continue
-                if not follower.buffer:
-                    follower.wake.clear()
-                    await follower.wake.wait()
-                    continue
-                data, stream_seq = follower.buffer.popleft()
-                if stream_seq > last:
-                    last = stream_seq
-                    event = _decode_for(run_id, data, stream_seq)
-                    if event is not None:
-                        yield StoredRecord(event=event, stream_seq=stream_seq)
+            raws: list[RawStored] = []
+            while follower.resync:
+                follower.resync = False
+                await self.wait_connected(self._loop.time() + self.outage_s)
+                try:
+                    raws = await self.read_stored(run_id)
+                except BusUnavailableError:
+                    if not follower.resync:
+                        raise
+            stored = [StoredRecord(event=raw.event, stream_seq=raw.stream_seq) for raw in raws if raw.event is not None]
+            yield stored, self._live(run_id, follower, raws[-1].stream_seq if raws else 0)
         finally:
             self._followers.discard(follower)
             release_raw(self._nc, sub)
             # The connection may already be draining or closed when a reader stops early.
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+    async def _live(self, run_id: str, follower: _Follower, last: int) -> AsyncIterator[StoredRecord]:
+        """What ``follower`` receives after stream sequence ``last``, re-reading the stored events after a reconnect."""
+        while True:
+            if follower.resync:
+                follower.resync = False
+                await self.wait_connected(self._loop.time() + self.outage_s)
+                try:
+                    async for batch in self._stored_batches(run_id):
+                        for raw in batch:
+                            if raw.stream_seq > last:
+                                last = raw.stream_seq
+                                if raw.event is not None:
+                                    yield StoredRecord(event=raw.event, stream_seq=raw.stream_seq)
+                except BusUnavailableError:
+                    if not follower.resync:
+                        raise
+                continue
+            if not follower.buffer:
+                follower.wake.clear()
+                await follower.wake.wait()
+                continue
+            data, stream_seq = follower.buffer.popleft()
+            if stream_seq > last:
+                last = stream_seq
+                event = _decode_for(run_id, data, stream_seq)
+                if event is not None:
+                    yield StoredRecord(event=event, stream_seq=stream_seq)
 
 
 class _Follower:

@@ -45,9 +45,11 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from aethergraph.core.errors import BusUnavailableError, EventRejectedError
 from aethergraph.core.ids import QUEUE_OWNER
 
-from .dispatch import publish_at_once
+from .ack_router import AckRouter, PublishedAck
+from .dispatch import publish_at_once, retrieve_exception
 from .failover import retry_while_leaderless
 from .presence import ClientPresence, detect_presence
 from .topology import (
@@ -69,6 +71,10 @@ _RELEASED = "AG-Released"
 _STOPPED = "AG-Stopped"
 _TTL = "Nats-TTL"
 _TOMBSTONE_TTL = "60s"
+_NO_HEADERS = b"NATS/1.0\r\n\r\n"
+# How long a pipelined ownership record waits for its acknowledgement before it is written again.
+_RECORD_ACK_S = 5.0
+_LEADERLESS = 10008  # err_code of "JetStream system temporarily unavailable": no stream leader yet
 
 
 class _OwnerRecord(msgspec.Struct, kw_only=True):
@@ -122,6 +128,7 @@ class JetStreamLeases:
         self._body = b""
         self._first_beat: asyncio.Future[None] | None = None
         self._presence: asyncio.Future[ClientPresence | None] | None = None
+        self._router: AckRouter | None = None
 
     async def presence(self) -> ClientPresence | None:
         """The server's connection events for this account, if it delivers them (asked once per process)."""
@@ -178,6 +185,9 @@ class JetStreamLeases:
         return self._heartbeat is not None and not self._heartbeat.done()
 
     async def close(self) -> None:
+        router, self._router = self._router, None
+        if router is not None:
+            await router.stop()
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
             heartbeat.cancel()
@@ -203,8 +213,64 @@ class JetStreamLeases:
 
     async def own(self, run_id: str, graph_id: str) -> None:
         """Record (durably) that this process drives ``run_id``; the first call starts the heartbeat."""
+        await (await self.record_owner(run_id, graph_id))
+
+    async def record_owner(self, run_id: str, graph_id: str) -> asyncio.Future[None]:
+        """Write the record that this process drives ``run_id``; returns a future resolved once it is stored.
+
+        The record is in the client's outbound buffer when this returns, so
+        whatever this process publishes afterwards (a new run's
+        ``run.started``) reaches the server after it: the two can be
+        acknowledged together, and a ``run.started`` the server got was
+        preceded by its record. The first call starts the heartbeat, stored
+        before the first record (see ``Worker._adopt_orphans``). A record
+        left unanswered (no stream leader, a timeout) is written again while
+        ``AG_LEASES`` is leaderless (the same record again is harmless); a
+        refusal fails the future with the server's reason.
+        """
         await self.start()
-        await self._record(run_owner_subject(self.worker_id, run_id), _encode(_OwnerRecord(graph_id=graph_id)))
+        if self._router is None:
+            router = AckRouter(self._nc, _RECORD_ACK_S, stream=LEASES_STREAM)
+            await router.start()
+            if self._router is None:
+                self._router = router
+            else:  # another run started it meanwhile
+                await router.stop()
+        subject = run_owner_subject(self.worker_id, run_id)
+        body = _encode(_OwnerRecord(graph_id=graph_id))
+        acked: asyncio.Future[PublishedAck] = asyncio.get_running_loop().create_future()
+        acked.add_done_callback(retrieve_exception)
+
+        def on_ack(ack: PublishedAck | BaseException) -> None:
+            if acked.done():
+                return
+            if isinstance(ack, BaseException):
+                acked.set_exception(ack)
+            else:
+                acked.set_result(ack)
+
+        self._router.publish(subject, _NO_HEADERS, body, on_ack)
+        stored = asyncio.ensure_future(self._stored(acked, subject, body, run_id))
+        stored.add_done_callback(retrieve_exception)
+        return stored
+
+    async def _stored(self, acked: asyncio.Future[PublishedAck], subject: str, body: bytes, run_id: str) -> None:
+        try:
+            ack = await acked
+        except BusUnavailableError:
+            await self._record(subject, body)  # no answer: write it again while the stream is leaderless
+            return
+        if ack.error is None:
+            return
+        if ack.error.err_code == _LEADERLESS:
+            await self._record(subject, body)
+            return
+        raise EventRejectedError(
+            f"JetStream refused the ownership record of run {run_id} on {LEASES_STREAM}: "
+            f"{ack.error.description} (err_code {ack.error.err_code}); check the stream with "
+            f"`nats stream info {LEASES_STREAM}`",
+            run_id=run_id,
+        )
 
     async def enqueue(self, run_id: str, graph_id: str) -> None:
         """Record (durably) ``run_id`` on the run queue: workers serving ``graph_id`` take it. No heartbeat starts."""

@@ -16,12 +16,13 @@ when they exist (they are created on first use with the configured replicas).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 
 from aethergraph.core.errors import TopologyMismatchError
@@ -32,6 +33,7 @@ __all__ = [
     "StreamDifference",
     "TopologyPlan",
     "check_bucket_replicas",
+    "consumer_changed",
     "mismatch_error",
     "plan_topology",
     "stream_differences",
@@ -99,6 +101,32 @@ def stream_differences(existing: StreamConfig, wanted: StreamConfig) -> list[Str
     return found
 
 
+_CONSUMER_FIELDS = (
+    "description",
+    "filter_subject",
+    "deliver_policy",
+    "ack_policy",
+    "ack_wait",
+    "max_deliver",
+    "max_ack_pending",
+    "max_waiting",
+)
+
+
+def consumer_changed(existing: ConsumerConfig, wanted: ConsumerConfig) -> bool:
+    """Whether a durable consumer on the server differs from ``wanted`` in a field ``wanted`` sets."""
+    for name in _CONSUMER_FIELDS:
+        want = getattr(wanted, name)
+        if want is None:
+            continue
+        have = getattr(existing, name)
+        if name == "ack_wait":
+            have, want = _seconds(have), _seconds(want)
+        if _enum(have) != _enum(want):
+            return True
+    return False
+
+
 def _additions(existing: StreamConfig, wanted: StreamConfig) -> StreamConfig | None:
     """``existing`` with the missing subjects and features of ``wanted`` added, or None if nothing is missing."""
     have = list(existing.subjects or [])
@@ -137,8 +165,12 @@ async def _existing(js: JetStreamContext, name: str) -> StreamConfig | None:
 async def plan_topology(js: JetStreamContext, topology: Topology, *, buckets: bool = True) -> TopologyPlan:
     """Compare the server's streams (and bucket streams, if ``buckets``) with ``topology``."""
     plan = TopologyPlan()
-    for wanted in topology.streams():
-        existing = await _existing(js, str(wanted.name))
+    wanted_streams = topology.streams()
+    bucket_names = BUCKET_STREAMS if buckets else ()
+    # Looked up at once: one round trip, not one per stream.
+    names = [str(wanted.name) for wanted in wanted_streams] + list(bucket_names)
+    found = await asyncio.gather(*(_existing(js, name) for name in names))
+    for wanted, existing in zip(wanted_streams, found, strict=False):
         if existing is None:
             plan.create.append(wanted)
             continue
@@ -149,14 +181,12 @@ async def plan_topology(js: JetStreamContext, topology: Topology, *, buckets: bo
             plan.migrate.append(wanted.evolve(subjects=sorted({*(existing.subjects or []), *(wanted.subjects or [])})))
         elif extended is not None:
             plan.extend.append(extended)
-    if buckets:
-        for name in BUCKET_STREAMS:
-            existing = await _existing(js, name)
-            if existing is not None and _replicas(existing.num_replicas) != topology.replicas:
-                plan.differences.append(
-                    StreamDifference(name, "num_replicas", _replicas(existing.num_replicas), topology.replicas)
-                )
-                plan.migrate.append(existing.evolve(num_replicas=topology.replicas))
+    for name, existing in zip(bucket_names, found[len(wanted_streams) :], strict=True):
+        if existing is not None and _replicas(existing.num_replicas) != topology.replicas:
+            plan.differences.append(
+                StreamDifference(name, "num_replicas", _replicas(existing.num_replicas), topology.replicas)
+            )
+            plan.migrate.append(existing.evolve(num_replicas=topology.replicas))
     return plan
 
 

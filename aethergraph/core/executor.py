@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .codec import digest, normalise_value
@@ -71,6 +71,7 @@ async def execute_run(
     parent: ParentLink | None = None,
     max_concurrency: int | None = None,
     on_started: Callable[[], None] | None = None,
+    before_body: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Run ``spec`` (a graph_fn, a static graph, or a tool as a one-step run) and return its outputs.
 
@@ -78,7 +79,11 @@ async def execute_run(
     (``parent`` links it explicitly instead). The run's events: ``run.started``,
     the steps, then ``run.completed``, ``run.failed`` or ``run.cancelled``. An
     exception from the body is journaled and re-raised unchanged.
-    ``on_started`` is called once ``run.started`` is committed.
+    ``before_body`` is awaited once ``run.started`` is committed and before
+    the body runs (a driver confirms there the ownership record it wrote
+    alongside ``run.started``); if it raises, the run is failed with that
+    error (journaled before any step) and the error is raised.
+    ``on_started`` is called after that.
     """
     parent_scope = current_scope()
     if parent is None and parent_scope is not None and parent_node_id is not None:
@@ -97,8 +102,16 @@ async def execute_run(
         plan_digest=plan_digest,
         max_concurrency=max_concurrency,
     )
+    if before_body is not None:
+        try:
+            await before_body()
+        except Exception as exc:
+            fields = {"error_type": error_type_name(exc), "message": str(exc), "failed_node_id": None}
+            await _journal_end(journal, RunFailed, parent=start_seq, **fields)
+            raise
     if on_started is not None:
         on_started()
+        await asyncio.sleep(0)  # the starter goes on first, not after the body's first step
     scope = RunScope(
         run_id=run_id,
         graph_id=spec.name,

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -93,6 +94,12 @@ class EventLog(Protocol):
 
     def read_run(self, run_id: str, *, follow: bool = False) -> AsyncIterator[StoredEvent]:
         """A run's events in journal order; with ``follow`` keep waiting for more."""
+        ...
+
+    def following(
+        self, run_id: str
+    ) -> AbstractAsyncContextManager[tuple[Sequence[StoredEvent], AsyncIterator[StoredEvent]]]:
+        """A run's stored events now, and an iterator of every event stored after them (none missed, none twice)."""
         ...
 
     async def first_start(self, run_id: str) -> RunStarted | None:

@@ -37,6 +37,7 @@ from .events import (
 from .ids import child_run_id
 from .input_types import check_input_types
 from .journal import RunJournal
+from .journal_state import journal_state
 from .ports import ParentLink, RunEnvironment
 from .registry import must_get_graph
 from .replay import ChainBuilder, journal_chain
@@ -102,23 +103,35 @@ async def follow_run_end(
     its failed nodes) does not count. ``on_waiting`` is awaited each time the
     run starts waiting for an answer.
     """
-    stored = [record.event async for record in env.event_log.read_run(run_id)]
-    retried_at = max(
-        (event.seq for event in journal_chain(stored) if isinstance(event, RunClaimed) and event.reason == "retry"),
-        default=0,
-    )
-    builder = ChainBuilder()
-    async for record in env.event_log.read_run(run_id, follow=True):
-        for event in builder.add(record.event):
-            if event.seq < retried_at:
+    async with env.event_log.following(run_id) as (stored, live):
+        builder = ChainBuilder()
+        chain = [event for record in stored for event in builder.add(record.event)]
+        retried_at = max(
+            (event.seq for event in chain if isinstance(event, RunClaimed) and event.reason == "retry"), default=0
+        )
+        # A run that has ended is answered from the stored events; one that waits now gets on_waiting now. A
+        # wait already answered (its run.waiting followed by the claim that continued it) calls nothing.
+        for seen in chain:
+            if seen.seq < retried_at:
                 continue
-            if isinstance(event, RunCompleted):
-                return dict(event.outputs)
-            if isinstance(event, (RunFailed, RunCancelled)):
-                raise run_failure(run_id, event)
-            if isinstance(event, RunWaiting) and on_waiting is not None:
-                await on_waiting()
+            if isinstance(seen, RunCompleted):
+                return dict(seen.outputs)
+            _raise_end(run_id, seen)
+        if on_waiting is not None and journal_state(run_id, builder.chain).status == "waiting":
+            await on_waiting()
+        async for record in live:
+            for event in builder.add(record.event):
+                if isinstance(event, RunCompleted):
+                    return dict(event.outputs)
+                _raise_end(run_id, event)
+                if isinstance(event, RunWaiting) and on_waiting is not None:
+                    await on_waiting()
     raise RunNotFoundError(f"stopped reading run {run_id} before it ended", run_id=run_id)
+
+
+def _raise_end(run_id: str, event: Event) -> None:
+    if isinstance(event, (RunFailed, RunCancelled)):
+        raise run_failure(run_id, event)
 
 
 def _children(run_id: str, chain: Sequence[Event]) -> list[str]:

@@ -129,36 +129,53 @@ def step_children(run: TreeRun, *, open_only: bool) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-async def _spawned_children(env: RunEnvironment, runs: list[TreeRun]) -> list[str]:
-    """Children spawned by any node of ``runs``: ``<node>.spawn1``, then ``.spawn2`` where a first exists, ..."""
-    pending = list(
-        dict.fromkeys(
-            (run.run_id, node_id)
-            for run in runs
-            for node_id in [ROOT_NODE, *(e.node_id for e in run.chain if isinstance(e, ToolCalled) and e.node_id)]
-        )
+def _first_spawns(runs: list[TreeRun]) -> dict[str, tuple[str, str]]:
+    """The first child any node of ``runs`` may have spawned (``<node>.spawn1``), with its (run, node)."""
+    nodes = dict.fromkeys(
+        (run.run_id, node_id)
+        for run in runs
+        for node_id in [ROOT_NODE, *(e.node_id for e in run.chain if isinstance(e, ToolCalled) and e.node_id)]
     )
-    found: list[str] = []
-    count = 1
+    return {child_run_id(run_id, f"{node_id}.spawn1"): (run_id, node_id) for run_id, node_id in nodes}
+
+
+async def _later_spawns(env: RunEnvironment, first: dict[str, tuple[str, str]], started: set[str]) -> list[str]:
+    """Children spawned by nodes whose first spawn started: ``.spawn2`` where a first exists, then ``.spawn3``, ..."""
+    found = [child for child in first if child in started]
+    pending = [first[child] for child in found]
+    count = 2
     while pending:
         ids = {child_run_id(run_id, f"{node_id}.spawn{count}"): (run_id, node_id) for run_id, node_id in pending}
-        started = await env.event_log.started_runs(list(ids))
-        found.extend(child for child in ids if child in started)
-        pending = [ids[child] for child in ids if child in started]
+        later = await env.event_log.started_runs(list(ids))
+        found.extend(child for child in ids if child in later)
+        pending = [ids[child] for child in ids if child in later]
         count += 1
     return found
 
 
-async def nested_runs(env: RunEnvironment, top: TreeRun, *, everything: bool = False) -> list[TreeRun]:
-    """The runs nested under ``top`` that may still wait, breadth first (all of them with ``everything``)."""
+async def nested_runs(
+    env: RunEnvironment, top: TreeRun, *, everything: bool = False, known: dict[str, bool] | None = None
+) -> list[TreeRun]:
+    """The runs nested under ``top`` that may still wait, breadth first (all of them with ``everything``).
+
+    Each level is one batched lookup of which candidate runs exist (the open
+    steps' runs and the nodes' first spawned children together; ``known``
+    says for some whether they exist, looked up already), then one read per
+    run found.
+    """
     seen = {top.run_id}
     found: list[TreeRun] = []
     frontier = [top]
+    known = known or {}
     while frontier:
         steps = [child for run in frontier for child in step_children(run, open_only=not everything)]
         steps = [child for child in dict.fromkeys(steps) if child not in seen]
-        started = await env.event_log.started_runs(steps)
-        spawned = [child for child in await _spawned_children(env, frontier) if child not in seen]
+        first = _first_spawns(frontier)
+        candidates = list(dict.fromkeys(steps + list(first)))
+        unknown = [child for child in candidates if child not in known]
+        started = await env.event_log.started_runs(unknown) if unknown else set()
+        started |= {child for child in candidates if known.get(child)}
+        spawned = [child for child in await _later_spawns(env, first, started) if child not in seen]
         children = [(child, False) for child in steps if child in started] + [(child, True) for child in spawned]
         seen.update(child for child, _ in children)
         runs = await asyncio.gather(*(read_tree_run(env, child, spawned=flag) for child, flag in children))
@@ -255,14 +272,21 @@ async def locate_wait(
     ``no_open_wait``, ``ambiguous_wait`` listing the open waits,
     ``unknown_wait``, ``wait_closed``). ``top`` is the run's journal if already read.
     """
-    top = top if top is not None else await read_tree_run(env, run_id)
+    known: dict[str, bool] = {}
+    if top is None:
+        # Whether the run's body spawned a child is looked up while its journal is read: for a run whose
+        # steps hold no nested run, the tree is then known after one round trip of reads.
+        root_spawn = child_run_id(run_id, f"{ROOT_NODE}.spawn1")
+        read, spawned = await asyncio.gather(read_tree_run(env, run_id), env.event_log.started_runs([root_spawn]))
+        known[root_spawn] = root_spawn in spawned
+        top = read
     _check_live(top, wait_id)
     target, local = (None, None) if wait_id is None else split_wait_ref(wait_id)
     if target == run_id:
         target = None
     if target is None and local is not None and local in top.state.open_waits:
         return LocatedWait(addressed=run_id, run=top, requested=top.state.open_waits[local])
-    nested = await nested_runs(env, top)
+    nested = await nested_runs(env, top, known=known)
     if target is not None and local is not None:
         holder = next((run for run in nested if run.run_id == target), None)
         if holder is None:

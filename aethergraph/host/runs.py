@@ -81,27 +81,66 @@ class RunDriver:
         max_concurrency: int | None = None,
         started: asyncio.Future[None] | None = None,
     ) -> asyncio.Task[RunEnd]:
-        """Start a new run; ownership is recorded before its first event.
+        """Start a new run under an ownership record, written just before its first event.
 
-        ``started`` (if given) is resolved once ``run.started`` is committed:
-        from then on the run exists on the bus and completes somewhere.
+        ``started`` (if given) is resolved once ``run.started`` and the record
+        are both stored: from then on the run exists on the bus and completes
+        somewhere. The two writes go out together (one round trip); the record
+        goes first on the connection, so the server never has the run without
+        having had its record. A record that is not stored fails the run
+        before its first step (no run is left running that nobody would take
+        over); a refused ``run.started`` (the id is another run's) releases
+        the record once it is stored. If this process already drives
+        ``run_id``, the task fails with :class:`StaleWriterError` at once,
+        before anything is written (the record of the run that goes on stays).
         """
+        current = self.tasks.get(run_id)
+        if current is not None and not current.done():
+
+            async def refused() -> RunEnd:
+                raise StaleWriterError(
+                    f"run {run_id} is already running in this process; start the new run with another run id",
+                    run_id=run_id,
+                    seq=1,
+                )
+
+            task = asyncio.create_task(refused(), name=f"aethergraph-refused-{run_id}")
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return task
 
         def on_started() -> None:
             if started is not None and not started.done():
                 started.set_result(None)
 
         async def run() -> dict[str, Any]:
-            await self.leases.own(run_id, spec.name)
-            return await execute_run(
-                spec,
-                inputs,
-                run_id=run_id,
-                env=self.env,
-                parent=parent,
-                max_concurrency=max_concurrency,
-                on_started=on_started,
-            )
+            recorded = await self.leases.record_owner(run_id, spec.name)
+
+            async def confirm_record() -> None:
+                try:
+                    await recorded
+                except Exception as exc:
+                    raise BusUnavailableError(
+                        f"run {run_id} could not be recorded as driven by this process ({exc}), so no worker "
+                        "would take it over if this process died: it was failed before its first step. Start "
+                        "it again (with a new run id) once the bus stores ownership records (stream AG_LEASES)",
+                        run_id=run_id,
+                    ) from exc
+
+            try:
+                return await execute_run(
+                    spec,
+                    inputs,
+                    run_id=run_id,
+                    env=self.env,
+                    parent=parent,
+                    max_concurrency=max_concurrency,
+                    on_started=on_started,
+                    before_body=confirm_record,
+                )
+            except StaleWriterError as exc:
+                if exc.seq is None or exc.seq <= 1:  # run.started refused: released (below) once stored
+                    await asyncio.gather(recorded, return_exceptions=True)
+                raise
 
         return self.drive(run_id, run)
 
@@ -117,13 +156,18 @@ class RunDriver:
         """:meth:`start`, returning once ``run.started`` is committed (or raising why the run could not start)."""
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = self.start(spec, inputs, run_id, parent=parent, max_concurrency=max_concurrency, started=started)
-        waiting: set[asyncio.Future[Any]] = {started, task}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            started.cancel()
-            error = None if task.cancelled() else task.exception()
+
+        def ended_first(done: asyncio.Task[RunEnd]) -> None:  # why the run could not start, if it did not
+            if started.done():
+                return
+            error = None if done.cancelled() else done.exception()
             if error is not None:
-                raise error
+                started.set_exception(error)
+            else:
+                started.set_result(None)  # cancelled before it started: the caller gets the cancelled task
+
+        task.add_done_callback(ended_first)
+        await started  # woken straight by the future (asyncio.wait would add a hop)
         return task
 
     def drive(self, run_id: str, body: Callable[[], Awaitable[dict[str, Any]]]) -> asyncio.Task[RunEnd]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 
@@ -68,6 +69,16 @@ class MemoryEventLog:
             raise RuntimeError("an offline event log has nothing more to follow")
         for stored in list(self._runs.get(run_id, ())):
             yield stored
+
+    @contextlib.asynccontextmanager
+    async def following(self, run_id: str) -> AsyncIterator[tuple[list[_Stored], AsyncIterator[_Stored]]]:
+        """The run's stored events, and nothing after them: an offline log has no live events."""
+
+        async def nothing_more() -> AsyncIterator[_Stored]:
+            raise RuntimeError("an offline event log has nothing more to follow")
+            yield  # an async generator
+
+        yield list(self._runs.get(run_id, ())), nothing_more()
 
     async def first_start(self, run_id: str) -> RunStarted | None:
         for stored in self._runs.get(run_id, ()):
