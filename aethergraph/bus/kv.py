@@ -17,7 +17,7 @@ import re
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import Header, StorageType
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, StorageType
 from nats.js.kv import KeyValue
 
 from aethergraph.core.errors import KeyConflictError
@@ -151,20 +151,42 @@ class JetStreamKeyValueStore:
         return existed
 
     async def entries(self, prefix: str) -> list[KeyValueEntry]:
-        kv = await self.bucket()
+        """Every live key starting with ``prefix`` (as of the call), with its value and revision.
+
+        Read with a pull consumer delivering each key's latest message: the
+        consumer's pending count at creation says how many to expect, so a
+        scan never ends early. (nats-py's KV watcher may announce that it
+        caught up before it delivered what was already stored.)
+        """
+        await self.bucket()
         wanted = encode_key(prefix) if prefix else ""
-        watcher = await kv.watchall(ignore_deletes=True, inactive_threshold=5.0)
+        subject_prefix = f"$KV.{self._bucket_name}."
+        sub = await self._js.pull_subscribe(
+            f"{subject_prefix}>",
+            stream=f"KV_{self._bucket_name}",
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=5.0,
+                mem_storage=True,
+            ),
+        )
         found: list[KeyValueEntry] = []
         try:
-            async for entry in watcher:
-                if entry is None:  # caught up: every live key was delivered
-                    break
-                if entry.key.startswith(wanted) and entry.operation is None:
-                    found.append(
-                        KeyValueEntry(key=decode_key(entry.key), value=entry.value or b"", revision=entry.revision or 0)
-                    )
+            expected = (await sub.consumer_info()).num_pending or 0
+            received = 0
+            more = expected > 0
+            while more:
+                for msg in await sub.fetch(min(max(expected - received, 1), 512), timeout=10.0):
+                    received += 1
+                    more = received < expected or (msg.metadata.num_pending or 0) > 0
+                    key = msg.subject[len(subject_prefix) :]
+                    operation = (msg.headers or {}).get("KV-Operation")
+                    if key.startswith(wanted) and operation not in ("DEL", "PURGE"):
+                        meta = msg.metadata
+                        found.append(KeyValueEntry(key=decode_key(key), value=msg.data, revision=meta.sequence.stream))
         finally:
             with contextlib.suppress(nats.errors.Error):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                await sub.unsubscribe()
         found.sort(key=lambda e: e.key)
         return found
