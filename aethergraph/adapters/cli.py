@@ -18,11 +18,11 @@ from rich.markup import escape
 
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError, RunExistsError
-from aethergraph.core.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.core.ids import check_run_id, new_run_id
-from aethergraph.core.resume import resolve_resume
-from aethergraph.core.run_control import bind_run_inputs
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.run_control import bind_run_inputs
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.resume import resolve_resume
+from aethergraph.core.wire.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.host.runs import Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
 from aethergraph.runtime import get_runtime, load_target, resume, serve_worker

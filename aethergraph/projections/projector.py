@@ -35,9 +35,9 @@ from nats.js.errors import NotFoundError
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.dispatch import ack_position, dispatch_raw, release_raw
 from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject, projector_consumer
-from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import ProjectionError
-from aethergraph.core.events import EVENT_TYPES
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import EVENT_TYPES
 
 from .fold import Decoded
 from .journal import JournalKey
