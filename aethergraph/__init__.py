@@ -7,19 +7,20 @@ The public surface is this module's ``__all__``; everything under
 from __future__ import annotations
 
 from aethergraph import errors
-from aethergraph.core.artifacts import Artifact
-from aethergraph.core.context import NodeContext
-from aethergraph.core.decorators import GraphFunction, Tool, graph_fn, tool
-from aethergraph.core.dual_stage import DualStageTool
+from aethergraph.core.api.callables import GraphFunction, Tool
+from aethergraph.core.api.decorators import graph_fn, tool
+from aethergraph.core.api.dual_stage import DualStageTool
+from aethergraph.core.api.graphify import TaskGraphBuilder, graphify
+from aethergraph.core.context.artifacts import Artifact
+from aethergraph.core.context.memory import MemoryEntry
+from aethergraph.core.context.node_context import NodeContext
+from aethergraph.core.context.service_base import Service, journal_by_digest, not_journaled
+from aethergraph.core.context.service_registry import register_context_service
+from aethergraph.core.context.waits import Wait
 from aethergraph.core.errors import AetherGraphError
-from aethergraph.core.graphify import TaskGraphBuilder, graphify
-from aethergraph.core.memory import MemoryEntry
-from aethergraph.core.run_control import RunManager
-from aethergraph.core.service_base import Service, journal_by_digest, not_journaled
-from aethergraph.core.service_registry import register_context_service
+from aethergraph.core.journal.run_control import RunManager
+from aethergraph.core.model.task_graph import RetryPolicy, TaskGraph
 from aethergraph.core.settings import Settings
-from aethergraph.core.task_graph import RetryPolicy, TaskGraph
-from aethergraph.core.waits import Wait
 from aethergraph.host.runs import RunHandle
 from aethergraph.runtime import (
     cancel,

@@ -17,14 +17,14 @@ from typing import Any
 
 from aethergraph.bus.commands import ResumeOutcome
 from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
-from aethergraph.core.environment import install_top_level_launcher
+from aethergraph.core.context.waits import interrupt_inline_answers
 from aethergraph.core.errors import ResumeRejectedError
 from aethergraph.core.ids import check_run_id, new_run_id
-from aethergraph.core.resume import resolve_resume
-from aethergraph.core.run_control import bind_run_inputs
+from aethergraph.core.journal.run_control import bind_run_inputs
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.environment import install_top_level_launcher
+from aethergraph.core.run.resume import resolve_resume
 from aethergraph.core.settings import Settings, load_settings
-from aethergraph.core.spec import CallableSpec
-from aethergraph.core.waits import interrupt_inline_answers
 from aethergraph.host.loader import import_module, import_modules, load_target
 from aethergraph.host.process import ProcessHost
 from aethergraph.host.resume_client import await_resume_outcome

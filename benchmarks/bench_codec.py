@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from aethergraph.core.codec import decode_event, encode_event, normalise_value
+from aethergraph.core.wire.codec import decode_event, encode_event, normalise_value
 
 from .harness import BenchContext, Figure, value_figure
 from .workload import tool_called

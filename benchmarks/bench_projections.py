@@ -25,8 +25,9 @@ from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.dispatch import ack_position, dispatch_raw, release_raw
 from aethergraph.bus.event_log import JetStreamEventLog, JetStreamRunWriter
 from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject
-from aethergraph.core.codec import digest, encode_event
-from aethergraph.core.events import (
+from aethergraph.core.ids import ROOT_NODE, child_run_id, new_run_id
+from aethergraph.core.wire.codec import digest, encode_event
+from aethergraph.core.wire.events import (
     ArtifactSaved,
     Event,
     RunClaimed,
@@ -38,7 +39,6 @@ from aethergraph.core.events import (
     WaitRequested,
     WaitResumed,
 )
-from aethergraph.core.ids import ROOT_NODE, child_run_id, new_run_id
 from aethergraph.host.process import ProcessHost
 from aethergraph.projections.client import serve_projections, store_path
 from aethergraph.projections.projector import Projector, decode_batch

@@ -11,9 +11,10 @@ from nats.js.api import DeliverPolicy
 from aethergraph import Settings
 from aethergraph.bus.topology import run_events_filter
 from aethergraph.core.errors import RunSuspended
-from aethergraph.core.events import RunStarted, ToolCalled
-from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.run.executor import claim_run, drive_run
+from aethergraph.core.wire.events import RunStarted, ToolCalled
 from aethergraph.host.runs import Suspended
 from aethergraph.runtime import ProcessHost, load_target
 

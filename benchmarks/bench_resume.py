@@ -14,9 +14,9 @@ from nats.aio.msg import Msg
 
 import aethergraph
 from aethergraph import Settings
-from aethergraph.core.codec import decode_event
-from aethergraph.core.events import RunClaimed, RunCompleted, ToolCalled, WaitResumed
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import RunClaimed, RunCompleted, ToolCalled, WaitResumed
 from aethergraph.host.process import ProcessHost
 from aethergraph.host.runs import Suspended
 from aethergraph.runtime import close_runtime, get_runtime, load_target

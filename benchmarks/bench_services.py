@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from aethergraph import Service, Settings, graph_fn, register_context_service
-from aethergraph.core.executor import execute_run
+from aethergraph.core.run.executor import execute_run
 from aethergraph.host.process import ProcessHost
 
 from .harness import (

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from aethergraph import Settings, close_runtime, get_runtime, graphify, tool
-from aethergraph.core.events import NodeCompleted, NodeReady, NodeStarted
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.wire.events import NodeCompleted, NodeReady, NodeStarted
 from aethergraph.runtime import ProcessHost, start_run
 
 from .harness import (

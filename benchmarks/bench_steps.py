@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from aethergraph import Settings, close_runtime, get_runtime
-from aethergraph.core.executor import execute_run
+from aethergraph.core.run.executor import execute_run
 
 from .harness import (
     DEFAULT_SYNC,

@@ -27,9 +27,9 @@ from typing import TypeVar
 
 from aethergraph import Settings
 from aethergraph.bus.embedded import find_nats_server_binary
-from aethergraph.core.events import RunClaimed, RunCompleted
-from aethergraph.core.executor import load_journal
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.wire.events import RunClaimed, RunCompleted
 from aethergraph.host.process import ProcessHost
 from aethergraph.host.runs import RunHandle
 

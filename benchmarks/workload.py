@@ -12,9 +12,9 @@ from nats.aio.client import Client
 
 from aethergraph import graph_fn, tool
 from aethergraph.bus.topology import event_subject, run_events_filter
-from aethergraph.core.codec import digest, encode_event
-from aethergraph.core.events import Event, ToolCalled, ToolReturned
 from aethergraph.core.ids import new_run_id, new_worker_id
+from aethergraph.core.wire.codec import digest, encode_event
+from aethergraph.core.wire.events import Event, ToolCalled, ToolReturned
 
 WORKER = new_worker_id()
 RAW_HEADER_MODES = ("none", "msgid", "fenced")
@@ -223,7 +223,7 @@ class MemoryEventLog:
 
 
 class MemoryEnvironment:
-    """A :class:`aethergraph.core.ports.RunEnvironment` whose log is in memory."""
+    """A :class:`aethergraph.core.journal.ports.RunEnvironment` whose log is in memory."""
 
     def __init__(self) -> None:
         self.event_log = MemoryEventLog()

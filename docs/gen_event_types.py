@@ -1,6 +1,6 @@
 """Regenerate the "Event types" section of docs/events.md from the catalog.
 
-Run ``python docs/gen_event_types.py`` after changing ``aethergraph/core/events.py``;
+Run ``python docs/gen_event_types.py`` after changing ``aethergraph/core/wire/events.py``;
 tests/test_docs.py fails while the page and the catalog disagree.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from aethergraph.core.events import EVENT_TYPES, Event
+from aethergraph.core.wire.events import EVENT_TYPES, Event
 
 PAGE = Path(__file__).with_name("events.md")
 HEADING = "## Event types\n"

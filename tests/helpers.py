@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from aethergraph.bus.embedded import find_nats_server_binary
 from aethergraph.bus.event_log import StoredRecord
-from aethergraph.core.events import Event
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.wire.events import Event
 from aethergraph.host.process import ProcessHost
 
 T = TypeVar("T")

@@ -20,8 +20,8 @@ import pytest
 from helpers import eventually, read_events, run_python, wait_until
 from process_hosts import lines
 
-from aethergraph.core import events as ev
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow

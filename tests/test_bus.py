@@ -28,11 +28,11 @@ from aethergraph.bus.topology import (
     resume_subject,
     run_events_filter,
 )
-from aethergraph.core import events as ev
-from aethergraph.core.codec import decode_event, encode_event
 from aethergraph.core.errors import BusUnavailableError, EventTooLargeError, StaleWriterError, TopologyMismatchError
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import decode_event, encode_event
 from aethergraph.host.process import ProcessHost
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from aethergraph.core.events import EVENT_TYPES, Event
+from aethergraph.core.wire.events import EVENT_TYPES, Event
 from aethergraph.projections.store import ProjectionStore
 
 ROOT = Path(__file__).resolve().parent.parent

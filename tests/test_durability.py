@@ -24,12 +24,12 @@ from helpers import eventually, read_events, run_python, start_nats_server, subp
 
 from aethergraph import graph_fn, tool
 from aethergraph.bus.embedded import ensure_embedded_server, running_server
-from aethergraph.core import events as ev
 from aethergraph.core.errors import BusUnavailableError
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.replay import journal_chain
-from aethergraph.core.resume import journal_state
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.run.resume import journal_state
 from aethergraph.core.settings import Settings
+from aethergraph.core.wire import events as ev
 from aethergraph.runtime import ProcessHost, load_target
 
 GRAPHS = """
@@ -68,7 +68,7 @@ RESUME = """
 import asyncio, json, sys
 sys.path.insert(0, sys.argv[1])
 import graphs
-from aethergraph.core.executor import resume_run
+from aethergraph.core.run.executor import resume_run
 from aethergraph.runtime import get_runtime, close_runtime
 
 async def main():

@@ -38,11 +38,11 @@ from process_hosts import lines, wait_ready
 
 import aethergraph
 from aethergraph.bus.embedded import find_nats_server_binary
-from aethergraph.core import events as ev
 from aethergraph.core.errors import RunNotFoundError
-from aethergraph.core.replay import journal_chain
-from aethergraph.core.resume import JournalState
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.run.resume import JournalState
 from aethergraph.core.settings import load_settings
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow

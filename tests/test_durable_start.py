@@ -19,11 +19,11 @@ from nats.js.api import DiscardPolicy
 from aethergraph import graph_fn, tool
 from aethergraph.bus.topology import LEASES_STREAM, run_owner_subject
 from aethergraph.core.errors import BusUnavailableError, StaleWriterError
-from aethergraph.core.events import RunFailed, RunStarted, ToolCalled
-from aethergraph.core.executor import load_journal
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.resume import journal_state
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.run.resume import journal_state
 from aethergraph.core.settings import load_settings
+from aethergraph.core.wire.events import RunFailed, RunStarted, ToolCalled
 from aethergraph.host.process import ProcessHost
 from aethergraph.runtime import load_target
 

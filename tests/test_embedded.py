@@ -21,8 +21,8 @@ from aethergraph.bus.embedded import (
     stop_embedded_server,
 )
 from aethergraph.core.errors import WorkspaceError
-from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run
 from aethergraph.core.settings import Settings
 from aethergraph.host.process import ProcessHost
 

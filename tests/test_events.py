@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from aethergraph.core import events as ev
-from aethergraph.core.codec import decode_event, encode_event
-from aethergraph.core.events import EVENT_TYPES
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import decode_event, encode_event
+from aethergraph.core.wire.events import EVENT_TYPES
 
 GOLDEN = Path(__file__).parent / "golden" / "events.jsonl"
 GOLDEN_RUN_ID = "0mb4x2k9qabcdefghijkl"

@@ -20,7 +20,7 @@ from helpers import subprocess_env
 import aethergraph
 from aethergraph import NodeContext, graph_fn, tool
 from aethergraph.core.errors import NonDeterminismError
-from aethergraph.core.events import AnyEvent, RunCompleted, ToolCalled
+from aethergraph.core.wire.events import AnyEvent, RunCompleted, ToolCalled
 from aethergraph.host.process import ProcessHost
 from aethergraph.testing import load_journal, replay, replay_async
 

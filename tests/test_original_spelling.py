@@ -18,8 +18,8 @@ from helpers import read_events, run_python
 import aethergraph
 from aethergraph import DualStageTool, graph_fn, tool
 from aethergraph.core import errors as core_errors
-from aethergraph.core import events as ev
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.wire import events as ev
 from aethergraph.errors import (
     DecorationError,
     OutputError,

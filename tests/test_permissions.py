@@ -23,8 +23,8 @@ from aethergraph import graph_fn
 from aethergraph.bus.presence import client_name, detect_presence
 from aethergraph.bus.topology import COMMANDS_STREAM, EVENTS_STREAM
 from aethergraph.core.errors import BusUnavailableError
-from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run
 from aethergraph.core.settings import Settings
 from aethergraph.host.process import ProcessHost
 

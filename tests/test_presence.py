@@ -35,8 +35,8 @@ from test_durable_processes import (
 
 from aethergraph.bus.embedded import EmbeddedServer, ensure_embedded_server
 from aethergraph.bus.presence import RUNTIME_ACCOUNT, client_name, detect_presence
-from aethergraph.core import events as ev
 from aethergraph.core.settings import Settings
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 from aethergraph.host.runs import RunHandle
 

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aethergraph.core import events as ev
-from aethergraph.core.codec import encode_event
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import encode_event
 from aethergraph.projections import store as store_module
 from aethergraph.projections.fold import Decoded
 from aethergraph.projections.projector import Projector, decode_message

@@ -37,11 +37,11 @@ from test_projections import TABLES, dump
 
 from aethergraph import NodeContext, Wait, graph_fn, tool
 from aethergraph.bus.topology import EVENTS_STREAM, event_subject, projector_consumer, projector_query_subject
-from aethergraph.core import events as ev
-from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import ProjectionError, ProjectionLockedError
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.settings import Settings, load_settings
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import encode_event
 from aethergraph.host.runs import Suspended
 from aethergraph.projections.client import ProjectionAccess, store_path
 from aethergraph.projections.projector import Projector

@@ -19,8 +19,8 @@ from test_projections import TABLES, dump
 from test_projections_bus import Bus, catch_up_fresh, pjb_outer, rows
 
 from aethergraph.bus.topology import event_subject
-from aethergraph.core import events as ev
-from aethergraph.core.codec import encode_event
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import encode_event
 from aethergraph.projections.projector import Projector
 from aethergraph.projections.run_state import rebuild_run_state
 from aethergraph.projections.store import ProjectionStore

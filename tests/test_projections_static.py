@@ -17,11 +17,10 @@ from helpers import read_events
 from test_projections import dump
 
 from aethergraph import RetryPolicy, graphify, tool
-from aethergraph.core import events as ev
-from aethergraph.core.codec import encode_event
-from aethergraph.core.executor import execute_run
-from aethergraph.core.ids import new_run_id
-from aethergraph.core.static_run import node_run_id
+from aethergraph.core.ids import new_run_id, node_run_id
+from aethergraph.core.run.executor import execute_run
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import encode_event
 from aethergraph.host.process import ProcessHost
 from aethergraph.projections.fold import Decoded
 from aethergraph.projections.run_state import rebuild_run_state

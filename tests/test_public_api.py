@@ -13,8 +13,8 @@ import pytest
 
 import aethergraph
 from aethergraph.core import errors as core_errors
-from aethergraph.core.events import ToolFailed
-from aethergraph.core.replay import rebuild_error
+from aethergraph.core.journal.replay import rebuild_error
+from aethergraph.core.wire.events import ToolFailed
 
 PUBLIC_MODULES: dict[str, list[str]] = {
     "aethergraph": [

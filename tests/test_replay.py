@@ -10,8 +10,7 @@ import pytest
 from helpers import read_events
 
 from aethergraph import NodeContext, graph_fn, tool
-from aethergraph.core import events as ev
-from aethergraph.core.decorators import GraphFunction
+from aethergraph.core.api.callables import GraphFunction
 from aethergraph.core.errors import (
     GraphMismatchError,
     NonDeterminismError,
@@ -19,9 +18,10 @@ from aethergraph.core.errors import (
     RunFailedError,
     RunNotFoundError,
 )
-from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.run.executor import execute_run, resume_run
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 

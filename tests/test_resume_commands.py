@@ -22,13 +22,13 @@ import aethergraph
 from aethergraph import NodeContext, RunHandle, graph_fn, tool
 from aethergraph.bus.commands import ResumeOutcome
 from aethergraph.bus.event_log import StoredRecord
-from aethergraph.core import events as ev
 from aethergraph.core.errors import GraphNotFoundError, ResumeRejectedError, RunFailedError, RunNotFoundError
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.registry import must_get_graph
-from aethergraph.core.replay import ChainBuilder
-from aethergraph.core.resume import AlreadyAnswered, JournalState, accept_resume, journal_state
-from aethergraph.core.spec import CallableSpec, build_spec
+from aethergraph.core.journal.replay import ChainBuilder
+from aethergraph.core.model.registry import must_get_graph
+from aethergraph.core.model.spec import CallableSpec, build_spec
+from aethergraph.core.run.resume import AlreadyAnswered, JournalState, accept_resume, journal_state
+from aethergraph.core.wire import events as ev
 from aethergraph.host.runs import Suspended
 from aethergraph.host.worker import Worker
 from aethergraph.runtime import ProcessHost, load_target

@@ -14,11 +14,11 @@ from helpers import read_events, run_python, subprocess_env
 import aethergraph
 from aethergraph import NodeContext, graph_fn, tool
 from aethergraph.bus.event_log import StoredRecord
-from aethergraph.core import events as ev
-from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import EventTooLargeError, NotInRunError, OutputError, SerializationError
-from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import RUN_ID_PATTERN, new_run_id
+from aethergraph.core.run.executor import execute_run
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import decode_event
 from aethergraph.runtime import ProcessHost, load_target
 
 # --- the seed's example, as written (a log line instead of the channel, which does not exist yet) -------

@@ -17,7 +17,7 @@ from helpers import closed_port
 
 from aethergraph import graph_fn, tool
 from aethergraph.core.errors import BusUnavailableError
-from aethergraph.core.executor import execute_run
+from aethergraph.core.run.executor import execute_run
 from aethergraph.core.settings import Settings
 from aethergraph.host.process import ProcessHost
 

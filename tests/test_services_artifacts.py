@@ -12,12 +12,12 @@ import pytest
 from helpers import read_events
 
 from aethergraph import Artifact, graph_fn, tool
-from aethergraph.core import events as ev
-from aethergraph.core.decorators import GraphFunction
+from aethergraph.core.api.callables import GraphFunction
 from aethergraph.core.errors import ArtifactNotFoundError, NonDeterminismError
-from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run, resume_run
 from aethergraph.core.settings import load_settings
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 

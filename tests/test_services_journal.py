@@ -10,8 +10,7 @@ from helpers import eventually, read_events
 
 import aethergraph
 from aethergraph import graph_fn, journal_by_digest, not_journaled, tool
-from aethergraph.core import events as ev
-from aethergraph.core.decorators import GraphFunction
+from aethergraph.core.api.callables import GraphFunction
 from aethergraph.core.errors import (
     AetherGraphError,
     NonDeterminismError,
@@ -20,8 +19,9 @@ from aethergraph.core.errors import (
     ServiceNameError,
     UnknownServiceError,
 )
-from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run, resume_run
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 from aethergraph.services.runtime.base import Service
 from aethergraph.services.runtime.registry import register_context_service
@@ -394,7 +394,7 @@ async def test_every_service_kind_under_always_suspend(
 def test_services_doc_names_every_built_in_and_setting() -> None:
     from pathlib import Path
 
-    from aethergraph.core.service_registry import BUILTIN_SERVICES
+    from aethergraph.core.context.service_registry import BUILTIN_SERVICES
     from aethergraph.core.settings import Settings
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "services.md").read_text()

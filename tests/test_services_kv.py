@@ -12,11 +12,11 @@ from helpers import eventually, read_events
 
 import aethergraph
 from aethergraph import graph_fn
-from aethergraph.core import events as ev
-from aethergraph.core.decorators import GraphFunction
+from aethergraph.core.api.callables import GraphFunction
 from aethergraph.core.errors import KeyConflictError, SerializationError
-from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run, resume_run
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 

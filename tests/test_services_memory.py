@@ -10,11 +10,11 @@ from helpers import read_events
 
 import aethergraph
 from aethergraph import MemoryEntry, graph_fn
-from aethergraph.core import events as ev
-from aethergraph.core.decorators import GraphFunction
+from aethergraph.core.api.callables import GraphFunction
 from aethergraph.core.errors import NonDeterminismError
-from aethergraph.core.executor import execute_run, resume_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run, resume_run
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 

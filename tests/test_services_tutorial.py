@@ -18,9 +18,9 @@ from helpers import read_events
 
 import aethergraph
 from aethergraph import graph_fn, start_server, tool
-from aethergraph.core import events as ev
-from aethergraph.core.executor import execute_run
+from aethergraph.core.run.executor import execute_run
 from aethergraph.core.settings import load_settings
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 from aethergraph.services.runtime.base import Service
 from aethergraph.services.runtime.registry import register_context_service

@@ -17,10 +17,10 @@ from helpers import chain_of, read_events
 
 import aethergraph as ag
 from aethergraph import RetryPolicy, graph_fn, graphify, tool
-from aethergraph.core import events as ev
 from aethergraph.core.errors import DecorationError, GraphBuildError, GraphInputError
-from aethergraph.core.executor import execute_run
 from aethergraph.core.ids import new_run_id
+from aethergraph.core.run.executor import execute_run
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 # --- tools (names prefixed sgb_: the registry is per process and shared by every test module) ----------
@@ -594,7 +594,7 @@ async def test_control_keywords_run_in_order(graph_env: ProcessHost) -> None:
 async def test_a_static_graph_as_a_node_of_another_is_a_nested_run(graph_env: ProcessHost) -> None:
     run_id = new_run_id()
     assert await start(graph_env, sgb_nested_outer, {"xs": [1, 1, 1, 1]}, run_id=run_id) == {"total": 8, "again": 16}
-    from aethergraph.core.static_run import node_run_id
+    from aethergraph.core.ids import node_run_id
 
     inner_id = node_run_id(run_id, "sgb_fan_1", 1)
     inner = await chain_of(graph_env, inner_id)

@@ -22,8 +22,8 @@ from helpers import chain_of, eventually, outcome_of, wait_until
 from process_hosts import lines, wait_ready
 
 import aethergraph
-from aethergraph.core import events as ev
-from aethergraph.core.static_run import node_run_id
+from aethergraph.core.ids import node_run_id
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow

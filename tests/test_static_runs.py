@@ -23,13 +23,12 @@ import aethergraph as ag
 from aethergraph import RetryPolicy, graph_fn, graphify, tool
 from aethergraph.bus.topology import COMMANDS_STREAM, event_subject, report_subject
 from aethergraph.bus.work_queue import JetStreamWorkQueue
-from aethergraph.core import events as ev
-from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import NonDeterminismError, NotRetryableError, RunFailedError, StaleWriterError
-from aethergraph.core.executor import execute_run
-from aethergraph.core.ids import new_run_id
-from aethergraph.core.replay import journal_chain
-from aethergraph.core.static_run import node_run_id
+from aethergraph.core.ids import new_run_id, node_run_id
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.run.executor import execute_run
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import encode_event
 from aethergraph.runtime import ProcessHost, load_target
 
 # --- what the tools record ------------------------------------------------------------------

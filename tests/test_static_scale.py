@@ -27,8 +27,8 @@ from aethergraph.bus.embedded import ensure_embedded_server
 from aethergraph.bus.topology import COMMANDS_STREAM, EVENTS_STREAM, report_subject
 from aethergraph.core.errors import RunFailedError
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.node_report import NodeReport
 from aethergraph.core.settings import Settings
+from aethergraph.core.wire.node_report import NodeReport
 from aethergraph.host.process import ProcessHost
 from aethergraph.host.runs import RunHandle
 

@@ -27,9 +27,9 @@ from aethergraph import NodeContext, graph_fn
 from aethergraph.bus.commands import ResumeOutcome
 from aethergraph.core.errors import GraphNotFoundError
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.registry import must_get_graph
-from aethergraph.core.resume import AcceptedResume, AlreadyAnswered, accept_resume
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.model.registry import must_get_graph
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.resume import AcceptedResume, AlreadyAnswered, accept_resume
 from aethergraph.host.resume_commands import RetryPolicy
 from aethergraph.host.runs import Suspended
 from aethergraph.host.worker import Worker

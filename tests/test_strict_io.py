@@ -18,7 +18,7 @@ from helpers import read_events, subprocess_env
 
 import aethergraph
 from aethergraph.bus.topology import COMMANDS_STREAM, resume_subject
-from aethergraph.core.codec import normalise_value
+from aethergraph.core.wire.codec import normalise_value
 from aethergraph.errors import (
     GraphInputError,
     ResumeRejectedError,

@@ -20,11 +20,11 @@ from helpers import eventually, read_events, wait_until
 from process_hosts import lines, wait_ready
 
 import aethergraph
-from aethergraph.core import events as ev
 from aethergraph.core.errors import StaleWriterError
 from aethergraph.core.ids import QUEUE_OWNER
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
 from aethergraph.core.settings import load_settings
+from aethergraph.core.wire import events as ev
 from aethergraph.host.process import ProcessHost
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@
 Nested graph_fn runs, dual-stage nodes of static graphs (node runs) and runs
 spawned with ``context.runs()`` hold their own waits; a resume command on
 ``ag.cmd.resume.<top_run_id>`` finds them from the journals (see
-``aethergraph/core/wait_tree.py``), its outcome is published for the top-level
+``aethergraph/core/journal/wait_tree.py``), its outcome is published for the top-level
 id, and the top-level run continues to its end. Every resume here is handled
 by an in-process :class:`Worker` on the test server.
 """
@@ -22,14 +22,13 @@ import pytest
 
 import aethergraph
 from aethergraph import DualStageTool, NodeContext, RunHandle, Wait, graph_fn, graphify, tool
-from aethergraph.core import events as ev
 from aethergraph.core.errors import ResumeRejectedError
-from aethergraph.core.ids import ROOT_NODE, child_run_id, new_run_id
-from aethergraph.core.registry import must_get_graph
-from aethergraph.core.replay import ChainBuilder
-from aethergraph.core.resume import AlreadyAnswered, accept_resume
-from aethergraph.core.run_control import bind_run_inputs
-from aethergraph.core.static_run import node_run_id
+from aethergraph.core.ids import ROOT_NODE, child_run_id, new_run_id, node_run_id
+from aethergraph.core.journal.replay import ChainBuilder
+from aethergraph.core.journal.run_control import bind_run_inputs
+from aethergraph.core.model.registry import must_get_graph
+from aethergraph.core.run.resume import AlreadyAnswered, accept_resume
+from aethergraph.core.wire import events as ev
 from aethergraph.host.runs import Suspended
 from aethergraph.host.worker import Worker
 from aethergraph.runtime import ProcessHost, load_target

@@ -21,7 +21,6 @@ from helpers import chain_of
 
 import aethergraph
 from aethergraph import DualStageTool, NodeContext, RunHandle, Wait, graph_fn, tool
-from aethergraph.core import events as ev
 from aethergraph.core.errors import (
     DecorationError,
     NotInRunError,
@@ -30,10 +29,11 @@ from aethergraph.core.errors import (
     WaitExpiredError,
 )
 from aethergraph.core.ids import new_run_id
-from aethergraph.core.registry import register_graph
-from aethergraph.core.replay import ChainBuilder
-from aethergraph.core.resume import JournalState, journal_state
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.replay import ChainBuilder
+from aethergraph.core.model.registry import register_graph
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.resume import JournalState, journal_state
+from aethergraph.core.wire import events as ev
 from aethergraph.host.runs import Suspended
 from aethergraph.host.worker import Worker
 from aethergraph.runtime import ProcessHost, load_target

@@ -18,11 +18,11 @@ from rich.markup import escape
 
 from aethergraph.bus.embedded import ensure_embedded_server, running_server, stop_embedded_server
 from aethergraph.core.errors import AetherGraphError, ResumeRejectedError, RunExistsError
-from aethergraph.core.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.core.ids import check_run_id, new_run_id
-from aethergraph.core.resume import resolve_resume
-from aethergraph.core.run_control import bind_run_inputs
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.run_control import bind_run_inputs
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.resume import resolve_resume
+from aethergraph.core.wire.events import RunCancelled, RunCompleted, RunFailed
 from aethergraph.host.runs import Suspended
 from aethergraph.projections.run_state import RunState, rebuild_run_state
 from aethergraph.runtime import get_runtime, load_target, resume, serve_worker
@@ -141,40 +141,7 @@ def run(
         return
 
     async def go() -> tuple[dict[str, Any], list[Any]]:
-        runtime = await get_runtime()
-        runtime.driver.on_suspend = functools.partial(_announce_suspension, continue_here=wait)
-        failure: BaseException | None = None
-        outputs: dict[str, Any] = {}
-        waiting = False
-        total_nodes = len(spec.task_graph().nodes) if spec.kind == "static" else None
-        interval = runtime.settings.progress_interval_s
-        async with RunProgress(
-            runtime.bus.nc, chosen, spec.name, err_console, total_nodes=total_nodes, plain_interval_s=interval
-        ):
-            try:
-                end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
-                if isinstance(end, Suspended) and wait:
-                    end = await runtime.runs.handle(chosen).result()
-                if isinstance(end, Suspended):
-                    waiting = True
-                else:
-                    outputs = end
-            except RunExistsError as exc:  # refused before anything was written: not this run's failure
-                err_console.print(f"[red]error:[/] {escape(exc.message)}")
-                raise typer.Exit(2) from None
-            except Exception as exc:  # noqa: BLE001 - reported below with the run id
-                failure = exc
-        journal = [record.event async for record in runtime.event_log.read_run(chosen)] if events or failure else []
-        if waiting:
-            if journal:
-                _print_events(chosen, journal)
-            raise typer.Exit(3)
-        if failure is not None:
-            if journal:
-                _print_events(chosen, journal)
-            err_console.print(f"[red]run {chosen} failed:[/] {type(failure).__name__}: {escape(str(failure))}")
-            raise typer.Exit(1)
-        return outputs, journal
+        return await _run_here(spec, inputs, chosen, max_concurrency=max_concurrency, wait=wait, events=events)
 
     outputs, journal = _drive_with_pure_stdout(go) if as_json else drive(go)
     if as_json:
@@ -184,6 +151,52 @@ def run(
     console.print(outputs_table(outputs))
     if events:
         _print_events(chosen, journal)
+
+
+async def _run_here(
+    spec: CallableSpec,
+    inputs: dict[str, Any],
+    chosen: str,
+    *,
+    max_concurrency: int | None,
+    wait: bool,
+    events: bool,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Drive the run in this process with a progress display; exit 3 if it waits, 1 if it fails."""
+    runtime = await get_runtime()
+    runtime.driver.on_suspend = functools.partial(_announce_suspension, continue_here=wait)
+    failure: BaseException | None = None
+    outputs: dict[str, Any] = {}
+    waiting = False
+    total_nodes = len(spec.task_graph().nodes) if spec.kind == "static" else None
+    interval = runtime.settings.progress_interval_s
+    async with RunProgress(
+        runtime.bus.nc, chosen, spec.name, err_console, total_nodes=total_nodes, plain_interval_s=interval
+    ):
+        try:
+            end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)
+            if isinstance(end, Suspended) and wait:
+                end = await runtime.runs.handle(chosen).result()
+            if isinstance(end, Suspended):
+                waiting = True
+            else:
+                outputs = end
+        except RunExistsError as exc:  # refused before anything was written: not this run's failure
+            err_console.print(f"[red]error:[/] {escape(exc.message)}")
+            raise typer.Exit(2) from None
+        except Exception as exc:  # noqa: BLE001 - reported below with the run id
+            failure = exc
+    journal = [record.event async for record in runtime.event_log.read_run(chosen)] if events or failure else []
+    if waiting:
+        if journal:
+            _print_events(chosen, journal)
+        raise typer.Exit(3)
+    if failure is not None:
+        if journal:
+            _print_events(chosen, journal)
+        err_console.print(f"[red]run {chosen} failed:[/] {type(failure).__name__}: {escape(str(failure))}")
+        raise typer.Exit(1)
+    return outputs, journal
 
 
 def _drive_with_pure_stdout(go: Callable[[], Awaitable[T]]) -> T:

@@ -9,7 +9,7 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from aethergraph.core.events import (
+from aethergraph.core.wire.events import (
     ChannelSent,
     CheckpointSaved,
     Event,

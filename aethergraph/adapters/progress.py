@@ -28,8 +28,9 @@ from rich.table import Table
 from rich.text import Text
 
 from aethergraph.bus.topology import run_events_filter
-from aethergraph.core.codec import decode_event
-from aethergraph.core.events import (
+from aethergraph.core.context.waits import add_prompt_listener
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import (
     Event,
     LogRecorded,
     NodeCompleted,
@@ -45,7 +46,6 @@ from aethergraph.core.events import (
     WaitRequested,
     WaitResumed,
 )
-from aethergraph.core.waits import add_prompt_listener
 
 __all__ = ["RunProgress"]
 

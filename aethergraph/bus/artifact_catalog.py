@@ -15,8 +15,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
-from aethergraph.core.codec import decode_event
-from aethergraph.core.events import ArtifactSaved
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import ArtifactSaved
 
 from .dispatch import delivery_position
 from .topology import event_subject
@@ -27,7 +27,7 @@ _TAG = "artifact.saved"
 
 
 class JetStreamArtifactCatalog:
-    """The core's :class:`~aethergraph.core.service_ports.ArtifactCatalog` on the event stream."""
+    """The core's :class:`~aethergraph.core.journal.service_ports.ArtifactCatalog` on the event stream."""
 
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js

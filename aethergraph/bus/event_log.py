@@ -6,7 +6,7 @@ Writing goes through :class:`~aethergraph.bus.run_writer.JetStreamRunWriter`
 stored events in stream order; a message on a run's subjects that does not
 decode as an event of that run is skipped (logged once), so stray messages
 never stop a reader. Which stored events form the journal is the readers'
-rule (:class:`aethergraph.core.replay.ChainBuilder`).
+rule (:class:`aethergraph.core.journal.replay.ChainBuilder`).
 
 Following a run (``read_run(follow=True)``: ``RunHandle.result()``,
 ``wait_for_status``, ``aethergraph events --follow``) creates no JetStream
@@ -47,9 +47,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError
-from aethergraph.core.events import AnyEvent, RunStarted
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import AnyEvent, RunStarted
 
 from .ack_router import AckRouter, PublishedAck
 from .direct_get import READ_BATCH, DirectGetter, header_value, stored_messages
@@ -103,7 +103,7 @@ def _decode_for(run_id: str, data: bytes, stream_seq: int) -> AnyEvent | None:
 
 
 class JetStreamEventLog:
-    """The :class:`aethergraph.core.ports.EventLog` on JetStream."""
+    """The :class:`aethergraph.core.journal.ports.EventLog` on JetStream."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, Storag
 from nats.js.kv import KeyValue
 
 from aethergraph.core.errors import KeyConflictError
-from aethergraph.core.service_ports import KeyValueEntry
+from aethergraph.core.journal.service_ports import KeyValueEntry
 
 from .failover import retry_while_leaderless
 from .migration import check_bucket_replicas
@@ -59,7 +59,7 @@ def ttl_seconds(ttl_s: float | None) -> int | None:
 
 
 class JetStreamKeyValueStore:
-    """The core's :class:`~aethergraph.core.service_ports.KeyValueStore` on a JetStream KV bucket."""
+    """The core's :class:`~aethergraph.core.journal.service_ports.KeyValueStore` on a JetStream KV bucket."""
 
     def __init__(
         self, js: JetStreamContext, *, replicas: int = 1, bucket: str = KV_BUCKET, retry_s: float = 30.0

@@ -40,8 +40,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from aethergraph.core.errors import BusUnavailableError
-from aethergraph.core.node_report import NodeReport
-from aethergraph.core.ports import ReportSink
+from aethergraph.core.journal.ports import ReportSink
+from aethergraph.core.wire.node_report import NodeReport
 
 from .direct_get import DirectGetter, stored_messages
 from .dispatch import dispatch_raw, release_raw

@@ -19,8 +19,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, ObjectMeta, ObjectMetaOptions, StorageType
 from nats.js.object_store import ObjectStore
 
+from aethergraph.core.context.local_blobs import digest_in_ref
 from aethergraph.core.errors import ArtifactNotFoundError
-from aethergraph.core.local_blobs import digest_in_ref
 
 # aiofiles (and what it pulls in, ~30 ms) is imported in the functions that touch files.
 from .dispatch import delivery_position
@@ -34,7 +34,7 @@ _PINS = "pins/"
 
 
 class JetStreamBlobStore:
-    """The core's :class:`~aethergraph.core.service_ports.BlobStore` on a JetStream Object Store bucket."""
+    """The core's :class:`~aethergraph.core.journal.service_ports.BlobStore` on a JetStream Object Store bucket."""
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ checks brought up to date (a message that is not an event, say on the claim
 subject, changes nothing), and carries on. ``Nats-Msg-Id`` makes a republish
 of an event that was stored after all harmless; such an event may be stored
 after later ones, which readers put back in order (see
-:class:`aethergraph.core.replay.ChainBuilder`).
+:class:`aethergraph.core.journal.replay.ChainBuilder`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import BusUnavailableError, EventRejectedError, EventTooLargeError, StaleWriterError
-from aethergraph.core.events import Event, RunClaimed
-from aethergraph.core.replay import ChainBuilder
+from aethergraph.core.journal.replay import ChainBuilder
+from aethergraph.core.wire.codec import encode_event
+from aethergraph.core.wire.events import Event, RunClaimed
 
 from .ack_router import PublishedAck
 from .dispatch import retrieve_exception

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from aethergraph.core.local_blobs import LocalBlobStore
-from aethergraph.core.service_ports import BlobStore
+from aethergraph.core.context.local_blobs import LocalBlobStore
+from aethergraph.core.journal.service_ports import BlobStore
 from aethergraph.core.settings import Settings
 
 from .artifact_catalog import JetStreamArtifactCatalog
@@ -23,7 +23,7 @@ _INLINE_SHARE = 4
 
 @dataclass(frozen=True, slots=True)
 class JetStreamServiceBackends:
-    """Satisfies :class:`aethergraph.core.service_ports.ServiceBackends`."""
+    """Satisfies :class:`aethergraph.core.journal.service_ports.ServiceBackends`."""
 
     kv: JetStreamKeyValueStore
     blobs: BlobStore

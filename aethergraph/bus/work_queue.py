@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 
-from aethergraph.core.events import NodeReady
+from aethergraph.core.wire.events import NodeReady
 
 from .dispatch import dispatch_raw, publish_now, release_raw, status_of
 from .topology import EVENTS_STREAM, WORK_CONSUMER

@@ -12,7 +12,16 @@ import re
 import socket
 import time
 
-__all__ = ["QUEUE_OWNER", "ROOT_NODE", "RUN_ID_PATTERN", "check_run_id", "child_run_id", "new_run_id", "new_worker_id"]
+__all__ = [
+    "QUEUE_OWNER",
+    "ROOT_NODE",
+    "RUN_ID_PATTERN",
+    "check_run_id",
+    "child_run_id",
+    "new_run_id",
+    "new_worker_id",
+    "node_run_id",
+]
 
 ROOT_NODE = "root"
 """The node id of a graph function's body."""
@@ -66,3 +75,13 @@ def child_run_id(parent_run_id: str, node_id: str) -> str:
     if RUN_ID_PATTERN.match(candidate):
         return candidate
     return "c" + hashlib.blake2b(candidate.encode(), digest_size=16).hexdigest()
+
+
+def node_run_id(run_id: str, node_id: str, attempt: int) -> str:
+    """The run in which attempt ``attempt`` of a node journals its own steps (see docs/static-graphs.md).
+
+    Attempt 1 is ``<run_id>-<node_id>`` (as for a graph called in a graph_fn);
+    a later attempt's id is a digest of ``<run_id>-<node_id>.<attempt>``, which
+    no other node's id can produce (node ids have no dots).
+    """
+    return child_run_id(run_id, node_id if attempt == 1 else f"{node_id}.{attempt}")

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .ids import QUEUE_OWNER
+from aethergraph.core.ids import QUEUE_OWNER
 
 __all__ = ["Settings", "load_settings"]
 

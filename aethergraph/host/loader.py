@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from aethergraph.core.errors import GraphNotFoundError
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.model.spec import CallableSpec
 
 __all__ = ["import_module", "import_modules", "load_target"]
 

@@ -1,7 +1,7 @@
 """``NodeExecutor``: executes the nodes of static graphs that this process takes from the work queue.
 
 Each ``node.ready`` taken from ``ag-work`` runs the node's tool and reports
-the outcome (a :class:`~aethergraph.core.node_report.NodeReport`). A
+the outcome (a :class:`~aethergraph.core.wire.node_report.NodeReport`). A
 scheduler in this process may also hand it a *local node*
 (:meth:`NodeExecutor.run_node_here`, journaled as ``node.started``): it runs
 the same way in one of ``local_capacity`` slots, with no work item at all. When the
@@ -15,7 +15,7 @@ already holds is acknowledged without running the node again.
 A tool that takes no ``context`` runs bare (it is the step; its outputs are
 recorded by the run's scheduler). A tool that takes a ``context``, a
 ``DualStageTool`` and a nested graph run as a *node run* (see
-:func:`~aethergraph.core.static_run.node_run_id`): a child run with its own
+:func:`~aethergraph.core.run.static_run.node_run_id`): a child run with its own
 journal, so logs, journaled values, service calls and waits work as in a
 graph_fn, and a node re-executed after a crash continues its node run by
 replay instead of starting over.
@@ -32,7 +32,6 @@ from typing import Any
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.node_reports import JetStreamNodeReports
 from aethergraph.bus.work_queue import JetStreamWorkQueue, WorkItem, shared_ack_wait_s
-from aethergraph.core.codec import normalise_value
 from aethergraph.core.errors import (
     CANCEL_REQUESTED,
     EventTooLargeError,
@@ -43,7 +42,14 @@ from aethergraph.core.errors import (
     error_type_name,
     failure_traceback,
 )
-from aethergraph.core.events import (
+from aethergraph.core.ids import node_run_id
+from aethergraph.core.journal.ports import LocalReportSink, ParentLink, RunEnvironment
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.model.registry import must_get_graph
+from aethergraph.core.model.spec import CallableSpec, normalise_outputs
+from aethergraph.core.run.executor import execute_run, resume_run
+from aethergraph.core.wire.codec import normalise_value
+from aethergraph.core.wire.events import (
     NodeCompleted,
     NodeFailed,
     NodeReady,
@@ -52,13 +58,7 @@ from aethergraph.core.events import (
     RunCompleted,
     RunFailed,
 )
-from aethergraph.core.executor import execute_run, resume_run
-from aethergraph.core.node_report import LocalNode, NodeReport
-from aethergraph.core.ports import LocalReportSink, ParentLink, RunEnvironment
-from aethergraph.core.registry import must_get_graph
-from aethergraph.core.replay import journal_chain
-from aethergraph.core.spec import CallableSpec, normalise_outputs
-from aethergraph.core.static_run import node_run_id
+from aethergraph.core.wire.node_report import LocalNode, NodeReport
 
 __all__ = ["NodeExecutor"]
 

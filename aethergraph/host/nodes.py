@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.node_reports import JetStreamNodeReports
-from aethergraph.core.node_report import LocalNode
-from aethergraph.core.ports import LocalReportSink, ReportSink, RunEnvironment
+from aethergraph.core.journal.ports import LocalReportSink, ReportSink, RunEnvironment
 from aethergraph.core.settings import Settings
+from aethergraph.core.wire.node_report import LocalNode
 
 from .node_executor import NodeExecutor
 
@@ -17,7 +17,7 @@ __all__ = ["NodeRole"]
 
 
 class NodeRole:
-    """Implements :class:`~aethergraph.core.ports.NodePort` for the schedulers of this process's static runs.
+    """Implements :class:`~aethergraph.core.journal.ports.NodePort` for the schedulers of this process's static runs.
 
     The executor starts on first use, with the run environment it executes
     nodes in (:meth:`bind`: the environment holds this role, and the executor

@@ -15,7 +15,7 @@ roles that act on runs:
 * the **projections client** (:meth:`ProcessHost.projections`).
 
 Runs receive the roles they need as one
-:class:`~aethergraph.core.ports.RunEnvironment` value of small ports; core
+:class:`~aethergraph.core.journal.ports.RunEnvironment` value of small ports; core
 never looks the host up. Use it as ``async with await ProcessHost.open() as
 host:``; the public facade (``aethergraph.runtime``) keeps one per event loop.
 """
@@ -34,9 +34,9 @@ from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
 from aethergraph.bus.presence import client_name
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
+from aethergraph.core.context.service_registry import close_services, start_services
 from aethergraph.core.ids import new_worker_id, token
-from aethergraph.core.ports import RunEnvironment
-from aethergraph.core.service_registry import close_services, start_services
+from aethergraph.core.journal.ports import RunEnvironment
 from aethergraph.core.settings import Settings, load_settings
 
 from .intake import ResumeIntake
@@ -54,7 +54,7 @@ __all__ = ["ProcessHost", "WaitRole"]
 
 @dataclass(frozen=True, slots=True)
 class WaitRole:
-    """Implements :class:`~aethergraph.core.ports.WaitPort`: terminal answers, and deadlines on the command stream."""
+    """Implements the core's ``WaitPort``: terminal answers, and deadlines on the command stream."""
 
     commands: JetStreamCommands
     inline_answers: bool

@@ -6,9 +6,9 @@ import asyncio
 
 from aethergraph.bus.commands import ResumeOutcome
 from aethergraph.bus.leases import JetStreamLeases
-from aethergraph.core.events import RunStarted
-from aethergraph.core.executor import load_journal
-from aethergraph.core.ports import RunEnvironment
+from aethergraph.core.journal.ports import RunEnvironment
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.wire.events import RunStarted
 
 __all__ = ["await_resume_outcome"]
 

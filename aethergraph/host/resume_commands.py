@@ -37,8 +37,8 @@ from aethergraph.bus.commands import (
     decode_resume_command,
 )
 from aethergraph.core.errors import EventTooLargeError, GraphNotFoundError, ResumeRejectedError, StaleWriterError
-from aethergraph.core.resume import AlreadyAnswered, accept_resume
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.resume import AlreadyAnswered, accept_resume
 
 from .runs import RunDriver
 

@@ -1,6 +1,6 @@
 """Starting, submitting, cancelling and retrying runs: what a host does to runs on request.
 
-:class:`RunOps` implements :class:`~aethergraph.core.ports.RunPort` (runs
+:class:`RunOps` implements :class:`~aethergraph.core.journal.ports.RunPort` (runs
 started and cancelled from inside runs, ``context.runs()``) and the
 operations behind the public facade.
 """
@@ -17,13 +17,14 @@ from aethergraph.bus.commands import JetStreamCommands
 from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.core.errors import NotRetryableError, RunNotFoundError
-from aethergraph.core.executor import claim_run, drive_run, load_journal, queue_run
 from aethergraph.core.ids import QUEUE_OWNER, check_run_id, new_run_id
-from aethergraph.core.ports import ParentLink
-from aethergraph.core.registry import must_get_graph
-from aethergraph.core.resume import journal_state
-from aethergraph.core.run_control import force_cancel
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.ports import ParentLink
+from aethergraph.core.journal.run_control import force_cancel
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.model.registry import must_get_graph
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.executor import claim_run, drive_run, queue_run
+from aethergraph.core.run.resume import journal_state
 
 from .intake import ResumeIntake
 from .runs import RunDriver, RunHandle

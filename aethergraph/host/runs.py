@@ -31,12 +31,13 @@ from aethergraph.core.errors import (
     RunSuspended,
     StaleWriterError,
 )
-from aethergraph.core.executor import execute_run, load_journal
-from aethergraph.core.ports import ParentLink, RunEnvironment
-from aethergraph.core.replay import ChainBuilder
-from aethergraph.core.resume import JournalState, RunStatus, journal_state
-from aethergraph.core.run_control import follow_run_end, force_fail
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.ports import ParentLink, RunEnvironment
+from aethergraph.core.journal.replay import ChainBuilder
+from aethergraph.core.journal.run_control import follow_run_end, force_fail
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.executor import execute_run
+from aethergraph.core.run.resume import JournalState, RunStatus, journal_state
 
 __all__ = ["RunDriver", "RunHandle", "Suspended"]
 

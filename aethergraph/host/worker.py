@@ -31,12 +31,13 @@ from typing import Any
 from aethergraph.bus.commands import JetStreamCommands
 from aethergraph.bus.leases import JetStreamLeases, OwnedRun
 from aethergraph.core.errors import GraphNotFoundError, StaleWriterError
-from aethergraph.core.events import RunClaimed, RunStarted
-from aethergraph.core.executor import claim_run, drive_run, load_journal
 from aethergraph.core.ids import QUEUE_OWNER
-from aethergraph.core.registry import must_get_graph, registered_graphs
-from aethergraph.core.resume import journal_state
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.run_journal import load_journal
+from aethergraph.core.model.registry import must_get_graph, registered_graphs
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.executor import claim_run, drive_run
+from aethergraph.core.run.resume import journal_state
+from aethergraph.core.wire.events import RunClaimed, RunStarted
 
 from .resume_commands import CommandHandler, RetryPolicy
 from .runs import RunDriver

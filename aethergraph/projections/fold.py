@@ -36,7 +36,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from aethergraph.core.events import AnyEvent
+from aethergraph.core.wire.events import AnyEvent
 
 __all__ = ["BOUNDS", "FOLDS", "MIN_LINEAGE_VALUE_BYTES", "STAGE", "STAGING_DDL", "Decoded", "Rule"]
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import duckdb
 
-from aethergraph.core.events import Event
+from aethergraph.core.wire.events import Event
 
 from .journal import Held, JournalKey, JournalSorter
 

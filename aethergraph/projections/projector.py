@@ -20,7 +20,6 @@ folds only those of their run's journal (the journal rule, see ``journal.py``).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,16 +27,14 @@ from typing import Any
 
 import duckdb
 import msgspec
-import nats.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from aethergraph.bus.connection import BusConnection
-from aethergraph.bus.dispatch import ack_position, dispatch_raw, release_raw
-from aethergraph.bus.topology import ALL_EVENTS, EVENTS_STREAM, event_subject, projector_consumer
-from aethergraph.core.codec import decode_event
+from aethergraph.bus.dispatch import ack_position
+from aethergraph.bus.projector_feed import Delivery, ProjectorFeed, stream_facts
+from aethergraph.bus.topology import EVENTS_STREAM, event_subject, projector_consumer
 from aethergraph.core.errors import ProjectionError
-from aethergraph.core.events import EVENT_TYPES
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import EVENT_TYPES
 
 from .fold import Decoded
 from .journal import JournalKey
@@ -109,7 +106,6 @@ def decode_batch(
     return seqs, raws, keys, dead
 
 
-Delivery = tuple[bytes, bytes, bytes]
 """A delivery as the client read it: acknowledgement subject, subject, payload."""
 
 
@@ -149,19 +145,17 @@ class Projector:
         return self._store
 
     async def stream_last_seq(self) -> int:
-        info = await self._bus.js.stream_info(EVENTS_STREAM)
-        return int(info.state.last_seq)
+        return (await stream_facts(self._bus)).last_seq
 
     async def stream_source(self) -> StreamSource:
         """The identity of the stream on the bus: its creation time and cluster, with the server read from."""
-        info = await self._bus.js.stream_info(EVENTS_STREAM)
-        server = getattr(self._bus.nc, "_server_info", None) or {}
+        facts = await stream_facts(self._bus)
         return StreamSource(
             stream=EVENTS_STREAM,
-            created=info.created.isoformat() if info.created else "",
-            cluster=info.cluster.name if info.cluster is not None else None,
-            server_name=server.get("server_name"),
-            url=self._bus.url,
+            created=facts.created,
+            cluster=facts.cluster,
+            server_name=facts.server_name,
+            url=facts.url,
         )
 
     async def check_source(self) -> str | None:
@@ -200,44 +194,8 @@ class Projector:
     async def _consume(
         self, *, until: int | None, stop: asyncio.Event | None, on_progress: ProgressCallback | None
     ) -> None:
-        nc, js = self._bus.nc, self._bus.js
-        buffer: collections.deque[Delivery] = collections.deque()
-        wake = asyncio.Event()
-        # The acknowledgement subject of the latest delivery (it tells how many are still to come).
-        latest: list[bytes] = [b""]
-
-        def on_message(subject: bytes, reply: bytes, data: bytes, _headers: bytes | None) -> None:
-            if not reply:
-                return  # a status message (no heartbeats or flow control are configured)
-            buffer.append((reply, subject, data))
-            latest[0] = reply
-            wake.set()
-
-        def pending() -> int | None:
-            """Messages the consumer has yet to deliver after the latest one received; None until one arrives."""
-            return ack_position(latest[0])[1] if latest[0] else None
-
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        dispatch_raw(nc, sub, on_message)
-        start = self._store.last_seq + 1
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(EVENTS_STREAM, self._consumer)
-        await js.add_consumer(
-            EVENTS_STREAM,
-            ConsumerConfig(
-                durable_name=self._consumer,
-                description="AetherGraph projector: folds the journal into DuckDB",
-                deliver_subject=inbox,
-                filter_subject=ALL_EVENTS,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
-                opt_start_seq=start if start > 1 else None,
-                ack_policy=AckPolicy.ALL,
-                ack_wait=60.0,
-                max_ack_pending=self._window,
-                inactive_threshold=3600.0,
-            ),
-        )
+        feed = ProjectorFeed(self._bus, self._consumer, window=self._window)
+        await feed.open(self._store.last_seq + 1)
         stop_wait: asyncio.Task[bool] | None = asyncio.ensure_future(stop.wait()) if stop else None
         # The batch being folded in the worker thread while the next one is decoded, with the
         # acknowledgement subject of its last message; at most one at a time.
@@ -245,52 +203,38 @@ class Projector:
         taken = 0  # the highest stream sequence taken from the buffer
 
         async def settle() -> None:
-            """Wait for the batch being folded, then acknowledge it (AckAll) and report progress."""
+            """Wait for the batch being folded, then acknowledge it and report progress."""
             nonlocal folding
             if folding is None:
                 return
             future, reply = folding
             folding = None
             await future
-            await nc.publish(reply.decode(), b"+ACK")
+            await feed.acknowledge_through(reply)
             if on_progress is not None:
                 on_progress(self._store.last_seq, until or 0)
 
         try:
-            if until is not None:
-                info = await js.consumer_info(EVENTS_STREAM, self._consumer)
-                if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
-                    # What lies between the cursor and the target was deleted: nothing will be delivered.
-                    await asyncio.to_thread(self._store.apply, [], through=until)
+            if until is not None and await feed.nothing_to_deliver():
+                # What lies between the cursor and the target was deleted: nothing will be delivered.
+                await asyncio.to_thread(self._store.apply, [], through=until)
             while until is None or max(self._store.last_seq, taken) < until:
+                buffer = feed.buffer
                 if not buffer:
                     await settle()
                     if buffer:
                         continue  # more arrived while the last batch was settling
-                    if until is not None and pending() == 0:
+                    if until is not None and feed.pending() == 0:
                         # Caught up; sequences after the last delivered message were deleted from the stream.
                         await asyncio.to_thread(self._store.apply, [], through=until)
                         break
-                    wake.clear()
-                    if stop_wait is None:
-                        await wake.wait()
-                    else:
-                        wake_wait = asyncio.ensure_future(wake.wait())
-                        await asyncio.wait({wake_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                        wake_wait.cancel()
-                        if stop_wait.done():
-                            break
+                    if await _arrival_or_stop(feed.wake, stop_wait):
+                        break
                     continue
-                if folding is not None and not folding[0].done() and len(buffer) < self._batch_max and pending():
-                    # More is on its way: let the batch fill up while the previous one folds.
-                    wake.clear()
-                    arrived: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
-                    folded: asyncio.Future[Any] = folding[0]
-                    await asyncio.wait({arrived, folded}, return_when=asyncio.FIRST_COMPLETED)
-                    arrived.cancel()
+                if folding is not None and not folding[0].done() and len(buffer) < self._batch_max and feed.pending():
+                    await _arrival_or_done(feed.wake, folding[0])  # let the batch fill up while the last one folds
                     continue
-                take = min(len(buffer), self._batch_max)
-                batch = [buffer.popleft() for _ in range(take)]
+                batch = [buffer.popleft() for _ in range(min(len(buffer), self._batch_max))]
                 # Decoding (Python) overlaps the previous batch's fold (DuckDB, which releases the GIL).
                 decoded = await asyncio.to_thread(self._decode, batch)
                 taken = max(taken, decoded.through)
@@ -304,13 +248,7 @@ class Projector:
                     await asyncio.shield(folding[0])
             if stop_wait is not None:
                 stop_wait.cancel()
-            release_raw(nc, sub)
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-            if until is not None:
-                # A one-off catch-up leaves nothing behind on the server.
-                with contextlib.suppress(NotFoundError, nats.errors.Error):
-                    await js.delete_consumer(EVENTS_STREAM, self._consumer)
+            await feed.close(delete_consumer=until is not None)
 
     def _apply(self, batch: Sequence[Delivery]) -> None:
         """Decode and fold one batch of deliveries (in one thread; the consumer overlaps the two steps)."""
@@ -349,3 +287,23 @@ class Projector:
         self.stats.batches += 1
         self.stats.messages += len(messages)
         self.stats.dead_letters += len(dead)
+
+
+async def _arrival_or_stop(wake: asyncio.Event, stop_wait: asyncio.Task[bool] | None) -> bool:
+    """Wait for the next delivery; True if the projector was told to stop first."""
+    wake.clear()
+    if stop_wait is None:
+        await wake.wait()
+        return False
+    wake_wait = asyncio.ensure_future(wake.wait())
+    await asyncio.wait({wake_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    wake_wait.cancel()
+    return stop_wait.done()
+
+
+async def _arrival_or_done(wake: asyncio.Event, folded: asyncio.Future[None]) -> None:
+    """Wait for the next delivery or the end of the fold in progress, whichever comes first."""
+    wake.clear()
+    arrived: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+    await asyncio.wait({arrived, folded}, return_when=asyncio.FIRST_COMPLETED)
+    arrived.cancel()

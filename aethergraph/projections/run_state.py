@@ -18,11 +18,10 @@ from datetime import datetime
 from typing import Any
 
 from aethergraph.bus.event_log import JetStreamEventLog
-from aethergraph.core.codec import encode_event
 from aethergraph.core.errors import RunNotFoundError
-from aethergraph.core.events import NodeReady, NodeStarted, ToolCalled
-from aethergraph.core.ids import child_run_id
-from aethergraph.core.static_run import node_run_id
+from aethergraph.core.ids import child_run_id, node_run_id
+from aethergraph.core.wire.codec import encode_event
+from aethergraph.core.wire.events import NodeReady, NodeStarted, ToolCalled
 
 from .fold import Decoded
 from .journal import JournalSorter

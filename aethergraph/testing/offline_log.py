@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 
-from aethergraph.core.events import AnyEvent, Event, RunStarted
+from aethergraph.core.wire.events import AnyEvent, Event, RunStarted
 
 __all__ = ["MemoryEventLog", "MemoryRunWriter"]
 
@@ -39,7 +39,7 @@ class MemoryRunWriter:
 
 
 class MemoryEventLog:
-    """Implements :class:`~aethergraph.core.ports.EventLog` over lists in memory.
+    """Implements :class:`~aethergraph.core.journal.ports.EventLog` over lists in memory.
 
     ``appended`` holds, in order, every event written after the log was
     loaded: what a replay committed on top of the recorded history.

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
 from aethergraph.core.errors import NotInRunError
-from aethergraph.core.node_report import LocalNode
-from aethergraph.core.ports import LocalReportSink, ParentLink, ReportSink, RunEnvironment
-from aethergraph.core.service_ports import ArtifactCatalog, BlobStore, KeyValueStore
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.ports import LocalReportSink, ParentLink, ReportSink, RunEnvironment
+from aethergraph.core.journal.service_ports import ArtifactCatalog, BlobStore, KeyValueStore
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.wire.node_report import LocalNode
 
 from .offline_log import MemoryEventLog
 

@@ -20,13 +20,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from aethergraph.core.codec import decode_event
 from aethergraph.core.errors import HistoryEnded, NonDeterminismError, RunSuspended, error_type_name
-from aethergraph.core.events import AnyEvent, RunCompleted, RunFailed, RunStarted, RunWaiting
-from aethergraph.core.executor import claim_run, drive_run
-from aethergraph.core.ports import RunEnvironment
-from aethergraph.core.replay import journal_chain
-from aethergraph.core.spec import CallableSpec
+from aethergraph.core.journal.ports import RunEnvironment
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.model.spec import CallableSpec
+from aethergraph.core.run.executor import claim_run, drive_run
+from aethergraph.core.wire.codec import decode_event
+from aethergraph.core.wire.events import AnyEvent, RunCompleted, RunFailed, RunStarted, RunWaiting
 
 from .offline_log import MemoryEventLog
 from .offline_ports import offline_environment

@@ -55,9 +55,9 @@ from helpers import NatsServer, start_nats_server
 from nats.js.api import DeliverPolicy
 from process_hosts import Hosts, Proc
 
-from aethergraph.core import events as ev
-from aethergraph.core.codec import decode_event, encode_event
-from aethergraph.core.replay import journal_chain
+from aethergraph.core.journal.replay import journal_chain
+from aethergraph.core.wire import events as ev
+from aethergraph.core.wire.codec import decode_event, encode_event
 
 __all__ = ["FAULTS", "Report", "Size", "Trial", "evaluate", "run_trial"]
 

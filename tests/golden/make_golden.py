@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aethergraph.core.codec import encode_event
-from aethergraph.core.events import EVENT_TYPES
+from aethergraph.core.wire.codec import encode_event
+from aethergraph.core.wire.events import EVENT_TYPES
 
 GOLDEN = Path(__file__).with_name("events.jsonl")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aethergraph.core.service_base import Service, journal_by_digest, not_journaled
+from aethergraph.core.context.service_base import Service, journal_by_digest, not_journaled
 
 BaseContextService = Service
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aethergraph.core.service_registry import (
+from aethergraph.core.context.service_registry import (
     BUILTIN_SERVICES,
     get_context_service,
     register_context_service,

@@ -1,0 +1,1 @@
+"""What users decorate with: ``@tool``, ``@graph_fn``, ``@graphify`` and ``DualStageTool``, and what they make."""

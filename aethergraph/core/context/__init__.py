@@ -1,0 +1,1 @@
+"""``NodeContext`` and its services: channel, logger, waits, kv, artifacts, memory, and registered services."""

@@ -1,0 +1,1 @@
+"""The graph model: callable specs, task graphs and their references, the registry, input type checks."""

@@ -1,0 +1,1 @@
+"""The wire format: the event catalog and its codec, wait payload schemas, node reports."""
