@@ -21,9 +21,9 @@ from .harness import (
     value_figure,
 )
 from .workload import (
-    MemoryEnvironment,
     bench_chain,
     has_transport_path,
+    memory_environment,
     plain_chain,
     raw_requests,
     sample_payload,
@@ -168,11 +168,11 @@ async def _measure_local(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     ctx.say("runtime over an in-memory event log (no bus)")
     spec = bench_chain.spec
     try:
-        await execute_run(spec, {"steps": STEPS}, env=MemoryEnvironment())  # type: ignore[arg-type]
+        await execute_run(spec, {"steps": STEPS}, env=memory_environment())
         memory: list[list[int]] = []
         for _ in range(repeats):
             step_samples.clear()
-            await execute_run(spec, {"steps": STEPS}, env=MemoryEnvironment())  # type: ignore[arg-type]
+            await execute_run(spec, {"steps": STEPS}, env=memory_environment())
             memory.append(list(step_samples))
     except Exception as exc:  # noqa: BLE001 - an internal port changed: report it, keep the suite going
         notes.append(f"The in-memory-log variant could not run against this version of the core: {exc!r}.")

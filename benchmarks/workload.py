@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 
-from aethergraph import graph_fn, tool
+from aethergraph import graph_fn, testing, tool
 from aethergraph.bus.topology import event_subject, run_events_filter
 from aethergraph.core.ids import new_run_id, new_worker_id
+from aethergraph.core.journal.ports import RunEnvironment
 from aethergraph.core.wire.codec import digest, encode_event
 from aethergraph.core.wire.events import Event, ToolCalled, ToolReturned
+from aethergraph.testing.offline_ports import offline_environment
 
 WORKER = new_worker_id()
 RAW_HEADER_MODES = ("none", "msgid", "fenced")
@@ -222,13 +225,10 @@ class MemoryEventLog:
         yield
 
 
-class MemoryEnvironment:
-    """A :class:`aethergraph.core.journal.ports.RunEnvironment` whose log is in memory."""
-
-    def __init__(self) -> None:
-        self.event_log = MemoryEventLog()
-        self.worker_id = WORKER
-        self.settings.always_suspend = False
+def memory_environment() -> RunEnvironment:
+    """The offline replayer's run environment (``aethergraph.testing``) over a log that encodes every event."""
+    offline = offline_environment(testing.MemoryEventLog())
+    return dataclasses.replace(offline, event_log=MemoryEventLog(), worker_id=WORKER)  # type: ignore[arg-type]
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

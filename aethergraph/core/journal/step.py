@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import CoroutineType, MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
 from aethergraph.core.errors import (
     EventTooLargeError,
@@ -50,21 +50,24 @@ __all__ = [
 E = TypeVar("E", bound=Event)
 
 
-@dataclass(frozen=True, slots=True)
-class StepKey:
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class StepKey(NamedTuple):
     """A step as the code takes it now.
 
     ``names`` are written on every event of the step and compared with the
     recorded opening on replay; ``compared`` are written on the opening and
     compared too (an arguments digest, a content hash); ``description`` is
-    how a divergence names the attempted step.
+    how a divergence names the attempted step. (A tuple: one is made per
+    step, on the hot path.)
     """
 
     opening: type[Event]
     node_id: str | None
     description: str
-    names: Mapping[str, Any] = field(default_factory=dict)
-    compared: Mapping[str, Any] = field(default_factory=dict)
+    names: Mapping[str, Any] = _NOTHING
+    compared: Mapping[str, Any] = _NOTHING
 
     def matches(self, recorded: Event) -> bool:
         if not isinstance(recorded, self.opening):
@@ -113,8 +116,8 @@ def failure_fields(exc: BaseException) -> dict[str, Any]:
     }
 
 
-ReturnedBuilder = Callable[[Any], Awaitable[tuple[Mapping[str, Any], Any]]]
-"""Builds the returned event's fields from a call's result, and the value the call returns."""
+ReturnedBuilder = Callable[[Any], "tuple[Mapping[str, Any], Any] | Awaitable[tuple[Mapping[str, Any], Any]]"]
+"""Builds the returned event's fields from a call's result, and the value the call returns (or a coroutine of both)."""
 
 
 async def run_call(
@@ -122,7 +125,7 @@ async def run_call(
     key: StepKey,
     *,
     opening_fields: Mapping[str, Any],
-    execute: Callable[[], Awaitable[Any]],
+    execute: Callable[[], Any],
     returned: tuple[type[Event], ReturnedBuilder],
     failed: type[Event],
     on_recorded: Callable[[Outcome], Awaitable[Any]],
@@ -141,7 +144,9 @@ async def run_call(
     is the call's failure, journaled as ``failed``). ``failing_node`` is
     named as the failed node of the run if the failure ends it.
     """
-    step = take_recorded(scope, key)
+    # The fast path of a live run (nothing to replay, nothing diverged) skips the replay check entirely.
+    live = scope.replay is None and scope.divergence is None and not scope.offline
+    step = None if live else take_recorded(scope, key)
     called_seq: int | None = None
     if step is not None:
         outcome = step.outcome
@@ -155,17 +160,24 @@ async def run_call(
             return await on_recorded(outcome)
         called_seq = step.opening.seq
         scope.going_live()  # recorded as called, never finished: it executes again
+    journal = scope.journal
     if called_seq is None:
-        called_seq = append_opening(scope, key, **opening_fields)[0].seq
+        opening, _ = journal.append(
+            key.opening, parent=cursor.get() or None, node_id=key.node_id, **key.names, **key.compared, **opening_fields
+        )
+        called_seq = opening.seq
     started = time.perf_counter_ns()
     outer = cursor.set(called_seq)
     outcome_cls, build = returned
     try:
         try:
-            result = await execute()
+            result = execute()
+            if isinstance(result, CoroutineType):  # an async callable (a sync one pays no coroutine)
+                result = await result
         finally:
             cursor.reset(outer)
-        fields, value = await build(result)
+        built = build(result)
+        fields, value = await built if isinstance(built, CoroutineType) else built  # type: ignore[misc]
         # Appending refuses an outcome too large for an event at once: that, too, is the call's failure.
         returned_event, committed = _append_outcome(scope, key, outcome_cls, called_seq, started, fields)
     except Exception as exc:
@@ -177,7 +189,8 @@ async def run_call(
         raise
     await committed
     cursor.set(returned_event.seq)
-    suspend_point(scope)
+    if scope.suspend_after_each_step:
+        suspend_point(scope)
     return value
 
 

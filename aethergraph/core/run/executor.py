@@ -359,14 +359,13 @@ async def call_tool_in_run(
         compared={"args_digest": args_digest},
     )
 
-    async def execute() -> Any:
+    def execute() -> Any:
         if spec.kind in ("graph_fn", "static"):
-            return await _run_child(scope, spec, arguments, node_id)
+            return _run_child(scope, spec, arguments, node_id)
         context = NodeContext(scope, node_id) if spec.context_param is not None else None
-        result = spec.fn(**_call_kwargs(spec, arguments, context))
-        return await result if spec.is_async else result
+        return spec.fn(**_call_kwargs(spec, arguments, context))  # an async tool's coroutine is awaited by the step
 
-    async def outputs_of(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def outputs_of(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         outputs, _ = normalise_value(normalise_outputs(spec, result), what=spec.label)
         return {"outputs": outputs}, dict(outputs)
 
