@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 
@@ -334,3 +335,38 @@ def test_signature_of_the_decorated_function_is_kept() -> None:
 
     assert analyze.__doc__ == "Doubles."
     assert list(inspect.signature(analyze).parameters) == ["x", "y"]
+
+
+def test_binding_without_inspect_agrees_with_inspect() -> None:
+    """The hot path binds common calls without ``inspect``; every case must bind (or fail) as ``inspect`` does."""
+    from aethergraph.core.model.spec import build_spec
+
+    def plain(a: int, b: int = 2, *, c: int = 3, context: Any = None) -> dict[str, int]:
+        return {"v": a + b + c}
+
+    def with_kwargs(a: int, **more: Any) -> dict[str, int]:
+        return {"v": a}
+
+    spec = build_spec(plain, kind="tool", name="bind_plain", outputs=["v"])
+    assert spec.fast_binding is not None
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {}),
+        ((), {"a": 1}),
+        ((1, 5), {"c": 7}),
+        ((), {"a": 1, "b": 5, "c": 7, "context": object()}),
+        ((), {"c": 7, "a": 1}),
+        ((), {}),  # missing a
+        ((1,), {"a": 2}),  # a twice
+        ((), {"a": 1, "zz": 2}),  # unknown
+        ((1, 2, 3), {}),  # too many positional
+    ]
+    for args, kwargs in calls:
+        fast = spec._bind_fast(args, kwargs)
+        try:
+            slow: dict[str, Any] | str = spec._bind_slow(args, kwargs)
+        except TypeError as exc:
+            slow = str(exc)
+        if fast is not None:
+            assert fast == slow and list(fast) == list(slow), (args, kwargs)  # same values, same order
+        assert (spec.bind(args, kwargs) if isinstance(slow, dict) else slow) == slow
+    assert build_spec(with_kwargs, kind="tool", name="bind_kwargs", outputs=["v"]).fast_binding is None

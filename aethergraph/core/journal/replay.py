@@ -251,7 +251,7 @@ class ReplayCursor:
             attempted=attempted,
         )
 
-    def take(self, matches: Callable[[Event], bool], attempted: str) -> RecordedStep | None:
+    def take(self, matches: Callable[[Event], bool], attempted: str | Callable[[], str]) -> RecordedStep | None:
         """The next recorded step if ``matches`` accepts its opening; ``None`` when replay is over.
 
         Raises :class:`NonDeterminismError` (recorded vs ``attempted``) if the next recorded step is another.
@@ -260,7 +260,7 @@ class ReplayCursor:
             return None
         step = self._steps[0]
         if not matches(step.opening):
-            raise self._mismatch(step.opening, attempted)
+            raise self._mismatch(step.opening, attempted if isinstance(attempted, str) else attempted())
         self._steps.popleft()
         return step
 

@@ -65,7 +65,7 @@ class StepKey(NamedTuple):
 
     opening: type[Event]
     node_id: str | None
-    description: str
+    description: str | Callable[[], str]  # a callable is asked only when the step diverged
     names: Mapping[str, Any] = _NOTHING
     compared: Mapping[str, Any] = _NOTHING
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -33,11 +34,20 @@ class CallableSpec:
     signature: inspect.Signature
     # Static graphs (``@graphify``): builds (once) the TaskGraph the scheduler runs.
     plan: Callable[[], TaskGraph] | None = None
+    # Binding on the hot path, precomputed: parameter names in order, how many take a position, and the
+    # defaults; None when the signature has ``**kwargs`` (bound by ``inspect`` then).
+    fast_binding: tuple[tuple[str, ...], int, dict[str, Any]] | None = None
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
+        """How messages name it: ``tool 'analyze'``, ``graph_fn 'demo'``, ``graph 'wide'``."""
         kind = "graph" if self.kind == "static" else self.kind
         return f"{kind} {self.name!r}"
+
+    @functools.cached_property
+    def arguments_label(self) -> str:
+        """How messages name its arguments (on the hot path of every call: made once)."""
+        return f"the arguments of {self.label}"
 
     def task_graph(self) -> TaskGraph:
         """The TaskGraph of a static graph (built on first use)."""
@@ -47,6 +57,31 @@ class CallableSpec:
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Bind a call's arguments by name, leaving out the context parameter."""
+        bound = self._bind_fast(args, kwargs)
+        return bound if bound is not None else self._bind_slow(args, kwargs)
+
+    def _bind_fast(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The common call (known names, nothing missing or twice) without ``inspect``; None otherwise."""
+        if self.fast_binding is None:
+            return None
+        names, positional, defaults = self.fast_binding
+        if len(args) > positional:
+            return None
+        given = dict(zip(names, args, strict=False))
+        for name, value in kwargs.items():
+            if name in given or (name not in defaults and name not in names):
+                if name == self.context_param:
+                    continue
+                return None  # unknown or given twice: inspect says which
+            given[name] = value
+        if len(given) + len(defaults) < len(names):
+            return None  # possibly missing ones: inspect names them
+        try:
+            return {name: given[name] if name in given else defaults[name] for name in names}
+        except KeyError:
+            return None
+
+    def _bind_slow(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         call_kwargs = dict(kwargs)
         if self.context_param is not None:
             call_kwargs.pop(self.context_param, None)
@@ -156,7 +191,18 @@ def build_spec(
         is_async=is_async,
         context_param=context_param,
         signature=signature.replace(parameters=kept),
+        fast_binding=_fast_binding(kept),
     )
+
+
+def _fast_binding(params: list[inspect.Parameter]) -> tuple[tuple[str, ...], int, dict[str, Any]] | None:
+    if any(param.kind is inspect.Parameter.VAR_KEYWORD for param in params):
+        return None
+    positional = sum(param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for param in params)
+    if any(param.kind is inspect.Parameter.KEYWORD_ONLY for param in params[:positional]):
+        return None  # keyword-only parameters before positional ones cannot happen; be safe
+    defaults = {param.name: param.default for param in params if param.default is not inspect.Parameter.empty}
+    return tuple(param.name for param in params), positional, defaults
 
 
 def check_declared_inputs(spec: CallableSpec, inputs: object) -> None:

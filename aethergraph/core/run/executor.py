@@ -349,14 +349,14 @@ async def call_tool_in_run(
         raise scope.divergence
     node_id = scope.next_node_id(spec.name)
     arguments = spec.bind(args, kwargs)
-    normalised_args, raw_args = normalise_value(arguments, what=f"the arguments of {spec.label}")
+    normalised_args, raw_args = normalise_value(arguments, what=spec.arguments_label)
     args_digest = digest(raw_args)
     key = StepKey(
         ToolCalled,
         node_id,
-        f"tool {spec.name!r} (node {node_id}, arguments digest {args_digest})",
-        names={"tool": spec.name},
-        compared={"args_digest": args_digest},
+        lambda: f"tool {spec.name!r} (node {node_id}, arguments digest {args_digest})",
+        {"tool": spec.name},
+        {"args_digest": args_digest},
     )
 
     def execute() -> Any:
@@ -369,10 +369,6 @@ async def call_tool_in_run(
         outputs, _ = normalise_value(normalise_outputs(spec, result), what=spec.label)
         return {"outputs": outputs}, dict(outputs)
 
-    async def recorded(outcome: Outcome) -> dict[str, Any]:
-        assert isinstance(outcome, ToolReturned)
-        return dict(outcome.outputs)
-
     outputs: dict[str, Any] = await run_call(
         scope,
         key,
@@ -380,10 +376,15 @@ async def call_tool_in_run(
         execute=execute,
         returned=(ToolReturned, outputs_of),
         failed=ToolFailed,
-        on_recorded=recorded,
+        on_recorded=_recorded_outputs,
         failing_node=node_id,
     )
     return outputs
+
+
+async def _recorded_outputs(outcome: Outcome) -> dict[str, Any]:
+    assert isinstance(outcome, ToolReturned)
+    return dict(outcome.outputs)
 
 
 async def _run_child(scope: RunScope, spec: CallableSpec, arguments: dict[str, Any], node_id: str) -> dict[str, Any]:
