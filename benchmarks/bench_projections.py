@@ -758,7 +758,6 @@ async def _measure_live(
         await _until(ready, serving, "the projector to catch up")
         store = projectors[0].store
         store_id = store_id_for(path)
-        nc = runtime.bus.nc
 
         def request(kind: str) -> QueryRequest:
             if kind == "count_by_status":
@@ -772,7 +771,7 @@ async def _measure_live(
                 kind = kinds[index % len(kinds)]
                 req = request(kind)
                 started = time.perf_counter_ns()
-                result = await remote_request(nc, store_id, req, timeout_s=30)
+                result = await remote_request(runtime.bus, store_id, req, timeout_s=30)
                 out[kind].append(time.perf_counter_ns() - started)
                 if result is None or not result.rows:
                     raise RuntimeError(f"no answer or no rows for {req.sql} {req.params}")

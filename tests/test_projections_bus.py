@@ -686,7 +686,7 @@ async def test_queries_are_answered_by_the_projector_process_while_it_folds(bus:
     answers.append(await eventually(reaches(final), "the projector to fold the busy runs"))
     assert answers == sorted(answers) and answers[-1] == final
 
-    remote = await remote_request(rt.bus.nc, store_id_for(path), QueryRequest(sql="SELECT count(*) FROM runs"))
+    remote = await remote_request(rt.bus, store_id_for(path), QueryRequest(sql="SELECT count(*) FROM runs"))
     assert remote is not None and remote.rows == [(3 * 2 + 4 * 2,)]
 
     # Bad SQL: DuckDB's message comes back, and the projector keeps running.
@@ -836,7 +836,7 @@ async def test_cli_sql_runs_lineage_and_export(bus: Bus) -> None:
 @pytest.fixture
 async def service(bus: Bus) -> AsyncIterator[tuple[Bus, str]]:
     store = await asyncio.to_thread(ProjectionStore.open, ":memory:")
-    served = QueryService(bus.rt.bus.nc, store, "pjbchunks")
+    served = QueryService(bus.rt.bus, store, "pjbchunks")
     await served.start()
     try:
         yield bus, "pjbchunks"
@@ -849,7 +849,7 @@ async def test_a_large_result_comes_back_complete_in_chunks(service: tuple[Bus, 
     bus, store_id = service
     nc = bus.rt.bus.nc
     sql = "SELECT repeat('x', 1000) AS s, i FROM range(5000) t(i) ORDER BY i"
-    result = await remote_request(nc, store_id, QueryRequest(sql=sql))
+    result = await remote_request(bus.rt.bus, store_id, QueryRequest(sql=sql))
     assert result is not None
     assert result.columns == ("s", "i") and result.types == ("VARCHAR", "BIGINT")
     assert result.rows == [("x" * 1000, i) for i in range(5000)]
@@ -875,7 +875,7 @@ async def test_a_large_result_comes_back_complete_in_chunks(service: tuple[Bus, 
 async def test_timestamps_and_other_types_come_back_as_python_values(service: tuple[Bus, str]) -> None:
     bus, store_id = service
     result = await remote_request(
-        bus.rt.bus.nc,
+        bus.rt.bus,
         store_id,
         QueryRequest(
             sql="SELECT TIMESTAMP '2024-05-06 07:08:09.123456' AS t, DATE '2024-05-06' AS d, NULL::TIMESTAMP AS n, "
@@ -888,14 +888,14 @@ async def test_timestamps_and_other_types_come_back_as_python_values(service: tu
         (dt.datetime(2024, 5, 6, 7, 8, 9, 123456), dt.date(2024, 5, 6), None, decimal.Decimal("12.50"), b"b", "given")
     ]
     with pytest.raises(ProjectionError, match=r"(?i)syntax error"):
-        await remote_request(bus.rt.bus.nc, store_id, QueryRequest(sql="SELEC 1"))
+        await remote_request(bus.rt.bus, store_id, QueryRequest(sql="SELEC 1"))
 
 
 async def test_a_value_the_wire_cannot_carry_is_answered_with_an_error(service: tuple[Bus, str]) -> None:
     bus, store_id = service
     try:
         answer = await remote_request(
-            bus.rt.bus.nc,
+            bus.rt.bus,
             store_id,
             QueryRequest(sql="SELECT 170141183460469231731687303715884105727::HUGEINT AS h"),
             timeout_s=10,

@@ -171,7 +171,7 @@ async def _run_here(
     total_nodes = len(spec.task_graph().nodes) if spec.kind == "static" else None
     interval = runtime.settings.progress_interval_s
     async with RunProgress(
-        runtime.bus.nc, chosen, spec.name, err_console, total_nodes=total_nodes, plain_interval_s=interval
+        runtime.bus, chosen, spec.name, err_console, total_nodes=total_nodes, plain_interval_s=interval
     ):
         try:
             end = await runtime.driver.start(spec, inputs, chosen, max_concurrency=max_concurrency)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
-import typer
-from nats.js.errors import APIError
-
-from aethergraph.bus.connection import migrate_topology, open_nats, topology_for
+from aethergraph.bus.connection import migrate_streams as migrate_on_server
 from aethergraph.bus.migration import TopologyPlan
 from aethergraph.core.settings import Settings
 
-from .cli_common import console, drive, err_console
+from .cli_common import console, drive
 
 __all__ = ["migrate_streams"]
 
@@ -48,21 +45,9 @@ def migrate_streams(settings: Settings, *, dry_run: bool, as_json: bool) -> None
     """Print how the server's streams differ from ``settings`` and (unless ``dry_run``) update them."""
 
     async def go() -> TopologyPlan:
-        nc, js, _url, _embedded, _ = await open_nats(settings, client_name="aethergraph:migrate")
-        try:
-            return await migrate_topology(js, topology_for(settings), apply=not dry_run)
-        finally:
-            await nc.close()
+        return await migrate_on_server(settings, apply=not dry_run)
 
-    try:
-        plan = drive(go)
-    except APIError as exc:
-        err_console.print(
-            f"[red]error:[/] the server refused the update ({exc.description}, code {exc.err_code}). "
-            "A stream's storage type or retention cannot be changed in place: create a new stream and "
-            "copy the messages (or change the settings back)."
-        )
-        raise typer.Exit(1) from None
+    plan = drive(go)  # a refused update is a BusUnavailableError naming the server's reason
     if as_json:
         sys.stdout.write(json.dumps(_plan_json(plan, not dry_run)) + "\n")
     else:

@@ -14,12 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress_bar import ProgressBar
@@ -27,6 +24,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.topology import run_events_filter
 from aethergraph.core.context.waits import add_prompt_listener
 from aethergraph.core.wire.codec import decode_event
@@ -70,7 +68,7 @@ class RunProgress:
 
     def __init__(
         self,
-        nc: Client,
+        bus: BusConnection,
         run_id: str,
         graph_id: str,
         console: Console,
@@ -78,7 +76,7 @@ class RunProgress:
         total_nodes: int | None = None,
         plain_interval_s: float = 5.0,
     ) -> None:
-        self._nc = nc
+        self._bus = bus
         self._run_id = run_id
         self._graph_id = graph_id
         self._console = console
@@ -86,7 +84,7 @@ class RunProgress:
         self._interval = plain_interval_s
         self._status: Status | None = None
         self._plain: asyncio.Task[None] | None = None
-        self._sub: Subscription | None = None
+        self._stop_watching: Callable[[], Awaitable[None]] | None = None
         self._remove_listener: list[Callable[[], None]] = []
         self._started = time.monotonic()
         self.steps_done = 0
@@ -106,7 +104,7 @@ class RunProgress:
         else:
             self._plain = asyncio.create_task(self._print_plain(), name=f"aethergraph-progress-{self._run_id}")
         self._remove_listener.append(add_prompt_listener(self._on_prompt))
-        self._sub = await self._nc.subscribe(run_events_filter(self._run_id), cb=self._on_event)
+        self._stop_watching = await self._bus.watch(run_events_filter(self._run_id), self._on_event)
         return self
 
     async def __aexit__(
@@ -114,9 +112,9 @@ class RunProgress:
     ) -> None:
         for remove in self._remove_listener:
             remove()
-        if self._sub is not None:
+        if self._stop_watching is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await self._stop_watching()
         if self._plain is not None:
             self._plain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,9 +215,9 @@ class RunProgress:
         elif isinstance(event, (WaitResumed, WaitExpired)) and self._waiting and self._waiting[0] == event.wait_id:
             self._waiting = None
 
-    async def _on_event(self, msg: Msg) -> None:
+    def _on_event(self, data: bytes) -> None:
         try:
-            event = decode_event(msg.data)
+            event = decode_event(data)
         except Exception:  # noqa: BLE001 - progress display must not break the run
             return
         self.events_seen += 1

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
@@ -61,6 +63,20 @@ class BusConnection:
     embedded: EmbeddedServer | None
     topology: Topology
     events: ConnectionEvents
+
+    async def watch(self, subject: str, on_data: Callable[[bytes], None]) -> Callable[[], Awaitable[None]]:
+        """Hand the payload of every message on ``subject`` from now on to ``on_data``; returns the stop function."""
+
+        async def deliver(msg: Msg) -> None:
+            on_data(msg.data)
+
+        sub = await self.nc.subscribe(subject, cb=deliver)
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+        return stop
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -171,9 +187,15 @@ async def ensure_topology(js: JetStreamContext, topology: Topology) -> None:
     # server far less than declaring an existing consumer again). Only what is missing or differs is declared.
     pairs = topology.consumers()
     planning = asyncio.ensure_future(plan_topology(js, topology))
-    found = await asyncio.gather(
-        *(js.consumer_info(stream, str(consumer.durable_name)) for stream, consumer in pairs), return_exceptions=True
-    )
+    planning.add_done_callback(retrieve_exception)  # if the lookups below fail first, nobody awaits it
+    try:
+        found = await asyncio.gather(
+            *(js.consumer_info(stream, str(consumer.durable_name)) for stream, consumer in pairs),
+            return_exceptions=True,
+        )
+    except BaseException:
+        planning.cancel()
+        raise
     planned = await planning
     if planned.differences:
         raise mismatch_error(planned.differences)
@@ -193,6 +215,24 @@ async def migrate_topology(js: JetStreamContext, topology: Topology, *, apply: b
             await js.update_stream(config)
         await _apply(js, plan, topology.consumers())
     return plan
+
+
+async def migrate_streams(settings: Settings, *, apply: bool) -> TopologyPlan:
+    """Connect, compare the server's streams with ``settings`` and (if ``apply``) update them, then disconnect.
+
+    Raises :class:`~aethergraph.errors.BusUnavailableError` naming the server's reason if it refuses an update.
+    """
+    nc, js, _url, _embedded, _ = await open_nats(settings, client_name="aethergraph:migrate")
+    try:
+        return await migrate_topology(js, topology_for(settings), apply=apply)
+    except APIError as exc:
+        raise BusUnavailableError(
+            f"the server refused the update ({exc.description}, code {exc.err_code}). A stream's storage type "
+            "or retention cannot be changed in place: create a new stream and copy the messages (or change the "
+            "settings back)"
+        ) from exc
+    finally:
+        await nc.close()
 
 
 async def _apply(js: JetStreamContext, plan: TopologyPlan, consumers: Sequence[tuple[str, ConsumerConfig]]) -> None:

@@ -60,7 +60,7 @@ class ProjectionAccess:
         self._on_notice = on_notice or log.warning
 
     async def _request(self, request: QueryRequest) -> QueryResult | None:
-        return await remote_request(self._bus.nc, self.store_id, request)
+        return await remote_request(self._bus, self.store_id, request)
 
     async def _open_store(self, request: QueryRequest) -> ProjectionStore | QueryResult:
         """Open the store; while another process holds it, ask that process (a projector may have started)."""
@@ -141,7 +141,7 @@ async def serve_projections(
     path = store_path(settings)
     store_id = store_id_for(path)
     store = await asyncio.to_thread(ProjectionStore.open, path)
-    service = QueryService(bus.nc, store, store_id)
+    service = QueryService(bus, store, store_id)
     projector = Projector(bus, store, store_id=store_id)
     try:
         await _check_source(projector, path, bus.url, on_notice or log.warning)

@@ -12,7 +12,6 @@ CLI finds the projector of its own workspace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import decimal
 import hashlib
@@ -22,11 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import nats.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
+from aethergraph.bus.connection import BusConnection
+from aethergraph.bus.request_reply import MessageTooLargeError, ReplySink, RequestServer, reply_stream
 from aethergraph.bus.topology import projector_query_subject
 from aethergraph.core.errors import ProjectionError
 
@@ -98,32 +95,17 @@ def _from_wire(chunk_types: list[str], rows: list[list[Any]]) -> list[tuple[Any,
 class QueryService:
     """Answers queries, exports and status requests for ``store``."""
 
-    def __init__(self, nc: Client, store: ProjectionStore, store_id: str) -> None:
-        self._nc = nc
+    def __init__(self, bus: BusConnection, store: ProjectionStore, store_id: str) -> None:
         self._store = store
-        self._subject = projector_query_subject(store_id)
-        self._sub: Subscription | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._server = RequestServer(bus, projector_query_subject(store_id), self._answer)
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._subject, cb=self._on_request)
+        await self._server.start()
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()
-            self._sub = None
-        for task in list(self._tasks):
-            task.cancel()
+        await self._server.stop()
 
-    async def _on_request(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        task = asyncio.ensure_future(self._answer(msg.reply, msg.data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _answer(self, reply: str, data: bytes) -> None:
+    async def _answer(self, data: bytes, sink: ReplySink) -> None:
         try:
             request = _request_decoder.decode(data)
             if request.op == "query":
@@ -136,65 +118,52 @@ class QueryService:
                 result = QueryResult(
                     columns=("projection", "last_seq"), types=("VARCHAR", "BIGINT"), rows=list(cursors)
                 )
-            await self._send(reply, result)
+            await self._send(sink, result)
         except (msgspec.DecodeError, ProjectionError) as exc:
-            await self._error(reply, str(exc))
+            await sink.send_if_possible(_encoder.encode(QueryChunk(error=str(exc))))
         except Exception as exc:  # noqa: BLE001 - the requester must always get an answer
-            await self._error(reply, f"cannot answer the query: {type(exc).__name__}: {exc}")
+            message = f"cannot answer the query: {type(exc).__name__}: {exc}"
+            await sink.send_if_possible(_encoder.encode(QueryChunk(error=message)))
 
-    async def _error(self, reply: str, message: str) -> None:
-        with contextlib.suppress(nats.errors.Error):
-            await self._nc.publish(reply, _encoder.encode(QueryChunk(error=message)))
-
-    async def _send(self, reply: str, result: QueryResult) -> None:
+    async def _send(self, sink: ReplySink, result: QueryResult) -> None:
         columns, types = list(result.columns), list(result.types)
-        limit = min(CHUNK_BYTES, max(self._nc.max_payload // 2, 1024))
+        limit = min(CHUNK_BYTES, max(sink.max_payload // 2, 1024))
         rows: list[list[Any]] = []
         size = 0
         for row in result.rows:
             encoded = len(_encoder.encode(row))
             if rows and size + encoded > limit:
-                await self._nc.publish(
-                    reply, _encoder.encode(QueryChunk(columns=columns, types=types, rows=rows, more=True))
-                )
+                await sink.send(_encoder.encode(QueryChunk(columns=columns, types=types, rows=rows, more=True)))
                 rows, size = [], 0
             rows.append(list(row))
             size += encoded
         try:
-            await self._nc.publish(reply, _encoder.encode(QueryChunk(columns=columns, types=types, rows=rows)))
-        except nats.errors.MaxPayloadError:
-            await self._nc.publish(
-                reply, _encoder.encode(QueryChunk(error="a single result row exceeds the bus message size limit"))
-            )
+            await sink.send(_encoder.encode(QueryChunk(columns=columns, types=types, rows=rows)))
+        except MessageTooLargeError:
+            await sink.send(_encoder.encode(QueryChunk(error="a single result row exceeds the bus message size limit")))
 
 
 async def remote_request(
-    nc: Client, store_id: str, request: QueryRequest, *, timeout_s: float = 30.0
+    bus: BusConnection, store_id: str, request: QueryRequest, *, timeout_s: float = 30.0
 ) -> QueryResult | None:
     """Send ``request`` to the projector of ``store_id``; None if no projector is listening."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(projector_query_subject(store_id), _encoder.encode(request), reply=inbox)
+    async with reply_stream(bus, projector_query_subject(store_id), _encoder.encode(request)) as answers:
         columns: list[str] = []
         types: list[str] = []
         rows: list[tuple[Any, ...]] = []
         while True:
             try:
-                msg = await sub.next_msg(timeout=timeout_s)
-            except nats.errors.TimeoutError:
+                data = await answers.next(timeout_s)
+            except TimeoutError:
                 if not columns and not rows:
                     return None
                 raise ProjectionError(f"the projector stopped answering after {len(rows)} rows") from None
-            if msg.headers and msg.headers.get("Status") == "503":
+            if data is None:
                 return None
-            chunk = _chunk_decoder.decode(msg.data)
+            chunk = _chunk_decoder.decode(data)
             if chunk.error is not None:
                 raise ProjectionError(chunk.error)
             columns, types = chunk.columns, chunk.types
             rows.extend(_from_wire(types, chunk.rows))
             if not chunk.more:
                 return QueryResult(columns=tuple(columns), types=tuple(types), rows=rows)
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
