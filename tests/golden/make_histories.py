@@ -56,11 +56,16 @@ async def record() -> None:
 def main() -> None:
     HISTORIES.mkdir(exist_ok=True)
     sys.path.insert(0, str(ROOT / "examples"))  # the examples import each other as siblings
+    from aethergraph.bus.embedded import stop_embedded_server
+
     with tempfile.TemporaryDirectory() as workspace:
         os.environ["AETHERGRAPH_WORKSPACE"] = workspace
         os.environ["AETHERGRAPH_CONSOLE_INPUT"] = "never"
         os.environ.pop("AETHERGRAPH_NATS_URL", None)
-        asyncio.run(record())
+        try:
+            asyncio.run(record())
+        finally:
+            stop_embedded_server(Path(workspace))  # the embedded server outlives the script otherwise
     print(f"recorded {sorted(path.name for path in HISTORIES.glob('*.jsonl'))}")
 
 
