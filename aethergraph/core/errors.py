@@ -384,6 +384,15 @@ def keep_traceback(exc: BaseException, text: str) -> BaseException:
     return exc
 
 
+def failure_fields(exc: BaseException) -> dict[str, Any]:
+    """How a failure is journaled (``tool.failed``, ``service.failed``, ``run.failed``): type, message, traceback."""
+    return {
+        "error_type": error_type_name(exc),
+        "message": exc.message if isinstance(exc, EventTooLargeError) else str(exc),
+        "traceback": failure_traceback(exc),
+    }
+
+
 def failure_traceback(exc: BaseException) -> str:
     """``exc``'s traceback as a journal records it: the one it was rebuilt with, else formatted, at most
     :data:`TRACEBACK_MAX_CHARS` characters (the end is kept)."""

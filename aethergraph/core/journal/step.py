@@ -27,11 +27,9 @@ from types import CoroutineType, MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
 from aethergraph.core.errors import (
-    EventTooLargeError,
     NonDeterminismError,
     RunSuspended,
-    error_type_name,
-    failure_traceback,
+    failure_fields,
 )
 from aethergraph.core.journal.replay import Outcome, RecordedStep, rebuild_error
 from aethergraph.core.journal.scope import RunScope, cursor
@@ -40,7 +38,6 @@ from aethergraph.core.wire.events import Event
 __all__ = [
     "StepKey",
     "append_opening",
-    "failure_fields",
     "replayed_opening",
     "run_call",
     "suspend_point",
@@ -77,6 +74,8 @@ class StepKey(NamedTuple):
 
 def take_recorded(scope: RunScope, key: StepKey) -> RecordedStep | None:
     """The recorded step this one replays, or ``None`` when it goes live; raises on divergence."""
+    if scope.replay is None and scope.divergence is None and not scope.offline:
+        return None  # a live run: nothing to replay (the hot path)
     if scope.divergence is not None:
         raise scope.divergence
     replay = scope.replaying()
@@ -107,15 +106,6 @@ def append_opening(scope: RunScope, key: StepKey, **fields: Any) -> tuple[Event,
     return event, committed
 
 
-def failure_fields(exc: BaseException) -> dict[str, Any]:
-    """How a step's failure is journaled."""
-    return {
-        "error_type": error_type_name(exc),
-        "message": exc.message if isinstance(exc, EventTooLargeError) else str(exc),
-        "traceback": failure_traceback(exc),
-    }
-
-
 ReturnedBuilder = Callable[[Any], "tuple[Mapping[str, Any], Any] | Awaitable[tuple[Mapping[str, Any], Any]]"]
 """Builds the returned event's fields from a call's result, and the value the call returns (or a coroutine of both)."""
 
@@ -144,9 +134,7 @@ async def run_call(
     is the call's failure, journaled as ``failed``). ``failing_node`` is
     named as the failed node of the run if the failure ends it.
     """
-    # The fast path of a live run (nothing to replay, nothing diverged) skips the replay check entirely.
-    live = scope.replay is None and scope.divergence is None and not scope.offline
-    step = None if live else take_recorded(scope, key)
+    step = take_recorded(scope, key)
     called_seq: int | None = None
     if step is not None:
         outcome = step.outcome
@@ -189,8 +177,7 @@ async def run_call(
         raise
     await committed
     cursor.set(returned_event.seq)
-    if scope.suspend_after_each_step:
-        suspend_point(scope)
+    suspend_point(scope)
     return value
 
 

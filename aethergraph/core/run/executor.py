@@ -19,7 +19,7 @@ from aethergraph.core.errors import (
     StaleWriterError,
     cancel_was_requested,
     error_type_name,
-    failure_traceback,
+    failure_fields,
 )
 from aethergraph.core.ids import QUEUE_OWNER, ROOT_NODE, check_run_id, child_run_id, new_run_id
 from aethergraph.core.journal.ports import ParentLink, RunEnvironment
@@ -311,10 +311,8 @@ async def _run_body(spec: CallableSpec, inputs: Mapping[str, Any], scope: RunSco
             journal,
             RunFailed,
             parent=cursor.get(),
-            error_type=error_type_name(reported),
-            message=str(reported),
             failed_node_id=scope.failed_nodes.get(id(reported)),
-            traceback=failure_traceback(reported),
+            **failure_fields(reported),
         )
         raise reported from (None if reported is exc else exc)
     finally:

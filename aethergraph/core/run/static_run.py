@@ -32,7 +32,7 @@ from aethergraph.core.errors import (
     StaleWriterError,
     cancel_was_requested,
     error_type_name,
-    failure_traceback,
+    failure_fields,
 )
 from aethergraph.core.journal.replay import journal_chain
 from aethergraph.core.journal.scope import RunScope
@@ -131,10 +131,8 @@ async def _fail_unexpectedly(run: _StaticRun, exc: Exception) -> None:
         await run.journal.commit(
             RunFailed,
             parent=run.last_seq or None,
-            error_type=error_type_name(exc),
-            message=f"the scheduler of static run {run.scope.run_id} failed: {exc}",
             failed_node_id=None,
-            traceback=failure_traceback(exc),
+            **(failure_fields(exc) | {"message": f"the scheduler of static run {run.scope.run_id} failed: {exc}"}),
         )
     except StaleWriterError:
         raise
