@@ -27,23 +27,33 @@ __all__ = [
     "GraphNotFoundError",
     "HistoryEnded",
     "KeyConflictError",
+    "LLMConfigError",
+    "LLMEndpointError",
+    "LLMError",
+    "LLMResponseError",
+    "McpConfigError",
+    "McpError",
+    "McpServerError",
+    "McpToolError",
     "NonDeterminismError",
     "NotInRunError",
     "NotRetryableError",
     "OutputError",
     "ProjectionError",
     "ProjectionLockedError",
+    "RagError",
     "ReplayedError",
     "ResumeRejectedError",
     "RunBusyError",
     "RunCancelledError",
-    "RunFailedError",
     "RunExistsError",
+    "RunFailedError",
     "RunNotFoundError",
     "RunSuspended",
     "SerializationError",
     "ServiceNameError",
     "StaleWriterError",
+    "TokenBudgetExceeded",
     "TopologyMismatchError",
     "UnknownServiceError",
     "WaitExpiredError",
@@ -301,6 +311,80 @@ class ArtifactNotFoundError(AetherGraphError, LookupError):
     def __init__(self, message: str, *, ref: str = "") -> None:
         super().__init__(message)
         self.ref = ref
+
+
+class LLMError(AetherGraphError):
+    """A model call of ``context.llm(profile)`` failed; ``profile`` names the profile."""
+
+    def __init__(self, message: str, *, profile: str = "", **where: Any) -> None:
+        super().__init__(message, **where)
+        self.profile = profile
+
+
+class LLMConfigError(LLMError, ValueError):
+    """A profile is missing or incomplete (no model, no API key, ...); the message names the setting to set."""
+
+
+class LLMEndpointError(LLMError, ConnectionError):
+    """The endpoint could not answer: unreachable, or an HTTP error (after retrying transient ones).
+
+    ``status`` is the HTTP status (None if no answer came); ``attempts`` counts the attempts made.
+    """
+
+    def __init__(self, message: str, *, profile: str = "", status: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message, profile=profile)
+        self.status = status
+        self.attempts = attempts
+
+
+class LLMResponseError(LLMError, ValueError):
+    """The model answered, but not as asked: invalid JSON, output failing its schema or ``response_model``,
+    or a tool loop that did not finish within ``max_tool_rounds``. ``text`` holds the model's answer."""
+
+    def __init__(self, message: str, *, profile: str = "", text: str = "") -> None:
+        super().__init__(message, profile=profile)
+        self.text = text
+
+
+class TokenBudgetExceeded(LLMError):
+    """The run has spent its token budget (``AETHERGRAPH_LLM__TOKEN_BUDGET``); ``budget`` and ``spent`` say how far."""
+
+    def __init__(self, message: str, *, profile: str = "", budget: int = 0, spent: int = 0) -> None:
+        super().__init__(message, profile=profile)
+        self.budget = budget
+        self.spent = spent
+
+
+class McpError(AetherGraphError):
+    """A call of ``context.mcp(server)`` failed; ``server`` names the MCP server."""
+
+    def __init__(self, message: str, *, server: str = "", **where: Any) -> None:
+        super().__init__(message, **where)
+        self.server = server
+
+
+class McpConfigError(McpError, ValueError):
+    """No MCP server is configured under this name, or its configuration is incomplete."""
+
+
+class McpServerError(McpError, ConnectionError):
+    """The MCP server could not be started or reached, or it died during the call."""
+
+
+class McpToolError(McpError):
+    """The MCP server ran the tool and reported an error (``isError``); ``tool`` names it."""
+
+    def __init__(self, message: str, *, server: str = "", tool: str = "") -> None:
+        super().__init__(message, server=server)
+        self.tool = tool
+
+
+class RagError(AetherGraphError, ValueError):
+    """A ``context.rag()`` call was given something it cannot use (an unknown corpus, an unreadable file, ...)."""
+
+    def __init__(self, message: str, *, corpus: str = "") -> None:
+        super().__init__(message)
+        self.corpus = corpus
 
 
 class RunSuspended(BaseException):

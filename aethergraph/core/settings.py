@@ -6,14 +6,93 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from aethergraph.core.ids import QUEUE_OWNER
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["LLMProfile", "LLMSettings", "McpServerSettings", "McpSettings", "RagSettings", "Settings", "load_settings"]
 
 _DURATION = re.compile(r"^\d+(ms|s|m|h)$")
+
+
+class LLMProfile(BaseModel):
+    """One model endpoint: ``AETHERGRAPH_LLM__DEFAULT__*`` or ``AETHERGRAPH_LLM__PROFILES__<NAME>__*``.
+
+    ``base_url`` is any OpenAI-compatible endpoint (unset: OpenAI's).
+    The API key is ``api_key`` or, as a secret reference, the environment
+    variable named by ``api_key_env`` (read when the profile is first used);
+    neither set means the ``OPENAI_API_KEY`` variable for OpenAI's endpoint
+    and no key for any other. ``embed_model`` is the model ``embed()`` uses.
+    ``max_retries`` counts the retries of one call after 408/409/429/5xx
+    answers or a lost connection (the SDK's own retries are off);
+    ``timeout_s`` bounds each attempt.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    model: str | None = None
+    embed_model: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 4
+    retry_backoff_s: Annotated[float, Field(ge=0, le=600)] = 0.5
+    temperature: float | None = None
+
+
+class LLMSettings(BaseModel):
+    """``context.llm(profile)``'s endpoints, and the per-run token budget.
+
+    ``token_budget`` (``AETHERGRAPH_LLM__TOKEN_BUDGET``) caps the tokens
+    (in + out, as reported) one run may spend on model calls; a call that
+    would start past it fails with :class:`~aethergraph.errors.TokenBudgetExceeded`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: LLMProfile = LLMProfile()
+    profiles: dict[str, LLMProfile] = {}
+    token_budget: Annotated[int, Field(ge=1)] | None = None
+
+
+class McpServerSettings(BaseModel):
+    """One MCP server: a stdio ``command`` (with ``args``, ``env``, ``cwd``) or a streamable-HTTP ``url``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an MCP server needs exactly one of command (stdio) or url (streamable HTTP)")
+        return self
+
+
+class McpSettings(BaseModel):
+    """MCP servers by name: ``AETHERGRAPH_MCP__SERVERS__<NAME>__COMMAND`` / ``__ARGS`` / ``__URL``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    servers: dict[str, McpServerSettings] = {}
+
+
+class RagSettings(BaseModel):
+    """``context.rag()``: how text is cut into chunks, and the embedding profile of new corpora."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed_profile: str = "default"
+    chunk_chars: Annotated[int, Field(ge=64, le=100_000)] = 1200
+    chunk_overlap: Annotated[int, Field(ge=0, le=10_000)] = 150
 
 
 class Settings(BaseSettings):
@@ -63,7 +142,7 @@ class Settings(BaseSettings):
     with a user JWT and nkey seed), ``nats_user`` / ``nats_password``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore", env_nested_delimiter="__")
 
     @classmethod
     def settings_customise_sources(
@@ -106,6 +185,9 @@ class Settings(BaseSettings):
     nats_creds: Path | None = None
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    llm: LLMSettings = LLMSettings()
+    mcp: McpSettings = McpSettings()
+    rag: RagSettings = RagSettings()
 
     @field_validator("sync_interval")
     @classmethod

@@ -16,6 +16,7 @@ from aethergraph.core.wire.events import AnyEvent, Event, RunStarted
 if TYPE_CHECKING:
     import asyncio
 
+    from aethergraph.core.journal.model_port import ModelPort, TokenStream
     from aethergraph.core.journal.service_ports import ServiceBackends
     from aethergraph.core.model.spec import CallableSpec
     from aethergraph.core.wire.node_report import LocalNode, NodeReport
@@ -186,3 +187,6 @@ class RunEnvironment:
     service_backends: ServiceBackends
     # Test mode: suspend every run after each step and continue it by replay.
     always_suspend: bool = False
+    # Model endpoints by profile (``context.llm()``) and where streamed tokens go; None: not available here.
+    models: ModelPort | None = None
+    token_stream: TokenStream | None = None

@@ -24,8 +24,13 @@ from aethergraph.core.wire.events import (
     ChannelSent,
     CheckpointSaved,
     Event,
+    LlmCalled,
+    LlmFailed,
+    LlmReturned,
     LogRecorded,
     MemoryRecorded,
+    RagCorpusAdded,
+    RagUpserted,
     RunClaimed,
     RunStarted,
     ServiceCalled,
@@ -35,6 +40,7 @@ from aethergraph.core.wire.events import (
     ToolFailed,
     ToolReturned,
     ValueRecorded,
+    VizRecorded,
     WaitExpired,
     WaitRequested,
     WaitResumed,
@@ -108,12 +114,36 @@ def journal_chain(events: Iterable[E]) -> list[E]:
 
 
 # Events that open a step the re-running code takes again, and the outcomes of calls.
-_OPENINGS = (ToolCalled, ValueRecorded, WaitRequested, ChannelSent, ServiceCalled, ArtifactSaved, MemoryRecorded)
-_CALLS = (ToolCalled, ServiceCalled)
-_OUTCOMES = (ToolReturned, ToolFailed, ServiceReturned, ServiceFailed)
+_OPENINGS = (
+    ToolCalled,
+    ValueRecorded,
+    WaitRequested,
+    ChannelSent,
+    ServiceCalled,
+    ArtifactSaved,
+    MemoryRecorded,
+    LlmCalled,
+    RagCorpusAdded,
+    RagUpserted,
+    VizRecorded,
+)
+_CALLS = (ToolCalled, ServiceCalled, LlmCalled)
+_OUTCOMES = (ToolReturned, ToolFailed, ServiceReturned, ServiceFailed, LlmReturned, LlmFailed)
 
-Opening = ToolCalled | ValueRecorded | WaitRequested | ChannelSent | ServiceCalled | ArtifactSaved | MemoryRecorded
-Outcome = ToolReturned | ToolFailed | ServiceReturned | ServiceFailed
+Opening = (
+    ToolCalled
+    | ValueRecorded
+    | WaitRequested
+    | ChannelSent
+    | ServiceCalled
+    | ArtifactSaved
+    | MemoryRecorded
+    | LlmCalled
+    | RagCorpusAdded
+    | RagUpserted
+    | VizRecorded
+)
+Outcome = ToolReturned | ToolFailed | ServiceReturned | ServiceFailed | LlmReturned | LlmFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +168,13 @@ def _describe(event: Event) -> str:
         return f"an artifact save (node {event.node_id}, content {event.artifact_id[:16]}...)"
     if isinstance(event, MemoryRecorded):
         return f"a {event.kind!r} memory record (node {event.node_id})"
+    if isinstance(event, LlmCalled):
+        where = f"node {event.node_id}, request digest {event.request_digest}"
+        return f"a model call llm({event.profile!r}).{event.operation}() ({where})"
+    if isinstance(event, (RagCorpusAdded, RagUpserted)):
+        return f"{event.__struct_config__.tag} of corpus {event.corpus!r} (node {event.node_id})"
+    if isinstance(event, VizRecorded):
+        return f"a viz point on track {event.track!r} (node {event.node_id})"
     return str(event.__struct_config__.tag)
 
 
@@ -278,7 +315,7 @@ class ReplayCursor:
         return opening if isinstance(opening, WaitRequested) and opening.node_id == node_id else None
 
 
-def rebuild_error(event: ToolFailed | ServiceFailed) -> BaseException:
+def rebuild_error(event: ToolFailed | ServiceFailed | LlmFailed) -> BaseException:
     """The recorded failure as an exception of the same type where that type can be rebuilt."""
     module, _, name = event.error_type.rpartition(".")
     owner = sys.modules.get(module) if module else builtins

@@ -24,6 +24,9 @@ __all__ = [
     "ChannelSent",
     "CheckpointSaved",
     "Event",
+    "LlmCalled",
+    "LlmFailed",
+    "LlmReturned",
     "LogRecorded",
     "MemoryRecorded",
     "NodeCompleted",
@@ -42,8 +45,11 @@ __all__ = [
     "ServiceReturned",
     "ToolCalled",
     "ToolFailed",
+    "RagCorpusAdded",
+    "RagUpserted",
     "ToolReturned",
     "ValueRecorded",
+    "VizRecorded",
     "WaitExpired",
     "WaitRequested",
     "WaitResumed",
@@ -352,6 +358,109 @@ class MemoryRecorded(Event, frozen=True, kw_only=True, tag="memory.recorded"):
     text: str = ""
 
 
+# --- agent services: model calls, retrieval, visualisation ---------------------------
+
+
+class LlmCalled(Event, frozen=True, kw_only=True, tag="llm.called"):
+    """A model call of ``context.llm(profile)``: the request as sent (without credentials).
+
+    ``operation`` is ``chat`` (one model turn, streamed or not) or ``embed``.
+    ``request`` holds the messages, tools and parameters; when their encoding
+    is too large for an event it is stored in the artifact store and
+    ``request_ref`` is its URI (``request`` is then null). ``request_digest``
+    identifies the request on replay. ``idempotency_key`` is sent to the
+    endpoint with every attempt of the call.
+    """
+
+    profile: str
+    model: str
+    operation: Literal["chat", "embed"]
+    request: Any = None
+    request_ref: str | None = None
+    request_digest: str
+    streamed: bool = False
+    idempotency_key: str = ""
+
+
+class LlmReturned(Event, frozen=True, kw_only=True, tag="llm.returned"):
+    """A model call's complete response; ``parent`` is its ``llm.called``.
+
+    ``response`` is the assistant message (``content``, ``tool_calls``) or the
+    embedding vectors; ``response_ref`` is its URI in the artifact store when
+    it was too large for an event. Token counts are as the endpoint reported
+    them (0 when it reported none); ``attempts`` counts the HTTP attempts the
+    call took (retries after 408/409/429/5xx).
+    """
+
+    profile: str
+    model: str
+    operation: Literal["chat", "embed"]
+    response: Any = None
+    response_ref: str | None = None
+    finish_reason: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    attempts: int = 1
+    duration_us: int = 0
+
+
+class LlmFailed(Event, frozen=True, kw_only=True, tag="llm.failed"):
+    """A model call's committed failure (after its retries); ``parent`` is its ``llm.called``."""
+
+    profile: str
+    model: str
+    operation: Literal["chat", "embed"]
+    error_type: str
+    message: str
+    attempts: int = 1
+    duration_us: int = 0
+    traceback: str = ""
+
+
+class RagCorpusAdded(Event, frozen=True, kw_only=True, tag="rag.corpus_added"):
+    """``context.rag().add_corpus(corpus, ...)``: a corpus and the embedding profile its chunks use."""
+
+    corpus: str
+    embed_profile: str = "default"
+    meta: dict[str, Any] = {}
+
+
+class RagUpserted(Event, frozen=True, kw_only=True, tag="rag.upserted"):
+    """Documents added to (or replaced in) a corpus.
+
+    The chunks, their metadata and their embeddings are stored in the
+    artifact store (``chunks_ref``, a URI); every host folds this event into
+    its own vector index. ``docs`` lists each document's ``doc_id``,
+    ``title``, ``source`` and chunk count.
+    """
+
+    corpus: str
+    docs: list[dict[str, Any]] = []
+    chunks_ref: str
+    chunk_count: int = 0
+    dim: int = 0
+    embed_model: str = ""
+    input_tokens: int = 0
+
+
+class VizRecorded(Event, frozen=True, kw_only=True, tag="viz.recorded"):
+    """A point of a visualisation track: ``context.viz().scalar/vector/matrix/image_*``.
+
+    ``value`` holds a scalar, a vector or a matrix; an image is an artifact
+    (``artifact_uri``, ``mime``).
+    """
+
+    track: str
+    kind: Literal["scalar", "vector", "matrix", "image"]
+    step: int | None = None
+    value: Any = None
+    artifact_uri: str | None = None
+    mime: str = ""
+    meta: dict[str, Any] = {}
+
+
 # --- observability --------------------------------------------------------------
 
 
@@ -388,6 +497,12 @@ AnyEvent: TypeAlias = (
     | ArtifactSaved
     | MemoryRecorded
     | LogRecorded
+    | LlmCalled
+    | LlmReturned
+    | LlmFailed
+    | RagCorpusAdded
+    | RagUpserted
+    | VizRecorded
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in AnyEvent.__args__}
