@@ -38,6 +38,7 @@ from aethergraph.core.context.service_registry import close_services, start_serv
 from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.journal.ports import RunEnvironment
 from aethergraph.core.settings import Settings, load_settings
+from aethergraph.services.llm import OpenAIModelPort
 
 from .intake import ResumeIntake
 from .nodes import NodeRole
@@ -81,6 +82,7 @@ class ProcessHost:
     node_reports: JetStreamNodeReports
     service_backends: JetStreamServiceBackends
     inline_answers: bool
+    models: OpenAIModelPort = field(init=False)
     env: RunEnvironment = field(init=False)
     driver: RunDriver = field(init=False)
     runs: RunOps = field(init=False)
@@ -92,6 +94,7 @@ class ProcessHost:
         # Runs start runs: the environment holds the roles, and the roles run in the environment.
         self.nodes = NodeRole(self.bus, self.node_reports, self.settings)
         self.runs = RunOps(self.event_log, self.commands, self.leases)
+        self.models = OpenAIModelPort(self.settings.llm)
         self.env = RunEnvironment(
             event_log=self.event_log,
             worker_id=self.worker_id,
@@ -100,6 +103,7 @@ class ProcessHost:
             runs=self.runs,
             service_backends=self.service_backends,
             always_suspend=self.settings.always_suspend,
+            models=self.models,
         )
         self.driver = RunDriver(self.env, self.leases)
         self.intake = ResumeIntake(self.driver, self.commands)
@@ -164,6 +168,7 @@ class ProcessHost:
         if self._stop_cancels is not None:
             await self._stop_cancels()
         await close_services()  # context services' close() hooks
+        await self.models.close()
         await self.leases.close()
         await self.node_reports.close()
         await self.event_log.close()
