@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 RETRIABLE_STATUSES = frozenset({408, 409, 429})
 _MAX_WAIT_S = 60.0
-_KEYLIKE = re.compile(r"\b(sk|key|api|token)[-_][A-Za-z0-9_\-*.]{6,}", re.IGNORECASE)
+_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
 
 
 def mask_secrets(text: str, secret: str | None) -> str:
