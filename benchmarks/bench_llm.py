@@ -97,7 +97,7 @@ async def _measure(ctx: BenchContext, fake: FakeOpenAI) -> list[Figure]:
     return [
         latency_figure(
             NAME, "bare_call", "bare `openai` chat call to the fake server", blocks["bare"], sync_interval=None
-        ),  # fmt: skip
+        ),
         latency_figure(
             NAME,
             "journaled_call",
