@@ -8,9 +8,10 @@ the token budget behave as docs/agents.md says; the API key is never stored.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pydantic
 import pytest
@@ -353,3 +354,67 @@ async def test_the_token_budget_stops_the_run_before_it_spends_more(
     assert failed.error_type == "aethergraph.errors.TokenBudgetExceeded"
     assert "budget of 5" in failed.message and "AETHERGRAPH_LLM__TOKEN_BUDGET" in failed.message
     assert model.call_count("chat", all_attempts=True) == len(of_type(chain, ev.LlmReturned)) >= 1
+
+
+# --- graph functions and other objects as tools, and model calls inside a tool -----------------------------------
+
+
+@graph_fn(name="llm_child_lookup", outputs=["found"])
+async def llm_child_lookup(term: str) -> dict[str, str]:
+    """Look a term up in the glossary."""
+    return {"found": term.upper()}
+
+
+class Shout:
+    """A tool object of one's own (the ChatTool protocol): a pure function, so it needs no journal of its own."""
+
+    name = "shout"
+    description = "Shout a word."
+    parameters: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"word": {"type": "string"}},
+        "required": ["word"],
+    }
+
+    async def invoke(self, arguments: dict[str, Any]) -> str:
+        return str(arguments["word"]).upper() + "!"
+
+
+@tool(outputs=["summary"])
+async def summarise_in_tool(text: str, *, context: Any) -> dict[str, str]:
+    summary, _ = await context.llm().chat(f"summarise: {text}")
+    return {"summary": summary}
+
+
+@graph_fn(name="llm_tool_kinds", outputs=["text", "summary"])
+async def llm_tool_kinds(*, context: Any) -> dict[str, Any]:
+    text, _ = await context.llm().chat("look up and shout", tools=[llm_child_lookup, Shout()])
+    summary = await summarise_in_tool(text="a long text")
+    return {"text": text, "summary": summary["summary"]}
+
+
+async def test_graph_functions_and_tool_objects_serve_as_tools(runtime: ProcessHost, model: FakeOpenAI) -> None:
+    model.script(
+        Reply.parallel_tool_calls(ToolCall("llm_child_lookup", {"term": "mtbf"}), ToolCall("shout", {"word": "hi"})),
+        Reply.text("MTBF, HI!"),
+        Reply.text("short"),
+    )
+    rid = run_id()
+    outputs = await aethergraph.run_async(llm_tool_kinds, {}, run_id=rid)
+    assert outputs == {"text": "MTBF, HI!", "summary": "short"}
+    results = [m["content"] for m in model.calls[1].body["messages"] if m["role"] == "tool"]
+    assert json.loads(results[0]) == {"found": "MTBF"} and results[1] == "HI!"
+    assert model.calls[0].body["tools"][0]["function"]["description"] == "Look a term up in the glossary."
+    chain = await chain_of(runtime, rid)
+    [in_tool] = [e for e in of_type(chain, ev.LlmCalled) if e.node_id != "root"]
+    assert in_tool.node_id.startswith("summarise_in_tool")
+
+
+def test_a_plain_function_is_refused_as_a_tool_with_the_fix() -> None:
+    from aethergraph.core.context.llm_tools import chat_tools
+
+    def plain(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="decorate the function with @tool"):
+        chat_tools([plain])
