@@ -6,12 +6,12 @@ import json
 import math
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -251,6 +251,19 @@ async def test_reset_forgets_the_log_and_the_script(fake: FakeOpenAI, client: op
     assert reply.choices[0].message.content == f"echo: {USER[0]['content']}" and reply.id == "chatcmpl-fake-1"
 
 
+def test_answers_are_not_held_back_by_nagle(fake: FakeOpenAI) -> None:
+    """Accepted connections have TCP_NODELAY: without it each answer waits ~40 ms for a delayed ACK."""
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=30) as connection:
+        connection.sendall(
+            f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {fake.api_key}\r\n\r\n".encode()
+        )
+        assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+        assert fake._server is not None  # the uvicorn server, to look at the socket it accepted
+        (served,) = fake._server.server_state.connections
+        accepted = served.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 def test_reply_validation_names_the_fix() -> None:
     with pytest.raises(ValueError, match="needs content or tool calls"):
         Reply()
@@ -298,7 +311,7 @@ for chunk in client.chat.completions.create(model="m", messages=[{"role": "user"
 
 
 def test_a_worker_killed_mid_stream_leaves_an_incomplete_record(fake: FakeOpenAI) -> None:
-    fake.script(Reply.text(" ".join(f"word{i}" for i in range(200)), stream_delay=0.05))
+    fake.script(Reply.text(" ".join(f"word{i}" for i in range(400)), stream_delay=0.05))
     process = subprocess.Popen(
         [sys.executable, "-c", SLOW_STREAM, fake.base_url, fake.api_key],
         stdout=subprocess.PIPE,
@@ -342,15 +355,30 @@ def test_the_command_line_server_answers_with_the_echo_responder() -> None:
         stop_process(process)
 
 
-def _doc_section() -> str:
-    text = (Path(REPO_ROOT) / "docs" / "testing.md").read_text()
-    return text.split("## Testing agents offline with the fake model server", 1)[1].split("\n## ", 1)[0]
+# Runs the python example of docs/testing.md's fake-server section in a fresh process (its own runtime
+# and model profiles), as a user's test file would.
+DOC_EXAMPLE = """
+import asyncio, json, re, sys
+import aethergraph
+text = open(sys.argv[1]).read()
+section = text.split("## Testing agents offline with the fake model server", 1)[1].split("\\n## ", 1)[0]
+(block,) = re.findall(r"```python\\n(.*?)```", section, flags=re.S)
+namespace = {"__name__": "docs_example"}
+exec(compile(block, "docs/testing.md", "exec"), namespace)
+tests = [value for name, value in namespace.items() if name.startswith("test_")]
+
+async def main():
+    try:
+        for test in tests:
+            await test()
+    finally:
+        await aethergraph.close_runtime()
+
+asyncio.run(main())
+print(json.dumps([test.__name__ for test in tests]))
+"""
 
 
-async def test_the_documented_example_runs() -> None:
-    (block,) = re.findall(r"```python\n(.*?)```", _doc_section(), flags=re.S)
-    namespace: dict[str, Any] = {}
-    exec(compile(block, "docs/testing.md", "exec"), namespace)
-    tests = [value for name, value in namespace.items() if name.startswith("test_")]
-    assert len(tests) == 1
-    await tests[0]()
+def test_the_documented_example_runs() -> None:
+    ran = run_python(DOC_EXAMPLE, str(REPO_ROOT / "docs" / "testing.md"))
+    assert ran == ["test_packing_advice_asks_the_weather_once"]

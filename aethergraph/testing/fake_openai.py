@@ -111,7 +111,9 @@ class FakeOpenAI:
         """Bind the port and serve from a background thread; returns once the server accepts requests."""
         if self._thread is not None:
             raise RuntimeError("this FakeOpenAI is already serving; create another for a second server")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+        # without it every answer (headers, then body) waits ~40 ms for the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", self._requested_port))
@@ -186,7 +188,11 @@ class FakeOpenAI:
     # -- the script --------------------------------------------------------------------------------
 
     def script(self, *replies: Reply | str) -> None:
-        """Queue chat replies, answered in order one per request (a ``str`` is ``Reply.text``)."""
+        """Queue chat replies, answered in order (a ``str`` is ``Reply.text``).
+
+        Each valid chat request with the key consumes one; a 401 or a 400
+        (no ``messages``, no ``model``) consumes none.
+        """
         queued = [Reply.text(r) if isinstance(r, str) else r for r in replies]
         with self._lock:
             self._scripts["chat"].extend(queued)
@@ -332,7 +338,8 @@ class FakeOpenAI:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m aethergraph.testing.fake_openai``: serve until Ctrl-C, answering with the echo responder."""
-    parser = argparse.ArgumentParser(prog="python -m aethergraph.testing.fake_openai", description=main.__doc__)
+    description = "Serve a fake OpenAI-compatible API on 127.0.0.1 until Ctrl-C, answering with the echo responder."
+    parser = argparse.ArgumentParser(prog="python -m aethergraph.testing.fake_openai", description=description)
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--api-key", default=None, help="the key clients must send (default: a random sk-fake-...)")
     parser.add_argument("--embedding-dim", type=int, default=64, help="length of the embeddings")

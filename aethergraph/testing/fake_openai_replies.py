@@ -175,8 +175,9 @@ class RecordedCall:
 
     ``headers`` has lower-case names (``authorization``, ``idempotency-key``,
     ...); ``body`` is the parsed JSON body (``None`` for none or invalid
-    JSON). ``status`` is the status answered. ``completed`` says the whole
-    response went out: for a stream, through its ``data: [DONE]`` line (a
+    JSON). ``status`` is the status answered (0 while being answered).
+    ``completed`` says the answer went out whole: a plain answer as soon as
+    it is answered, a stream once its ``data: [DONE]`` line was sent (a
     client killed mid-stream leaves it False). ``reply`` is the scripted or
     default reply that answered a chat request.
     """
