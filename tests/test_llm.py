@@ -418,3 +418,14 @@ def test_a_plain_function_is_refused_as_a_tool_with_the_fix() -> None:
 
     with pytest.raises(TypeError, match="decorate the function with @tool"):
         chat_tools([plain])
+
+
+async def test_registering_a_profile_again_takes_effect_for_the_next_call(runtime: ProcessHost) -> None:
+    with FakeOpenAI() as first, FakeOpenAI() as second:
+        try:
+            for server in (first, second):
+                register_llm_client("swap", base_url=server.base_url, api_key=server.api_key, model="m")
+                assert await aethergraph.run_async(llm_profile, {"profile": "swap"}) == {"text": "echo: hello"}
+        finally:
+            unregister_llm_client("swap")
+        assert first.call_count("chat") == 1 == second.call_count("chat")
