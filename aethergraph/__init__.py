@@ -39,6 +39,7 @@ from aethergraph.runtime import (
     start_server,
     submit,
 )
+from aethergraph.services.mcp import register_mcp_server
 
 __all__ = [
     "AetherGraphError",
@@ -68,6 +69,7 @@ __all__ = [
     "query",
     "query_async",
     "register_context_service",
+    "register_mcp_server",
     "resume",
     "retry",
     "run",

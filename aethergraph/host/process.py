@@ -38,6 +38,7 @@ from aethergraph.core.context.service_registry import close_services, start_serv
 from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.journal.ports import RunEnvironment
 from aethergraph.core.settings import Settings, load_settings
+from aethergraph.services.mcp import McpConnections
 
 from .intake import ResumeIntake
 from .nodes import NodeRole
@@ -82,6 +83,7 @@ class ProcessHost:
     service_backends: JetStreamServiceBackends
     inline_answers: bool
     env: RunEnvironment = field(init=False)
+    mcp: McpConnections = field(init=False)
     driver: RunDriver = field(init=False)
     runs: RunOps = field(init=False)
     nodes: NodeRole = field(init=False)
@@ -92,6 +94,7 @@ class ProcessHost:
         # Runs start runs: the environment holds the roles, and the roles run in the environment.
         self.nodes = NodeRole(self.bus, self.node_reports, self.settings)
         self.runs = RunOps(self.event_log, self.commands, self.leases)
+        self.mcp = McpConnections(self.settings.mcp.servers)
         self.env = RunEnvironment(
             event_log=self.event_log,
             worker_id=self.worker_id,
@@ -100,6 +103,7 @@ class ProcessHost:
             runs=self.runs,
             service_backends=self.service_backends,
             always_suspend=self.settings.always_suspend,
+            mcp=self.mcp,
         )
         self.driver = RunDriver(self.env, self.leases)
         self.intake = ResumeIntake(self.driver, self.commands)
@@ -164,6 +168,7 @@ class ProcessHost:
         if self._stop_cancels is not None:
             await self._stop_cancels()
         await close_services()  # context services' close() hooks
+        await self.mcp.close()  # stops the MCP servers this process started
         await self.leases.close()
         await self.node_reports.close()
         await self.event_log.close()

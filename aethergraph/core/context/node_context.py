@@ -13,6 +13,7 @@ from aethergraph.core.context.artifacts import ArtifactService
 from aethergraph.core.context.channel import Channel
 from aethergraph.core.context.kv import KeyValueService
 from aethergraph.core.context.logger import NodeLogger
+from aethergraph.core.context.mcp import McpClient
 from aethergraph.core.context.memory import MemoryService
 from aethergraph.core.context.service_registry import reserve_context_names, service_accessor
 from aethergraph.core.context.waits import Wait, wait_for
@@ -98,6 +99,10 @@ class NodeContext:
     def memory(self) -> MemoryService:
         """The run's memory: record entries, read recent ones, search them, chat history."""
         return MemoryService(self)
+
+    def mcp(self, name: str) -> McpClient:
+        """The MCP server configured as ``name``: its tools and resources, every call journaled (docs/agents.md)."""
+        return McpClient(self, name)
 
     def __getattr__(self, name: str) -> Any:
         """``context.<name>()``: a context service registered with ``register_context_service``."""
