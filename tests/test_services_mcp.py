@@ -85,7 +85,7 @@ async def mcp_tour(server: str, *, context: Any) -> dict[str, Any]:
 
 
 TOUR = {
-    "tools": ["add", "echo", "big", "refuse", "crash"],
+    "tools": ["add", "echo", "big", "refuse", "slow", "crash"],
     "sum": {"result": 5},
     "resources": ["notes://readme"],
     "readme": "hello from the readme",
@@ -199,6 +199,28 @@ async def test_a_server_dying_mid_call_fails_the_step_and_the_next_call_starts_i
     assert len(stdio_server.pids()) == 2 and stdio_server.work() == ["crash", "echo again"]
 
 
+async def test_a_call_past_the_timeout_fails_and_the_server_keeps_serving(runtime: ProcessHost, tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    register_mcp_server("slowpoke", command=sys.executable, args=[str(SERVER_SCRIPT), str(calls)], timeout_s=1)
+    try:
+
+        @graph_fn(name="mcp_timeout", outputs=["v"])
+        async def times_out(*, context: Any) -> dict[str, Any]:
+            try:
+                await context.mcp("slowpoke").call("slow", {"seconds": 30})
+            except McpServerError as exc:
+                caught = str(exc)
+            after = await context.mcp("slowpoke").call("add", {"a": 1, "b": 1})
+            return {"v": [caught, after["structuredContent"]["result"]]}
+
+        [message, after] = (await execute_run(times_out.spec, {}, env=runtime.env))["v"]
+    finally:
+        unregister_mcp_server("slowpoke")
+    assert "'slowpoke'" in message and "did not answer call tool 'slow' within 1 s" in message
+    assert "AETHERGRAPH_MCP__SERVERS__SLOWPOKE__TIMEOUT_S" in message
+    assert after == 2 and len([line for line in calls.read_text().splitlines() if line.startswith("started")]) == 1
+
+
 async def test_a_tool_error_is_journaled_and_raised_again_on_replay(
     suspending_runtime: ProcessHost, stdio_server: Server
 ) -> None:
@@ -276,7 +298,7 @@ async def test_mcp_tools_are_chat_tools_whose_calls_are_journaled(runtime: Proce
     [name, description, parameters, result, count] = (
         await execute_run(chat_tools.spec, {"server": stdio_server.name}, run_id=run_id, env=runtime.env)
     )["v"]
-    assert (name, description, result, count) == ("add", "Add two integers.", {"result": 42}, 5)
+    assert (name, description, result, count) == ("add", "Add two integers.", {"result": 42}, 6)
     assert parameters["type"] == "object" and parameters["required"] == ["a", "b"]
     assert parameters["properties"]["a"]["type"] == "integer"
     events = [r.event for r in await read_events(runtime, run_id)]
@@ -291,7 +313,7 @@ async def test_asking_for_a_tool_the_server_lacks_lists_its_tools(runtime: Proce
 
     with pytest.raises(McpToolError) as caught:
         await execute_run(no_tool.spec, {"server": stdio_server.name}, env=runtime.env)
-    assert "'subtract'" in str(caught.value) and "add, echo, big, refuse, crash" in str(caught.value)
+    assert "'subtract'" in str(caught.value) and "add, echo, big, refuse, slow, crash" in str(caught.value)
 
 
 async def test_a_large_result_rides_as_an_artifact_reference(runtime: ProcessHost, stdio_server: Server) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -44,6 +45,12 @@ def build_server(calls_file: str | None = None) -> MCPServer:
     def refuse(reason: str) -> str:
         note(f"refuse {reason}")
         raise ToolError(reason)
+
+    @server.tool(description="Answer after the given number of seconds.")
+    async def slow(seconds: float) -> str:
+        note(f"slow {seconds}")
+        await anyio.sleep(seconds)
+        return "done"
 
     @server.tool(description="The server process dies during the call.")
     def crash() -> str:

@@ -18,7 +18,19 @@ from typing import Any
 from aethergraph.core.errors import McpConfigError
 from aethergraph.core.settings import McpServerSettings
 
-__all__ = ["McpServerSpec", "configured_names", "register_mcp_server", "resolve_server", "unregister_mcp_server"]
+__all__ = [
+    "McpServerSpec",
+    "configured_names",
+    "env_prefix",
+    "register_mcp_server",
+    "resolve_server",
+    "unregister_mcp_server",
+]
+
+
+def env_prefix(name: str) -> str:
+    """The environment variables' prefix of server ``name``: ``AETHERGRAPH_MCP__SERVERS__<NAME>__``."""
+    return "AETHERGRAPH_MCP__SERVERS__" + "".join(ch if ch.isalnum() else "_" for ch in name).upper() + "__"
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,11 +154,11 @@ def resolve_server(name: str, servers: Mapping[str, McpServerSettings]) -> McpSe
     if config is not None:
         return _from_settings(name, config)
     known = ", ".join(configured_names(servers)) or "none"
-    env_name = "".join(ch if ch.isalnum() else "_" for ch in name).upper()
+    prefix = env_prefix(name)
     raise McpConfigError(
         f"no MCP server is configured as {name!r} (configured here: {known}). Configure it with "
-        f"AETHERGRAPH_MCP__SERVERS__{env_name}__COMMAND (and __ARGS, a JSON list) for a stdio server or "
-        f"AETHERGRAPH_MCP__SERVERS__{env_name}__URL for a streamable-HTTP one, or in code with "
+        f"{prefix}COMMAND (and {prefix}ARGS, a JSON list) for a stdio server or "
+        f"{prefix}URL for a streamable-HTTP one, or in code with "
         f"aethergraph.register_mcp_server({name!r}, command=..., args=[...]) / url=...",
         server=name,
     )

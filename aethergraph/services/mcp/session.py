@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aethergraph.core.errors import McpError, McpServerError, McpToolError
 
-from .servers import McpServerSpec
+from .servers import McpServerSpec, env_prefix
 
 if TYPE_CHECKING:
     from mcp import Client
@@ -189,7 +189,7 @@ class McpServerSession:
         if code == REQUEST_TIMEOUT or isinstance(exc, TimeoutError):
             return McpServerError(
                 f"MCP server {spec.name!r} ({spec.where()}) did not answer {what} within {spec.timeout_s:g} s "
-                "(raise the server's timeout_s: AETHERGRAPH_MCP__SERVERS__<NAME>__TIMEOUT_S or "
+                f"(raise the server's timeout: {env_prefix(spec.name)}TIMEOUT_S or "
                 "register_mcp_server(timeout_s=...))",
                 server=spec.name,
             )
@@ -290,7 +290,7 @@ class McpServerSession:
         if isinstance(leaf, FileNotFoundError) and spec.command is not None:
             hint = (
                 f"the command {spec.command!r} was not found: give its full path or put it on PATH "
-                f"(AETHERGRAPH_MCP__SERVERS__<NAME>__COMMAND or register_mcp_server(command=...))"
+                f"({env_prefix(spec.name)}COMMAND or register_mcp_server(command=...))"
             )
         else:
             hint = (
