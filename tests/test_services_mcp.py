@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,13 @@ class Server:
 
 
 @pytest.fixture
-def stdio_server(tmp_path: Path) -> Iterator[Server]:
+async def stdio_server(tmp_path: Path, runtime: ProcessHost, suspending_runtime: ProcessHost) -> AsyncIterator[Server]:
     name = f"calc_{os.urandom(3).hex()}"
     calls = tmp_path / "calls.txt"
     register_mcp_server(name, command=sys.executable, args=[str(SERVER_SCRIPT), str(calls)], timeout_s=30)
     yield Server(name, calls)
+    for host in (runtime, suspending_runtime):  # stop the server now rather than when the session's hosts close
+        await host.mcp.session(name).close()
     unregister_mcp_server(name)
 
 
