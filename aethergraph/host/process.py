@@ -39,6 +39,7 @@ from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.journal.ports import RunEnvironment
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.services.llm import OpenAIModelPort
+from aethergraph.services.mcp import McpConnections
 
 from .intake import ResumeIntake
 from .nodes import NodeRole
@@ -84,6 +85,7 @@ class ProcessHost:
     inline_answers: bool
     models: OpenAIModelPort = field(init=False)
     env: RunEnvironment = field(init=False)
+    mcp: McpConnections = field(init=False)
     driver: RunDriver = field(init=False)
     runs: RunOps = field(init=False)
     nodes: NodeRole = field(init=False)
@@ -95,6 +97,7 @@ class ProcessHost:
         self.nodes = NodeRole(self.bus, self.node_reports, self.settings)
         self.runs = RunOps(self.event_log, self.commands, self.leases)
         self.models = OpenAIModelPort(self.settings.llm)
+        self.mcp = McpConnections(self.settings.mcp.servers)
         self.env = RunEnvironment(
             event_log=self.event_log,
             worker_id=self.worker_id,
@@ -104,6 +107,7 @@ class ProcessHost:
             service_backends=self.service_backends,
             always_suspend=self.settings.always_suspend,
             models=self.models,
+            mcp=self.mcp,
         )
         self.driver = RunDriver(self.env, self.leases)
         self.intake = ResumeIntake(self.driver, self.commands)
@@ -169,6 +173,7 @@ class ProcessHost:
             await self._stop_cancels()
         await close_services()  # context services' close() hooks
         await self.models.close()
+        await self.mcp.close()  # stops the MCP servers this process started
         await self.leases.close()
         await self.node_reports.close()
         await self.event_log.close()
