@@ -53,7 +53,6 @@ NOT_YET_BUILT = {
     "llm": "the LLM service",
     "mcp": "the MCP service",
     "rag": "the retrieval (RAG) service",
-    "viz": "the visualization service",
 }
 # Attributes of a Service that are its machinery, never journaled as calls.
 _MACHINERY = frozenset({"ctx", "critical", "run_blocking", "start", "close"})
