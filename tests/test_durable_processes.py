@@ -141,6 +141,7 @@ def assert_consistent_chain(chain: Sequence[ev.Event], outputs: dict[str, Any]) 
     assert isinstance(chain[-1], ev.RunCompleted) and chain[-1].outputs == outputs
 
 
+
 def new_run_id(prefix: str) -> str:
     return f"dp{prefix}{os.urandom(5).hex()}"
 

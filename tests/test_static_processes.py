@@ -66,6 +66,7 @@ def by_label(log: Path, kind: str) -> dict[str, list[int]]:
     return found
 
 
+
 def new_run_id(prefix: str) -> str:
     return f"sp{prefix}{os.urandom(5).hex()}"
 
