@@ -144,6 +144,7 @@ async def test_a_replay_records_no_point_again_and_a_changed_track_diverges(runt
     [
         (lambda viz: viz.scalar("loss", step=1, value=math.nan), ValueError, "value is nan, not a finite number"),
         (lambda viz: viz.scalar("loss", value=math.inf), ValueError, "not a finite number"),
+        (lambda viz: viz.scalar("loss", value=10**400), ValueError, "value is inf, not a finite number"),
         (lambda viz: viz.scalar("loss", value="0.5"), TypeError, "not a number"),
         (lambda viz: viz.scalar("loss", value=True), TypeError, "not a number"),
         (lambda viz: viz.scalar("", value=1.0), ValueError, "a viz track needs a name"),

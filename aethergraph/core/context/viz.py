@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sized
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -36,6 +37,7 @@ MAX_NUMBERS: Final = 10_000
 """The most numbers one point (a vector, or a matrix's cells) may hold: it rides inside an event."""
 
 MAX_TRACK_CHARS: Final = 200
+_FLOAT_MAX: Final = sys.float_info.max
 
 Kind = Literal["scalar", "vector", "matrix", "image"]
 
@@ -71,9 +73,18 @@ def _step(step: Any) -> int | None:
 
 
 def _number(value: Any, point: _Point, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    kind = type(value)
+    if kind is float:  # the common cases first, without the ABC checks
+        number: float = value
+    elif kind is int:
+        number = float(value) if -_FLOAT_MAX <= value <= _FLOAT_MAX else (math.inf if value > 0 else -math.inf)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{point}: {where} is {value!r} ({type(value).__name__}), not a number (int or float)")
-    number = float(value)
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # a number too large for a float
+            number = math.inf
     if not math.isfinite(number):
         raise ValueError(
             f"{point}: {where} is {number}, not a finite number; record finite values only "
