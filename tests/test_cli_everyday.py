@@ -359,6 +359,7 @@ def test_read_only_commands_start_no_server_where_there_is_no_workspace(
         ["status", "cg-x"],
         ["sql", "SELECT 1"],
         ["events", "cg-x"],
+        ["tokens", "cg-x"],
         ["result", "cg-x"],
         ["waits"],
         ["lineage", "cg-x"],

@@ -46,6 +46,8 @@ TABLES = (
     "lineage_roots",
     "events",
     "memories",
+    "viz",
+    "llm_calls",
     "journal_heads",
     "journal_pending",
     "rejected_events",
@@ -309,6 +311,64 @@ class _Gen:
                     duration_us=5,
                 )
 
+        def llm(node_id: str) -> None:
+            """A model call: returned (with usage), failed after retries, or in flight."""
+            call = {
+                "profile": draw(st.sampled_from(["default", "fast"])),
+                "operation": draw(st.sampled_from(["chat", "embed"])),
+            }
+            called = emit(
+                ev.LlmCalled,
+                node_id,
+                model="m-1",
+                request={"messages": [self.arg()]},
+                request_digest="rd",
+                streamed=draw(st.booleans()),
+                **call,
+            )
+            outcome = draw(st.sampled_from(["returned", "failed", "open"]))
+            if outcome == "returned":
+                tokens = {f"{n}_tokens": draw(st.integers(0, 999)) for n in ("input", "output", "cached", "reasoning")}
+                emit(
+                    ev.LlmReturned,
+                    node_id,
+                    parent_seq=called,
+                    model="m-1-2024",
+                    response={"content": self.new_value()},
+                    finish_reason=draw(st.sampled_from(["stop", "length", "tool_calls"])),
+                    attempts=draw(st.integers(1, 3)),
+                    duration_us=draw(st.integers(0, 10**6)),
+                    **call,
+                    **tokens,
+                )
+            elif outcome == "failed":
+                emit(
+                    ev.LlmFailed,
+                    node_id,
+                    parent_seq=called,
+                    model="m-1",
+                    error_type="LLMEndpointError",
+                    message="503 from the endpoint",
+                    attempts=3,
+                    duration_us=5,
+                    **call,
+                )
+
+        def viz(node_id: str) -> None:
+            kind = draw(st.sampled_from(["scalar", "vector", "image"]))
+            number = draw(st.integers(-40, 40)) / 4
+            emit(
+                ev.VizRecorded,
+                node_id,
+                track=draw(st.sampled_from(["loss", "accuracy"])),
+                kind=kind,
+                step=draw(st.one_of(st.none(), st.integers(0, 9))),
+                value=None if kind == "image" else number if kind == "scalar" else [number, 1.0],
+                artifact_uri="file:///artifacts/png" if kind == "image" else None,
+                mime="image/png" if kind == "image" else "",
+                meta=draw(st.sampled_from([{}, {"layer": "fc1"}])),
+            )
+
         emit(
             ev.RunStarted,
             graph_id=f"g{depth}",
@@ -323,7 +383,7 @@ class _Gen:
                 st.sampled_from(
                     [
                         *["tool", "tool", "tool", "child", "wait", "claim", "artifact", "log", "value", "channel"],
-                        *["static", "ready", "ready", "skip"],
+                        *["static", "ready", "ready", "skip", "llm", "viz"],
                     ]
                 ),
                 min_size=1,
@@ -337,10 +397,16 @@ class _Gen:
                 args = {f"a{i}": self.arg() for i in range(draw(st.integers(0, 2)))}
                 called = emit(ev.ToolCalled, node_id, tool=tool, args=args, args_digest=f"d{len(args)}")
                 for inner in draw(
-                    st.lists(st.sampled_from(["service", "wait", "artifact", "log", "checkpoint"]), max_size=2)
+                    st.lists(
+                        st.sampled_from(["service", "wait", "artifact", "log", "checkpoint", "llm", "viz"]), max_size=2
+                    )
                 ):
                     if inner == "service":
                         service(node_id)
+                    elif inner == "llm":
+                        llm(node_id)
+                    elif inner == "viz":
+                        viz(node_id)
                     elif inner == "wait":
                         wait(node_id, may_stay_open=False)
                     elif inner == "artifact":
@@ -409,6 +475,10 @@ class _Gen:
                 artifact(draw(st.sampled_from([None, "root", last_node])), "graph")
             elif action == "log":
                 emit(ev.LogRecorded, "root", level="warning", message="body", fields={})
+            elif action == "llm":
+                llm("root")
+            elif action == "viz":
+                viz("root")
             elif action == "value":
                 emit(ev.ValueRecorded, "root", kind="uuid", value=self.new_value())
             elif action == "channel":
@@ -612,6 +682,9 @@ def test_incremental_projection_equals_a_rebuild_from_scratch(data: st.DataObjec
         called = {(e.run_id, e.seq) for e in events if isinstance(e, ev.ToolCalled)}
         assert {tuple(r) for r in rebuilt.query("SELECT run_id, call_seq FROM tool_calls").rows} == called
         assert one(rebuilt, "SELECT count(*) FROM artifacts") == sum(isinstance(e, ev.ArtifactSaved) for e in events)
+        models = {(e.run_id, e.seq) for e in events if isinstance(e, ev.LlmCalled)}
+        assert {tuple(r) for r in rebuilt.query("SELECT run_id, call_seq FROM llm_calls").rows} == models
+        assert one(rebuilt, "SELECT count(*) FROM viz") == sum(isinstance(e, ev.VizRecorded) for e in events)
         assert static_nodes(rebuilt) == expected_static_nodes(events)
     finally:
         rebuilt.close()

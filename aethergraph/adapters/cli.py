@@ -479,11 +479,11 @@ def nats_command(
         console.print(f"[bold]{key}[/]: {value}")
 
 
-# The projection commands (projector, sql, runs, lineage, export) and the static-graph
-# commands (graph, cancel, retry) register on the same app.
-from . import cli_graphs, cli_inspect, cli_migrate, cli_projections  # noqa: E402
+# The projection commands (projector, sql, runs, lineage, export), the static-graph
+# commands (graph, cancel, retry) and `tokens` register on the same app.
+from . import cli_graphs, cli_inspect, cli_migrate, cli_projections, cli_tokens  # noqa: E402
 
-__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections"]
+__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections", "cli_tokens"]
 
 
 def main() -> None:

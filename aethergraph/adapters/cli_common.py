@@ -48,7 +48,7 @@ bus to read.
 Exit status (every command):
   0    done; for `run`/`result`: the run succeeded
   1    the run failed, or the command could not do its job (the message says why)
-  2    bad arguments or settings; `events`, `result`: no such run
+  2    bad arguments or settings; `events`, `tokens`, `result`: no such run
   3    the run waits for an answer (`run`, `result`); `resume`: queued, no process took it yet
   4    `result`: the run has not ended yet (queued or running)
   5    `result`: the run was cancelled

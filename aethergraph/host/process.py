@@ -34,6 +34,7 @@ from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
 from aethergraph.bus.presence import client_name
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
+from aethergraph.bus.token_stream import NatsTokenStream
 from aethergraph.core.context.service_registry import close_services, start_services
 from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.journal.ports import RunEnvironment
@@ -108,6 +109,7 @@ class ProcessHost:
             always_suspend=self.settings.always_suspend,
             models=self.models,
             mcp=self.mcp,
+            token_stream=NatsTokenStream(self.bus.nc),
         )
         self.driver = RunDriver(self.env, self.leases)
         self.intake = ResumeIntake(self.driver, self.commands)

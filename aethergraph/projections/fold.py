@@ -68,6 +68,10 @@ _FIELDS: Final[dict[str, str]] = {
     "labels": "JSON",
     "data": "JSON", "tags": "JSON", "text": "VARCHAR", "executor": "VARCHAR", "retry_at_us": "BIGINT",
     "upstream": "VARCHAR", "queued": "BOOLEAN", "traceback": "VARCHAR",
+    "track": "VARCHAR", "step": "BIGINT", "value": "JSON", "artifact_uri": "VARCHAR", "meta": "JSON",
+    "profile": "VARCHAR", "model": "VARCHAR", "operation": "VARCHAR", "streamed": "BOOLEAN",
+    "finish_reason": "VARCHAR", "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
+    "reasoning_tokens": "BIGINT", "attempts": "BIGINT",
 }  # fmt: skip
 
 _STRUCTURE: Final = msgspec.json.encode(_FIELDS).decode().replace("'", "''")
@@ -291,8 +295,19 @@ WHERE nodes.run_id = x.run_id AND nodes.run_id >= $2 AND nodes.status IN ('runni
 )
 
 
-def _calls(table: str, opened: str, closed: tuple[str, str], extra: list[tuple[str, Rule, str]]) -> str:
+def _calls(
+    table: str,
+    opened: str,
+    closed: tuple[str, str],
+    extra: list[tuple[str, Rule, str]],
+    statuses: tuple[str, str, str] = ("running", "succeeded", "failed"),
+) -> str:
+    """A call table: one row per opening event ``opened``, merged with its outcome (``closed``: returned, failed).
+
+    ``statuses`` name a call in flight, returned and failed.
+    """
     returned, failed = closed
+    running, succeeded, failing = statuses
     return _merge(
         table,
         [
@@ -300,9 +315,9 @@ def _calls(table: str, opened: str, closed: tuple[str, str], extra: list[tuple[s
             ("call_seq", "key", f"CASE WHEN e.type = '{opened}' THEN e.seq ELSE e.parent END"),
             ("node_id", "first", _first("e.node_id", f"e.type = '{opened}'")),
             *extra,
-            ("args_digest", "first", _first("e.args_digest", f"e.type = '{opened}'")),
             ("status", "last", _last(
-                f"CASE e.type WHEN '{opened}' THEN 'running' WHEN '{returned}' THEN 'succeeded' ELSE 'failed' END",
+                f"CASE e.type WHEN '{opened}' THEN '{running}' WHEN '{returned}' THEN '{succeeded}' "
+                f"ELSE '{failing}' END",
                 "true",
             )),
             ("error_type", "last", _last("e.error_type", f"e.type = '{failed}'")),
@@ -325,6 +340,7 @@ _TOOL_CALLS = _calls(
     [
         ("tool", "first", _first("e.tool", "e.type = 'tool.called'")),
         ("args", "first", _first("e.args", "e.type = 'tool.called'")),
+        ("args_digest", "first", _first("e.args_digest", "e.type = 'tool.called'")),
         ("outputs", "last", _last("e.outputs", "e.type = 'tool.returned'")),
         ("worker", "last", _last("e.worker", "true")),
         ("traceback", "last", _last("nullif(e.traceback, '')", "e.type = 'tool.failed'")),
@@ -339,9 +355,29 @@ _SERVICE_CALLS = _calls(
         ("method", "first", _first("e.method", "e.type = 'service.called'")),
         ("args", "first", _first("e.args", "e.type = 'service.called'")),
         ("kwargs", "first", _first("e.kwargs", "e.type = 'service.called'")),
+        ("args_digest", "first", _first("e.args_digest", "e.type = 'service.called'")),
         ("result", "last", _last("coalesce(e.result, 'null'::JSON)", "e.type = 'service.returned'")),
     ],
 )
+
+# A model call (context.llm()): the request's profile/model/operation from llm.called, the usage from llm.returned,
+# the attempts from either outcome. Request and response stay in the events (never credentials: none reach them).
+_LLM_CALLS = _calls(
+    "llm_calls",
+    "llm.called",
+    ("llm.returned", "llm.failed"),
+    [
+        ("profile", "first", _first("e.profile", "e.type = 'llm.called'")),
+        ("model", "last", _last("e.model", "true")),
+        ("operation", "first", _first("e.operation", "e.type = 'llm.called'")),
+        ("streamed", "first", _first("e.streamed", "e.type = 'llm.called'")),
+        *[(f"{n}_tokens", "last", _last(f"e.{n}_tokens", "e.type = 'llm.returned'"))
+          for n in ("input", "output", "cached", "reasoning")],
+        ("attempts", "last", _last("e.attempts", "e.type <> 'llm.called'")),
+        ("finish_reason", "last", _last("e.finish_reason", "e.type = 'llm.returned'")),
+    ],
+    statuses=("in_flight", "ok", "failed"),
+)  # fmt: skip
 
 _WAITS = _merge(
     "waits",
@@ -386,6 +422,11 @@ _ARTIFACTS = (
 _MEMORIES = (
     "INSERT INTO memories SELECT e.run_id, e.seq, e.node_id, e.kind, e.name, e.data, e.tags, e.text, "
     "make_timestamp(e.ts) FROM staging WHERE pos > $1 AND e.type = 'memory.recorded'"
+)
+
+_VIZ = (
+    "INSERT INTO viz SELECT e.run_id, e.seq, e.node_id, e.track, e.kind, e.step, e.value, e.artifact_uri, "
+    "nullif(e.mime, ''), e.meta, make_timestamp(e.ts) FROM staging WHERE pos > $1 AND e.type = 'viz.recorded'"
 )
 
 _ROOTS = (
@@ -489,5 +530,7 @@ FOLDS: Final[dict[str, tuple[str, ...]]] = {
     "waits": (_WAITS, _WAITS_CLOSE),
     "artifacts": (_ARTIFACTS,),
     "memories": (_MEMORIES,),
+    "viz": (_VIZ,),
+    "llm": (_LLM_CALLS,),
     "lineage": (_ROOTS, _STRUCTURAL_EDGES, _PRODUCED_VALUES, _DATA_EDGES),
 }

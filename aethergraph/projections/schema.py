@@ -290,6 +290,56 @@ CREATE TABLE memories (
         },
     ),
     ProjectionSchema(
+        name="viz",
+        version=1,
+        description="one row per viz.recorded event: the points of every run's context.viz() tracks",
+        tables={
+            "viz": """
+CREATE TABLE viz (
+    run_id VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    node_id VARCHAR,
+    track VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    step BIGINT,
+    value JSON,
+    artifact_uri VARCHAR,
+    mime VARCHAR,
+    meta JSON,
+    recorded_at TIMESTAMP NOT NULL
+)""",
+        },
+    ),
+    ProjectionSchema(
+        name="llm",
+        version=1,
+        description="one row per model call of context.llm(): model, tokens, latency, finish reason, failure",
+        tables={
+            "llm_calls": """
+CREATE TABLE llm_calls (
+    run_id VARCHAR NOT NULL,
+    call_seq BIGINT NOT NULL,
+    node_id VARCHAR,
+    profile VARCHAR,
+    model VARCHAR,
+    operation VARCHAR,
+    streamed BOOLEAN,
+    status VARCHAR NOT NULL,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cached_tokens BIGINT,
+    reasoning_tokens BIGINT,
+    duration_us BIGINT,
+    attempts INTEGER,
+    finish_reason VARCHAR,
+    error_type VARCHAR,
+    error_message VARCHAR,
+    called_at TIMESTAMP,
+    ended_at TIMESTAMP
+)""",
+        },
+    ),
+    ProjectionSchema(
         name="lineage",
         version=3,
         description="causal and data-flow edges between runs, nodes, waits and artifacts",

@@ -29,6 +29,7 @@ from aethergraph.core.journal.scope import RunScope, cursor
 from aethergraph.core.journal.step import StepKey, run_call
 from aethergraph.core.wire.codec import digest
 from aethergraph.core.wire.events import LlmCalled, LlmFailed, LlmReturned
+from aethergraph.core.wire.token_delta import TokenDelta, encode_token_delta
 
 if TYPE_CHECKING:
     from aethergraph.core.context.node_context import NodeContext
@@ -208,13 +209,7 @@ def publish_delta(
     stream = scope.env.token_stream
     if stream is None:
         return
-    payload = {
-        "run_id": scope.run_id,
-        "node_id": node_id,
-        "call_seq": call_seq,
-        "index": index,
-        "text": text,
-        "done": done,
-        "attempt": attempt,
-    }
-    stream.publish(scope.run_id, node_id, _encode(payload))
+    delta = TokenDelta(
+        run_id=scope.run_id, node_id=node_id, call_seq=call_seq, index=index, text=text, done=done, attempt=attempt
+    )
+    stream.publish(scope.run_id, node_id, encode_token_delta(delta))

@@ -17,6 +17,7 @@ from aethergraph.core.context.logger import NodeLogger
 from aethergraph.core.context.mcp import McpClient
 from aethergraph.core.context.memory import MemoryService
 from aethergraph.core.context.service_registry import reserve_context_names, service_accessor
+from aethergraph.core.context.viz import VizService
 from aethergraph.core.context.waits import Wait, wait_for
 from aethergraph.core.ids import ROOT_NODE
 from aethergraph.core.journal.run_control import RunManager
@@ -108,6 +109,10 @@ class NodeContext:
     def mcp(self, name: str) -> McpClient:
         """The MCP server configured as ``name``: its tools and resources, every call journaled (docs/agents.md)."""
         return McpClient(self, name)
+
+    def viz(self) -> VizService:
+        """Visualisation tracks: record scalars, vectors, matrices and images as points (the ``viz`` table)."""
+        return VizService(self)
 
     def __getattr__(self, name: str) -> Any:
         """``context.<name>()``: a context service registered with ``register_context_service``."""

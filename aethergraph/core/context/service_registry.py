@@ -51,7 +51,6 @@ BUILTIN_SERVICES = frozenset(
 # Built-in names reserved for services this version does not provide yet, and what they will be.
 NOT_YET_BUILT = {
     "rag": "the retrieval (RAG) service",
-    "viz": "the visualization service",
 }
 # Attributes of a Service that are its machinery, never journaled as calls.
 _MACHINERY = frozenset({"ctx", "critical", "run_blocking", "start", "close"})
