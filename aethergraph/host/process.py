@@ -33,11 +33,14 @@ from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
 from aethergraph.bus.presence import client_name
+from aethergraph.bus.rag_feed import RagFeed
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.core.context.service_registry import close_services, start_services
 from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.journal.ports import RunEnvironment
+from aethergraph.core.journal.vector_port import RagConfig
 from aethergraph.core.settings import Settings, load_settings
+from aethergraph.projections.vector_index import VectorIndex
 
 from .intake import ResumeIntake
 from .nodes import NodeRole
@@ -63,6 +66,17 @@ class WaitRole:
         await self.commands.schedule_expiry(run_id, wait_id, deadline_us)
 
 
+def _rag_config(settings: Settings) -> RagConfig:
+    rag = settings.rag
+    profile = settings.llm.default if rag.embed_profile == "default" else settings.llm.profiles.get(rag.embed_profile)
+    return RagConfig(
+        embed_profile=rag.embed_profile,
+        chunk_chars=rag.chunk_chars,
+        chunk_overlap=rag.chunk_overlap,
+        memory_embed_profile=rag.embed_profile if profile is not None and profile.embed_model else None,
+    )
+
+
 def _terminal_answers(settings: Settings) -> bool:
     mode = settings.console_input
     return mode == "always" or (mode == "auto" and sys.stdin is not None and sys.stdin.isatty())
@@ -86,12 +100,14 @@ class ProcessHost:
     runs: RunOps = field(init=False)
     nodes: NodeRole = field(init=False)
     intake: ResumeIntake = field(init=False)
+    vectors: VectorIndex = field(init=False)
     _stop_cancels: Callable[[], Awaitable[None]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         # Runs start runs: the environment holds the roles, and the roles run in the environment.
         self.nodes = NodeRole(self.bus, self.node_reports, self.settings)
         self.runs = RunOps(self.event_log, self.commands, self.leases)
+        self.vectors = VectorIndex(RagFeed(self.bus), self.service_backends.blobs, _rag_config(self.settings))
         self.env = RunEnvironment(
             event_log=self.event_log,
             worker_id=self.worker_id,
@@ -100,6 +116,7 @@ class ProcessHost:
             runs=self.runs,
             service_backends=self.service_backends,
             always_suspend=self.settings.always_suspend,
+            vectors=self.vectors,
         )
         self.driver = RunDriver(self.env, self.leases)
         self.intake = ResumeIntake(self.driver, self.commands)
@@ -135,6 +152,7 @@ class ProcessHost:
             inline_answers=_terminal_answers(settings) if inline_answers is None else inline_answers,
         )
         bus.events.on_disconnect(host.node_reports.connection_lost)
+        bus.events.on_disconnect(host.vectors.connection_lost)
         try:
             host._stop_cancels = await host.commands.watch_cancels(host._on_cancel_request)
             await start_services()  # registered context services' start() hooks
@@ -164,6 +182,7 @@ class ProcessHost:
         if self._stop_cancels is not None:
             await self._stop_cancels()
         await close_services()  # context services' close() hooks
+        await self.vectors.close()
         await self.leases.close()
         await self.node_reports.close()
         await self.event_log.close()

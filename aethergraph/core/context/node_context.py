@@ -14,6 +14,7 @@ from aethergraph.core.context.channel import Channel
 from aethergraph.core.context.kv import KeyValueService
 from aethergraph.core.context.logger import NodeLogger
 from aethergraph.core.context.memory import MemoryService
+from aethergraph.core.context.rag import RagService
 from aethergraph.core.context.service_registry import reserve_context_names, service_accessor
 from aethergraph.core.context.waits import Wait, wait_for
 from aethergraph.core.ids import ROOT_NODE
@@ -98,6 +99,10 @@ class NodeContext:
     def memory(self) -> MemoryService:
         """The run's memory: record entries, read recent ones, search them, chat history."""
         return MemoryService(self)
+
+    def rag(self) -> RagService:
+        """Corpora of embedded documents: add_corpus, upsert_docs, search, answer (see docs/agents.md)."""
+        return RagService(self)
 
     def __getattr__(self, name: str) -> Any:
         """``context.<name>()``: a context service registered with ``register_context_service``."""

@@ -52,7 +52,6 @@ BUILTIN_SERVICES = frozenset(
 NOT_YET_BUILT = {
     "llm": "the LLM service",
     "mcp": "the MCP service",
-    "rag": "the retrieval (RAG) service",
     "viz": "the visualization service",
 }
 # Attributes of a Service that are its machinery, never journaled as calls.

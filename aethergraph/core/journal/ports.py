@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from aethergraph.core.journal.model_port import ModelPort, TokenStream
     from aethergraph.core.journal.service_ports import ServiceBackends
+    from aethergraph.core.journal.vector_port import VectorIndexPort
     from aethergraph.core.model.spec import CallableSpec
     from aethergraph.core.wire.node_report import LocalNode, NodeReport
 
@@ -190,3 +191,5 @@ class RunEnvironment:
     # Model endpoints by profile (``context.llm()``) and where streamed tokens go; None: not available here.
     models: ModelPort | None = None
     token_stream: TokenStream | None = None
+    # The process's vector index (``context.rag()``); None: not available here (offline replay).
+    vectors: VectorIndexPort | None = None
