@@ -29,6 +29,7 @@ from . import (
     bench_outage,
     bench_projections,
     bench_publish,
+    bench_rag,
     bench_replay,
     bench_resume,
     bench_services,
@@ -74,6 +75,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_outage,
         bench_burst,
         bench_lifecycle,
+        bench_rag,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

@@ -56,7 +56,8 @@ _COLUMNS = ("doc_id", "title", "source")
 _BLOB_CONCURRENCY = 8
 _CORPORA_DDL = """
 CREATE TABLE IF NOT EXISTS rag_corpora (
-    corpus VARCHAR PRIMARY KEY, embed_profile VARCHAR, meta JSON, dim INTEGER, embed_model VARCHAR
+    corpus VARCHAR PRIMARY KEY, embed_profile VARCHAR, meta JSON, dim INTEGER, embed_model VARCHAR,
+    chunk_count BIGINT DEFAULT 0, doc_count BIGINT DEFAULT 0
 )"""
 
 
@@ -138,7 +139,7 @@ class VectorIndex:
             event = message.event
             if isinstance(event, RagCorpusAdded):
                 con.execute(
-                    "INSERT INTO rag_corpora VALUES (?, ?, ?, NULL, '') ON CONFLICT (corpus) DO UPDATE SET "
+                    "INSERT INTO rag_corpora VALUES (?, ?, ?, NULL, '', 0, 0) ON CONFLICT (corpus) DO UPDATE SET "
                     "embed_profile = excluded.embed_profile, meta = excluded.meta WHERE rag_corpora.embed_profile = ''",
                     [event.corpus, event.embed_profile, msgspec.json.encode(event.meta).decode()],
                 )
@@ -146,7 +147,9 @@ class VectorIndex:
                 self._apply_upsert(con, event, batch)
 
     def _apply_upsert(self, con: duckdb.DuckDBPyConnection, event: RagUpserted, batch: ChunkBatch) -> None:
-        con.execute("INSERT INTO rag_corpora VALUES (?, '', '{}', NULL, '') ON CONFLICT DO NOTHING", [event.corpus])
+        con.execute(
+            "INSERT INTO rag_corpora VALUES (?, '', '{}', NULL, '', 0, 0) ON CONFLICT DO NOTHING", [event.corpus]
+        )
         row = con.execute("SELECT dim FROM rag_corpora WHERE corpus = ?", [event.corpus]).fetchone()
         known_dim = row[0] if row else None
         if batch.chunks and known_dim is not None and known_dim != batch.dim:
@@ -164,12 +167,21 @@ class VectorIndex:
                 f"DELETE FROM {_chunks_table(dim)} WHERE corpus = ? AND doc_id IN (SELECT unnest(?))",
                 [event.corpus, batch.doc_ids],
             )
-        if not batch.chunks:
-            return
-        con.execute(
-            "UPDATE rag_corpora SET dim = ?, embed_model = ? WHERE corpus = ?",
-            [batch.dim, batch.embed_model, event.corpus],
-        )
+        if batch.chunks:
+            con.execute(
+                "UPDATE rag_corpora SET dim = ?, embed_model = ? WHERE corpus = ?",
+                [batch.dim, batch.embed_model, event.corpus],
+            )
+            self._insert(con, event.corpus, batch)
+        for dim in self._dims:
+            con.execute(
+                f"UPDATE rag_corpora SET chunk_count = c.n, doc_count = c.d FROM (SELECT count(*) AS n, "
+                f"count(DISTINCT doc_id) AS d FROM {_chunks_table(dim)} WHERE corpus = ?) AS c "
+                "WHERE corpus = ? AND dim = ?",
+                [event.corpus, event.corpus, dim],
+            )
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, corpus: str, batch: ChunkBatch) -> None:
         table = self._ensure_table(con, batch.dim)
         chunks = batch.chunks
         # Vectors go in as JSON text cast in SQL: converting Python floats one by one is several times slower.
@@ -177,7 +189,7 @@ class VectorIndex:
             f"INSERT INTO {table} SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), unnest(?), "
             f"unnest(?)::JSON, unnest(?)::FLOAT[{batch.dim}]",
             [
-                event.corpus,
+                corpus,
                 [c.doc_id for c in chunks],
                 [c.chunk_no for c in chunks],
                 [c.title for c in chunks],
@@ -212,29 +224,22 @@ class VectorIndex:
         try:
             where = "WHERE corpus = ?" if corpus is not None else ""
             rows = con.execute(
-                f"SELECT corpus, embed_profile, meta, dim, embed_model FROM rag_corpora {where} ORDER BY corpus",
+                "SELECT corpus, embed_profile, meta, dim, embed_model, chunk_count, doc_count "
+                f"FROM rag_corpora {where} ORDER BY corpus",
                 [corpus] if corpus is not None else [],
             ).fetchall()
-            found = []
-            for name, profile, meta, dim, model in rows:
-                chunks, docs = 0, 0
-                if dim is not None and dim in self._dims:
-                    counted = con.execute(
-                        f"SELECT count(*), count(DISTINCT doc_id) FROM {_chunks_table(dim)} WHERE corpus = ?", [name]
-                    ).fetchone()
-                    chunks, docs = counted if counted else (0, 0)
-                found.append(
-                    CorpusInfo(
-                        corpus=name,
-                        embed_profile=profile,
-                        meta=msgspec.json.decode(meta) if meta else {},
-                        dim=dim or 0,
-                        embed_model=model,
-                        chunk_count=chunks,
-                        doc_count=docs,
-                    )
+            return [
+                CorpusInfo(
+                    corpus=name,
+                    embed_profile=profile,
+                    meta=msgspec.json.decode(meta) if meta else {},
+                    dim=dim or 0,
+                    embed_model=model,
+                    chunk_count=chunks,
+                    doc_count=docs,
                 )
-            return found
+                for name, profile, meta, dim, model, chunks, docs in rows
+            ]
         finally:
             con.close()
 
@@ -260,9 +265,10 @@ class VectorIndex:
             clauses, params = _filter_sql(filters)
             rows = con.execute(
                 f"SELECT doc_id, chunk_no, text, title, source, metadata, "
-                f"array_cosine_similarity(vec, ?::FLOAT[{dim}]) AS score FROM {_chunks_table(dim)} "
+                f"array_cosine_similarity(vec, ?::VARCHAR::FLOAT[{dim}]) AS score FROM {_chunks_table(dim)} "
                 f"WHERE corpus = ?{clauses} ORDER BY score DESC NULLS LAST, doc_id, chunk_no LIMIT ?",
-                [vector, corpus, *params, int(k)],
+                # the query as JSON text: binding a list of Python floats costs more than parsing it
+                [msgspec.json.encode(vector).decode(), corpus, *params, int(k)],
             ).fetchall()
         finally:
             con.close()
