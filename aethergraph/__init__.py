@@ -12,6 +12,7 @@ from aethergraph.core.api.decorators import graph_fn, tool
 from aethergraph.core.api.dual_stage import DualStageTool
 from aethergraph.core.api.graphify import TaskGraphBuilder, graphify
 from aethergraph.core.context.artifacts import Artifact
+from aethergraph.core.context.llm import LLMClient
 from aethergraph.core.context.memory import MemoryEntry
 from aethergraph.core.context.node_context import NodeContext
 from aethergraph.core.context.service_base import Service, journal_by_digest, not_journaled
@@ -39,12 +40,14 @@ from aethergraph.runtime import (
     start_server,
     submit,
 )
+from aethergraph.services.llm import register_llm_client
 
 __all__ = [
     "AetherGraphError",
     "Artifact",
     "DualStageTool",
     "GraphFunction",
+    "LLMClient",
     "MemoryEntry",
     "NodeContext",
     "RetryPolicy",
@@ -68,6 +71,7 @@ __all__ = [
     "query",
     "query_async",
     "register_context_service",
+    "register_llm_client",
     "resume",
     "retry",
     "run",

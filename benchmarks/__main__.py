@@ -26,6 +26,7 @@ from . import (
     bench_codec,
     bench_cold_start,
     bench_lifecycle,
+    bench_llm,
     bench_outage,
     bench_projections,
     bench_publish,
@@ -75,6 +76,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_outage,
         bench_burst,
         bench_lifecycle,
+        bench_llm,
         bench_rag,
     )
 }

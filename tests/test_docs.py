@@ -34,6 +34,12 @@ def test_readme_demo_command_names_a_real_graph() -> None:
     assert f"async def {attribute}(" in (ROOT / path).read_text()
 
 
+def test_readme_example_agent_is_the_code_of_examples_agent() -> None:
+    section = (ROOT / "README.md").read_text().split("## Agents", 1)[1]
+    shown = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    assert shown.strip() in (ROOT / "examples" / "agent.py").read_text()
+
+
 def test_events_doc_lists_every_type_and_field() -> None:
     text = (ROOT / "docs" / "events.md").read_text()
     common = set(Event.__struct_fields__)

@@ -22,10 +22,10 @@ from aethergraph.core.ids import new_run_id
 from aethergraph.core.wire import events as ev
 from aethergraph.errors import (
     DecorationError,
+    LLMConfigError,
     OutputError,
     ResumeRejectedError,
     ServiceNameError,
-    UnknownServiceError,
 )
 from aethergraph.host.runs import RunHandle, Suspended
 from aethergraph.host.worker import Worker
@@ -233,18 +233,14 @@ async def os_uses_llm_client(*, context):  # type: ignore[no-untyped-def]
     return {"reply": await context.llm_client().chat("hi")}
 
 
-async def test_context_llm_says_it_is_not_available_and_how_to_provide_one(runtime: ProcessHost) -> None:
-    with pytest.raises(UnknownServiceError) as info:
+async def test_context_llm_without_a_model_fails_naming_the_setting_and_llm_is_built_in(runtime: ProcessHost) -> None:
+    with pytest.raises(LLMConfigError) as info:
         await aethergraph.run_async(os_uses_llm)
-    message = str(info.value)
-    assert "context.llm() is not available" in message and "not built into this version" in message
-    assert "register_context_service('llm'," not in message  # no advice that registration then refuses
-    suggested = "llm_client"
-    assert f"register_context_service('{suggested}'" in message
-    with pytest.raises(ServiceNameError, match=r"reserved for the LLM service, which this version .* llm_client"):
+    assert "AETHERGRAPH_LLM__DEFAULT__MODEL" in str(info.value) and info.value.profile == "default"
+    with pytest.raises(ServiceNameError, match="built in"):
         register_context_service("llm", OsLlmClient())
-    register_context_service(suggested, OsLlmClient())  # the advice works
+    register_context_service("llm_client", OsLlmClient())  # a provider of your own lives under another name
     try:
         assert await aethergraph.run_async(os_uses_llm_client) == {"reply": "echo: hi"}
     finally:
-        unregister_context_service(suggested)
+        unregister_context_service("llm_client")

@@ -18,17 +18,20 @@ from aethergraph.core.wire.events import ToolFailed
 
 PUBLIC_MODULES: dict[str, list[str]] = {
     "aethergraph": [
-        "AetherGraphError", "Artifact", "DualStageTool", "GraphFunction", "MemoryEntry", "NodeContext",
+        "AetherGraphError", "Artifact", "DualStageTool", "GraphFunction", "LLMClient", "MemoryEntry", "NodeContext",
         "RetryPolicy", "RunHandle", "RunManager", "Service", "Settings", "TaskGraph", "TaskGraphBuilder",
         "Tool", "Wait", "cancel", "close_runtime", "errors", "get_run", "get_runtime", "graph_fn",
         "graphify", "journal_by_digest", "not_journaled", "query", "query_async", "register_context_service",
+        "register_llm_client",
         "resume", "retry", "run", "run_async", "serve_projector", "serve_worker", "start_run", "start_server",
         "submit", "tool",
     ],
     "aethergraph.errors": [
         "AetherGraphError", "ArtifactNotFoundError", "BusUnavailableError", "DecorationError",
         "EventRejectedError", "EventTooLargeError", "GraphBuildError", "GraphInputError", "GraphMismatchError",
-        "GraphNotFoundError", "HistoryEnded", "KeyConflictError", "NonDeterminismError", "NotInRunError",
+        "GraphNotFoundError", "HistoryEnded", "KeyConflictError", "LLMConfigError", "LLMEndpointError", "LLMError",
+        "LLMResponseError", "McpConfigError", "McpError", "McpServerError", "McpToolError", "NonDeterminismError",
+        "NotInRunError", "RagError", "TokenBudgetExceeded",
         "NotRetryableError", "OutputError", "ProjectionError", "ProjectionLockedError", "ReplayedError",
         "ResumeRejectedError", "RunBusyError", "RunCancelledError", "RunExistsError", "RunFailedError",
         "RunNotFoundError", "RunSuspended", "SerializationError", "ServiceNameError", "StaleWriterError",

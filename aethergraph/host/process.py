@@ -41,6 +41,7 @@ from aethergraph.core.journal.ports import RunEnvironment
 from aethergraph.core.journal.vector_port import RagConfig
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.projections.vector_index import VectorIndex
+from aethergraph.services.llm import OpenAIModelPort
 
 from .intake import ResumeIntake
 from .nodes import NodeRole
@@ -95,6 +96,7 @@ class ProcessHost:
     node_reports: JetStreamNodeReports
     service_backends: JetStreamServiceBackends
     inline_answers: bool
+    models: OpenAIModelPort = field(init=False)
     env: RunEnvironment = field(init=False)
     driver: RunDriver = field(init=False)
     runs: RunOps = field(init=False)
@@ -107,6 +109,7 @@ class ProcessHost:
         # Runs start runs: the environment holds the roles, and the roles run in the environment.
         self.nodes = NodeRole(self.bus, self.node_reports, self.settings)
         self.runs = RunOps(self.event_log, self.commands, self.leases)
+        self.models = OpenAIModelPort(self.settings.llm)
         self.vectors = VectorIndex(RagFeed(self.bus), self.service_backends.blobs, _rag_config(self.settings))
         self.env = RunEnvironment(
             event_log=self.event_log,
@@ -116,6 +119,7 @@ class ProcessHost:
             runs=self.runs,
             service_backends=self.service_backends,
             always_suspend=self.settings.always_suspend,
+            models=self.models,
             vectors=self.vectors,
         )
         self.driver = RunDriver(self.env, self.leases)
@@ -182,6 +186,7 @@ class ProcessHost:
         if self._stop_cancels is not None:
             await self._stop_cancels()
         await close_services()  # context services' close() hooks
+        await self.models.close()
         await self.vectors.close()
         await self.leases.close()
         await self.node_reports.close()

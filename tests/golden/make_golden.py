@@ -233,6 +233,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "error_type": "aethergraph.errors.LLMEndpointError",
         "message": "endpoint unreachable",
         "attempts": 3,
+        "input_tokens": 30,
+        "output_tokens": 7,
         "duration_us": 900000,
         "traceback": "Traceback (most recent call last): ...",
     },

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from aethergraph.core.context.artifacts import ArtifactService
 from aethergraph.core.context.channel import Channel
 from aethergraph.core.context.kv import KeyValueService
+from aethergraph.core.context.llm import LLMClient
 from aethergraph.core.context.logger import NodeLogger
 from aethergraph.core.context.memory import MemoryService
 from aethergraph.core.context.rag import RagService
@@ -99,6 +100,10 @@ class NodeContext:
     def memory(self) -> MemoryService:
         """The run's memory: record entries, read recent ones, search them, chat history."""
         return MemoryService(self)
+
+    def llm(self, profile: str = "default") -> LLMClient:
+        """Model calls through ``profile`` (``AETHERGRAPH_LLM__*`` settings), each journaled (docs/agents.md)."""
+        return LLMClient(self, profile)
 
     def rag(self) -> RagService:
         """Corpora of embedded documents: add_corpus, upsert_docs, search, answer (see docs/agents.md)."""

@@ -34,7 +34,7 @@ from aethergraph.core.wire.events import ServiceCalled, ServiceFailed, ServiceRe
 if TYPE_CHECKING:
     from aethergraph.core.context.node_context import NodeContext
 
-__all__ = ["call_journaled"]
+__all__ = ["call_journaled", "load_spilled", "spill_bytes"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -55,8 +55,8 @@ def _digest_of_unencodable(args: Sequence[Any], kwargs: Mapping[str, Any]) -> st
     return digest(repr((list(args), sorted(kwargs.items()))).encode())
 
 
-async def _spill(scope: RunScope, raw: bytes) -> str:
-    """Store an oversized encoded value as a blob; its URI goes into the event instead."""
+async def spill_bytes(scope: RunScope, raw: bytes) -> str:
+    """Store an oversized encoded value as a blob; its URI goes into the event instead (content-addressed)."""
     blobs = scope.env.service_backends.blobs
     sha = hashlib.sha256(raw).hexdigest()
     if not await blobs.has(sha):
@@ -64,7 +64,8 @@ async def _spill(scope: RunScope, raw: bytes) -> str:
     return blobs.uri(sha)
 
 
-async def _unspill(scope: RunScope, ref: str) -> Any:
+async def load_spilled(scope: RunScope, ref: str) -> Any:
+    """The value a journal stored by reference (:func:`spill_bytes`), decoded."""
     blobs = scope.env.service_backends.blobs
     sha = blobs.digest_of(ref)
     if sha is None:
@@ -74,7 +75,7 @@ async def _unspill(scope: RunScope, ref: str) -> Any:
 
 async def _recorded_result(scope: RunScope, outcome: ServiceReturned) -> Any:
     if outcome.result_ref:
-        return await _unspill(scope, outcome.result_ref)
+        return await load_spilled(scope, outcome.result_ref)
     return outcome.result
 
 
@@ -114,7 +115,7 @@ async def call_journaled(
         args_ref = None
         if len(raw_args) > inline_limit:
             event_args, event_kwargs = [], {}
-            args_ref = await _spill(scope, raw_args)
+            args_ref = await spill_bytes(scope, raw_args)
         else:
             event_args, event_kwargs = _decode(raw_args)
     key = StepKey(
@@ -163,7 +164,7 @@ async def _journal_value(
             f"{exc.message} Or mark {method} with @journal_by_digest (recorded by digest, called again on replay)"
         ) from exc.__cause__
     if len(raw) > inline_limit:
-        return value, await _spill(scope, raw)
+        return value, await spill_bytes(scope, raw)
     return value, None
 
 

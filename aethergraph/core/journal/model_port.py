@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "EmbedReply",
+    "DeltaSink",
     "ModelEndpoint",
     "ModelPort",
     "ModelReply",
@@ -72,8 +73,9 @@ class EmbedReply:
     attempts: int = 1
 
 
-DeltaSink = Callable[[str], None]
-"""Receives each streamed piece of the answer's text as it arrives."""
+DeltaSink = Callable[[str, int], None]
+"""Receives each streamed piece of the answer's text as it arrives, with the attempt it belongs to
+(a retried call streams again from the start, under the next attempt number)."""
 
 
 class ModelEndpoint(Protocol):

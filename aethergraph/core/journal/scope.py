@@ -42,6 +42,8 @@ class RunScope:
     claim_reason: str | None = None
     # The run's memory entries (context.memory()), from the journal and this execution; built on first use.
     memory_log: list[MemoryRecorded] | None = None
+    # Tokens the run's model calls spent, as journaled (recorded calls count again as replay passes them).
+    llm_tokens: int = 0
 
     # Offline replay (aethergraph.testing.replay): stop where the recorded history ends instead of going live.
     offline: bool = False

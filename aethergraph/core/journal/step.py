@@ -121,6 +121,7 @@ async def run_call(
     on_recorded: Callable[[Outcome], Awaitable[Any]],
     failing_node: str | None = None,
     raise_recorded_failure: bool = True,
+    failed_extra: Callable[[BaseException], Mapping[str, Any]] | None = None,
 ) -> Any:
     """A call step: replay its recorded outcome, or journal the call, execute it and journal the outcome.
 
@@ -131,8 +132,9 @@ async def run_call(
     executes again under its recorded opening. Live, ``execute()`` runs with
     the opening as causal cursor; ``returned`` names the outcome event and
     builds its fields and the call's value from the result (an error there
-    is the call's failure, journaled as ``failed``). ``failing_node`` is
-    named as the failed node of the run if the failure ends it.
+    is the call's failure, journaled as ``failed``, with the fields
+    ``failed_extra`` adds for the exception). ``failing_node`` is named as
+    the failed node of the run if the failure ends it.
     """
     step = take_recorded(scope, key)
     called_seq: int | None = None
@@ -171,7 +173,8 @@ async def run_call(
     except Exception as exc:
         if failing_node is not None:
             scope.failed_nodes[id(exc)] = failing_node
-        failure, committed = _append_outcome(scope, key, failed, called_seq, started, failure_fields(exc))
+        fields = failure_fields(exc) if failed_extra is None else {**failure_fields(exc), **failed_extra(exc)}
+        failure, committed = _append_outcome(scope, key, failed, called_seq, started, fields)
         await committed
         cursor.set(failure.seq)
         raise

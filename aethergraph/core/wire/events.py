@@ -393,7 +393,7 @@ class LlmReturned(Event, frozen=True, kw_only=True, tag="llm.returned"):
     """
 
     profile: str
-    model: str
+    model: str = ""
     operation: Literal["chat", "embed"]
     response: Any = None
     response_ref: str | None = None
@@ -407,14 +407,21 @@ class LlmReturned(Event, frozen=True, kw_only=True, tag="llm.returned"):
 
 
 class LlmFailed(Event, frozen=True, kw_only=True, tag="llm.failed"):
-    """A model call's committed failure (after its retries); ``parent`` is its ``llm.called``."""
+    """A model call's committed failure; ``parent`` is its ``llm.called``.
+
+    The endpoint failed for good (after ``attempts``), or it answered and the
+    answer was refused (invalid JSON, a schema or ``response_model`` it does
+    not satisfy): then the tokens it spent are counted here.
+    """
 
     profile: str
-    model: str
+    model: str = ""
     operation: Literal["chat", "embed"]
     error_type: str
     message: str
     attempts: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
     duration_us: int = 0
     traceback: str = ""
 
