@@ -16,7 +16,7 @@ from aethergraph.host.process import ProcessHost, _rag_config
 from aethergraph.projections.vector_index import VectorIndex
 
 from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, latency_figure, value_figure
-from .hash_embedder import HashEmbedEndpoint, HashModels, hashed_vector
+from .hash_model import HashEmbedEndpoint, HashModels, hashed_vector
 
 NAME = "rag"
 TITLE = "16. RAG"
@@ -145,7 +145,7 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     figures, facts = asyncio.run(_measure(ctx))
     notes = [
         f"{facts['chunks']:,} documents of 30 words drawn from a 5,000-word vocabulary, one chunk each, embedded "
-        f"by an in-process hashed bag-of-words model ({DIM} dimensions, `benchmarks/hash_embedder.py`), so the "
+        f"by an in-process hashed bag-of-words model ({DIM} dimensions, `benchmarks/hash_model.py`), so the "
         "figures are the runtime's and the index's, not a model server's. An upsert of more than 500 documents "
         "is journaled as one `rag.upserted` per 500 (each referencing one chunk blob in the artifact store, here "
         "local files on the embedded server).",

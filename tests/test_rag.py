@@ -2,7 +2,7 @@
 each host's DuckDB index (read-your-writes across hosts), replay without embedding, bad input.
 
 The model port of these runs is the deterministic hashed-bag-of-words embedder of
-``benchmarks/hash_embedder.py`` (texts sharing words are near).
+``benchmarks/hash_model.py`` (texts sharing words are near).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from aethergraph.core.settings import load_settings
 from aethergraph.core.wire import events as ev
 from aethergraph.errors import RagError
 from aethergraph.host.process import ProcessHost, _rag_config
-from benchmarks.hash_embedder import HashModels
+from benchmarks.hash_model import HashModels
 
 FILLER = [
     "The quarterly report covers revenue growth in the northern region.",
@@ -274,3 +274,37 @@ def test_memory_embedding_profile_comes_from_settings() -> None:
     assert config.memory_embed_profile == "default" and config.chunk_chars == 500
     named = load_settings(llm={"profiles": {"emb": {"embed_model": "e5"}}}, rag={"embed_profile": "emb"})
     assert _rag_config(named).memory_embed_profile == "emb"
+
+
+@graph_fn(name="rag_answer", outputs=["v"])
+async def rag_answer(corpus: str, *, context: Any) -> dict[str, Any]:
+    rag = context.rag()
+    await rag.add_corpus(corpus)
+    docs = [{"text": text, "doc_id": f"filler-{i}"} for i, text in enumerate(FILLER)]
+    await rag.upsert_docs(corpus, [*docs, {"text": PLANTED, "doc_id": "turbines", "title": "Turbine manual"}])
+    return {"v": await rag.answer(corpus, "When is a titanium turbine blade replaced?", k=3)}
+
+
+@pytest.mark.parametrize("suspending", [False, True], ids=["live", "always_suspend"])
+async def test_answer_cites_the_passages_it_used(
+    runtime: ProcessHost, suspending_runtime: ProcessHost, suspending: bool
+) -> None:
+    models = HashModels()
+    host = suspending_runtime if suspending else runtime
+    run_id = "rag" + os.urandom(5).hex()
+    v = (
+        await execute_run(rag_answer.spec, {"corpus": corpus_name("answer")}, run_id=run_id, env=env_with(host, models))
+    )["v"]
+    assert (
+        v["answer"] == "Turbine blade inspection: replace the titanium blade when erosion exceeds two millimetres. [1]"
+    )
+    [cited] = v["citations"]
+    assert cited["index"] == 1 and cited["doc_id"] == "turbines" and cited["title"] == "Turbine manual"
+    assert v["usage"]["input_tokens"] > 0
+    # one model turn with the numbered passages, however often the body was replayed
+    [request] = models.endpoint_.chats
+    prompt = request.messages[-1]["content"]
+    assert prompt.startswith("Context:\n[1] Turbine manual\n") and "[3] " in prompt and "[4] " not in prompt
+    assert models.endpoint_.requests == [9, 1]
+    chain = await chain_of(host, run_id)
+    assert sum(isinstance(e, ev.LlmCalled) for e in chain) == 1

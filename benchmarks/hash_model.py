@@ -1,6 +1,9 @@
-"""A deterministic in-process embedding model (embeddings only): a hashed bag of words, L2-normalised.
+"""A deterministic in-process model: embeddings are a hashed bag of words, L2-normalised; chat is extractive.
 
 Texts that share words are near; texts with no word in common are orthogonal.
+A chat turn answers from numbered context passages (``[1] ...``) in the last
+user message: the passage sharing the most words with the question, quoted
+with its number, e.g. ``"Replace the blade. [2]"``.
 The RAG benchmark uses it to measure the runtime and the index without an
 HTTP model in the way, and ``tests/test_rag.py`` uses it as the model port
 (``RunEnvironment.models``) of its runs. It counts every request and text.
@@ -14,9 +17,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aethergraph.core.journal.model_port import EmbedReply, TokenUsage
+from aethergraph.core.journal.model_port import DeltaSink, EmbedReply, ModelReply, ModelRequest, TokenUsage
 
 _WORD = re.compile(r"\w+")
+_PASSAGE = re.compile(r"^\[(\d+)\][^\n]*\n(.*?)(?=\n\n\[\d+\]|\n\nQuestion:|\Z)", re.M | re.S)
 
 
 def hashed_vector(text: str, dim: int) -> list[float]:
@@ -35,6 +39,7 @@ class HashEmbedEndpoint:
     model: str = "hash-chat"
     embed_model: str = "hash-embed"
     requests: list[int] = field(default_factory=list)  # texts per embed request, in order
+    chats: list[ModelRequest] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # the idempotency key of each request
 
     @property
@@ -49,6 +54,26 @@ class HashEmbedEndpoint:
             vectors=[hashed_vector(text, self.dim) for text in texts],
             usage=TokenUsage(input_tokens=tokens),
             model=self.embed_model,
+        )
+
+    async def chat(self, request: ModelRequest, *, on_delta: DeltaSink | None = None) -> ModelReply:
+        self.chats.append(request)
+        prompt = str(request.messages[-1].get("content", ""))
+        question = set(_WORD.findall(prompt.rpartition("Question:")[2].lower()))
+        passages = [(int(n), text.strip()) for n, text in _PASSAGE.findall(prompt)]
+        if passages:
+            number, text = max(passages, key=lambda p: (len(question & set(_WORD.findall(p[1].lower()))), -p[0]))
+            answer = f"{text.split('. ')[0].rstrip('.')}. [{number}]"
+        else:
+            answer = "I do not know."
+        if on_delta is not None:
+            on_delta(answer)
+        words = len(_WORD.findall(prompt))
+        return ModelReply(
+            message={"role": "assistant", "content": answer},
+            finish_reason="stop",
+            usage=TokenUsage(input_tokens=words, output_tokens=len(_WORD.findall(answer))),
+            model=self.model,
         )
 
 
