@@ -308,3 +308,36 @@ async def test_answer_cites_the_passages_it_used(
     assert models.endpoint_.requests == [9, 1]
     chain = await chain_of(host, run_id)
     assert sum(isinstance(e, ev.LlmCalled) for e in chain) == 1
+
+
+def _upsert(run_id: str, seq: int, corpus: str, doc_id: str, text: str) -> tuple[Any, Any]:
+    from aethergraph.bus.rag_feed import RagMessage
+    from aethergraph.core.journal.vector_port import ChunkBatch, ChunkRecord, pack_vector
+    from benchmarks.hash_model import hashed_vector
+
+    event = ev.RagUpserted(
+        run_id=run_id, seq=seq, ts=0, worker="w", corpus=corpus, chunks_ref="unused", chunk_count=1, dim=256
+    )
+    chunk = ChunkRecord(doc_id=doc_id, chunk_no=0, text=text, vector=pack_vector(hashed_vector(text, 256)))
+    batch = ChunkBatch(corpus=corpus, embed_model="hash-embed", dim=256, doc_ids=[doc_id], chunks=[chunk])
+    return RagMessage(stream_seq=seq, event=event), batch
+
+
+async def test_the_fold_keeps_a_runs_later_upsert_when_an_earlier_one_is_stored_after_it(
+    runtime: ProcessHost,
+) -> None:
+    """A writer republishing after a broker fault can store a run's events out of order: the later upsert wins."""
+    from benchmarks.hash_model import hashed_vector
+
+    index = _with_config(runtime, RagConfig())
+    try:
+        later, later_batch = _upsert("runa", 7, "order", "x", "beta wording")
+        earlier, earlier_batch = _upsert("runa", 5, "order", "x", "alpha wording")
+        other, other_batch = _upsert("runb", 3, "order", "y", "gamma wording")
+        index._apply([later, earlier, other], [later_batch, earlier_batch, other_batch])
+        hits = index._search("order", hashed_vector("wording", 256), 5, {})
+        assert sorted((hit.doc_id, hit.text) for hit in hits) == [("x", "beta wording"), ("y", "gamma wording")]
+        with pytest.raises(RagError, match="invalid filter key"):
+            index._search("order", hashed_vector("wording", 256), 5, {'bad"key': 1})
+    finally:
+        await index.close()

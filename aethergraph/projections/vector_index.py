@@ -76,6 +76,7 @@ class VectorIndex:
         self._dims: set[int] = set()
         self._cursor = 0  # the stream sequence everything up to which is folded
         self._folded: set[tuple[str, int]] = set()  # (run_id, seq) of the events folded
+        self._writers: dict[tuple[str, str], tuple[str, int]] = {}  # (corpus, doc_id) -> the (run_id, seq) upserting it
         self._lock = asyncio.Lock()
 
     @property
@@ -162,6 +163,7 @@ class VectorIndex:
                 known_dim,
             )
             return
+        batch = self._newer_only(event, batch)
         for dim in self._dims:
             con.execute(
                 f"DELETE FROM {_chunks_table(dim)} WHERE corpus = ? AND doc_id IN (SELECT unnest(?))",
@@ -180,6 +182,28 @@ class VectorIndex:
                 "WHERE corpus = ? AND dim = ?",
                 [event.corpus, event.corpus, dim],
             )
+
+    def _newer_only(self, event: RagUpserted, batch: ChunkBatch) -> ChunkBatch:
+        """``batch`` without the documents a later upsert of the same run has already replaced.
+
+        Events are folded in stream order, and a run's events are stored in journal order except
+        when its writer republished one after a broker fault: then an earlier upsert of the run can
+        arrive after a later one, and must not bring back the chunks the later one replaced.
+        """
+        stale = set()
+        for doc_id in batch.doc_ids:
+            writer = self._writers.get((event.corpus, doc_id))
+            if writer is not None and writer[0] == event.run_id and writer[1] > event.seq:
+                stale.add(doc_id)
+            else:
+                self._writers[(event.corpus, doc_id)] = (event.run_id, event.seq)
+        if not stale:
+            return batch
+        return msgspec.structs.replace(
+            batch,
+            doc_ids=[d for d in batch.doc_ids if d not in stale],
+            chunks=[c for c in batch.chunks if c.doc_id not in stale],
+        )
 
     def _insert(self, con: duckdb.DuckDBPyConnection, corpus: str, batch: ChunkBatch) -> None:
         table = self._ensure_table(con, batch.dim)
