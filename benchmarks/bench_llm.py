@@ -1,14 +1,19 @@
 """15. Model calls: the journaled call's overhead over a bare ``openai`` call, and a 10-round tool loop.
 
 Both sides call the same fake OpenAI-compatible server (real HTTP on
-loopback, in this process), so the difference is what journaling costs:
-``llm.called`` (pipelined) and the committed ``llm.returned``.
+loopback, in its own process so it does not share the measured process's
+interpreter), so the difference is what journaling costs: ``llm.called``
+(pipelined) and the committed ``llm.returned``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aethergraph import Settings, graph_fn, register_llm_client, tool
@@ -23,6 +28,7 @@ NAME = "llm"
 TITLE = "15. Model calls (context.llm)"
 CALLS = 200
 ROUNDS = 10
+API_KEY = "sk-fake-benchmark"
 
 _samples: dict[str, list[int]] = {}
 
@@ -51,10 +57,30 @@ async def bench_llm_tool_loop(*, context: Any) -> dict[str, str]:
     return {"text": text}
 
 
-async def _bare_calls(fake: FakeOpenAI, n: int) -> list[int]:
+@contextlib.contextmanager
+def _fake_server_process() -> Iterator[str]:
+    """``python -m aethergraph.testing.fake_openai`` on a free loopback port; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aethergraph.testing.fake_openai", "--port", "0", "--api-key", API_KEY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        if not first.startswith("base_url:"):
+            raise RuntimeError(f"the fake model server did not start: {first!r}")
+        yield first.split(":", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def _bare_calls(base_url: str, n: int) -> list[int]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
     samples: list[int] = []
     try:
         for i in range(n):
@@ -68,23 +94,25 @@ async def _bare_calls(fake: FakeOpenAI, n: int) -> list[int]:
     return samples
 
 
-async def _measure(ctx: BenchContext, fake: FakeOpenAI) -> list[Figure]:
+async def _measure(ctx: BenchContext, base_url: str, fake: FakeOpenAI) -> list[Figure]:
     repeats = ctx.pick(10, 2)
     loops = ctx.pick(10, 2)
     blocks: dict[str, list[list[int]]] = {"bare": [], "journaled": []}
     with isolated_server(DEFAULT_SYNC) as (server, workspace):
         rt = await ProcessHost.open(Settings(nats_url=server.url, workspace=workspace, sync_interval=DEFAULT_SYNC))
         try:
+            register_llm_client("default", base_url=base_url, api_key=API_KEY, model="fake-model")
             ctx.say("warm-up")
             await execute_run(bench_llm_calls.spec, {"n": 20}, env=rt.env)
-            await _bare_calls(fake, 20)
+            await _bare_calls(base_url, 20)
             for index in range(repeats):
                 ctx.say(f"repeat {index + 1}/{repeats}: {CALLS} bare and {CALLS} journaled calls")
                 _samples.clear()
-                blocks["bare"].append(await _bare_calls(fake, CALLS))
+                blocks["bare"].append(await _bare_calls(base_url, CALLS))
                 await execute_run(bench_llm_calls.spec, {"n": CALLS}, env=rt.env)
                 blocks["journaled"].append(list(_samples["journaled"]))
-            ctx.say(f"{loops} tool loops of {ROUNDS} rounds")
+            register_llm_client("default", base_url=fake.base_url, api_key=fake.api_key, model="fake-model")
+            ctx.say(f"{loops} tool loops of {ROUNDS} rounds (scripted, the fake server on a thread)")
             _samples.clear()
             for _ in range(loops):
                 fake.script(*[Reply.tool_call("bench_lookup", {"key": f"k{i}"}) for i in range(ROUNDS)])
@@ -131,10 +159,9 @@ async def _measure(ctx: BenchContext, fake: FakeOpenAI) -> list[Figure]:
 
 
 async def _run_all(ctx: BenchContext) -> list[Figure]:
-    with FakeOpenAI() as fake:
-        register_llm_client("default", base_url=fake.base_url, api_key=fake.api_key, model="fake-model")
+    with _fake_server_process() as base_url, FakeOpenAI() as fake:
         try:
-            return await _measure(ctx, fake)
+            return await _measure(ctx, base_url, fake)
         finally:
             unregister_llm_client("default")
 
@@ -142,10 +169,10 @@ async def _run_all(ctx: BenchContext) -> list[Figure]:
 def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     figures = asyncio.run(_run_all(ctx))
     notes = [
-        "The fake model server (aethergraph.testing.FakeOpenAI) runs on a thread of the benchmark process and "
-        "answers at once, so both figures are dominated by HTTP and the SDK; the bare call uses the same `openai` "
-        "SDK client settings (no retries). The overhead is the median journaled call minus the median bare call "
-        "of the same repeat.",
+        "The fake model server (`python -m aethergraph.testing.fake_openai`, its own process) answers at once, "
+        "so both figures are dominated by HTTP and the `openai` SDK; the bare call uses the same SDK client "
+        "settings (no retries). The overhead is the median journaled call minus the median bare call of the same "
+        "repeat.",
         f"The tool loop: the model asks for one `@tool` call per turn for {ROUNDS} turns, then answers; each turn "
         "and each tool call is a journaled step.",
     ]

@@ -15,17 +15,23 @@ from typing import Any, ClassVar
 
 import pydantic
 import pytest
-from helpers import chain_of, closed_port
+from helpers import chain_of, closed_port, read_events
 
 import aethergraph
 from aethergraph import graph_fn, register_llm_client, tool
 from aethergraph.core.run.executor import execute_run
 from aethergraph.core.settings import LLMSettings, load_settings
 from aethergraph.core.wire import events as ev
-from aethergraph.errors import LLMConfigError, LLMEndpointError, LLMResponseError, TokenBudgetExceeded
+from aethergraph.errors import (
+    LLMConfigError,
+    LLMEndpointError,
+    LLMResponseError,
+    NonDeterminismError,
+    TokenBudgetExceeded,
+)
 from aethergraph.host.process import ProcessHost
 from aethergraph.services.llm import unregister_llm_client
-from aethergraph.testing import FakeOpenAI, Reply, ToolCall
+from aethergraph.testing import FakeOpenAI, Reply, ToolCall, replay_async
 
 
 @pytest.fixture(scope="module")
@@ -418,3 +424,39 @@ def test_a_plain_function_is_refused_as_a_tool_with_the_fix() -> None:
 
     with pytest.raises(TypeError, match="decorate the function with @tool"):
         chat_tools([plain])
+
+
+async def test_registering_a_profile_again_takes_effect_for_the_next_call(runtime: ProcessHost) -> None:
+    with FakeOpenAI() as first, FakeOpenAI() as second:
+        try:
+            for server in (first, second):
+                register_llm_client("swap", base_url=server.base_url, api_key=server.api_key, model="m")
+                assert await aethergraph.run_async(llm_profile, {"profile": "swap"}) == {"text": "echo: hello"}
+        finally:
+            unregister_llm_client("swap")
+        assert first.call_count("chat") == 1 == second.call_count("chat")
+
+
+# --- offline replay against changed code ------------------------------------------------------------------------
+
+
+@graph_fn(name="llm_three_turns", outputs=["answers"])
+async def llm_three_turns_reworded(*, context: Any) -> dict[str, Any]:
+    answers = []
+    for question in ("one", "TWO", "three"):  # the change: another prompt in the second turn
+        text, _ = await context.llm().chat(question)
+        answers.append(text)
+    return {"answers": answers}
+
+
+async def test_offline_replay_needs_no_model_and_names_a_changed_prompt(
+    runtime: ProcessHost, model: FakeOpenAI
+) -> None:
+    rid = run_id()
+    await aethergraph.run_async(llm_three_turns, {}, run_id=rid)
+    journal = [record.event for record in await read_events(runtime, rid)]
+    calls = len(model.calls)
+    result = await replay_async(journal, llm_three_turns)
+    assert result.outcome == "completed" and len(model.calls) == calls
+    with pytest.raises(NonDeterminismError, match=r"llm\('default'\)\.chat\(\)"):
+        await replay_async(journal, llm_three_turns_reworded)

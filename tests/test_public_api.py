@@ -37,7 +37,10 @@ PUBLIC_MODULES: dict[str, list[str]] = {
         "RunNotFoundError", "RunSuspended", "SerializationError", "ServiceNameError", "StaleWriterError",
         "TopologyMismatchError", "UnknownServiceError", "WaitExpiredError", "WorkspaceError",
     ],
-    "aethergraph.testing": ["MemoryEventLog", "ReplayResult", "load_journal", "replay", "replay_async"],
+    "aethergraph.testing": [
+        "FakeOpenAI", "MemoryEventLog", "RecordedCall", "Reply", "ReplayResult", "Responder", "ToolCall", "Usage",
+        "load_journal", "replay", "replay_async",
+    ],
 }  # fmt: skip
 
 

@@ -27,6 +27,8 @@ __all__ = ["OpenAIModelPort", "env_prefix", "register_llm_client", "registered_l
 
 _OPENAI_URL = "https://api.openai.com/v1"
 _registered: dict[str, tuple[LLMProfile, Any]] = {}
+# Bumped by every (un)registration: endpoints made before it are made again on next use.
+_generation = [0]
 
 
 def register_llm_client(
@@ -63,10 +65,12 @@ def register_llm_client(
     except ValueError as exc:
         raise LLMConfigError(f"register_llm_client({profile!r}, ...): {exc}", profile=name) from None
     _registered[name] = (settings, client)
+    _generation[0] += 1
 
 
 def unregister_llm_client(profile: str) -> bool:
     """Forget a profile registered in code; False if none was."""
+    _generation[0] += 1
     return _registered.pop(profile.strip().lower(), None) is not None
 
 
@@ -86,7 +90,7 @@ class OpenAIModelPort:
 
     def __init__(self, settings: LLMSettings) -> None:
         self._settings = settings
-        self._endpoints: dict[tuple[str, int], OpenAIEndpoint] = {}
+        self._endpoints: dict[tuple[str, int, int], OpenAIEndpoint] = {}
         self._clients: list[AsyncOpenAI] = []
 
     @property
@@ -110,7 +114,7 @@ class OpenAIModelPort:
 
     def endpoint(self, profile: str) -> OpenAIEndpoint:
         name = profile.strip().lower()
-        key = (name, id(asyncio.get_running_loop()))
+        key = (name, id(asyncio.get_running_loop()), _generation[0])
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             endpoint = self._endpoints[key] = self._open(name)
