@@ -11,12 +11,14 @@ from typing import Any
 
 from aethergraph import Settings, graph_fn
 from aethergraph.bus.rag_feed import RagFeed
+from aethergraph.core.context.rag import DOCS_PER_EVENT
 from aethergraph.core.run.executor import execute_run
 from aethergraph.host.process import ProcessHost, _rag_config
 from aethergraph.projections.vector_index import VectorIndex
+from aethergraph.testing.fake_openai_wire import embed_text
 
 from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, latency_figure, value_figure
-from .hash_model import HashEmbedEndpoint, HashModels, hashed_vector
+from .hash_model import HashEmbedEndpoint, HashModels
 
 NAME = "rag"
 TITLE = "16. RAG"
@@ -61,7 +63,7 @@ async def bench_rag_search(corpus: str, queries: list[str], *, context: Any) -> 
 async def _index_searches(index: VectorIndex, corpus: str, queries: list[str]) -> list[int]:
     samples = []
     for query in queries:
-        vector = hashed_vector(query, DIM)
+        vector = embed_text(query, DIM)
         started = time.perf_counter_ns()
         hits = await index.search(corpus, vector, K)
         samples.append(time.perf_counter_ns() - started)
@@ -106,7 +108,8 @@ async def _measure(ctx: BenchContext) -> tuple[list[Figure], dict[str, Any]]:
         value_figure(
             NAME,
             "upsert",
-            f"`upsert_docs` of {chunks:,} one-chunk documents (chunk, embed, blob, 20 committed events)",
+            f"`upsert_docs` of {chunks:,} one-chunk documents (chunk, embed, blob, "
+            f"{-(-chunks // DOCS_PER_EVENT)} committed events)",
             upserts,
             unit="chunks/s",
             per_repeat_n=chunks,
@@ -145,7 +148,8 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     figures, facts = asyncio.run(_measure(ctx))
     notes = [
         f"{facts['chunks']:,} documents of 30 words drawn from a 5,000-word vocabulary, one chunk each, embedded "
-        f"by an in-process hashed bag-of-words model ({DIM} dimensions, `benchmarks/hash_model.py`), so the "
+        f"by an in-process hashed bag-of-words model ({DIM} dimensions: FakeOpenAI's embedding without HTTP, "
+        "`benchmarks/hash_model.py`), so the "
         "figures are the runtime's and the index's, not a model server's. An upsert of more than 500 documents "
         "is journaled as one `rag.upserted` per 500 (each referencing one chunk blob in the artifact store, here "
         "local files on the embedded server).",
