@@ -33,7 +33,7 @@ from aethergraph.errors import RagError
 from aethergraph.host.process import ProcessHost, _rag_config
 from aethergraph.projections.vector_index import VectorIndex
 from aethergraph.services.llm import register_llm_client, unregister_llm_client
-from aethergraph.testing import FakeOpenAI, Reply
+from aethergraph.testing import FakeOpenAI, Reply, replay_async
 from aethergraph.testing.fake_openai_wire import embed_text
 
 FILLER = [
@@ -376,3 +376,13 @@ async def test_the_fold_keeps_a_runs_later_upsert_when_an_earlier_one_is_stored_
             index._search("order", embed_text("wording", 64), 5, {'bad"key': 1})
     finally:
         await index.close()
+
+
+async def test_offline_replay_of_a_rag_run_needs_no_index_and_no_model(runtime: ProcessHost, model: FakeOpenAI) -> None:
+    run_id = "rag" + os.urandom(5).hex()
+    outputs = await execute_run(rag_planted.spec, {"corpus": corpus_name("offline")}, run_id=run_id, env=runtime.env)
+    events = await chain_of(runtime, run_id)
+    model.reset()
+    result = await replay_async(events, rag_planted)
+    assert result.outcome == "completed" and result.outputs == outputs
+    assert result.steps_replayed == 3 and model.calls == []  # add_corpus, upsert_docs, search
