@@ -41,6 +41,7 @@ from aethergraph.runtime import (
     submit,
 )
 from aethergraph.services.llm import register_llm_client
+from aethergraph.services.mcp import register_mcp_server
 
 __all__ = [
     "AetherGraphError",
@@ -72,6 +73,7 @@ __all__ = [
     "query_async",
     "register_context_service",
     "register_llm_client",
+    "register_mcp_server",
     "resume",
     "retry",
     "run",

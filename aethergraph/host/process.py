@@ -42,6 +42,7 @@ from aethergraph.core.journal.vector_port import RagConfig
 from aethergraph.core.settings import Settings, load_settings
 from aethergraph.projections.vector_index import VectorIndex
 from aethergraph.services.llm import OpenAIModelPort
+from aethergraph.services.mcp import McpConnections
 
 from .intake import ResumeIntake
 from .nodes import NodeRole
@@ -98,6 +99,7 @@ class ProcessHost:
     inline_answers: bool
     models: OpenAIModelPort = field(init=False)
     env: RunEnvironment = field(init=False)
+    mcp: McpConnections = field(init=False)
     driver: RunDriver = field(init=False)
     runs: RunOps = field(init=False)
     nodes: NodeRole = field(init=False)
@@ -110,6 +112,7 @@ class ProcessHost:
         self.nodes = NodeRole(self.bus, self.node_reports, self.settings)
         self.runs = RunOps(self.event_log, self.commands, self.leases)
         self.models = OpenAIModelPort(self.settings.llm)
+        self.mcp = McpConnections(self.settings.mcp.servers)
         self.vectors = VectorIndex(RagFeed(self.bus), self.service_backends.blobs, _rag_config(self.settings))
         self.env = RunEnvironment(
             event_log=self.event_log,
@@ -120,6 +123,7 @@ class ProcessHost:
             service_backends=self.service_backends,
             always_suspend=self.settings.always_suspend,
             models=self.models,
+            mcp=self.mcp,
             vectors=self.vectors,
         )
         self.driver = RunDriver(self.env, self.leases)
@@ -187,6 +191,7 @@ class ProcessHost:
             await self._stop_cancels()
         await close_services()  # context services' close() hooks
         await self.models.close()
+        await self.mcp.close()  # stops the MCP servers this process started
         await self.vectors.close()
         await self.leases.close()
         await self.node_reports.close()

@@ -14,6 +14,7 @@ from aethergraph.core.context.channel import Channel
 from aethergraph.core.context.kv import KeyValueService
 from aethergraph.core.context.llm import LLMClient
 from aethergraph.core.context.logger import NodeLogger
+from aethergraph.core.context.mcp import McpClient
 from aethergraph.core.context.memory import MemoryService
 from aethergraph.core.context.rag import RagService
 from aethergraph.core.context.service_registry import reserve_context_names, service_accessor
@@ -104,6 +105,10 @@ class NodeContext:
     def llm(self, profile: str = "default") -> LLMClient:
         """Model calls through ``profile`` (``AETHERGRAPH_LLM__*`` settings), each journaled (docs/agents.md)."""
         return LLMClient(self, profile)
+
+    def mcp(self, name: str) -> McpClient:
+        """The MCP server configured as ``name``: its tools and resources, every call journaled (docs/agents.md)."""
+        return McpClient(self, name)
 
     def rag(self) -> RagService:
         """Corpora of embedded documents: add_corpus, upsert_docs, search, answer (see docs/agents.md)."""

@@ -50,7 +50,6 @@ BUILTIN_SERVICES = frozenset(
 )
 # Built-in names reserved for services this version does not provide yet, and what they will be.
 NOT_YET_BUILT = {
-    "mcp": "the MCP service",
     "viz": "the visualization service",
 }
 # Attributes of a Service that are its machinery, never journaled as calls.

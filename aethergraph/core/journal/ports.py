@@ -16,6 +16,7 @@ from aethergraph.core.wire.events import AnyEvent, Event, RunStarted
 if TYPE_CHECKING:
     import asyncio
 
+    from aethergraph.core.journal.mcp_port import McpPort
     from aethergraph.core.journal.model_port import ModelPort, TokenStream
     from aethergraph.core.journal.service_ports import ServiceBackends
     from aethergraph.core.journal.vector_port import VectorIndexPort
@@ -191,5 +192,7 @@ class RunEnvironment:
     # Model endpoints by profile (``context.llm()``) and where streamed tokens go; None: not available here.
     models: ModelPort | None = None
     token_stream: TokenStream | None = None
+    # MCP servers by name (``context.mcp(name)``); None: not available here.
+    mcp: McpPort | None = None
     # The process's vector index (``context.rag()``); None: not available here (offline replay).
     vectors: VectorIndexPort | None = None
