@@ -30,6 +30,7 @@ from . import (
     bench_outage,
     bench_projections,
     bench_publish,
+    bench_rag,
     bench_replay,
     bench_resume,
     bench_services,
@@ -76,6 +77,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_burst,
         bench_lifecycle,
         bench_llm,
+        bench_rag,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

@@ -11,6 +11,7 @@ from helpers import eventually, read_events
 import aethergraph
 from aethergraph import graph_fn, journal_by_digest, not_journaled, tool
 from aethergraph.core.api.callables import GraphFunction
+from aethergraph.core.context.service_registry import BUILTIN_SERVICES
 from aethergraph.core.errors import (
     AetherGraphError,
     NonDeterminismError,
@@ -293,20 +294,12 @@ async def test_unknown_service_lists_the_registered_names(runtime: ProcessHost, 
 
 
 @pytest.mark.parametrize(
-    "name", ["memory", "artifacts", "kv", "channel", "logger", "runs", "now", "run_id", "mcp", "llm", "viz"]
+    "name", ["memory", "artifacts", "kv", "channel", "logger", "runs", "now", "run_id", "mcp", "llm", "viz", "rag"]
 )
 def test_built_in_names_cannot_be_taken(name: str) -> None:
     with pytest.raises(ServiceNameError) as caught:
         register_context_service(name, Ledger())
     assert f"context.{name}() is built into AetherGraph" in str(caught.value)
-
-
-@pytest.mark.parametrize("name", ["rag"])
-def test_names_reserved_for_later_services_say_so(name: str) -> None:
-    with pytest.raises(ServiceNameError) as caught:
-        register_context_service(name, Ledger())
-    assert "reserved for" in str(caught.value) and "does not provide yet" in str(caught.value)
-    assert f"{name}_client" in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["", "2fast", "has space", "_private"])
@@ -396,7 +389,6 @@ async def test_every_service_kind_under_always_suspend(
 def test_services_doc_names_every_built_in_and_setting() -> None:
     from pathlib import Path
 
-    from aethergraph.core.context.service_registry import BUILTIN_SERVICES
     from aethergraph.core.settings import Settings
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "services.md").read_text()

@@ -144,8 +144,11 @@ class DirectGetter:
             entry.done.set_exception(exc)
 
 
-async def stored_messages(getter: DirectGetter, subject_filter: str, what: str) -> AsyncIterator[list[StoredMessage]]:
-    """Every message stored on ``subject_filter``, in stream order, in exactly sized direct gets.
+async def stored_messages(
+    getter: DirectGetter, subject_filter: str, what: str, *, start: int = 1
+) -> AsyncIterator[list[StoredMessage]]:
+    """Every message stored on ``subject_filter`` (from stream sequence ``start``), in stream order, in exactly
+    sized direct gets.
 
     The first get asks for one message, to learn from its pending count how
     many the filter has. The second asks again from the stream's start for
@@ -157,8 +160,8 @@ async def stored_messages(getter: DirectGetter, subject_filter: str, what: str) 
     the stream, every run's messages, for a match that is not there.
     """
 
-    async def get(start: int, want: int) -> tuple[list[StoredMessage], int]:
-        request = {"seq": start, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
+    async def get(first: int, want: int) -> tuple[list[StoredMessage], int]:
+        request = {"seq": first, "next_by_subj": subject_filter, "batch": want, "max_bytes": READ_MAX_BYTES}
         replies = await getter.get(request, what)
         messages = [
             StoredMessage(
@@ -171,9 +174,9 @@ async def stored_messages(getter: DirectGetter, subject_filter: str, what: str) 
         left = int(header_value(replies[-1].headers, b"Nats-Num-Pending") or 0) if replies else 0
         return messages, left
 
-    batch, left = await get(1, 1)
+    batch, left = await get(start, 1)
     if left > 0:
-        batch, left = await get(1, min(left + 1, READ_BATCH))
+        batch, left = await get(start, min(left + 1, READ_BATCH))
     while batch:
         yield batch
         if left <= 0:

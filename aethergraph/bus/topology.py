@@ -64,6 +64,7 @@ __all__ = [
     "EVENTS_STREAM",
     "LEASES_STREAM",
     "NODE_READY_EVENTS",
+    "RAG_EVENTS",
     "RESUME_CONSUMER",
     "WORKER_LEASES",
     "WORK_CONSUMER",
@@ -101,6 +102,8 @@ BUCKET_STREAMS: Final = (f"KV_{KV_BUCKET}", f"OBJ_{ARTIFACTS_BUCKET}")
 RESUME_CONSUMER: Final = "ag-resume"
 WORK_CONSUMER: Final = "ag-work"
 NODE_READY_EVENTS: Final = "ag.evt.*.node.ready"
+# Every run's rag.corpus_added / rag.upserted events: what each host's vector index folds.
+RAG_EVENTS: Final = "ag.evt.*.rag.>"
 ALL_CANCELS: Final = "ag.cmd.cancel.>"
 
 ALL_EVENTS: Final = "ag.evt.>"

@@ -33,12 +33,15 @@ from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
 from aethergraph.bus.presence import client_name
+from aethergraph.bus.rag_feed import RagFeed
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.bus.token_stream import NatsTokenStream
 from aethergraph.core.context.service_registry import close_services, start_services
 from aethergraph.core.ids import new_worker_id, token
 from aethergraph.core.journal.ports import RunEnvironment
+from aethergraph.core.journal.vector_port import RagConfig
 from aethergraph.core.settings import Settings, load_settings
+from aethergraph.projections.vector_index import VectorIndex
 from aethergraph.services.llm import OpenAIModelPort
 from aethergraph.services.mcp import McpConnections
 
@@ -66,6 +69,17 @@ class WaitRole:
         await self.commands.schedule_expiry(run_id, wait_id, deadline_us)
 
 
+def _rag_config(settings: Settings) -> RagConfig:
+    rag = settings.rag
+    profile = settings.llm.default if rag.embed_profile == "default" else settings.llm.profiles.get(rag.embed_profile)
+    return RagConfig(
+        embed_profile=rag.embed_profile,
+        chunk_chars=rag.chunk_chars,
+        chunk_overlap=rag.chunk_overlap,
+        memory_embed_profile=rag.embed_profile if profile is not None and profile.embed_model else None,
+    )
+
+
 def _terminal_answers(settings: Settings) -> bool:
     mode = settings.console_input
     return mode == "always" or (mode == "auto" and sys.stdin is not None and sys.stdin.isatty())
@@ -91,6 +105,7 @@ class ProcessHost:
     runs: RunOps = field(init=False)
     nodes: NodeRole = field(init=False)
     intake: ResumeIntake = field(init=False)
+    vectors: VectorIndex = field(init=False)
     _stop_cancels: Callable[[], Awaitable[None]] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -99,6 +114,7 @@ class ProcessHost:
         self.runs = RunOps(self.event_log, self.commands, self.leases)
         self.models = OpenAIModelPort(self.settings.llm)
         self.mcp = McpConnections(self.settings.mcp.servers)
+        self.vectors = VectorIndex(RagFeed(self.bus), self.service_backends.blobs, _rag_config(self.settings))
         self.env = RunEnvironment(
             event_log=self.event_log,
             worker_id=self.worker_id,
@@ -110,6 +126,7 @@ class ProcessHost:
             models=self.models,
             mcp=self.mcp,
             token_stream=NatsTokenStream(self.bus.nc),
+            vectors=self.vectors,
         )
         self.driver = RunDriver(self.env, self.leases)
         self.intake = ResumeIntake(self.driver, self.commands)
@@ -145,6 +162,7 @@ class ProcessHost:
             inline_answers=_terminal_answers(settings) if inline_answers is None else inline_answers,
         )
         bus.events.on_disconnect(host.node_reports.connection_lost)
+        bus.events.on_disconnect(host.vectors.connection_lost)
         try:
             host._stop_cancels = await host.commands.watch_cancels(host._on_cancel_request)
             await start_services()  # registered context services' start() hooks
@@ -176,6 +194,7 @@ class ProcessHost:
         await close_services()  # context services' close() hooks
         await self.models.close()
         await self.mcp.close()  # stops the MCP servers this process started
+        await self.vectors.close()
         await self.leases.close()
         await self.node_reports.close()
         await self.event_log.close()

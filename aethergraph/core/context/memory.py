@@ -9,9 +9,15 @@ promise. Reads are journaled service calls (service ``memory``), so a replay
 returns what the first execution read. Memory across runs is in the
 ``memories`` projection table (SQL: ``aethergraph.query``).
 
-Search is lexical: words (lowercased ``\\w+`` tokens) of the query matched
-against each entry's text, kind, name and tags, rarer words weighing more
-(an idf weight), ties broken by recency.
+Search is by embedding when the process has an embedding profile configured
+(``settings.rag.embed_profile`` names a profile with an ``embed_model``, and
+the process has model endpoints): the query and each entry's text, kind,
+name and tags are embedded (in batches) and entries are ranked by cosine
+similarity, ties broken by recency. Otherwise it is lexical: words
+(lowercased ``\\w+`` tokens) of the query matched against each entry's text,
+kind, name and tags, rarer words weighing more (an idf weight), ties broken
+by recency. Either way the search is a journaled call, so a replay returns
+the recorded entries without embedding again.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from aethergraph.core.context.embedding import cosine, embed_texts
 from aethergraph.core.context.service_calls import call_journaled
 from aethergraph.core.journal.scope import RunScope
 from aethergraph.core.journal.step import StepKey, append_opening, replayed_opening
@@ -71,8 +78,20 @@ def _text_of(data: Any) -> str:
     return msgspec.json.encode(data).decode()
 
 
+def _searchable(entry: MemoryRecorded) -> str:
+    return f"{entry.text} {entry.kind} {entry.name} {' '.join(entry.tags)}"
+
+
 def _words(entry: MemoryRecorded) -> Counter[str]:
-    return Counter(_WORD.findall(f"{entry.text} {entry.kind} {entry.name} {' '.join(entry.tags)}".lower()))
+    return Counter(_WORD.findall(_searchable(entry).lower()))
+
+
+def _embed_profile(scope: RunScope) -> str | None:
+    """The embedding profile memory search uses here, or None (lexical search)."""
+    vectors = scope.env.vectors
+    if vectors is None or scope.env.models is None:
+        return None
+    return vectors.config.memory_embed_profile
 
 
 def _kinds(kinds: str | Iterable[str] | None) -> set[str] | None:
@@ -160,15 +179,29 @@ class MemoryService:
     async def _search(self, query: str, kinds: list[str] | None, limit: int) -> list[MemoryEntry]:
         terms = set(_WORD.findall(query.lower()))
         wanted = set(kinds) if kinds else None
-        entries = [e for e in memory_log(self._ctx._scope) if wanted is None or e.kind in wanted]
+        scope = self._ctx._scope
+        entries = [e for e in memory_log(scope) if wanted is None or e.kind in wanted]
         if not terms or not entries:
             return []
+        profile = _embed_profile(scope)
+        if profile is not None:
+            return await self._semantic(scope, profile, query, entries, limit)
         counted = [(e, _words(e)) for e in entries]
         frequency = Counter(term for _, words in counted for term in terms if term in words)
         weight = {term: math.log(1 + len(entries) / frequency[term]) for term in frequency}
         scored = [
             (sum(weight[t] * (1 + math.log(words[t])) for t in terms if t in words), e.seq, e) for e, words in counted
         ]
+        best = sorted((item for item in scored if item[0] > 0), key=lambda item: (-item[0], -item[1]))
+        return [_entry(e) for _, _, e in best[:limit]]
+
+    async def _semantic(
+        self, scope: RunScope, profile: str, query: str, entries: list[MemoryRecorded], limit: int
+    ) -> list[MemoryEntry]:
+        texts = [query, *(_searchable(e) for e in entries)]
+        embedded = await embed_texts(scope, profile, texts, idempotency_key=self._ctx.idempotency_key())
+        wanted = embedded.vectors[0]
+        scored = [(cosine(wanted, vector), e.seq, e) for e, vector in zip(entries, embedded.vectors[1:], strict=True)]
         best = sorted((item for item in scored if item[0] > 0), key=lambda item: (-item[0], -item[1]))
         return [_entry(e) for _, _, e in best[:limit]]
 

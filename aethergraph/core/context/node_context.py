@@ -16,6 +16,7 @@ from aethergraph.core.context.llm import LLMClient
 from aethergraph.core.context.logger import NodeLogger
 from aethergraph.core.context.mcp import McpClient
 from aethergraph.core.context.memory import MemoryService
+from aethergraph.core.context.rag import RagService
 from aethergraph.core.context.service_registry import reserve_context_names, service_accessor
 from aethergraph.core.context.viz import VizService
 from aethergraph.core.context.waits import Wait, wait_for
@@ -113,6 +114,10 @@ class NodeContext:
     def viz(self) -> VizService:
         """Visualisation tracks: record scalars, vectors, matrices and images as points (the ``viz`` table)."""
         return VizService(self)
+
+    def rag(self) -> RagService:
+        """Corpora of embedded documents: add_corpus, upsert_docs, search, answer (see docs/agents.md)."""
+        return RagService(self)
 
     def __getattr__(self, name: str) -> Any:
         """``context.<name>()``: a context service registered with ``register_context_service``."""

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_SERVICES",
-    "NOT_YET_BUILT",
     "close_services",
     "get_context_service",
     "register_context_service",
@@ -44,14 +43,10 @@ __all__ = [
 
 log = logging.getLogger("aethergraph.services")
 
-# Names the runtime provides (or reserves for what it will provide) on every NodeContext.
+# Names the runtime provides on every NodeContext.
 BUILTIN_SERVICES = frozenset(
     {"artifacts", "channel", "kv", "llm", "logger", "mcp", "memory", "rag", "runs", "viz", "wait"}
 )
-# Built-in names reserved for services this version does not provide yet, and what they will be.
-NOT_YET_BUILT = {
-    "rag": "the retrieval (RAG) service",
-}
 # Attributes of a Service that are its machinery, never journaled as calls.
 _MACHINERY = frozenset({"ctx", "critical", "run_blocking", "start", "close"})
 _WRAPPED = "__aethergraph_service_method__"
@@ -69,13 +64,6 @@ def _check_name(name: str) -> str:
             f"cannot register a context service as {name!r}: the name must be a Python identifier "
             "not starting with '_' (it becomes context.<name>())",
             service=str(name),
-        )
-    if name in NOT_YET_BUILT:
-        raise ServiceNameError(
-            f"cannot register a context service as {name!r}: the name is reserved for {NOT_YET_BUILT[name]}, "
-            f"which this version of AetherGraph does not provide yet. Register yours under another name "
-            f"(e.g. {name}_client) and call it as context.{name}_client()",
-            service=name,
         )
     if name in BUILTIN_SERVICES or name in _context_names:
         raise ServiceNameError(
@@ -119,16 +107,6 @@ def registered_services() -> dict[str, object]:
 
 def get_context_service(name: str) -> object:
     service = _services.get(name)
-    if service is None and name in NOT_YET_BUILT:
-        known = sorted(_services)
-        raise UnknownServiceError(
-            f"context.{name}() is not available: {NOT_YET_BUILT[name]} is not built into this version of "
-            f"AetherGraph yet, and the name {name!r} is reserved for it. Until then, call your provider "
-            f"from a custom service under another name, e.g. register_context_service('{name}_client', "
-            f"My{name.capitalize()}Client()) and context.{name}_client() (docs/services.md)",
-            service=name,
-            registered=tuple(known),
-        )
     if service is None:
         known = sorted(_services)
         raise UnknownServiceError(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from aethergraph.core.journal.mcp_port import McpPort
     from aethergraph.core.journal.model_port import ModelPort, TokenStream
     from aethergraph.core.journal.service_ports import ServiceBackends
+    from aethergraph.core.journal.vector_port import VectorIndexPort
     from aethergraph.core.model.spec import CallableSpec
     from aethergraph.core.wire.node_report import LocalNode, NodeReport
 
@@ -193,3 +194,5 @@ class RunEnvironment:
     token_stream: TokenStream | None = None
     # MCP servers by name (``context.mcp(name)``); None: not available here.
     mcp: McpPort | None = None
+    # The process's vector index (``context.rag()``); None: not available here (offline replay).
+    vectors: VectorIndexPort | None = None
