@@ -1,4 +1,4 @@
-"""15. Model calls: the journaled call's overhead over a bare ``openai`` call, and a 10-round tool loop.
+"""16. Model calls: the journaled call's overhead over a bare ``openai`` call, and a 10-round tool loop.
 
 Both sides call the same fake OpenAI-compatible server (real HTTP on
 loopback, in its own process so it does not share the measured process's
@@ -25,7 +25,7 @@ from aethergraph.testing import FakeOpenAI, Reply
 from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, latency_figure, median, value_figure
 
 NAME = "llm"
-TITLE = "15. Model calls (context.llm)"
+TITLE = "16. Model calls (context.llm)"
 CALLS = 200
 ROUNDS = 10
 API_KEY = "sk-fake-benchmark"

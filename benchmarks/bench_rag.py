@@ -1,4 +1,4 @@
-"""16. RAG: upserting 10,000 chunks, folding them into a fresh host's index, exact search p50/p99."""
+"""17. RAG: upserting 10,000 chunks, folding them into a fresh host's index, exact search p50/p99."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .harness import DEFAULT_SYNC, BenchContext, Figure, isolated_server, latenc
 from .hash_model import HashEmbedEndpoint, HashModels
 
 NAME = "rag"
-TITLE = "16. RAG"
+TITLE = "17. RAG"
 DIM = 256
 SEARCHES = 200
 K = 10
