@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from aethergraph.core.journal.vector_port import (
 from aethergraph.core.run.executor import execute_run
 from aethergraph.core.settings import load_settings
 from aethergraph.core.wire import events as ev
-from aethergraph.errors import RagError
+from aethergraph.errors import RagError, TokenBudgetExceeded
 from aethergraph.host.process import ProcessHost, _rag_config
 from aethergraph.projections.vector_index import VectorIndex
 from aethergraph.services.llm import register_llm_client, unregister_llm_client
@@ -386,3 +386,36 @@ async def test_offline_replay_of_a_rag_run_needs_no_index_and_no_model(runtime: 
     result = await replay_async(events, rag_planted)
     assert result.outcome == "completed" and result.outputs == outputs
     assert result.steps_replayed == 3 and model.calls == []  # add_corpus, upsert_docs, search
+
+
+@pytest.fixture
+async def tight_budget_runtime(_aethergraph_environment: None) -> AsyncIterator[ProcessHost]:
+    from aethergraph.core.settings import LLMSettings, load_settings
+
+    rt = await ProcessHost.open(load_settings(llm=LLMSettings(token_budget=20)))
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@graph_fn(name="rag_spender", outputs=["v"])
+async def rag_spender(corpus: str, *, context: Any) -> dict[str, Any]:
+    rag = context.rag()
+    await rag.add_corpus(corpus)
+    await rag.upsert_docs(corpus, [" ".join(f"word{i}" for i in range(40))])  # 40 tokens: over the budget of 20
+    await rag.upsert_docs(corpus, ["never embedded"])
+    return {"v": "unreachable"}
+
+
+async def test_embedding_tokens_count_against_the_token_budget(
+    tight_budget_runtime: ProcessHost, model: FakeOpenAI
+) -> None:
+    run_id = f"ragb{os.urandom(5).hex()}"
+    with pytest.raises(TokenBudgetExceeded) as info:
+        await execute_run(rag_spender.spec, {"corpus": corpus_name("budget")}, env=tight_budget_runtime.env,
+                          run_id=run_id)  # fmt: skip
+    assert info.value.budget == 20 and info.value.spent >= 40
+    assert embed_requests(model) == [1]  # the second upsert embedded nothing
+    [upserted] = [e for e in await chain_of(tight_budget_runtime, run_id) if isinstance(e, ev.RagUpserted)]
+    assert upserted.input_tokens >= 40

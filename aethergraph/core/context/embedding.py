@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aethergraph.core.context.llm_call import check_token_budget
 from aethergraph.core.errors import RagError
 from aethergraph.core.journal.scope import RunScope
 
@@ -41,7 +42,9 @@ async def embed_texts(scope: RunScope, profile: str, texts: Sequence[str], *, id
     model = endpoint.embed_model
     for start in range(0, len(texts), EMBED_BATCH):
         batch = texts[start : start + EMBED_BATCH]
+        check_token_budget(scope, profile)  # embedding tokens count against the run's budget too
         reply = await endpoint.embed(batch, idempotency_key=f"{idempotency_key}:{start // EMBED_BATCH}")
+        scope.llm_tokens += reply.usage.total
         if len(reply.vectors) != len(batch):
             raise RagError(
                 f"the embedding endpoint of profile {profile!r} returned {len(reply.vectors)} vectors "

@@ -34,7 +34,7 @@ from aethergraph.core.wire.token_delta import TokenDelta, encode_token_delta
 if TYPE_CHECKING:
     from aethergraph.core.context.node_context import NodeContext
 
-__all__ = ["CallOutcome", "ModelCall", "journaled_model_call", "publish_delta"]
+__all__ = ["CallOutcome", "ModelCall", "check_token_budget", "journaled_model_call", "publish_delta"]
 
 Operation = Literal["chat", "embed"]
 
@@ -74,7 +74,8 @@ def _resolve(scope: RunScope, profile: str) -> tuple[ModelEndpoint | None, LLMCo
         return None, exc
 
 
-def _check_budget(scope: RunScope, profile: str) -> None:
+def check_token_budget(scope: RunScope, profile: str) -> None:
+    """Raise :class:`~aethergraph.errors.TokenBudgetExceeded` if the run has spent its token budget."""
     port = scope.env.models
     budget = port.token_budget if port is not None else None
     if budget is not None and scope.llm_tokens >= budget:
@@ -137,7 +138,7 @@ async def journaled_model_call(
         if config_error is not None:
             raise config_error
         assert endpoint is not None
-        _check_budget(scope, profile)
+        check_token_budget(scope, profile)
         return await call(endpoint, idempotency_key, cursor.get())
 
     async def returned(outcome: CallOutcome) -> tuple[dict[str, Any], CallOutcome]:

@@ -250,6 +250,7 @@ class RagService:
         key = StepKey(RagUpserted, ctx.node_id, f"context.rag().upsert_docs({corpus!r})", names={"corpus": corpus})
         recorded = replayed_opening(scope, key)
         if isinstance(recorded, RagUpserted):
+            scope.llm_tokens += recorded.input_tokens  # spent when it was recorded: counts against the budget
             return _summary(recorded)
         vectors = _vectors(scope)
         info = await _known_corpus(vectors, corpus)

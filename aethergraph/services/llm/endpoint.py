@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from aethergraph.core.errors import LLMConfigError
 from aethergraph.core.journal.model_port import DeltaSink, EmbedReply, ModelReply, ModelRequest, TokenUsage
 
 from .retries import call_with_retries, usage_numbers
@@ -79,6 +80,12 @@ class OpenAIEndpoint:
         return {"Idempotency-Key": request.idempotency_key} if request.idempotency_key else {}
 
     async def chat(self, request: ModelRequest, *, on_delta: DeltaSink | None = None) -> ModelReply:
+        if not self._model and "model" not in request.params:
+            raise LLMConfigError(
+                f"model profile {self._profile!r} has an embedding model only: set {self._env_prefix}MODEL for "
+                "chat, or pass model=... to the call",
+                profile=self._profile,
+            )
         body = self._body(request)
         headers = self._headers(request)
         if on_delta is None:

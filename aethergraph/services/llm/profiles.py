@@ -123,10 +123,10 @@ class OpenAIModelPort:
     def _open(self, name: str) -> OpenAIEndpoint:
         settings, client = self._profile(name)
         prefix = env_prefix(name)
-        if not settings.model:
+        if not settings.model and not settings.embed_model:
             raise LLMConfigError(
                 f"model profile {name!r} names no model: set {prefix}MODEL (or register_llm_client({name!r}, "
-                "model=...))",
+                f"model=...)), and {prefix}EMBED_MODEL for an embedding model of its own",
                 profile=name,
             )
         base_url = settings.base_url or _OPENAI_URL
@@ -150,8 +150,8 @@ class OpenAIModelPort:
         return OpenAIEndpoint(
             profile=name,
             client=client,
-            model=settings.model,
-            embed_model=settings.embed_model or settings.model,
+            model=settings.model or "",
+            embed_model=settings.embed_model or settings.model or "",
             base_url=base_url,
             env_prefix=prefix,
             max_retries=settings.max_retries,
