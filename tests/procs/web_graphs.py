@@ -2,7 +2,8 @@
 
 ``web_asking`` waits for a review whose payload must match ``REVIEW_SCHEMA``;
 ``web_counting`` logs ``n`` lines (one event each) and returns their count;
-``web_failing`` fails inside a tool; ``web_static`` is a two-node static graph.
+``web_failing`` fails inside a tool; ``web_static`` is a two-node static graph; ``web_parent``
+runs ``web_counting`` as its child run; ``web_saving`` saves an artifact.
 """
 
 from __future__ import annotations
@@ -49,3 +50,15 @@ def web_static(x: Any) -> dict[str, Any]:
     first = web_double(x=x)
     second = web_double(x=first.v)
     return {"y": second.v}
+
+
+@graph_fn(name="web_parent", outputs=["count"])
+async def web_parent(n: int, *, context: NodeContext) -> dict[str, Any]:
+    child = await web_counting(n)
+    return {"count": child["count"]}
+
+
+@graph_fn(name="web_saving", outputs=["id", "uri"])
+async def web_saving(text: str, *, context: NodeContext) -> dict[str, Any]:
+    saved = await context.artifacts().save_bytes(text.encode(), name="note.txt", mime="text/plain")
+    return {"id": saved.id, "uri": saved.uri}

@@ -203,7 +203,7 @@ async def submit_run(
     try:
         run_id = check_run_id(submit.run_id) if submit.run_id else new_run_id()
         inputs = bind_run_inputs(spec, submit.inputs)
-    except (ValueError, GraphInputError) as exc:
+    except (ValueError, TypeError, GraphInputError) as exc:  # bad id, inputs not matching the signature
         raise HTTPException(422, str(exc)) from None
     try:
         await state.host.runs.submit(spec, inputs, run_id, submit.max_concurrency)

@@ -78,13 +78,18 @@ def server_token(options: ServeOptions) -> str | None:
     return check_bind(options.host, secret, require_token=options.require_token)
 
 
-async def _own_projections(host_settings: Settings, stop: asyncio.Event) -> None:
-    """Run the workspace's projector here, unless another process already owns the store (then it is asked)."""
+async def _own_projections(host_settings: Settings, stop: asyncio.Event, serving: asyncio.Event) -> None:
+    """Run the workspace's projector here, unless another process already owns the store (then it is asked).
+
+    ``serving`` is set once queries can be asked (of this projector, or of the other process's).
+    """
     host = await get_runtime()
     try:
-        await serve_projections(host.bus, host_settings, stop)
+        await serve_projections(host.bus, host_settings, stop, on_serving=serving.set)
     except ProjectionLockedError:
         log.info("another process owns the projection store; the server asks its projector")
+    finally:
+        serving.set()
 
 
 async def _projector_answers(bus: BusConnection, settings: Settings) -> bool:
@@ -105,7 +110,11 @@ async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
     hub = LiveHub(host.event_log, host.bus)
     background: list[asyncio.Task[None]] = []
     if options.projector and not await _projector_answers(host.bus, host.settings):
-        background.append(asyncio.create_task(_own_projections(host.settings, stop), name="aethergraph-projector"))
+        # Queries wait for it: one opening the store in this process meanwhile would race its creation.
+        queries_ready = asyncio.Event()
+        own = _own_projections(host.settings, stop, queries_ready)
+        background.append(asyncio.create_task(own, name="aethergraph-projector"))
+        await queries_ready.wait()
     if options.worker:
         background.append(asyncio.create_task(serve_worker(stop=stop), name="aethergraph-worker"))
     app = create_app(WebState(host=host, hub=hub, token=token))
