@@ -31,6 +31,7 @@ from . import (
     bench_publish,
     bench_replay,
     bench_resume,
+    bench_server,
     bench_services,
     bench_static,
     bench_steps,
@@ -74,6 +75,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_outage,
         bench_burst,
         bench_lifecycle,
+        bench_server,
     )
 }
 REPO = Path(__file__).resolve().parent.parent
