@@ -268,3 +268,21 @@ def test_the_viewer_is_served_at_the_root(server: ServerProc) -> None:
     assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/events", "/api/waits", "/api/graphs"} <= set(
         schema["paths"]
     )
+
+
+def test_retry_continues_a_failed_static_run_in_the_server(server: ServerProc, tmp_path: Path) -> None:
+    url = server.url
+    flag = tmp_path / "flag"
+    run_id = submit(url, "web_retry", {"x": 4, "flag": str(flag)})
+    failed = wait_status(url, run_id, {"failed"})
+    assert "flag file" in failed["error"]
+    flag.touch()
+    status, body, _ = call(url, "POST", f"/api/runs/{run_id}/retry")
+    assert status == 200 and body == {"run_id": run_id, "status": "running"}
+    assert wait_status(url, run_id, {"succeeded"})["outputs"] == {"y": 9}
+    status, body, _ = call(url, "POST", f"/api/runs/{run_id}/retry")
+    assert status == 409 and "succeeded" in body["detail"]
+    graph_fn_run = submit(url, "web_failing", {"x": 1})
+    wait_status(url, graph_fn_run, {"failed"})
+    status, body, _ = call(url, "POST", f"/api/runs/{graph_fn_run}/retry")
+    assert status == 409 and "static graphs" in body["detail"]

@@ -252,3 +252,34 @@ def test_start_server_with_http_in_code(tmp_path: Path) -> None:
     assert aethergraph.start_server(settings) == os.environ["AETHERGRAPH_NATS_URL"]  # the bus alone, as before
     with pytest.raises(aethergraph.errors.AetherGraphError, match="AETHERGRAPH_API_TOKEN"):
         aethergraph.start_server(settings, http=True, host="127.0.0.2", port=0)
+
+
+async def test_clients_of_one_run_share_one_feed_which_ends_after_the_last_leaves(runtime: ProcessHost) -> None:
+    import asyncio
+
+    import aethergraph
+    from aethergraph.adapters.web import live
+    from aethergraph.host.loader import import_module
+
+    graphs = import_module(GRAPHS)
+    handle = await aethergraph.start_run(graphs.web_counting, {"n": 3})
+    await handle.result()
+    hub = live.LiveHub(runtime.event_log, runtime.bus)
+    try:
+        async with hub.follow(handle.run_id) as first, hub.follow(handle.run_id) as second:
+            assert first is second and hub.feeds == 1
+            await first.ready.wait()
+            after = first.items[2].stream_seq  # the third event's: a client that saw three
+            one, two = first.tail(None), second.tail(after)
+            seen_one = [await anext(one) for _ in range(len(first.items))]
+            seen_two = [await anext(two) for _ in range(len(first.items) - 3)]
+            await one.aclose()
+            await two.aclose()
+        assert [i.stream_seq for i in seen_one] == sorted(i.stream_seq for i in seen_one)
+        assert [i.data for i in seen_one][-1].startswith('{"type":"run.completed"')
+        assert seen_two == seen_one[3:]
+        assert hub.feeds == 1  # kept a little while for a client that reconnects
+        await asyncio.sleep(live.LINGER_S + 1)
+        assert hub.feeds == 0
+    finally:
+        await hub.close()
