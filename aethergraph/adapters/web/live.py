@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.event_log import JetStreamEventLog, StoredRecord
@@ -43,11 +43,27 @@ LINGER_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class FeedItem:
-    """One SSE message: a journal event (``kind`` ``event``, with its id) or a token delta (``token``, no id)."""
+    """One SSE message: a journal event (``kind`` ``event``, with its id) or a token delta (``token``, no id).
+
+    ``frame`` is the message as SSE bytes, made once for every client.
+    """
 
     kind: str
     stream_seq: int | None
     data: str
+    frame: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "event":
+            frame = f"id: {self.stream_seq}\ndata: {self.data}\n\n"
+        elif self.kind == "keepalive":
+            frame = ": keepalive\n\n"
+        else:
+            frame = f"event: {self.kind}\ndata: {self.data}\n\n"
+        object.__setattr__(self, "frame", frame.encode())
+
+
+_KEEPALIVE = FeedItem("keepalive", None, "")
 
 
 class _Chain:
@@ -134,11 +150,12 @@ class RunFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def tail(self, after: int | None, *, keepalive_s: float | None = None) -> AsyncIterator[FeedItem]:
-        """Every item after stream sequence ``after`` (all of them when None), then each new one as it comes.
+    async def tail(self, after: int | None, *, keepalive_s: float | None = None) -> AsyncIterator[list[FeedItem]]:
+        """Every item after stream sequence ``after`` (all of them when None), then the new ones as they come.
 
-        With ``keepalive_s``, a ``keepalive`` item comes after that long without one (SSE comments keep
-        proxies from closing an idle stream).
+        Items come in lists: all that were there when the client woke (one write for what a slow client
+        missed). With ``keepalive_s``, a ``keepalive`` item comes after that long without one (SSE comments
+        keep proxies from closing an idle stream).
         """
         await self.ready.wait()
         cursor = 0
@@ -148,16 +165,21 @@ class RunFeed:
                 if item.stream_seq is not None and item.stream_seq <= after:
                     cursor = index + 1
         while True:
-            while cursor < len(self.items):
-                item = self.items[cursor]
-                cursor += 1
-                if item.kind == "end":
+            if cursor < len(self.items):
+                batch = self.items[cursor:]
+                cursor += len(batch)
+                ended = batch[-1].kind == "end"
+                batch = batch[:-1] if ended else batch
+                if batch:
+                    yield batch
+                if ended:
                     return
-                yield item
+                continue
             try:
-                await asyncio.wait_for(self._grown.wait(), keepalive_s)
+                async with asyncio.timeout(keepalive_s):
+                    await self._grown.wait()
             except TimeoutError:
-                yield FeedItem("keepalive", None, "")
+                yield [_KEEPALIVE]
 
 
 class LiveHub:
