@@ -163,8 +163,18 @@ async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
 def _listen(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound here so that a taken port is a plain error naming the fix."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on every accepted connection (without it,
+        # a keep-alive client's delayed ACK holds each response's second write back by 40 ms).
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(address)
+            listener.listen(2048)
+        except OSError:
+            listener.close()
+            raise
+        return listener
     except OSError as exc:
         raise AetherGraphError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port (0: any free port)"
