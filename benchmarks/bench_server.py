@@ -210,7 +210,7 @@ def _serve(nats_url: str, scratch: Path) -> tuple[subprocess.Popen[str], str]:
 
 def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     runs = ctx.pick(100_000, 10_000)
-    clients, events, pages = ctx.pick(1000, 200), ctx.pick(40, 10), ctx.pick(50, 10)
+    clients, events, pages = ctx.pick(1000, 200), ctx.pick(40, 10), ctx.pick(120, 10)
     with isolated_server(DEFAULT_SYNC) as (server, workspace), temp_workspace("ag-bench-server-") as scratch:
 
         async def fill() -> None:

@@ -264,7 +264,7 @@ async def test_clients_of_one_run_share_one_feed_which_ends_after_the_last_leave
     graphs = import_module(GRAPHS)
     handle = await aethergraph.start_run(graphs.web_counting, {"n": 3})
     await handle.result()
-    hub = live.LiveHub(runtime.event_log, runtime.bus)
+    hub = live.LiveHub(runtime.event_log, runtime.bus, keepalive_s=0.2)
     try:
         async with hub.follow(handle.run_id) as first, hub.follow(handle.run_id) as second:
             assert first is second and hub.feeds == 1
@@ -273,6 +273,8 @@ async def test_clients_of_one_run_share_one_feed_which_ends_after_the_last_leave
             one, two = first.tail(None), second.tail(after)
             seen_one = await anext(one)  # everything there is, in one batch
             seen_two = await anext(two)
+            [keepalive] = await anext(one)  # nothing new for keepalive_s: an SSE comment keeps the stream open
+            assert keepalive.kind == "keepalive" and keepalive.frame == b": keepalive\n\n"
             await one.aclose()
             await two.aclose()
         assert len(seen_one) == len(first.items) and seen_one[0].data.startswith('{"type":"run.started"')

@@ -43,7 +43,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
-KEEPALIVE_S = 15.0
 
 _FILTERS = """($1::VARCHAR IS NULL OR status = $1) AND ($2::VARCHAR IS NULL OR graph_id = $2)
       AND ($3::TIMESTAMP IS NULL OR started_at >= $3) AND ($4 OR parent_run_id IS NULL)"""
@@ -324,7 +323,7 @@ async def _sse(state: WebState, run_id: str, after: int | None) -> AsyncIterator
     """The SSE body: journal events with their ids, ``event: token`` deltas, keepalive comments (docs/server.md)."""
     async with state.hub.follow(run_id) as feed:
         yield b"retry: 1000\n\n"
-        async for batch in feed.tail(after, keepalive_s=KEEPALIVE_S):
+        async for batch in feed.tail(after):
             yield batch[0].frame if len(batch) == 1 else b"".join(item.frame for item in batch)
         if feed.error is not None:
             yield b"event: error\ndata: %s\n\n" % msgspec.json.encode({"message": str(feed.error)})
