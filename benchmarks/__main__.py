@@ -33,6 +33,7 @@ from . import (
     bench_rag,
     bench_replay,
     bench_resume,
+    bench_server,
     bench_services,
     bench_static,
     bench_steps,
@@ -78,6 +79,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_lifecycle,
         bench_llm,
         bench_rag,
+        bench_server,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

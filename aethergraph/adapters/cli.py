@@ -480,10 +480,10 @@ def nats_command(
 
 
 # The projection commands (projector, sql, runs, lineage, export), the static-graph
-# commands (graph, cancel, retry) and `tokens` register on the same app.
-from . import cli_graphs, cli_inspect, cli_migrate, cli_projections, cli_tokens  # noqa: E402
+# commands (graph, cancel, retry), `tokens` and the server commands (serve, dev) register on the same app.
+from . import cli_graphs, cli_inspect, cli_migrate, cli_projections, cli_server, cli_tokens  # noqa: E402
 
-__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections", "cli_tokens"]
+__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections", "cli_server", "cli_tokens"]
 
 
 def main() -> None:
