@@ -628,6 +628,22 @@ async def test_a_fresh_workspace_in_another_process_rebuilds_a_waiting_run_from_
 
 # --- 8. queries while the projector writes -------------------------------------------------------------
 
+async def test_concurrent_queries_of_one_process_fold_the_store_once(bus: Bus) -> None:
+    """Without a projector, queries fold the store themselves: two at once must not fold over each other."""
+    for index in range(30):
+        await bus.run(pjb_outer, {"name": f"file{index}.txt"})
+    access = ProjectionAccess(bus.rt.bus, bus.settings(bus.workspace("concurrent")))
+    expected = await bus.rt.bus.js.stream_info(EVENTS_STREAM)
+
+    async def count() -> int:
+        return int((await access.query("SELECT count(*) FROM events")).rows[0][0])
+
+    counts = await asyncio.gather(*(count() for _ in range(4)))
+    assert counts == [counts[0]] * 4 and counts[0] == expected.state.messages
+    dead = await access.query("SELECT count(*) FROM dead_letters")
+    assert dead.rows[0][0] == 0
+
+
 QUERY_SCRIPT = """
 import json, sys
 import aethergraph

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,18 @@ LOCK_WAIT_S = 30.0
 
 def store_path(settings: Settings) -> Path:
     return (settings.workspace / STORE_FILE).resolve()
+
+
+# DuckDB lets one process open a store file many times: two catch-ups of one store in one process would
+# fold over each other. Every local use of a store file in this process (per event loop) takes its lock.
+_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _local_lock(path: Path) -> asyncio.Lock:
+    locks = _local_locks.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(path, asyncio.Lock())
 
 
 class ProjectionAccess:
@@ -78,17 +91,18 @@ class ProjectionAccess:
                 await asyncio.sleep(0.1)
 
     async def _locally(self, request: QueryRequest, action: Callable[[ProjectionStore], Any]) -> Any:
-        opened = await self._open_store(request)
-        if isinstance(opened, QueryResult):
-            return opened
-        store = opened
-        try:
-            projector = Projector(self._bus, store, store_id=self.store_id)
-            await _check_source(projector, self.path, self._bus.url, self._on_notice)
-            await projector.catch_up(on_progress=self._on_progress)
-            return await asyncio.to_thread(action, store)
-        finally:
-            store.close()
+        async with _local_lock(self.path):
+            opened = await self._open_store(request)
+            if isinstance(opened, QueryResult):
+                return opened
+            store = opened
+            try:
+                projector = Projector(self._bus, store, store_id=self.store_id)
+                await _check_source(projector, self.path, self._bus.url, self._on_notice)
+                await projector.catch_up(on_progress=self._on_progress)
+                return await asyncio.to_thread(action, store)
+            finally:
+                store.close()
 
     async def rebuild(self) -> Projector:
         """Empty the store and fold the whole stream again (refused while a projector owns the store)."""
@@ -97,18 +111,19 @@ class ProjectionAccess:
                 f"a projector process owns {self.path}; stop it (Ctrl-C), then run `aethergraph projections "
                 "rebuild` again (a projector started afterwards serves the rebuilt store)"
             )
-        opened = await self._open_store(QueryRequest(op="status"))
-        if isinstance(opened, QueryResult):
-            raise ProjectionError(f"a projector process took {self.path} meanwhile; stop it and rebuild again")
-        store = opened
-        try:
-            await asyncio.to_thread(store.reset_all)
-            projector = Projector(self._bus, store, store_id=self.store_id)
-            await projector.check_source()
-            await projector.catch_up(on_progress=self._on_progress)
-            return projector
-        finally:
-            store.close()
+        async with _local_lock(self.path):
+            opened = await self._open_store(QueryRequest(op="status"))
+            if isinstance(opened, QueryResult):
+                raise ProjectionError(f"a projector process took {self.path} meanwhile; stop it and rebuild again")
+            store = opened
+            try:
+                await asyncio.to_thread(store.reset_all)
+                projector = Projector(self._bus, store, store_id=self.store_id)
+                await projector.check_source()
+                await projector.catch_up(on_progress=self._on_progress)
+                return projector
+            finally:
+                store.close()
 
     async def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> QueryResult:
         remote = await self._request(QueryRequest(sql=sql, params=params))
