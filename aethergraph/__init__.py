@@ -7,6 +7,7 @@ The public surface is this module's ``__all__``; everything under
 from __future__ import annotations
 
 from aethergraph import errors
+from aethergraph.adapters.web.launch import start_server
 from aethergraph.core.api.callables import GraphFunction, Tool
 from aethergraph.core.api.decorators import graph_fn, tool
 from aethergraph.core.api.dual_stage import DualStageTool
@@ -36,7 +37,6 @@ from aethergraph.runtime import (
     serve_projector,
     serve_worker,
     start_run,
-    start_server,
     submit,
 )
 

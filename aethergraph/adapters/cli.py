@@ -481,9 +481,9 @@ def nats_command(
 
 # The projection commands (projector, sql, runs, lineage, export) and the static-graph
 # commands (graph, cancel, retry) register on the same app.
-from . import cli_graphs, cli_inspect, cli_migrate, cli_projections  # noqa: E402
+from . import cli_graphs, cli_inspect, cli_migrate, cli_projections, cli_server  # noqa: E402
 
-__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections"]
+__all__ += ["cli_graphs", "cli_inspect", "cli_migrate", "cli_projections", "cli_server"]
 
 
 def main() -> None:

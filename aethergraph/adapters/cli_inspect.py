@@ -31,7 +31,7 @@ from .cli_common import (
 from .cli_projections import query_projections
 from .console import outputs_table
 
-__all__ = ["answer_command", "result_command", "waits_command"]
+__all__ = ["OPEN_WAITS_SQL", "answer_command", "result_command", "waits_command"]
 
 _EXIT = {"succeeded": 0, "failed": EXIT_FAILED, "waiting": EXIT_WAITING, "cancelled": EXIT_CANCELLED}
 
@@ -128,9 +128,9 @@ def _explain(state: RunState, status: str) -> None:
         )
 
 
-_OPEN_WAITS_SQL = """
+OPEN_WAITS_SQL = """
 SELECT w.run_id, w.wait_id, w.node_id, w.kind, w.prompt, w.requested_at, w.deadline,
-       coalesce(r.root_run_id, w.run_id) AS root_run_id
+       w.payload_schema, w.channel, coalesce(r.root_run_id, w.run_id) AS root_run_id
 FROM waits w
 LEFT JOIN runs r ON r.run_id = w.run_id
 LEFT JOIN runs root ON root.run_id = coalesce(r.root_run_id, w.run_id)
@@ -155,7 +155,7 @@ def waits_command(
     """
     if run_id is not None:
         checked_run_id(run_id)
-    result = query_projections(_OPEN_WAITS_SQL, [run_id])
+    result = query_projections(OPEN_WAITS_SQL, [run_id])
     waits = [
         {
             "run_id": row["run_id"],

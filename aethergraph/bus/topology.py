@@ -81,6 +81,7 @@ __all__ = [
     "run_owner_subject",
     "run_owners_filter",
     "schedule_subject",
+    "token_stream_filter",
     "worker_lease_subject",
     "worker_of_lease",
 ]
@@ -126,6 +127,11 @@ def run_events_filter(run_id: str) -> str:
 def live_events_filter(run_id: str) -> str:
     """The core-NATS subject filter on which the server republishes one run's stored events."""
     return f"{_LIVE_EVENTS_PREFIX}{check_run_id(run_id)}.>"
+
+
+def token_stream_filter(run_id: str) -> str:
+    """``ag.stream.<run_id>.*``: the live token deltas of every node of one run (core NATS, never stored)."""
+    return f"ag.stream.{check_run_id(run_id)}.*"
 
 
 def live_report_prefix() -> str:

@@ -140,6 +140,8 @@ class Settings(BaseSettings):
     switches the connection to TLS), ``nats_tls_cert`` / ``nats_tls_key`` (a
     client certificate, both or neither), ``nats_creds`` (a ``.creds`` file
     with a user JWT and nkey seed), ``nats_user`` / ``nats_password``.
+    ``api_token`` is the bearer token of the HTTP API (``aethergraph serve``):
+    without it the server binds to loopback only.
     """
 
     model_config = SettingsConfigDict(env_prefix="AETHERGRAPH_", extra="ignore", env_nested_delimiter="__")
@@ -188,6 +190,8 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     mcp: McpSettings = McpSettings()
     rag: RagSettings = RagSettings()
+    # The HTTP API's bearer token (`aethergraph serve`/`dev`): required to bind beyond 127.0.0.1 (docs/server.md).
+    api_token: SecretStr | None = None
 
     @field_validator("sync_interval")
     @classmethod

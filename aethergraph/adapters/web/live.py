@@ -1,0 +1,204 @@
+"""Live run feeds: one bus subscription per followed run, shared by every HTTP client following it.
+
+A :class:`RunFeed` follows one run with the event log's live-follow
+machinery (``JetStreamEventLog.following``: one core-NATS subscription to
+``ag.live.evt.<run_id>.>`` plus direct gets, no JetStream consumer) and with
+one subscription to the run's token deltas on ``ag.stream.<run_id>.*``. It
+applies the journal rule (:class:`~aethergraph.core.journal.replay.ChainBuilder`)
+to the stored events in stream order and keeps what it released, in order,
+as :class:`FeedItem` values; every client reads that one list from its own
+cursor, so a thousand clients cost one subscription and one wake-up per
+item. A journal event's item carries the stream sequence of the stored
+message that released it (the SSE id): a client that saw every item up to
+sequence ``L`` continues exactly after ``L`` with ``Last-Event-ID: L``, in
+this server or in another one (the items are rebuilt from the stream).
+
+Token deltas are not stored anywhere: they reach the clients following the
+run while the feed is open, and never come back on a reconnect to another
+server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from aethergraph.bus.connection import BusConnection
+from aethergraph.bus.event_log import JetStreamEventLog, StoredRecord
+from aethergraph.bus.topology import token_stream_filter
+from aethergraph.core.journal.replay import ChainBuilder
+from aethergraph.core.wire.codec import encode_event
+
+__all__ = ["FeedItem", "LiveHub", "RunFeed", "journal_items"]
+
+log = logging.getLogger("aethergraph.web")
+
+# How long a feed nobody follows stays open (a client reconnecting at once finds it still there).
+LINGER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    """One SSE message: a journal event (``kind`` ``event``, with its id) or a token delta (``token``, no id)."""
+
+    kind: str
+    stream_seq: int | None
+    data: str
+
+
+class _Chain:
+    """The journal rule over stored records in stream order: each record yields the events it released."""
+
+    def __init__(self) -> None:
+        self._builder = ChainBuilder()
+
+    def add(self, record: StoredRecord) -> list[FeedItem]:
+        return [
+            FeedItem("event", record.stream_seq, encode_event(event).decode())
+            for event in self._builder.add(record.event)
+        ]
+
+
+async def journal_items(event_log: JetStreamEventLog, run_id: str, after: int = 0) -> list[FeedItem]:
+    """The run's journal events as feed items (the journal rule applied), those released after ``after`` only."""
+    chain = _Chain()
+    items: list[FeedItem] = []
+    async for record in event_log.read_run(run_id):
+        released = chain.add(record)
+        if record.stream_seq > after:
+            items.extend(released)
+    return items
+
+
+class RunFeed:
+    """One followed run: its released items in order, and a wake-up for the clients waiting for more."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.items: list[FeedItem] = []
+        self.ready = asyncio.Event()  # set once the stored events are in ``items``
+        self.closed = False
+        self.error: BaseException | None = None
+        self.clients = 0
+        self._grown = asyncio.Event()
+        self._chain = _Chain()
+        self._task: asyncio.Task[None] | None = None
+        self._stop_tokens: Callable[[], Awaitable[None]] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+
+    def _append(self, new: list[FeedItem]) -> None:
+        if new:
+            self.items.extend(new)
+            grown, self._grown = self._grown, asyncio.Event()
+            grown.set()
+
+    def _on_token(self, data: bytes) -> None:
+        try:
+            delta = json.loads(data)
+        except ValueError:
+            return  # not a token delta: ignored, like any stray message
+        if isinstance(delta, dict) and delta.get("run_id") == self.run_id:
+            self._append([FeedItem("token", None, json.dumps(delta, separators=(",", ":")))])
+
+    async def start(self, event_log: JetStreamEventLog, bus: BusConnection) -> None:
+        self._stop_tokens = await bus.watch(token_stream_filter(self.run_id), self._on_token)
+        self._task = asyncio.create_task(self._pump(event_log), name=f"aethergraph-feed-{self.run_id}")
+
+    async def _pump(self, event_log: JetStreamEventLog) -> None:
+        try:
+            async with event_log.following(self.run_id) as (stored, live):
+                self._append([item for record in stored for item in self._chain.add(record)])
+                self.ready.set()
+                async for record in live:
+                    self._append(self._chain.add(record))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the clients, which end their streams with it
+            log.warning("following run %s stopped: %s", self.run_id, exc)
+            self.error = exc
+        finally:
+            self.closed = True
+            self.ready.set()
+            self._append([FeedItem("end", None, "")])
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._stop_tokens is not None:
+            await self._stop_tokens()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def tail(self, after: int | None, *, keepalive_s: float | None = None) -> AsyncIterator[FeedItem]:
+        """Every item after stream sequence ``after`` (all of them when None), then each new one as it comes.
+
+        With ``keepalive_s``, a ``keepalive`` item comes after that long without one (SSE comments keep
+        proxies from closing an idle stream).
+        """
+        await self.ready.wait()
+        cursor = 0
+        if after is not None:
+            # Skip what the client saw: items up to and including the last released by message ``after``.
+            for index, item in enumerate(self.items):
+                if item.stream_seq is not None and item.stream_seq <= after:
+                    cursor = index + 1
+        while True:
+            while cursor < len(self.items):
+                item = self.items[cursor]
+                cursor += 1
+                if item.kind == "end":
+                    return
+                yield item
+            try:
+                await asyncio.wait_for(self._grown.wait(), keepalive_s)
+            except TimeoutError:
+                yield FeedItem("keepalive", None, "")
+
+
+class LiveHub:
+    """The server's run feeds: opened by the first client of a run, closed a little after its last one left."""
+
+    def __init__(self, event_log: JetStreamEventLog, bus: BusConnection) -> None:
+        self._event_log = event_log
+        self._bus = bus
+        self._feeds: dict[str, RunFeed] = {}
+
+    @property
+    def feeds(self) -> int:
+        return len(self._feeds)
+
+    @contextlib.asynccontextmanager
+    async def follow(self, run_id: str) -> AsyncIterator[RunFeed]:
+        feed = self._feeds.get(run_id)
+        if feed is None or feed.closed:
+            feed = RunFeed(run_id)
+            self._feeds[run_id] = feed
+            await feed.start(self._event_log, self._bus)
+        feed.clients += 1
+        if feed._linger is not None:
+            feed._linger.cancel()
+            feed._linger = None
+        try:
+            yield feed
+        finally:
+            feed.clients -= 1
+            if feed.clients == 0:
+                loop = asyncio.get_running_loop()
+                feed._linger = loop.call_later(LINGER_S, lambda: loop.create_task(self._drop(feed)))
+
+    async def _drop(self, feed: RunFeed) -> None:
+        if feed.clients == 0 and self._feeds.get(feed.run_id) is feed:
+            del self._feeds[feed.run_id]
+            await feed.close()
+
+    async def close(self) -> None:
+        feeds, self._feeds = list(self._feeds.values()), {}
+        for feed in feeds:
+            if feed._linger is not None:
+                feed._linger.cancel()
+            await feed.close()
