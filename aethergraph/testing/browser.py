@@ -16,10 +16,13 @@ chromedriver and no Node toolchain are needed. The tests of the web viewer and i
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +50,21 @@ def find_chromium() -> str | None:
         if found:
             return found
     return None
+
+
+_TRAMPOLINE = (
+    "import os, sys; r, w = int(sys.argv[1]), int(sys.argv[2]); os.dup2(r, 3); os.dup2(w, 4); "
+    "os.close(r); os.close(w); os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A pipe whose ends are above 9, so moving them to descriptors 3 and 4 in the child never collides."""
+    low = os.pipe()
+    high = (fcntl.fcntl(low[0], fcntl.F_DUPFD_CLOEXEC, 10), fcntl.fcntl(low[1], fcntl.F_DUPFD_CLOEXEC, 10))
+    for fd in low:
+        os.close(fd)
+    return high
 
 
 class _Reply:
@@ -80,10 +98,12 @@ class Browser:
         """Start headless Chromium (a throwaway profile) and stop it on exit."""
         path = binary or find_chromium()
         if path is None:
-            raise BrowserError("no Chromium binary found: install Debian's chromium package or set AETHERGRAPH_CHROMIUM")
+            raise BrowserError(
+                "no Chromium binary found: install Debian's chromium package or set AETHERGRAPH_CHROMIUM"
+            )
         profile = tempfile.mkdtemp(prefix="ag-chromium-")
-        cmd_r, cmd_w = os.pipe()
-        ans_r, ans_w = os.pipe()
+        cmd_r, cmd_w = _high_pipe()
+        ans_r, ans_w = _high_pipe()
         flags = [
             "--headless=new",
             "--remote-debugging-pipe",
@@ -102,10 +122,10 @@ class Browser:
         ]
         if os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium refuses to run its sandbox as root (CI runs as root)
-        # The shell puts the pipe ends at descriptors 3 and 4, where --remote-debugging-pipe expects them.
-        script = f'exec "$0" "$@" 3<&{cmd_r} 4>&{ans_w} {cmd_r}<&- {ans_w}>&-'
+        # A small trampoline puts the pipe ends at descriptors 3 and 4, where --remote-debugging-pipe expects
+        # them, and executes the browser.
         process = subprocess.Popen(
-            ["sh", "-c", script, path, *flags, "about:blank"],
+            [sys.executable, "-c", _TRAMPOLINE, str(cmd_r), str(ans_w), path, *flags, "about:blank"],
             pass_fds=(cmd_r, ans_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -186,20 +206,16 @@ class Browser:
 
     def close(self) -> None:
         if self._process.poll() is None:
-            try:
+            with contextlib.suppress(BrowserError):
                 self.send("Browser.close", timeout_s=10)
-            except BrowserError:
-                pass
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
         for fd in (self._out, self._in):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         shutil.rmtree(self._profile, ignore_errors=True)
 
 
@@ -221,7 +237,10 @@ class Page:
             text = details.get("exception", {}).get("description") or details.get("text", "")
             self.errors.append(f"uncaught: {text}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
-            self.errors.append("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", [])))
+            self.errors.append(
+                "console.error: "
+                + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            )
 
     def send(self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float = 60.0) -> dict[str, Any]:
         return self.browser.send(method, params, session=self.session, timeout_s=timeout_s)
@@ -234,6 +253,10 @@ class Page:
             raise BrowserError(f"navigating to {url}: {result['errorText']}")
         if not self._loaded.wait(timeout_s):
             raise BrowserError(f"{url} did not finish loading within {timeout_s:.0f}s")
+
+    def bring_to_front(self) -> None:
+        """Make this the visible tab (a hidden tab gets no animation frames, as in a real browser)."""
+        self.send("Page.bringToFront")
 
     def evaluate(self, expression: str, *, timeout_s: float = 60.0) -> Any:
         """The value of a JavaScript expression (awaited if it is a promise), as JSON."""

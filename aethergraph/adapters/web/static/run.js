@@ -90,7 +90,14 @@ export function runPage({ id }, query, root) {
           waits.body.append(state.cards.get(key));
         }
       }
-      for (const [key, card] of state.cards) card.classList.toggle("closed", !keys.has(key));
+      for (const [key, card] of state.cards) {
+        if (keys.has(key)) continue;
+        if (card.classList.contains("answered")) card.classList.add("closed");
+        else {
+          card.remove(); // answered elsewhere: the conversation shows the answer
+          state.cards.delete(key);
+        }
+      }
       waits.el.hidden = state.cards.size === 0;
     },
     talk() {
@@ -141,22 +148,31 @@ export function runPage({ id }, query, root) {
   }
   const ALL = Object.keys(renderers);
 
-  async function cancel() {
-    if (!confirm(`Cancel run ${id}?`)) return;
+  // Cancel asks once more on the button itself (no modal dialog); errors show beside the buttons.
+  async function cancel(event) {
+    const button = event.currentTarget;
+    if (button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = "Really cancel?";
+      return;
+    }
+    button.disabled = true;
     try {
       await api.cancelRun(id, "cancelled from the web viewer");
     } catch (error) {
-      alert(error.message);
+      actionError(error);
     }
   }
-  async function retry() {
+  async function retry(event) {
+    event.currentTarget.disabled = true;
     try {
       const result = await api.retryRun(id, model.run);
       if (result?.run_id && result.run_id !== id) location.hash = `#/runs/${encodeURIComponent(result.run_id)}`;
     } catch (error) {
-      alert(error.message);
+      actionError(error);
     }
   }
+  const actionError = (error) => head.querySelector(".run-actions").append(h("span", { class: "error action-error" }, error.message));
 
   let detailTimer = null;
   const refreshDetail = () => {

@@ -38,7 +38,7 @@ function field(schema, path, { label, required }) {
   const title = label ?? schema.title ?? "";
   const note = schema.description ? h("span", { class: "hint" }, schema.description) : null;
   f.el = h("div", { class: `field ft-${type}`, "data-path": path },
-    title || required ? h("label", { for: id }, title, required ? h("span", { class: "req", title: "required" }, " *") : null) : null,
+    title ? h("label", { for: id }, title, required ? h("span", { class: "req", title: "required" }, " *") : null) : null,
     f.el, note);
   return f;
 }
@@ -52,11 +52,20 @@ function parseNumber(text, path, integer) {
 
 const BUILDERS = {
   string(schema, path, required) {
-    const long = (schema.maxLength ?? 1000) > 200 && !schema.format;
+    // A long text (the whole answer of a text wait, or a string allowed beyond 200 characters) gets a text area.
+    const long = (path === "" || (schema.maxLength ?? 0) > 200) && !schema.format && !schema.pattern;
     const attrs = { id: uid(path), name: path, required, "data-path": path };
     const input = long ? h("textarea", { ...attrs, rows: 3 }) : h("input", { ...attrs, type: schema.format === "email" ? "email" : "text" });
     if (schema.default !== undefined) input.value = String(schema.default);
-    return { input, el: input, read: () => (input.value === "" && !required ? undefined : input.value) };
+    return {
+      input,
+      el: input,
+      read() {
+        if (input.value !== "") return input.value;
+        if (required) throw new FieldError(path, "required");
+        return undefined;
+      },
+    };
   },
   number(schema, path, required, integer = false) {
     const input = h("input", { id: uid(path), name: path, type: "number", step: integer ? 1 : "any", required, "data-path": path, min: schema.minimum, max: schema.maximum });
@@ -84,13 +93,21 @@ const BUILDERS = {
   enum(schema, path, required) {
     const options = schema.enum;
     const input = h("select", { id: uid(path), name: path, "data-path": path },
-      required ? null : h("option", { value: "" }, "—"),
+      h("option", { value: "" }, required ? "choose…" : "—"),
       options.map((option, i) => h("option", { value: String(i) }, typeof option === "string" ? option : JSON.stringify(option))));
     if (schema.default !== undefined) {
       const index = options.findIndex((o) => JSON.stringify(o) === JSON.stringify(schema.default));
       if (index >= 0) input.value = String(index);
     }
-    return { input, el: input, read: () => (input.value === "" ? undefined : options[Number(input.value)]) };
+    return {
+      input,
+      el: input,
+      read() {
+        if (input.value !== "") return options[Number(input.value)];
+        if (required && path === "") throw new FieldError(path, "choose one");
+        return undefined;
+      },
+    };
   },
   const(schema) {
     return { el: h("span", { class: "hidden" }), read: () => schema.const };
@@ -104,7 +121,7 @@ const BUILDERS = {
     const list = h("div", { class: "array-items" });
     const rows = [];
     const add = () => {
-      const f = field(items, `${path}/${rows.length}`, { label: "", required: true });
+      const f = field(items, `${path}/${rows.length}`, { label: "", required: false });
       const entry = { f, el: null };
       entry.el = h("div", { class: "array-item" }, f.el, h("button", {
         type: "button", class: "small", title: "remove",

@@ -46,6 +46,7 @@ export class Timeline {
       ev.type.includes(f) || (ev.node_id || "").toLowerCase().includes(f) || summary(ev).toLowerCase().includes(f));
     this.count.textContent = f ? `${this.shown.length} of ${this.events.length} events` : `${this.events.length} events`;
     this.spacer.style.height = `${this.shown.length * ROW}px`;
+    this.scroller.style.height = `${Math.min(480, Math.max(96, this.shown.length * ROW + 4))}px`;
     if (this.follow) this.scroller.scrollTop = this.scroller.scrollHeight;
     this.draw();
   }
