@@ -36,6 +36,7 @@ from . import (
     bench_steps,
     bench_suspended_memory,
     bench_takeover,
+    bench_viewer,
 )
 from .harness import (
     BenchContext,
@@ -74,6 +75,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_outage,
         bench_burst,
         bench_lifecycle,
+        bench_viewer,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

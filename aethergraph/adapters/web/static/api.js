@@ -87,19 +87,10 @@ export async function getRun(runId) {
   };
 }
 
-/** Every stored event of a run, in journal order: [{...event, stream_seq}]. */
-export async function runEvents(runId) {
-  const events = [];
-  let after = 0;
-  for (;;) {
-    const data = await request("GET", `/api/runs/${enc(runId)}/events${query({ after: after || undefined })}`);
-    const page = Array.isArray(data) ? data : (data.events ?? []);
-    for (const item of page) events.push(normaliseEvent(item));
-    const next = Array.isArray(data) ? null : (data.next ?? null);
-    if (!next || page.length === 0) break;
-    after = next;
-  }
-  return events;
+/** The run's journal events after stream sequence `after` (all of them by default): [{...event, stream_seq}]. */
+export async function runEvents(runId, after = 0) {
+  const data = await request("GET", `/api/runs/${enc(runId)}/events${query({ after: after || undefined })}`);
+  return (data.events ?? []).map(normaliseEvent);
 }
 
 /** An event as the views use it: the event's own fields plus `stream_seq`. */

@@ -66,6 +66,26 @@ export function runsPage(_params, query, root) {
   }
   more.addEventListener("click", () => load(false));
 
+  // The fallback while the live stream is down: the first page again, merged into the rows shown.
+  async function refresh() {
+    try {
+      const sinceIso = filters.since ? new Date(filters.since).toISOString() : undefined;
+      const page = await api.listRuns({ status: filters.status, graph: filters.graph, since: sinceIso });
+      let anchor = null;
+      for (const run of page.runs) {
+        const known = rows.get(run.run_id);
+        const tr = row(run);
+        if (known) known.tr.replaceWith(tr);
+        else if (anchor) anchor.after(tr);
+        else body.prepend(tr);
+        anchor = tr;
+      }
+      message.textContent = rows.size ? "" : "no runs match";
+    } catch (error) {
+      message.textContent = error.message;
+    }
+  }
+
   // Live: a run event changes its row's status; a new top-level run that fits the filters goes on top.
   const onEvent = (ev) => {
     const status = STATUS_OF[ev.type];
@@ -100,6 +120,6 @@ export function runsPage(_params, query, root) {
       live.textContent = s === "live" ? "● live" : s;
       live.className = `live-state ${s}`;
     },
-    onFallback: () => load(true),
+    onFallback: refresh,
   });
 }
