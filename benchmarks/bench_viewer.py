@@ -33,7 +33,8 @@ def _start_server(nats_url: str, scratch: Path) -> tuple[Proc, str]:
     env = process_env(nats_url, scratch / "dev-workspace")
     proc = spawn(["-m", "aethergraph", "dev", str(GRAPHS), "--port", "0"], env, scratch / "dev.log", stdout_pipe=True)
     first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.process.stdout.readline() if proc.process.stdout else ""))
+    stdout = proc.process.stdout
+    reader = threading.Thread(target=lambda: first.append(stdout.readline() if stdout else ""))
     reader.start()
     reader.join(120)
     if not first or " at http" not in first[0]:
@@ -80,7 +81,7 @@ def _page_timings(url: str, run_id: str, repeats: int, say: Any) -> list[dict[st
 
 def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     if find_chromium() is None:
-        raise RuntimeError("benchmark 'viewer' needs Chromium: apt-get install -y chromium (or set AETHERGRAPH_CHROMIUM)")
+        raise RuntimeError("benchmark 'viewer' needs Chromium: apt-get install -y chromium (or AETHERGRAPH_CHROMIUM)")
     repeats = ctx.pick(10, 3)
     with isolated_server(DEFAULT_SYNC) as (server, _), temp_workspace("ag-bench-viewer-") as scratch:
         proc, url = _start_server(server.url, scratch)
