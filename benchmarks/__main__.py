@@ -31,6 +31,7 @@ from . import (
     bench_publish,
     bench_replay,
     bench_resume,
+    bench_server,
     bench_services,
     bench_static,
     bench_steps,
@@ -75,6 +76,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_outage,
         bench_burst,
         bench_lifecycle,
+        bench_server,
         bench_viewer,
     )
 }

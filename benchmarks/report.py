@@ -185,6 +185,23 @@ HEADLINES = (
         what="`runs` aggregate via the projector while it ingests, p99",
         value=lambda figure: figure.p99,
     ),
+    Headline(
+        benchmark="server",
+        key="sse_fanout",
+        sync_interval=DEFAULT_SYNC,
+        what="SSE fan-out: event appended -> received by 1,000 clients of one run, p99 (full mode)",
+        target=100.0,
+        target_text="≤ 100 ms",
+        value=lambda figure: figure.p99,
+    ),
+    Headline(
+        benchmark="server",
+        key="runs_page_offset",
+        sync_interval=DEFAULT_SYNC,
+        what="`GET /api/runs` page over 100,000 runs (offset half-way), p50 (full mode)",
+        target=50.0,
+        target_text="≤ 50 ms",
+    ),
 )
 
 

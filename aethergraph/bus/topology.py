@@ -24,6 +24,10 @@ Public subject contract (documented in docs/events.md):
   take them from the shared durable consumer ``ag-work``.
 * ``ag.proj.<store_id>.query`` is where the process that owns a projection
   store answers SQL queries for other processes (request/reply, not stored).
+* ``ag.stream.<run_id>.<node_id>`` carries a model call's streamed token
+  deltas (core NATS, fire-and-forget: no stream captures ``ag.stream.>``, so
+  they are never stored, journaled or replayed); the JSON body is a
+  :class:`~aethergraph.core.wire.token_delta.TokenDelta`.
 * ``ag.lease.worker.<worker_id>`` is a process's heartbeat (a message with a
   TTL; its expiry marker announces the process's death) and
   ``ag.lease.run.<worker_id>.<run_id>`` records which process drives a run.
@@ -45,7 +49,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from aethergraph.core.ids import check_run_id
+from aethergraph.core.ids import check_run_id, token
 
 __all__ = [
     "ALL_CANCELS",
@@ -82,6 +86,7 @@ __all__ = [
     "run_owners_filter",
     "schedule_subject",
     "token_stream_filter",
+    "token_stream_subject",
     "worker_lease_subject",
     "worker_of_lease",
 ]
@@ -112,6 +117,7 @@ _CANCEL_PREFIX: Final = "ag.cmd.cancel."
 WORKER_LEASES: Final = "ag.lease.worker.>"
 _WORKER_LEASE_PREFIX: Final = "ag.lease.worker."
 _RUN_OWNER_PREFIX: Final = "ag.lease.run."
+_STREAM_PREFIX: Final = "ag.stream."
 
 
 def event_subject(run_id: str, event_type: str) -> str:
@@ -127,11 +133,6 @@ def run_events_filter(run_id: str) -> str:
 def live_events_filter(run_id: str) -> str:
     """The core-NATS subject filter on which the server republishes one run's stored events."""
     return f"{_LIVE_EVENTS_PREFIX}{check_run_id(run_id)}.>"
-
-
-def token_stream_filter(run_id: str) -> str:
-    """``ag.stream.<run_id>.*``: the live token deltas of every node of one run (core NATS, never stored)."""
-    return f"ag.stream.{check_run_id(run_id)}.*"
 
 
 def live_report_prefix() -> str:
@@ -201,6 +202,16 @@ def parse_run_owner(subject: str) -> tuple[str, str]:
     """``(worker_id, run_id)`` of ``ag.lease.run.<worker_id>.<run_id>``."""
     worker_id, _, run_id = subject[len(_RUN_OWNER_PREFIX) :].partition(".")
     return worker_id, run_id
+
+
+def token_stream_subject(run_id: str, node_id: str) -> str:
+    """``ag.stream.<run_id>.<node_id>``: where a node's streamed token deltas go (not stored)."""
+    return f"{_STREAM_PREFIX}{check_run_id(run_id)}.{token(node_id)}"
+
+
+def token_stream_filter(run_id: str) -> str:
+    """Every streamed token delta of one run (all its nodes)."""
+    return f"{_STREAM_PREFIX}{check_run_id(run_id)}.>"
 
 
 def projector_consumer(store_id: str) -> str:

@@ -2,11 +2,14 @@
 
 ``web_asking`` waits for a review whose payload must match ``REVIEW_SCHEMA``;
 ``web_counting`` logs ``n`` lines (one event each) and returns their count;
-``web_failing`` fails inside a tool; ``web_static`` is a two-node static graph.
+``web_failing`` fails inside a tool; ``web_static`` is a two-node static graph; ``web_parent``
+runs ``web_counting`` as its child run; ``web_saving`` saves an artifact; ``web_retry`` fails until
+the file ``flag`` exists (for retries).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aethergraph import NodeContext, Wait, graph_fn, graphify, tool
@@ -48,4 +51,30 @@ async def web_failing(x: int, *, context: NodeContext) -> dict[str, Any]:
 def web_static(x: Any) -> dict[str, Any]:
     first = web_double(x=x)
     second = web_double(x=first.v)
+    return {"y": second.v}
+
+
+@graph_fn(name="web_parent", outputs=["count"])
+async def web_parent(n: int, *, context: NodeContext) -> dict[str, Any]:
+    child = await web_counting(n)
+    return {"count": child["count"]}
+
+
+@graph_fn(name="web_saving", outputs=["id", "uri"])
+async def web_saving(text: str, *, context: NodeContext) -> dict[str, Any]:
+    saved = await context.artifacts().save_bytes(text.encode(), name="note.txt", mime="text/plain")
+    return {"id": saved.id, "uri": saved.uri}
+
+
+@tool(name="web_flaky", outputs=["v"])
+def web_flaky(x: int, flag: str) -> dict[str, Any]:
+    if not os.path.exists(flag):
+        raise RuntimeError(f"flag file {flag} is missing")
+    return {"v": x + 1}
+
+
+@graphify(name="web_retry", inputs=["x", "flag"], outputs=["y"])
+def web_retry(x: Any, flag: Any) -> dict[str, Any]:
+    first = web_double(x=x)
+    second = web_flaky(x=first.v, flag=flag)
     return {"y": second.v}

@@ -19,7 +19,14 @@ import typer
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from aethergraph.core.errors import GraphInputError, ResumeRejectedError, RunExistsError, RunNotFoundError
+from aethergraph.core.errors import (
+    GraphInputError,
+    GraphNotFoundError,
+    NotRetryableError,
+    ResumeRejectedError,
+    RunExistsError,
+    RunNotFoundError,
+)
 from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.journal.run_control import bind_run_inputs
 from aethergraph.core.model.registry import registered_graphs
@@ -203,7 +210,7 @@ async def submit_run(
     try:
         run_id = check_run_id(submit.run_id) if submit.run_id else new_run_id()
         inputs = bind_run_inputs(spec, submit.inputs)
-    except (ValueError, GraphInputError) as exc:
+    except (ValueError, TypeError, GraphInputError) as exc:  # bad id, inputs not matching the signature
         raise HTTPException(422, str(exc)) from None
     try:
         await state.host.runs.submit(spec, inputs, run_id, submit.max_concurrency)
@@ -222,6 +229,21 @@ async def cancel_run(
     reason = str((body or {}).get("reason") or "cancelled from the HTTP API")
     status = await state.host.runs.cancel_run(run_id, reason)
     return {"run_id": run_id, "status": status}
+
+
+@router.post("/{run_id}/retry")
+async def retry_run(request: Request, run_id: str) -> dict[str, Any]:
+    """Continue a failed or cancelled static run from its failed nodes, driven by this server's process
+    (completed nodes keep their outputs); 409 if the run cannot be retried (the message says why)."""
+    state = web_state(request)
+    await _known_run(state, run_id)
+    try:
+        await state.host.runs.retry(run_id)
+    except GraphNotFoundError as exc:
+        raise HTTPException(409, f"{exc.message}; this server serves the graphs of its modules only") from None
+    except NotRetryableError as exc:
+        raise HTTPException(409, exc.message) from None
+    return {"run_id": run_id, "status": "running"}
 
 
 _REJECTED_STATUS = {"unknown_run": 404, "invalid_payload": 422, "malformed": 422, "invalid_run_id": 422}

@@ -3,7 +3,7 @@
 A :class:`RunFeed` follows one run with the event log's live-follow
 machinery (``JetStreamEventLog.following``: one core-NATS subscription to
 ``ag.live.evt.<run_id>.>`` plus direct gets, no JetStream consumer) and with
-one subscription to the run's token deltas on ``ag.stream.<run_id>.*``. It
+one subscription to the run's token deltas on ``ag.stream.<run_id>.>``. It
 applies the journal rule (:class:`~aethergraph.core.journal.replay.ChainBuilder`)
 to the stored events in stream order and keeps what it released, in order,
 as :class:`FeedItem` values; every client reads that one list from its own

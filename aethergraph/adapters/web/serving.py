@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,13 +79,18 @@ def server_token(options: ServeOptions) -> str | None:
     return check_bind(options.host, secret, require_token=options.require_token)
 
 
-async def _own_projections(host_settings: Settings, stop: asyncio.Event) -> None:
-    """Run the workspace's projector here, unless another process already owns the store (then it is asked)."""
+async def _own_projections(host_settings: Settings, stop: asyncio.Event, serving: asyncio.Event) -> None:
+    """Run the workspace's projector here, unless another process already owns the store (then it is asked).
+
+    ``serving`` is set once queries can be asked (of this projector, or of the other process's).
+    """
     host = await get_runtime()
     try:
-        await serve_projections(host.bus, host_settings, stop)
+        await serve_projections(host.bus, host_settings, stop, on_serving=serving.set)
     except ProjectionLockedError:
         log.info("another process owns the projection store; the server asks its projector")
+    finally:
+        serving.set()
 
 
 async def _projector_answers(bus: BusConnection, settings: Settings) -> bool:
@@ -95,17 +101,27 @@ async def _projector_answers(bus: BusConnection, settings: Settings) -> bool:
 
 async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
     """Serve the API (and worker/projector if asked) on this event loop until ``stop`` is set."""
-    import uvicorn  # the server's dependencies load here, not with aethergraph
+    try:
+        import uvicorn  # the server's dependencies load here, not with aethergraph
 
-    from .app import create_app
+        from .app import create_app
+    except ModuleNotFoundError as exc:
+        raise AetherGraphError(
+            f"the HTTP server needs FastAPI and uvicorn ({exc.name} is missing): pip install 'aethergraph[server]'"
+        ) from None
 
     token = server_token(options)
     import_modules(*options.modules)
+    listener = _listen(options.host, options.port)  # before anything starts: a taken port stops nothing
     host = await get_runtime(options.settings, inline_answers=False)
     hub = LiveHub(host.event_log, host.bus)
     background: list[asyncio.Task[None]] = []
     if options.projector and not await _projector_answers(host.bus, host.settings):
-        background.append(asyncio.create_task(_own_projections(host.settings, stop), name="aethergraph-projector"))
+        # Queries wait for it: one opening the store in this process meanwhile would race its creation.
+        queries_ready = asyncio.Event()
+        own = _own_projections(host.settings, stop, queries_ready)
+        background.append(asyncio.create_task(own, name="aethergraph-projector"))
+        await queries_ready.wait()
     if options.worker:
         background.append(asyncio.create_task(serve_worker(stop=stop), name="aethergraph-worker"))
     app = create_app(WebState(host=host, hub=hub, token=token))
@@ -113,30 +129,42 @@ async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
         app, host=options.host, port=options.port, log_level="warning", access_log=False, timeout_graceful_shutdown=3
     )
     server = _quiet_server(config)
-    serving = asyncio.create_task(server.serve(), name="aethergraph-http")
+    serving = asyncio.create_task(server.serve(sockets=[listener]), name="aethergraph-http")
     try:
         while not server.started:
             if serving.done():
-                await serving  # it failed to start (the port is taken, say): raise why
-                raise AetherGraphError(f"the HTTP server could not listen on {options.host}:{options.port}")
+                with contextlib.suppress(SystemExit):  # uvicorn's way to say its startup failed (it logged why)
+                    await serving
+                raise AetherGraphError(f"the HTTP server could not start on {options.host}:{options.port}")
             await asyncio.sleep(0.01)
         if options.on_ready is not None:
-            options.on_ready(_url(server, options.host))
+            options.on_ready(_url(listener, options.host))
         await stop.wait()
     finally:
         stop.set()
         server.should_exit = True
         await hub.close()  # ends every live stream, so the server's shutdown does not wait for them
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
             await serving
+        listener.close()
         for task in background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
 
-def _url(server: uvicorn.Server, host: str) -> str:
-    sockets = [sock for listener in getattr(server, "servers", []) for sock in listener.sockets]
-    port = sockets[0].getsockname()[1] if sockets else 0
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here so that a taken port is a plain error naming the fix."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise AetherGraphError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port (0: any free port)"
+        ) from None
+
+
+def _url(listener: socket.socket, host: str) -> str:
+    port = listener.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
 

@@ -6,14 +6,15 @@ import datetime as dt
 import decimal
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
+if TYPE_CHECKING:
+    from fastapi import Request
 
-from aethergraph.host.process import ProcessHost
-from aethergraph.projections.store import QueryResult
+    from aethergraph.host.process import ProcessHost
+    from aethergraph.projections.store import QueryResult
 
-from .live import LiveHub
+    from .live import LiveHub
 
 __all__ = ["WebState", "jsonable", "web_state"]
 
