@@ -137,6 +137,12 @@ def text_of(page: Page, selector: str) -> str:
     return str(page.evaluate(f"document.querySelector({js(selector)})?.innerText ?? ''"))
 
 
+def node_has(page: Page, node_id: str, cls: str) -> bool:
+    """Whether the DAG's node ``node_id`` has the class ``cls`` (its status: ``st-failed``, ...)."""
+    node = f"document.querySelector('svg.dag [data-node={js(node_id)}]')"
+    return bool(page.evaluate(f"{node}.classList.contains({js(cls)})"))
+
+
 def run_status(page: Page) -> str:
     return text_of(page, ".run-head h1 .badge")
 
@@ -238,10 +244,29 @@ def test_a_failed_run_shows_its_error_and_traceback_and_retries(server: str, bro
     page.wait_for("document.querySelector('.node-panel .error') !== null")
     assert "ValueError: viewer_explode refuses 3" in text_of(page, ".node-panel .error")
 
-    click(page, ".run-actions button")  # Retry
+    assert text_of(page, ".run-actions button.retry") == "Run again"  # a graph_fn run: from its inputs
+    click(page, ".run-actions button.retry")
     page.wait_for(f"!location.hash.includes({js(run_id)}) && location.hash.startsWith('#/runs/')", what="the retry")
     retried = page.evaluate("decodeURIComponent(location.hash.slice('#/runs/'.length))")
     assert api(server, "GET", f"/api/runs/{retried}")["graph"] == "viewer_failing"
+    assert page.errors == []
+
+
+def test_a_static_graph_is_drawn_from_its_structure_and_retried(server: str, browser: Browser, tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    run_id = submit(server, "viewer_static", {"x": 1, "flag": str(flag)})
+    page = browser.new_page(f"{server}#/runs/{run_id}")
+    page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'failed'", what="failed")
+    nodes = page.evaluate("[...document.querySelectorAll('svg.dag .dag-node')].map(g => g.dataset.node)")
+    assert sorted(nodes) == ["viewer_flaky_1", "viewer_step_1"]
+    assert page.evaluate("document.querySelectorAll('svg.dag path.edge').length") == 1
+    assert node_has(page, "viewer_flaky_1", "st-failed")
+    flag.write_text("ready")
+    assert text_of(page, ".run-actions button.retry") == "Retry"
+    click(page, ".run-actions button.retry")  # continues from the failed node, in the server's process
+    page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'succeeded'", what="succeeded")
+    assert wait_status(server, run_id, "succeeded")["outputs"] == {"y": 3}
+    assert node_has(page, "viewer_flaky_1", "st-succeeded")
     assert page.errors == []
 
 

@@ -3,6 +3,7 @@
 ``viewer_review`` says something on the web channel, saves a PNG, and waits on the web channel for a
 review whose payload must match ``REVIEW_SCHEMA`` (every kind of field the generated form supports);
 ``viewer_approval`` asks for an approval on the web channel; ``viewer_failing`` fails in a tool;
+``viewer_static`` is a static graph whose second node fails until the file ``flag`` exists;
 ``viewer_busy`` journals ``n`` log lines and ``n`` tool calls (2n+2 events and more).
 """
 
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
-from aethergraph import NodeContext, Wait, graph_fn, tool
+from aethergraph import NodeContext, Wait, graph_fn, graphify, tool
 
 REVIEW_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -96,3 +98,17 @@ async def viewer_busy(n: int, *, context: NodeContext) -> dict[str, Any]:
         context.logger().info(f"line {index}")
         await viewer_step(index)
     return {"count": n}
+
+
+@tool(name="viewer_flaky", outputs=["v"])
+def viewer_flaky(x: int, flag: str) -> dict[str, Any]:
+    if not Path(flag).exists():
+        raise RuntimeError(f"{flag} is missing")
+    return {"v": x + 1}
+
+
+@graphify(name="viewer_static", inputs=["x", "flag"], outputs=["y"])
+def viewer_static(x: Any, flag: Any) -> dict[str, Any]:
+    first = viewer_step(i=x)
+    second = viewer_flaky(x=first.v, flag=flag)
+    return {"y": second.v}

@@ -105,15 +105,8 @@ export const submitRun = (graph, inputs, runId) =>
   request("POST", "/api/runs", { graph, inputs, ...(runId ? { run_id: runId } : {}) });
 export const cancelRun = (runId, reason) => request("POST", `/api/runs/${enc(runId)}/cancel`, { reason: reason || "" });
 
-/** Retry a failed run: the server's retry where it has one, else a new run of the graph with the same inputs. */
-export async function retryRun(runId, started) {
-  try {
-    return await request("POST", `/api/runs/${enc(runId)}/retry`, {});
-  } catch (error) {
-    if (!(error instanceof ApiError) || (error.status !== 404 && error.status !== 405) || !started) throw error;
-    return submitRun(started.graph_id, started.inputs ?? {});
-  }
-}
+/** Continue a failed or cancelled static run from its failed nodes (the server's retry). */
+export const retryRun = (runId) => request("POST", `/api/runs/${enc(runId)}/retry`, {});
 
 /** Answer a wait. Resolves to the outcome {status, reason, message, wait_id}; a rejection is an outcome too. */
 export async function resumeRun(wait, payload) {
@@ -165,95 +158,154 @@ export async function sql(statement, params) {
   return data.rows ?? [];
 }
 
-/** Where an artifact's content is downloaded from. */
+/** Where an artifact's content is downloaded from (by its id or URI). */
 export function artifactUrl(artifact) {
-  const id = typeof artifact === "string" ? artifact : (artifact.artifact_id ?? artifact.uri);
-  const token = getToken();
-  return `/api/artifacts/${enc(id)}${token ? query({ access_token: token }) : ""}`;
+  const ref = typeof artifact === "string" ? artifact : (artifact.artifact_id ?? artifact.uri);
+  const digest = /[0-9a-f]{64}$/.exec(ref); // a URI ends with the content's sha256, the artifact's id
+  return `/api/artifacts/${digest ? digest[0] : ref.split("/").map(enc).join("/")}`;
+}
+
+/** Content behind the token, when the server wants one: fetched with the header, handed over as a blob URL. */
+async function blobUrl(url) {
+  const response = await fetch(url, { headers: { Authorization: `Bearer ${getToken()}` } });
+  if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`, null);
+  return URL.createObjectURL(await response.blob());
+}
+
+/** An <img> of an artifact (an <img src> cannot send a token: with one, the image is fetched first). */
+export function artifactImage(artifact, attrs = {}) {
+  const img = document.createElement("img");
+  for (const [key, value] of Object.entries(attrs)) img.setAttribute(key, value);
+  const url = artifactUrl(artifact);
+  if (getToken()) blobUrl(url).then((src) => (img.src = src), () => (img.alt = `${img.alt} (not loaded)`));
+  else img.src = url;
+  return img;
+}
+
+/** A download link to an artifact (with a token, the click fetches it first). */
+export function artifactLink(artifact, label, name) {
+  const a = document.createElement("a");
+  a.href = artifactUrl(artifact);
+  a.textContent = label;
+  if (name) a.download = name;
+  a.addEventListener("click", async (event) => {
+    if (!getToken()) return;
+    event.preventDefault();
+    const link = document.createElement("a");
+    link.href = await blobUrl(a.href);
+    link.download = name || label;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  });
+  return a;
 }
 
 /**
  * Follow a live SSE stream. `handlers` maps SSE event types to callbacks taking the parsed data and the
- * event id. Returns a close function. When the stream cannot be opened (a proxy that buffers, a server
- * that refuses it) `onFallback` is called every `fallbackMs` until a reconnect succeeds: the only polling
- * the viewer ever does.
+ * event id. Returns a close function. `EventSource` reads the stream; with an API token, which
+ * `EventSource` cannot send, a `fetch()` reader does (same parsing, same `Last-Event-ID` on reconnect).
+ * When the stream cannot be opened at all (a server without it, a proxy that refuses it) `onFallback` is
+ * called every `fallbackMs` until it opens: the only polling the viewer ever does.
  */
 export function follow(path, handlers, { onState, onFallback, fallbackMs = 3000 } = {}) {
-  let source = null;
   let timer = null;
   let closed = false;
-  const token = getToken();
-  const url = token ? `${path}${path.includes("?") ? "&" : "?"}access_token=${enc(token)}` : path;
-
-  const open = () => {
-    source = new EventSource(url);
-    source.onopen = () => {
-      stopFallback();
-      onState?.("live");
-    };
-    source.onerror = () => {
-      if (closed) return;
-      if (source.readyState === EventSource.CLOSED) {
-        onState?.("fallback");
-        startFallback();
-        setTimeout(() => !closed && source.readyState === EventSource.CLOSED && open(), 15000);
-      } else {
-        onState?.("reconnecting");
-      }
-    };
-    for (const [type, handler] of Object.entries(handlers)) {
-      source.addEventListener(type, (message) => {
-        let data;
-        try {
-          data = JSON.parse(message.data);
-        } catch {
-          return;
-        }
-        handler(data, message.lastEventId);
-      });
+  let stop = null;
+  const deliver = (type, text, id) => {
+    const handler = handlers[type];
+    if (!handler) return;
+    let data;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      return;
     }
+    handler(data, id);
   };
-  const startFallback = () => {
-    if (!onFallback || timer) return;
-    onFallback();
-    timer = setInterval(onFallback, fallbackMs);
+  const callbacks = {
+    deliver,
+    opened() {
+      if (timer) clearInterval(timer);
+      timer = null;
+      onState?.("live");
+    },
+    lost: () => onState?.("reconnecting"),
+    refused() {
+      onState?.("fallback");
+      if (onFallback && !timer) {
+        onFallback();
+        timer = setInterval(onFallback, fallbackMs);
+      }
+      setTimeout(() => !closed && (stop = (getToken() ? fetchStream : eventSource)(path, callbacks)), 15000);
+    },
   };
-  const stopFallback = () => {
-    if (timer) clearInterval(timer);
-    timer = null;
-  };
-  open();
+  stop = (getToken() ? fetchStream : eventSource)(path, callbacks);
   return () => {
     closed = true;
-    stopFallback();
-    source?.close();
+    if (timer) clearInterval(timer);
+    stop?.();
   };
+}
+
+function eventSource(path, { deliver, opened, lost, refused }) {
+  const source = new EventSource(path);
+  source.onopen = opened;
+  source.onerror = () => (source.readyState === EventSource.CLOSED ? refused() : lost());
+  for (const type of ["message", "token"]) source.addEventListener(type, (m) => deliver(type, m.data, m.lastEventId));
+  return () => source.close();
+}
+
+function fetchStream(path, { deliver, opened, lost, refused }) {
+  const abort = new AbortController();
+  let lastId = "";
+  const read = async () => {
+    const headers = { Accept: "text/event-stream", Authorization: `Bearer ${getToken()}` };
+    if (lastId) headers["Last-Event-ID"] = lastId;
+    const response = await fetch(path, { headers, signal: abort.signal });
+    if (!response.ok) return refused();
+    opened();
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let type = "message";
+        let id = null;
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          else if (line.startsWith("event:")) type = line.slice(6).trim();
+          else if (line.startsWith("id:")) id = line.slice(3).trim();
+        }
+        if (id !== null) lastId = id;
+        if (data.length) deliver(type, data.join("\n"), id ?? lastId);
+      }
+    }
+    throw new Error("stream ended");
+  };
+  const loop = () => read().catch(() => {
+    if (abort.signal.aborted) return;
+    lost();
+    setTimeout(loop, 1000);
+  });
+  loop();
+  return () => abort.abort();
 }
 
 /** Live events of one run after stream sequence `after`: handlers {event(ev), token(delta)}. */
 export function followRun(runId, after, { event, token }, options) {
   const path = `/api/runs/${enc(runId)}/events${query({ after: after || undefined })}`;
-  return follow(
-    path,
-    {
-      message: (data, id) => event(withSeq(normaliseEvent(data), id)),
-      event: (data, id) => event(withSeq(normaliseEvent(data), id)),
-      token: (data) => token?.(data),
-    },
-    options,
-  );
+  return follow(path, { message: (data, id) => event(withSeq(data, id)), token: (data) => token?.(data) }, options);
 }
 
-/** Live events of every run (run status changes and waits): handler(event). */
+/** Live events of every run (run status changes and waits), when the server offers them: handler(event). */
 export function followAll(handler, options) {
-  return follow(
-    "/api/events",
-    {
-      message: (data, id) => handler(withSeq(normaliseEvent(data), id)),
-      event: (data, id) => handler(withSeq(normaliseEvent(data), id)),
-    },
-    options,
-  );
+  return follow("/api/events", { message: (data, id) => handler(withSeq(data, id)) }, options);
 }
 
 function withSeq(ev, id) {

@@ -1,7 +1,7 @@
 // The run page's smaller panels: a node's detail, the conversation (channel messages, asks and
 // answers), live token streams, artifacts and child runs.
 
-import { artifactUrl } from "./api.js";
+import { artifactImage, artifactLink } from "./api.js";
 import { brief, fmtDuration, fmtTime, h, jsonBlock, runLink, statusBadge } from "./dom.js";
 
 /** The selected node: inputs, outputs, duration, error and traceback, its child run, its events. */
@@ -58,11 +58,10 @@ export function tokenStreams(model) {
 export function artifactList(artifacts) {
   if (!artifacts.length) return null;
   return h("div", { class: "artifacts" }, artifacts.map((a) => {
-    const url = artifactUrl(a);
     const label = a.name || a.kind || a.artifact_id.slice(0, 12);
     return h("figure", { class: "card artifact", "data-artifact": a.artifact_id },
-      (a.mime || "").startsWith("image/") ? h("img", { src: url, alt: label, loading: "lazy" }) : null,
-      h("figcaption", {}, h("a", { href: url, download: a.name || undefined }, label),
+      (a.mime || "").startsWith("image/") ? artifactImage(a, { alt: label, loading: "lazy" }) : null,
+      h("figcaption", {}, artifactLink(a, label, a.name),
         h("span", { class: "note" }, ` ${a.mime || ""} · ${a.size ?? "?"} B${a.node_id ? " · " + a.node_id : ""}`)));
   }));
 }

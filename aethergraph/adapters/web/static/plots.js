@@ -1,7 +1,7 @@
 // Viz tracks (viz.recorded events): scalars as SVG line plots over their steps, the latest vector as a
 // line, the latest matrix as a heat map, images inline.
 
-import { artifactUrl } from "./api.js";
+import { artifactImage } from "./api.js";
 import { h, s } from "./dom.js";
 
 const PW = 360;
@@ -81,7 +81,7 @@ export function drawTracks(viz) {
     } else if (track.kind === "matrix" && Array.isArray(latest.value)) {
       body = heatmap(latest.value);
     } else if (track.kind === "image" && latest.artifact_uri) {
-      body = h("img", { class: "viz-img", src: artifactUrl(latest.artifact_uri), alt: track.name });
+      body = artifactImage(latest.artifact_uri, { class: "viz-img", alt: track.name });
     } else {
       body = h("pre", { class: "json" }, JSON.stringify(latest.value));
     }

@@ -63,7 +63,8 @@ export function runPage({ id }, query, root) {
         h("h1", {}, graph, " ", h("span", { class: "run-id" }, id), " ", statusBadge(status)),
         h("div", { class: "run-actions" }, live,
           ACTIVE.has(status) ? h("button", { class: "danger", onclick: cancel }, "Cancel") : null,
-          status === "failed" || status === "cancelled" ? h("button", { onclick: retry }, "Retry") : null),
+          status === "failed" || status === "cancelled"
+            ? h("button", { class: "retry", onclick: retry }, model.staticNodes ? "Retry" : "Run again") : null),
         h("div", { class: "note" },
           parent ? h("span", {}, "child of ", runLink(parent), model.run?.parent_node_id ? ` (${model.run.parent_node_id})` : "", " · ") : null,
           `started ${fmtTime(model.run?.ts || run.started_at)} · ${model.events.length} events`,
@@ -166,8 +167,12 @@ export function runPage({ id }, query, root) {
   async function retry(event) {
     event.currentTarget.disabled = true;
     try {
-      const result = await api.retryRun(id, model.run);
-      if (result?.run_id && result.run_id !== id) location.hash = `#/runs/${encodeURIComponent(result.run_id)}`;
+      // A static run continues from its failed nodes; a graph_fn's run cannot, so it runs again from its inputs.
+      if (model.staticNodes) await api.retryRun(id);
+      else {
+        const result = await api.submitRun(model.run.graph_id, model.run.inputs ?? {});
+        location.hash = `#/runs/${encodeURIComponent(result.run_id)}`;
+      }
     } catch (error) {
       actionError(error);
     }
