@@ -40,14 +40,14 @@ GRAPHS = REPO_ROOT / "tests" / "procs" / "viewer_graphs.py"
 ARTIFACTS = Path(os.environ.get("AETHERGRAPH_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
 
 
-def start_dev_server(workspace: Path) -> tuple[subprocess.Popen[str], str]:
+def start_dev_server(workspace: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
     """``aethergraph dev GRAPHS --port 0`` on the session's bus; returns the process and its URL."""
     process = subprocess.Popen(
         [sys.executable, "-m", "aethergraph", "dev", str(GRAPHS), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=subprocess_env(AETHERGRAPH_WORKSPACE=str(workspace)),
+        env=subprocess_env(AETHERGRAPH_WORKSPACE=str(workspace), **env),
         cwd=REPO_ROOT,
     )
     first: list[str] = []
@@ -82,16 +82,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_dev_server(process)
 
 
+TOKEN = "viewer-test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second server that wants ``Authorization: Bearer TOKEN`` on every API request."""
+    process, url = start_dev_server(tmp_path_factory.mktemp("viewer-token-workspace"), AETHERGRAPH_API_TOKEN=TOKEN)
+    try:
+        yield url
+    finally:
+        stop_dev_server(process)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with Browser.launch() as chromium:
         yield chromium
 
 
-def api(url: str, method: str, path: str, body: Any = None) -> Any:
+def api(url: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
@@ -295,6 +310,31 @@ def test_runs_list_filters_and_shows_new_runs(server: str, browser: Browser) -> 
     assert page.errors == []
 
 
+def test_a_token_protected_server(token_server: str, browser: Browser) -> None:
+    """With a token the page asks for it; entered, the live stream (fetch with the header), the artifact
+    and the answer all go through."""
+    run_id = str(
+        api(token_server, "POST", "/api/runs", {"graph": "viewer_review", "inputs": {"topic": "keys"}}, TOKEN)["run_id"]
+    )
+    page = browser.new_page(f"{token_server}#/runs/{run_id}")
+    page.wait_for("document.querySelector('.run-head .error') !== null", what="the refusal")
+    assert "AETHERGRAPH_API_TOKEN" in text_of(page, ".run-head .error")
+    page.evaluate(
+        f"(() => {{ const t = document.getElementById('token'); t.value = {js(TOKEN)};"
+        f" t.dispatchEvent(new Event('change')); }})()"
+    )
+    page.wait_for("document.querySelector('.live-state')?.innerText === '● live'", what="the live stream")
+    card = f'.run-page .wait-card[data-wait^="{run_id}/"]'
+    page.wait_for(f"document.querySelector({js(card)}) !== null", what="the wait card")
+    page.wait_for("document.querySelector('.artifact img')?.naturalWidth === 48", what="the artifact")
+    for path, value in [("title", "Keys"), ("score", 5), ("tone", "formal"), ("reviewer/name", "Bo")]:
+        fill(page, card, path, value)
+    click(page, f"{card} button[type=submit]")
+    page.wait_for(f"document.querySelector({js(card + ' .outcome')}).dataset.status === 'accepted'")
+    page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'succeeded'", what="succeeded")
+    assert page.errors == []
+
+
 async def _publish_tokens(nats_url: str, run_id: str, deltas: list[dict[str, Any]]) -> None:
     import nats
 
@@ -321,10 +361,10 @@ def test_token_deltas_show_live_on_the_run_page(server: str, browser: Browser, n
 
 
 VIEW_LOGIC = """(async () => {
-  const { RunModel, addToken } = await import("/model.js");
-  const { layout } = await import("/dag.js");
-  const { drawTracks } = await import("/plots.js");
-  const { schemaForm } = await import("/schema_form.js");
+  const { RunModel, addToken } = await import("/js/model.js");
+  const { layout } = await import("/js/dag.js");
+  const { drawTracks } = await import("/js/plots.js");
+  const { schemaForm } = await import("/js/schema_form.js");
   const ev = (seq, type, parent, node_id, extra) => ({ type, run_id: "r", seq, ts: seq * 1000, worker: "w", parent,
     node_id, epoch: 1, ...extra });
   const m = new RunModel("r");

@@ -93,7 +93,7 @@ export function runPage({ id }, query, root) {
       }
       for (const [key, card] of state.cards) {
         if (keys.has(key)) continue;
-        if (card.classList.contains("answered")) card.classList.add("closed");
+        if (card.matches(".answered, .answering")) card.classList.add("closed");
         else {
           card.remove(); // answered elsewhere: the conversation shows the answer
           state.cards.delete(key);

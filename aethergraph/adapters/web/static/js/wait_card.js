@@ -13,6 +13,7 @@ export function waitCard(wait, { showRun = true, onOutcome } = {}) {
 
   const send = async (payload) => {
     buttons.forEach((b) => (b.disabled = true));
+    card.classList.add("answering"); // the wait may close (its event) before the outcome comes back
     outcome.className = "outcome pending";
     outcome.textContent = "sending…";
     let result;
@@ -23,6 +24,7 @@ export function waitCard(wait, { showRun = true, onOutcome } = {}) {
     }
     showOutcome(outcome, result);
     const final = result.status === "accepted" || result.status === "duplicate" || result.reason === "wait_closed" || result.reason === "run_ended";
+    card.classList.remove("answering");
     if (!final) buttons.forEach((b) => (b.disabled = false));
     else card.classList.add("answered");
     onOutcome?.(result, wait);

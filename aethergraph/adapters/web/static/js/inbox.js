@@ -26,7 +26,7 @@ export function inboxPage(_params, _query, root) {
   const list = h("div", { class: "inbox-list" });
   const message = h("p", { class: "note" });
   const live = h("span", { class: "live-state" });
-  const cards = new Map(); // "run/wait" -> {card, answered}
+  const cards = new Map(); // "run/wait" -> its card
   let timer = null;
 
   async function refresh() {
@@ -38,13 +38,12 @@ export function inboxPage(_params, _query, root) {
       return;
     }
     const open = new Set(waits.map((w) => `${w.run_id}/${w.wait_id}`));
-    for (const [key, entry] of cards) {
-      if (!open.has(key)) {
-        entry.card.classList.add("closed");
-        if (!entry.answered) {
-          entry.card.remove();
-          cards.delete(key);
-        }
+    for (const [key, card] of cards) {
+      if (open.has(key)) continue;
+      if (card.matches(".answered, .answering")) card.classList.add("closed"); // keeps its outcome
+      else {
+        card.remove(); // answered elsewhere, expired, or its run ended
+        cards.delete(key);
       }
     }
     const fresh = waits.filter((w) => !cards.has(`${w.run_id}/${w.wait_id}`));
@@ -55,16 +54,16 @@ export function inboxPage(_params, _query, root) {
       /* messages are context only */
     }
     for (const w of fresh) {
-      const entry = { answered: false, card: null };
-      entry.card = waitCard(w, { onOutcome: (outcome) => (entry.answered = entry.answered || outcome.status === "accepted") });
+      if (cards.has(`${w.run_id}/${w.wait_id}`)) continue; // a refresh that overlapped this one added it
+      const card = waitCard(w);
       const said = messages.get(w.run_id) || [];
       if (said.length) {
-        entry.card.querySelector(".prompt").before(h("div", { class: "conversation" }, said.map((m) =>
+        card.querySelector(".prompt").before(h("div", { class: "conversation" }, said.map((m) =>
           h("div", { class: `msg msg-message ch-${m.channel}` }, h("span", { class: "badge channel" }, m.channel), h("span", { class: "msg-text" }, m.text),
             h("span", { class: "note" }, ` ${fmtTime(m.ts)}`)))));
       }
-      cards.set(`${w.run_id}/${w.wait_id}`, entry);
-      list.append(entry.card);
+      cards.set(`${w.run_id}/${w.wait_id}`, card);
+      list.append(card);
     }
     message.textContent = open.size ? `${open.size} open` : "nothing is waiting for an answer";
   }
