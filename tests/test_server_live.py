@@ -264,17 +264,20 @@ async def test_clients_of_one_run_share_one_feed_which_ends_after_the_last_leave
     graphs = import_module(GRAPHS)
     handle = await aethergraph.start_run(graphs.web_counting, {"n": 3})
     await handle.result()
-    hub = live.LiveHub(runtime.event_log, runtime.bus)
+    hub = live.LiveHub(runtime.event_log, runtime.bus, keepalive_s=0.2)
     try:
         async with hub.follow(handle.run_id) as first, hub.follow(handle.run_id) as second:
             assert first is second and hub.feeds == 1
             await first.ready.wait()
             after = first.items[2].stream_seq  # the third event's: a client that saw three
             one, two = first.tail(None), second.tail(after)
-            seen_one = [await anext(one) for _ in range(len(first.items))]
-            seen_two = [await anext(two) for _ in range(len(first.items) - 3)]
+            seen_one = await anext(one)  # everything there is, in one batch
+            seen_two = await anext(two)
+            [keepalive] = await anext(one)  # nothing new for keepalive_s: an SSE comment keeps the stream open
+            assert keepalive.kind == "keepalive" and keepalive.frame == b": keepalive\n\n"
             await one.aclose()
             await two.aclose()
+        assert len(seen_one) == len(first.items) and seen_one[0].data.startswith('{"type":"run.started"')
         assert [i.stream_seq for i in seen_one] == sorted(i.stream_seq for i in seen_one)
         assert [i.data for i in seen_one][-1].startswith('{"type":"run.completed"')
         assert seen_two == seen_one[3:]

@@ -136,11 +136,12 @@ async def serve_projections(
     on_progress: ProgressCallback | None = None,
     on_ready: Callable[[Projector], None] | None = None,
     on_notice: NoticeCallback | None = None,
-    on_serving: Callable[[], None] | None = None,
+    on_serving: Callable[[ProjectionStore], None] | None = None,
 ) -> Projector:
     """Own the workspace's store: catch up, then fold new events and answer queries until ``stop``.
 
-    ``on_serving`` hears when queries are answered (before the catch-up: they see the store as far as it got).
+    ``on_serving`` is handed the store once queries are answered, before the catch-up (they see the store as
+    far as it got); a caller in this process queries it directly (``store.query`` is safe beside the folding).
     """
     path = store_path(settings)
     store_id = store_id_for(path)
@@ -151,7 +152,7 @@ async def serve_projections(
         await _check_source(projector, path, bus.url, on_notice or log.warning)
         await service.start()
         if on_serving is not None:
-            on_serving()
+            on_serving(store)
         await projector.catch_up(on_progress=on_progress)
         if on_ready is not None:
             on_ready(projector)

@@ -36,27 +36,29 @@ from aethergraph.runtime import resume
 
 from ..cli_projections import parse_duration
 from ..console import run_state_json
-from .live import FeedItem, journal_items
+from .live import journal_items
 from .state import WebState, jsonable, web_state
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 
-KEEPALIVE_S = 15.0
 
-_RUNS_SQL = """
-WITH picked AS (
-    SELECT run_id, graph_id, status, started_at, ended_at, parent_run_id, parent_node_id, event_count,
-           error_type, error_message, coalesce(started_at, last_event_at) AS sort_at,
-           round(date_diff('microsecond', started_at, coalesce(ended_at, last_event_at)) / 1000.0, 1) AS duration_ms
-    FROM runs
-    WHERE ($1::VARCHAR IS NULL OR status = $1) AND ($2::VARCHAR IS NULL OR graph_id = $2)
-      AND ($3::TIMESTAMP IS NULL OR started_at >= $3) AND ($4 OR parent_run_id IS NULL)
+_FILTERS = """($1::VARCHAR IS NULL OR status = $1) AND ($2::VARCHAR IS NULL OR graph_id = $2)
+      AND ($3::TIMESTAMP IS NULL OR started_at >= $3) AND ($4 OR parent_run_id IS NULL)"""
+# The page's run ids first (a top-N on two columns), then their rows: the wide columns of 50 runs only.
+_RUNS_SQL = f"""
+WITH page AS (
+    SELECT run_id, started_at FROM runs
+    WHERE {_FILTERS} AND ($5::TIMESTAMP IS NULL OR started_at < $5 OR (started_at = $5 AND run_id > $6))
+    ORDER BY started_at DESC NULLS LAST, run_id LIMIT $7 OFFSET $8
 )
-SELECT *, (SELECT count(*) FROM picked) AS total FROM picked
-WHERE ($5::TIMESTAMP IS NULL OR sort_at < $5 OR (sort_at = $5 AND run_id > $6))
-ORDER BY sort_at DESC, run_id LIMIT $7 OFFSET $8
+SELECT r.run_id, r.graph_id, r.status, r.started_at, r.ended_at, r.parent_run_id, r.parent_node_id,
+       r.event_count, r.error_type, r.error_message,
+       round(date_diff('microsecond', r.started_at, coalesce(r.ended_at, r.last_event_at)) / 1000.0, 1) AS duration_ms,
+       (SELECT count(*) FROM runs WHERE {_FILTERS}) AS total
+FROM page JOIN runs r USING (run_id)
+ORDER BY r.started_at DESC NULLS LAST, r.run_id
 """
 
 
@@ -123,7 +125,7 @@ async def list_runs(
         "total": total,
         "limit": limit,
         "offset": None if cursor else offset,
-        "next_cursor": f"{last['sort_at'].isoformat()}|{last['run_id']}" if last else None,
+        "next_cursor": f"{last['started_at'].isoformat()}|{last['run_id']}" if last and last["started_at"] else None,
     }
 
 
@@ -317,19 +319,11 @@ async def run_events(
     )
 
 
-def sse_frame(item: FeedItem) -> str:
-    """One item as an SSE message: journal events carry their id, token deltas are ``event: token`` without one."""
-    if item.kind == "event":
-        return f"id: {item.stream_seq}\ndata: {item.data}\n\n"
-    if item.kind == "keepalive":
-        return ": keepalive\n\n"
-    return f"event: {item.kind}\ndata: {item.data}\n\n"
-
-
-async def _sse(state: WebState, run_id: str, after: int | None) -> AsyncIterator[str]:
+async def _sse(state: WebState, run_id: str, after: int | None) -> AsyncIterator[bytes]:
+    """The SSE body: journal events with their ids, ``event: token`` deltas, keepalive comments (docs/server.md)."""
     async with state.hub.follow(run_id) as feed:
-        yield "retry: 1000\n\n"
-        async for item in feed.tail(after, keepalive_s=KEEPALIVE_S):
-            yield sse_frame(item)
+        yield b"retry: 1000\n\n"
+        async for batch in feed.tail(after):
+            yield batch[0].frame if len(batch) == 1 else b"".join(item.frame for item in batch)
         if feed.error is not None:
-            yield f"event: error\ndata: {msgspec.json.encode({'message': str(feed.error)}).decode()}\n\n"
+            yield b"event: error\ndata: %s\n\n" % msgspec.json.encode({"message": str(feed.error)})

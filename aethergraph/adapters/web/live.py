@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.event_log import JetStreamEventLog, StoredRecord
@@ -39,15 +39,33 @@ log = logging.getLogger("aethergraph.web")
 
 # How long a feed nobody follows stays open (a client reconnecting at once finds it still there).
 LINGER_S = 5.0
+# How long a live stream may stay silent before it carries an SSE comment (proxies close idle streams).
+KEEPALIVE_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
 class FeedItem:
-    """One SSE message: a journal event (``kind`` ``event``, with its id) or a token delta (``token``, no id)."""
+    """One SSE message: a journal event (``kind`` ``event``, with its id) or a token delta (``token``, no id).
+
+    ``frame`` is the message as SSE bytes, made once for every client.
+    """
 
     kind: str
     stream_seq: int | None
     data: str
+    frame: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "event":
+            frame = f"id: {self.stream_seq}\ndata: {self.data}\n\n"
+        elif self.kind == "keepalive":
+            frame = ": keepalive\n\n"
+        else:
+            frame = f"event: {self.kind}\ndata: {self.data}\n\n"
+        object.__setattr__(self, "frame", frame.encode())
+
+
+_KEEPALIVE = FeedItem("keepalive", None, "")
 
 
 class _Chain:
@@ -77,8 +95,10 @@ async def journal_items(event_log: JetStreamEventLog, run_id: str, after: int = 
 class RunFeed:
     """One followed run: its released items in order, and a wake-up for the clients waiting for more."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, keepalive_s: float = KEEPALIVE_S) -> None:
         self.run_id = run_id
+        self.keepalive_s = keepalive_s
+        self.beats = 0  # one per keepalive_s without a new item: the clients send a keepalive comment
         self.items: list[FeedItem] = []
         self.ready = asyncio.Event()  # set once the stored events are in ``items``
         self.closed = False
@@ -89,12 +109,26 @@ class RunFeed:
         self._task: asyncio.Task[None] | None = None
         self._stop_tokens: Callable[[], Awaitable[None]] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    def _wake(self) -> None:
+        grown, self._grown = self._grown, asyncio.Event()
+        grown.set()
 
     def _append(self, new: list[FeedItem]) -> None:
         if new:
             self.items.extend(new)
-            grown, self._grown = self._grown, asyncio.Event()
-            grown.set()
+            self._wake()
+
+    async def _keepalive(self) -> None:
+        """One timer for all the feed's clients (not one per client and wait)."""
+        seen = len(self.items)
+        while True:
+            await asyncio.sleep(self.keepalive_s)
+            if len(self.items) == seen:
+                self.beats += 1
+                self._wake()
+            seen = len(self.items)
 
     def _on_token(self, data: bytes) -> None:
         try:
@@ -107,6 +141,7 @@ class RunFeed:
     async def start(self, event_log: JetStreamEventLog, bus: BusConnection) -> None:
         self._stop_tokens = await bus.watch(token_stream_filter(self.run_id), self._on_token)
         self._task = asyncio.create_task(self._pump(event_log), name=f"aethergraph-feed-{self.run_id}")
+        self._beat = asyncio.create_task(self._keepalive(), name=f"aethergraph-feed-beat-{self.run_id}")
 
     async def _pump(self, event_log: JetStreamEventLog) -> None:
         try:
@@ -129,16 +164,18 @@ class RunFeed:
         self.closed = True
         if self._stop_tokens is not None:
             await self._stop_tokens()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._beat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-    async def tail(self, after: int | None, *, keepalive_s: float | None = None) -> AsyncIterator[FeedItem]:
-        """Every item after stream sequence ``after`` (all of them when None), then each new one as it comes.
+    async def tail(self, after: int | None) -> AsyncIterator[list[FeedItem]]:
+        """Every item after stream sequence ``after`` (all of them when None), then the new ones as they come.
 
-        With ``keepalive_s``, a ``keepalive`` item comes after that long without one (SSE comments keep
-        proxies from closing an idle stream).
+        Items come in lists: all that were there when the client woke (one write for what a slow client
+        missed). A ``keepalive`` item comes after ``keepalive_s`` without any (SSE comments keep proxies
+        from closing an idle stream).
         """
         await self.ready.wait()
         cursor = 0
@@ -148,24 +185,29 @@ class RunFeed:
                 if item.stream_seq is not None and item.stream_seq <= after:
                     cursor = index + 1
         while True:
-            while cursor < len(self.items):
-                item = self.items[cursor]
-                cursor += 1
-                if item.kind == "end":
+            if cursor < len(self.items):
+                batch = self.items[cursor:]
+                cursor += len(batch)
+                ended = batch[-1].kind == "end"
+                batch = batch[:-1] if ended else batch
+                if batch:
+                    yield batch
+                if ended:
                     return
-                yield item
-            try:
-                await asyncio.wait_for(self._grown.wait(), keepalive_s)
-            except TimeoutError:
-                yield FeedItem("keepalive", None, "")
+                continue
+            beats = self.beats
+            await self._grown.wait()
+            if self.beats != beats and cursor == len(self.items):
+                yield [_KEEPALIVE]
 
 
 class LiveHub:
     """The server's run feeds: opened by the first client of a run, closed a little after its last one left."""
 
-    def __init__(self, event_log: JetStreamEventLog, bus: BusConnection) -> None:
+    def __init__(self, event_log: JetStreamEventLog, bus: BusConnection, *, keepalive_s: float = KEEPALIVE_S) -> None:
         self._event_log = event_log
         self._bus = bus
+        self._keepalive_s = keepalive_s
         self._feeds: dict[str, RunFeed] = {}
 
     @property
@@ -176,7 +218,7 @@ class LiveHub:
     async def follow(self, run_id: str) -> AsyncIterator[RunFeed]:
         feed = self._feeds.get(run_id)
         if feed is None or feed.closed:
-            feed = RunFeed(run_id)
+            feed = RunFeed(run_id, self._keepalive_s)
             self._feeds[run_id] = feed
             await feed.start(self._event_log, self._bus)
         feed.clients += 1

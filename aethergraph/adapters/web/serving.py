@@ -25,6 +25,7 @@ from aethergraph.core.settings import Settings, load_settings
 from aethergraph.host.loader import import_modules
 from aethergraph.projections.client import serve_projections, store_path
 from aethergraph.projections.service import QueryRequest, remote_request, store_id_for
+from aethergraph.projections.store import ProjectionStore
 from aethergraph.runtime import close_runtime, get_runtime, serve_worker
 
 from .live import LiveHub
@@ -79,17 +80,24 @@ def server_token(options: ServeOptions) -> str | None:
     return check_bind(options.host, secret, require_token=options.require_token)
 
 
-async def _own_projections(host_settings: Settings, stop: asyncio.Event, serving: asyncio.Event) -> None:
+async def _own_projections(state: WebState, stop: asyncio.Event, serving: asyncio.Event) -> None:
     """Run the workspace's projector here, unless another process already owns the store (then it is asked).
 
-    ``serving`` is set once queries can be asked (of this projector, or of the other process's).
+    ``serving`` is set once queries can be asked: of this projector's store (``state.store``), or of the other
+    process's projector.
     """
-    host = await get_runtime()
+
+    def owned(store: ProjectionStore) -> None:
+        state.store = store
+        serving.set()
+
+    host = state.host
     try:
-        await serve_projections(host.bus, host_settings, stop, on_serving=serving.set)
+        await serve_projections(host.bus, host.settings, stop, on_serving=owned)
     except ProjectionLockedError:
         log.info("another process owns the projection store; the server asks its projector")
     finally:
+        state.store = None
         serving.set()
 
 
@@ -114,17 +122,17 @@ async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
     import_modules(*options.modules)
     listener = _listen(options.host, options.port)  # before anything starts: a taken port stops nothing
     host = await get_runtime(options.settings, inline_answers=False)
-    hub = LiveHub(host.event_log, host.bus)
+    state = WebState(host=host, hub=LiveHub(host.event_log, host.bus), token=token)
     background: list[asyncio.Task[None]] = []
     if options.projector and not await _projector_answers(host.bus, host.settings):
         # Queries wait for it: one opening the store in this process meanwhile would race its creation.
         queries_ready = asyncio.Event()
-        own = _own_projections(host.settings, stop, queries_ready)
+        own = _own_projections(state, stop, queries_ready)
         background.append(asyncio.create_task(own, name="aethergraph-projector"))
         await queries_ready.wait()
     if options.worker:
         background.append(asyncio.create_task(serve_worker(stop=stop), name="aethergraph-worker"))
-    app = create_app(WebState(host=host, hub=hub, token=token))
+    app = create_app(state)
     config = uvicorn.Config(
         app, host=options.host, port=options.port, log_level="warning", access_log=False, timeout_graceful_shutdown=3
     )
@@ -143,7 +151,7 @@ async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
     finally:
         stop.set()
         server.should_exit = True
-        await hub.close()  # ends every live stream, so the server's shutdown does not wait for them
+        await state.hub.close()  # ends every live stream, so the server's shutdown does not wait for them
         with contextlib.suppress(asyncio.CancelledError, SystemExit):
             await serving
         listener.close()
@@ -155,8 +163,18 @@ async def serve_http(options: ServeOptions, stop: asyncio.Event) -> None:
 def _listen(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound here so that a taken port is a plain error naming the fix."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # IPPROTO_TCP named: asyncio then sets TCP_NODELAY on every accepted connection (without it,
+        # a keep-alive client's delayed ACK holds each response's second write back by 40 ms).
+        listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(address)
+            listener.listen(2048)
+        except OSError:
+            listener.close()
+            raise
+        return listener
     except OSError as exc:
         raise AetherGraphError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}: pick another --port (0: any free port)"

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fastapi import Request
 
     from aethergraph.host.process import ProcessHost
-    from aethergraph.projections.store import QueryResult
+    from aethergraph.projections.store import ProjectionStore, QueryResult
 
     from .live import LiveHub
 
@@ -26,10 +27,21 @@ class WebState:
     host: ProcessHost
     hub: LiveHub
     token: str | None
+    # The projection store, when this process's projector owns it: queried directly.
+    store: ProjectionStore | None = None
+    _catch_up: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> QueryResult:
-        """Read-only SQL on the workspace's projections (asked of its projector: the same path as `aethergraph sql`)."""
-        return await self.host.projections().query(sql, params)
+        """Read-only SQL on the workspace's projections.
+
+        With the projector in this process, on its store (beside the folding); otherwise asked of the
+        workspace's projector, or folded here first when none runs (the path of `aethergraph sql`), one
+        query at a time: two catch-ups of one store in one process would fold over each other.
+        """
+        if self.store is not None:
+            return await asyncio.to_thread(self.store.query, sql, params)
+        async with self._catch_up:
+            return await self.host.projections().query(sql, params)
 
 
 def web_state(request: Request) -> WebState:
