@@ -76,6 +76,11 @@ def _page_timings(url: str, run_id: str, repeats: int, say: Any) -> list[dict[st
                 say(f"warm-up: {values['at']:.0f} ms to render, {rows} timeline rows in the DOM")
                 continue  # the first load also starts the server's feed and warms its caches
             timings.append({**values, "rows": rows})
+            at, fetched, rendered = values["at"], values["fetched"], values["rendered"]
+            say(
+                f"repeat {repeat}: {at:.0f} ms (page code from {at - rendered:.0f} ms, "
+                f"API answers {fetched:.0f} ms, fold and draw {rendered - fetched:.0f} ms)"
+            )
     return timings
 
 
@@ -106,6 +111,16 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
             sync_interval=None,
             note="target ≤1 s",
             extra=extra,
+        ),
+        value_figure(
+            NAME,
+            "run_page_load",
+            "of which: the page, its CSS and modules loaded, before its code runs",
+            [t["at"] - t["rendered"] for t in timings],
+            unit="ms",
+            per_repeat_n=1,
+            better="lower",
+            sync_interval=None,
         ),
         value_figure(
             NAME,

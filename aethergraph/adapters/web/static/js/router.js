@@ -7,6 +7,12 @@ export class Router {
     this.routes = [];
     this.dispose = null;
     window.addEventListener("hashchange", () => this.render());
+    // Close the view's live streams when the page goes away (reload, another URL): a stream left to the
+    // browser to drop can hold one of its six connections to the server for most of a minute.
+    window.addEventListener("pagehide", () => {
+      this.dispose?.();
+      this.dispose = null;
+    });
   }
 
   /** route("/runs/:id", view) */
