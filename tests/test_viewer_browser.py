@@ -18,7 +18,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ if find_chromium() is None:
 pytestmark = pytest.mark.slow
 
 GRAPHS = REPO_ROOT / "tests" / "procs" / "viewer_graphs.py"
+OpenPage = Callable[[str], Page]
 ARTIFACTS = Path(os.environ.get("AETHERGRAPH_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
 
 
@@ -99,6 +100,22 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def browser() -> Iterator[Browser]:
     with Browser.launch() as chromium:
         yield chromium
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[OpenPage]:
+    """Open tabs, closed when the test ends: every run page holds a live stream, and a browser keeps six
+    connections per server (HTTP/1.1), so tabs left open would starve the next tests."""
+    opened: list[Page] = []
+
+    def open_(url: str) -> Page:
+        page = browser.new_page(url)
+        opened.append(page)
+        return page
+
+    yield open_
+    for page in opened:
+        page.close()
 
 
 def api(url: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
@@ -172,14 +189,14 @@ def wait_status(url: str, run_id: str, status: str) -> dict[str, Any]:
     raise AssertionError(f"run {run_id} never reached {status}: {detail['status']}")
 
 
-def test_inbox_form_answers_a_wait_and_the_run_page_shows_it_finish_live(server: str, browser: Browser) -> None:
+def test_inbox_form_answers_a_wait_and_the_run_page_shows_it_finish_live(server: str, open_page: OpenPage) -> None:
     run_id = submit(server, "viewer_review", {"topic": "cats"})
-    run_page = browser.new_page(f"{server}#/runs/{run_id}")
+    run_page = open_page(f"{server}#/runs/{run_id}")
     card = f'.run-page .wait-card[data-wait^="{run_id}/"]'
     run_page.wait_for(f"document.querySelector({js(card)}) !== null", what="the run page's wait card")
     run_page.evaluate("window.__sameDocument = true")
 
-    inbox = browser.new_page(f"{server}#/inbox")
+    inbox = open_page(f"{server}#/inbox")
     form = f'.inbox-list .wait-card[data-wait^="{run_id}/"]'
     inbox.wait_for(f"document.querySelector({js(form)}) !== null", what="the wait in the inbox")
     assert "drafted cats: please review" in text_of(inbox, form)  # the web channel's message beside the ask
@@ -230,9 +247,9 @@ def test_inbox_form_answers_a_wait_and_the_run_page_shows_it_finish_live(server:
     assert run_page.errors == [] and inbox.errors == []
 
 
-def test_an_approval_is_answered_with_buttons(server: str, browser: Browser) -> None:
+def test_an_approval_is_answered_with_buttons(server: str, open_page: OpenPage) -> None:
     run_id = submit(server, "viewer_approval", {"what": "v2"})
-    inbox = browser.new_page(f"{server}#/inbox")
+    inbox = open_page(f"{server}#/inbox")
     card = f'.wait-card[data-wait^="{run_id}/"]'
     inbox.wait_for(f"document.querySelector({js(card + ' button[data-choice=Ship]')}) !== null", what="buttons")
     labels = inbox.evaluate(f"[...document.querySelectorAll({js(card + ' button')})].map(b => b.innerText)")
@@ -244,10 +261,43 @@ def test_an_approval_is_answered_with_buttons(server: str, browser: Browser) -> 
     assert inbox.errors == []
 
 
-def test_a_failed_run_shows_its_error_and_traceback_and_retries(server: str, browser: Browser) -> None:
+def test_a_nested_runs_wait_is_answered_through_its_top_level_run(server: str, open_page: OpenPage) -> None:
+    run_id = submit(server, "viewer_nested", {"what": "v3"})
+    page = open_page(f"{server}#/runs/{run_id}")
+    # The nested run's wait shows on the parent's page (from the run detail), and so does the child run.
+    card = f'.run-page .wait-card[data-wait^="{run_id}-"]'
+    page.wait_for(f"document.querySelector({js(card + ' button[data-choice=Ship]')}) !== null", what="nested wait")
+    page.wait_for("document.querySelector('.children-panel a') !== null", what="the child run")
+    child = text_of(page, ".children-panel td a")
+    assert child.startswith(f"{run_id}-viewer_approval")
+    click(page, f"{card} button[data-choice=Hold]")
+    page.wait_for(f"document.querySelector({js(card + ' .outcome')})?.dataset.status === 'accepted'")
+    page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'succeeded'", what="succeeded")
+    assert wait_status(server, run_id, "succeeded")["outputs"]["decision"] == {"approved": False, "choice": "Hold"}
+    click(page, ".children-panel td a")
+    page.wait_for(f"document.querySelector('.run-page')?.dataset.run === {js(child)}", what="the child's page")
+    page.wait_for("document.querySelector('.run-head')?.innerText.includes('child of')")
+    assert page.errors == []
+
+
+def test_a_run_started_from_the_graphs_page(server: str, open_page: OpenPage) -> None:
+    page = open_page(f"{server}#/graphs")
+    form = '.graph-card[data-graph="viewer_busy"] form'
+    page.wait_for(f"document.querySelector({js(form)}) !== null", what="the graph's form")
+    fill(page, form, "n", "3")  # each input is a JSON value
+    click(page, f"{form} button[type=submit]")
+    page.wait_for("location.hash.startsWith('#/runs/')", what="the new run's page")
+    page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'succeeded'", what="succeeded")
+    run_id = page.evaluate("decodeURIComponent(location.hash.slice('#/runs/'.length))")
+    assert api(server, "GET", f"/api/runs/{run_id}")["outputs"] == {"count": 3}
+    assert page.evaluate("document.querySelectorAll('svg.dag .dag-node').length") == 3
+    assert page.errors == []
+
+
+def test_a_failed_run_shows_its_error_and_traceback_and_retries(server: str, open_page: OpenPage) -> None:
     run_id = submit(server, "viewer_failing", {"x": 3})
     wait_status(server, run_id, "failed")
-    page = browser.new_page(f"{server}#/runs/{run_id}")
+    page = open_page(f"{server}#/runs/{run_id}")
     page.wait_for("document.querySelector('.run-page')?.dataset.rendered === '1'")
     assert run_status(page) == "failed"
     assert "viewer_explode refuses 3" in text_of(page, ".run-summary .error")
@@ -267,10 +317,12 @@ def test_a_failed_run_shows_its_error_and_traceback_and_retries(server: str, bro
     assert page.errors == []
 
 
-def test_a_static_graph_is_drawn_from_its_structure_and_retried(server: str, browser: Browser, tmp_path: Path) -> None:
+def test_a_static_graph_is_drawn_from_its_structure_and_retried(
+    server: str, open_page: OpenPage, tmp_path: Path
+) -> None:
     flag = tmp_path / "flag"
     run_id = submit(server, "viewer_static", {"x": 1, "flag": str(flag)})
-    page = browser.new_page(f"{server}#/runs/{run_id}")
+    page = open_page(f"{server}#/runs/{run_id}")
     page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'failed'", what="failed")
     nodes = page.evaluate("[...document.querySelectorAll('svg.dag .dag-node')].map(g => g.dataset.node)")
     assert sorted(nodes) == ["viewer_flaky_1", "viewer_step_1"]
@@ -285,9 +337,9 @@ def test_a_static_graph_is_drawn_from_its_structure_and_retried(server: str, bro
     assert page.errors == []
 
 
-def test_cancel_from_the_run_page(server: str, browser: Browser) -> None:
+def test_cancel_from_the_run_page(server: str, open_page: OpenPage) -> None:
     run_id = submit(server, "viewer_review", {"topic": "dogs"})
-    page = browser.new_page(f"{server}#/runs/{run_id}")
+    page = open_page(f"{server}#/runs/{run_id}")
     page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'waiting'", what="waiting")
     click(page, ".run-actions button.danger")
     assert text_of(page, ".run-actions button.danger") == "Really cancel?"
@@ -297,10 +349,10 @@ def test_cancel_from_the_run_page(server: str, browser: Browser) -> None:
     assert page.errors == []
 
 
-def test_runs_list_filters_and_shows_new_runs(server: str, browser: Browser) -> None:
+def test_runs_list_filters_and_shows_new_runs(server: str, open_page: OpenPage) -> None:
     first = submit(server, "viewer_failing", {"x": 1})
     wait_status(server, first, "failed")
-    page = browser.new_page(f"{server}#/?graph=viewer_failing")
+    page = open_page(f"{server}#/?graph=viewer_failing")
     page.wait_for(f"document.querySelector('tr[data-run=\"{first}\"]') !== null", what="the run in the list")
     graphs = page.evaluate("[...document.querySelectorAll('table.runs tbody td:nth-child(2)')].map(td => td.innerText)")
     assert graphs and set(graphs) == {"viewer_failing"}
@@ -310,13 +362,13 @@ def test_runs_list_filters_and_shows_new_runs(server: str, browser: Browser) -> 
     assert page.errors == []
 
 
-def test_a_token_protected_server(token_server: str, browser: Browser) -> None:
+def test_a_token_protected_server(token_server: str, open_page: OpenPage) -> None:
     """With a token the page asks for it; entered, the live stream (fetch with the header), the artifact
     and the answer all go through."""
     run_id = str(
         api(token_server, "POST", "/api/runs", {"graph": "viewer_review", "inputs": {"topic": "keys"}}, TOKEN)["run_id"]
     )
-    page = browser.new_page(f"{token_server}#/runs/{run_id}")
+    page = open_page(f"{token_server}#/runs/{run_id}")
     page.wait_for("document.querySelector('.run-head .error') !== null", what="the refusal")
     assert "AETHERGRAPH_API_TOKEN" in text_of(page, ".run-head .error")
     page.evaluate(
@@ -347,9 +399,9 @@ async def _publish_tokens(nats_url: str, run_id: str, deltas: list[dict[str, Any
         await client.close()
 
 
-def test_token_deltas_show_live_on_the_run_page(server: str, browser: Browser, nats_url: str) -> None:
+def test_token_deltas_show_live_on_the_run_page(server: str, open_page: OpenPage, nats_url: str) -> None:
     run_id = submit(server, "viewer_review", {"topic": "owls"})
-    page = browser.new_page(f"{server}#/runs/{run_id}")
+    page = open_page(f"{server}#/runs/{run_id}")
     page.wait_for("document.querySelector('.live-state')?.innerText === '● live'", what="the live stream")
     base = {"run_id": run_id, "node_id": "root", "call_seq": 99}
     deltas = [{**base, "index": 1, "text": "lo, ", "done": False}, {**base, "index": 0, "text": "Hel", "done": False}]
@@ -415,10 +467,10 @@ VIEW_LOGIC = """(async () => {
 })()"""
 
 
-def test_view_logic_in_the_browser(server: str, browser: Browser) -> None:
+def test_view_logic_in_the_browser(server: str, open_page: OpenPage) -> None:
     """The viewer's modules on synthetic events (docs/events.md): DAG edges from causal parents, layers,
     duplicates dropped, out-of-order token deltas, a viz track plotted, a form's value and its type checks."""
-    page = browser.new_page(f"{server}#/graphs")
+    page = open_page(f"{server}#/graphs")
     result = page.evaluate(VIEW_LOGIC)
     assert result["events"] == list(range(1, 14))
     assert result["edges"] == ["a_1>b_1", "a_1>c_1", "b_1>wait:w8", "wait:w8>d_1"]

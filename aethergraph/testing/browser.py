@@ -254,6 +254,12 @@ class Page:
         if not self._loaded.wait(timeout_s):
             raise BrowserError(f"{url} did not finish loading within {timeout_s:.0f}s")
 
+    def close(self) -> None:
+        """Close the tab (its connections to servers go with it)."""
+        self.browser._pages.pop(self.session, None)
+        with contextlib.suppress(BrowserError):
+            self.browser.send("Target.closeTarget", {"targetId": self.target}, timeout_s=10)
+
     def bring_to_front(self) -> None:
         """Make this the visible tab (a hidden tab gets no animation frames, as in a real browser)."""
         self.send("Page.bringToFront")

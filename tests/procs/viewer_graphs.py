@@ -3,6 +3,7 @@
 ``viewer_review`` says something on the web channel, saves a PNG, and waits on the web channel for a
 review whose payload must match ``REVIEW_SCHEMA`` (every kind of field the generated form supports);
 ``viewer_approval`` asks for an approval on the web channel; ``viewer_failing`` fails in a tool;
+``viewer_nested`` calls ``viewer_approval`` (a nested run that waits);
 ``viewer_static`` is a static graph whose second node fails until the file ``flag`` exists;
 ``viewer_busy`` journals ``n`` log lines and ``n`` tool calls (2n+2 events and more).
 """
@@ -112,3 +113,9 @@ def viewer_static(x: Any, flag: Any) -> dict[str, Any]:
     first = viewer_step(i=x)
     second = viewer_flaky(x=first.v, flag=flag)
     return {"y": second.v}
+
+
+@graph_fn(name="viewer_nested", outputs=["decision"])
+async def viewer_nested(what: str, *, context: NodeContext) -> dict[str, Any]:
+    inner = await viewer_approval(what=what)
+    return {"decision": inner["decision"]}
