@@ -2,6 +2,7 @@
 // channel messages of the run that asks. A wait opening or closing anywhere updates it live.
 
 import * as api from "./api.js";
+import * as stream from "./live.js";
 import { clear, fmtTime, h } from "./dom.js";
 import { waitCard } from "./wait_card.js";
 
@@ -25,7 +26,7 @@ async function recentMessages(runIds) {
 export function inboxPage(_params, _query, root) {
   const list = h("div", { class: "inbox-list" });
   const message = h("p", { class: "note" });
-  const live = h("span", { class: "live-state" });
+  const live = stream.indicator();
   const cards = new Map(); // "run/wait" -> its card
   let timer = null;
 
@@ -72,15 +73,12 @@ export function inboxPage(_params, _query, root) {
     timer = setTimeout(refresh, 100);
   };
 
-  clear(root, h("div", { class: "inbox-page" }, h("div", { class: "toolbar" }, h("h1", {}, "Inbox"), live), message, list));
+  clear(root, h("div", { class: "inbox-page" }, h("div", { class: "toolbar" }, h("h1", {}, "Inbox"), live.el), message, list));
   refresh();
-  const stop = api.followAll((ev) => {
+  const stop = stream.followAll((ev) => {
     if (ev.type.startsWith("wait.") || ev.type.startsWith("run.")) soon();
   }, {
-    onState: (s) => {
-      live.textContent = s === "live" ? "● live" : s;
-      live.className = `live-state ${s}`;
-    },
+    onState: live.show,
     onFallback: refresh,
   });
   return () => {

@@ -3,6 +3,7 @@
 // child runs and the timeline. History comes from the JSON API; the rest arrives live over SSE.
 
 import * as api from "./api.js";
+import * as stream from "./live.js";
 import { drawDag } from "./dag.js";
 import { clear, fmtDuration, fmtTime, h, jsonBlock, runLink, statusBadge } from "./dom.js";
 import { addToken, RunModel } from "./model.js";
@@ -25,7 +26,7 @@ export function runPage({ id }, query, root) {
   const t0 = performance.now();
   const model = new RunModel(id);
   const state = { detail: null, selected: query.get("node"), closed: false, stop: null, scheduled: false, dirty: new Set(), cards: new Map(), graphNames: new Set() };
-  const live = h("span", { class: "live-state" }, "loading…");
+  const live = stream.indicator();
   const head = h("div", { class: "run-head" });
   const summary = h("div", { class: "run-summary" });
   const waits = section("Waiting for an answer", "waits");
@@ -61,7 +62,7 @@ export function runPage({ id }, query, root) {
       const parent = model.run?.parent_run_id || run.parent_run_id;
       clear(head,
         h("h1", {}, graph, " ", h("span", { class: "run-id" }, id), " ", statusBadge(status)),
-        h("div", { class: "run-actions" }, live,
+        h("div", { class: "run-actions" }, live.el,
           ACTIVE.has(status) ? h("button", { class: "danger", onclick: cancel }, "Cancel") : null,
           status === "failed" || status === "cancelled"
             ? h("button", { class: "retry", onclick: retry }, model.staticNodes ? "Retry" : "Run again") : null),
@@ -237,17 +238,14 @@ export function runPage({ id }, query, root) {
       clear(head, h("h1", {}, id), h("p", { class: "error" }, error.message));
       return;
     }
-    state.stop = api.followRun(id, model.lastStreamSeq, {
+    state.stop = stream.followRun(id, model.lastStreamSeq, {
       event: onEvent,
       token: (delta) => {
         addToken(model, delta);
         mark("tokens");
       },
     }, {
-      onState: (s) => {
-        live.textContent = s === "live" ? "● live" : s;
-        live.className = `live-state ${s}`;
-      },
+      onState: live.show,
       onFallback: async () => model.addAll(await api.runEvents(id, model.lastStreamSeq)) && mark(...ALL),
     });
   })();

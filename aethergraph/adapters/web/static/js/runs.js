@@ -1,6 +1,7 @@
 // The runs list: filters (status, graph, since), pages, and statuses that change live.
 
 import * as api from "./api.js";
+import * as stream from "./live.js";
 import { clear, fmtDuration, fmtTime, h, runLink, statusBadge, toDate } from "./dom.js";
 import { setQuery } from "./router.js";
 
@@ -18,7 +19,7 @@ export function runsPage(_params, query, root) {
   const rows = new Map();
   const body = h("tbody");
   const more = h("button", { class: "more", hidden: true }, "More");
-  const live = h("span", { class: "live-state" });
+  const live = stream.indicator();
   const message = h("p", { class: "note" });
   let cursor = null;
 
@@ -108,18 +109,15 @@ export function runsPage(_params, query, root) {
   };
 
   clear(root, h("div", { class: "runs-page" },
-    h("div", { class: "toolbar" }, h("h1", {}, "Runs"), status, graph, h("label", {}, "since ", since), live),
+    h("div", { class: "toolbar" }, h("h1", {}, "Runs"), status, graph, h("label", {}, "since ", since), live.el),
     message,
     h("table", { class: "runs" },
       h("thead", {}, h("tr", {}, ["run", "graph", "status", "started", "duration", "events", "parent"].map((c) => h("th", {}, c)))),
       body),
     more));
   load(true);
-  return api.followAll(onEvent, {
-    onState: (s) => {
-      live.textContent = s === "live" ? "● live" : s;
-      live.className = `live-state ${s}`;
-    },
+  return stream.followAll(onEvent, {
+    onState: live.show,
     onFallback: refresh,
   });
 }
