@@ -1,7 +1,8 @@
 // A form generated from a JSON Schema: strings, numbers, integers, booleans, enums, arrays of those,
 // nested objects, required fields, defaults. What the form cannot express (anyOf, $ref, ...) becomes a
-// JSON text field. The browser checks types and required fields; everything else (minimum, pattern, ...)
-// is the server's to check against the wait's schema, and its rejection message is shown.
+// JSON text field (text that is not JSON is taken as a string). The browser checks types and required
+// fields; everything else (minimum, pattern, ...) is the server's to check against the wait's schema,
+// and its rejection message is shown.
 
 import { h } from "./dom.js";
 
@@ -169,7 +170,7 @@ const BUILDERS = {
     };
   },
   json(schema, path, required) {
-    const input = h("textarea", { id: uid(path), name: path, rows: 4, class: "json-input", "data-path": path, placeholder: "JSON" });
+    const input = h("textarea", { id: uid(path), name: path, rows: 2, class: "json-input", "data-path": path, placeholder: "JSON (or plain text)" });
     if (schema.default !== undefined) input.value = JSON.stringify(schema.default, null, 2);
     return {
       input,
@@ -181,8 +182,8 @@ const BUILDERS = {
         }
         try {
           return JSON.parse(input.value);
-        } catch (error) {
-          throw new FieldError(path, `not valid JSON: ${error.message}`);
+        } catch {
+          return input.value; // not JSON: the text itself, a string
         }
       },
     };
