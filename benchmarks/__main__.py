@@ -39,6 +39,7 @@ from . import (
     bench_steps,
     bench_suspended_memory,
     bench_takeover,
+    bench_viewer,
 )
 from .harness import (
     BenchContext,
@@ -80,6 +81,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bench_llm,
         bench_rag,
         bench_server,
+        bench_viewer,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

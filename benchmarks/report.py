@@ -202,6 +202,14 @@ HEADLINES = (
         target=50.0,
         target_text="≤ 50 ms",
     ),
+    Headline(
+        benchmark="viewer",
+        key="run_page_10k",
+        sync_interval=None,
+        what="run page of a 10,000-event run rendered in headless Chromium, median",
+        target=1000.0,
+        target_text="≤ 1 s",
+    ),
 )
 
 
