@@ -17,12 +17,14 @@ import pytest
 from helpers import REPO_ROOT, stop_process, subprocess_env, wait_until
 from web_client import (
     GRAPHS,
+    SseMessage,
     call,
     get,
     launch,
     launch_worker,
     read_until,
     sse,
+    sse_at,
     wait_status,
     workspace_env,
 )
@@ -86,6 +88,58 @@ def test_sse_resumes_with_last_event_id_across_a_server_restart_without_gap_or_d
     assert [m.data for m in streamed] == [e["event"] for e in history]
     assert [m.data["seq"] for m in streamed] == list(range(1, len(streamed) + 1))
     assert after[0].data["seq"] == before[-1].data["seq"] + 1
+
+
+def _of_run(messages: Iterator[SseMessage], run_id: str, last_type: str) -> list[SseMessage]:
+    """The stream's messages about ``run_id`` until one of ``last_type`` (other runs' are skipped)."""
+    found = []
+    for message in messages:
+        if message.data.get("run_id") == run_id:
+            found.append(message)
+            if message.data["type"] == last_type:
+                return found
+    raise AssertionError(f"the stream ended before {last_type} of {run_id}")
+
+
+def test_the_all_runs_stream_carries_status_and_waits_and_resumes_by_last_event_id(
+    workspace: Path, worker: subprocess.Popen[bytes], nats_url: str
+) -> None:
+    env = workspace_env(workspace)
+    server = launch("serve", GRAPHS, "--port", "0", env=env)
+    try:
+        with sse_at(server.url, "/api/events") as messages:
+            run_id = _submit(server.url, "web_asking", {"topic": "all runs"})
+            before = _of_run(messages, run_id, "wait.requested")
+        garbage = subprocess_env()  # a stray message on a run subject is no event: it never reaches the stream
+        subprocess.run(
+            [sys.executable, "-c", STRAY, nats_url, f"ag.evt.{run_id}.run.completed"], env=garbage, check=True
+        )
+        wait_id = before[-1].data["wait_id"]
+        status, body, _ = call(
+            server.url, "POST", f"/api/runs/{run_id}/resume", {"wait_id": wait_id, "payload": {"ok": True}}
+        )
+        assert status == 200, body
+        with sse_at(server.url, "/api/events", last_event_id=before[-1].id) as messages:
+            after = _of_run(messages, run_id, "run.completed")
+        history = get(server.url, f"/api/runs/{run_id}/events")["events"]
+        since = get(server.url, f"/api/events?after={before[-1].id}")["events"]
+    finally:
+        server.stop()
+    wanted = [e for e in history if e["event"]["type"].split(".")[0] in ("run", "wait")]
+    streamed = before + after
+    assert [m.id for m in streamed] == [e["stream_seq"] for e in wanted]  # no gap, no duplicate, no stray
+    assert [m.data for m in streamed] == [e["event"] for e in wanted]
+    assert [e["stream_seq"] for e in since if e["event"]["run_id"] == run_id] == [m.id for m in after]
+
+
+STRAY = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    await nc.jetstream().publish(sys.argv[2], b'{"type": "run.completed", "not": "an event"}')
+    await nc.close()
+asyncio.run(main())
+"""
 
 
 async def test_token_deltas_ride_the_stream_as_their_own_event_type(

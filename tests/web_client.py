@@ -130,12 +130,19 @@ class SseMessage:
 @contextlib.contextmanager
 def sse(url: str, run_id: str, *, last_event_id: int | None = None) -> Iterator[Iterator[SseMessage]]:
     """Open the run's live event stream; yields an iterator of its messages (comments skipped)."""
+    with sse_at(url, f"/api/runs/{run_id}/events", last_event_id=last_event_id) as messages:
+        yield messages
+
+
+@contextlib.contextmanager
+def sse_at(url: str, path: str, *, last_event_id: int | None = None) -> Iterator[Iterator[SseMessage]]:
+    """Open the live event stream at ``path``; yields an iterator of its messages (comments skipped)."""
     parsed = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
-    conn.request("GET", f"/api/runs/{run_id}/events", headers=headers)
+    conn.request("GET", path, headers=headers)
     response = conn.getresponse()
     assert response.status == 200, response.read()
     assert response.getheader("content-type", "").startswith("text/event-stream")

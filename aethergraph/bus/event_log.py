@@ -39,7 +39,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -55,7 +55,7 @@ from .ack_router import AckRouter, PublishedAck
 from .direct_get import READ_BATCH, DirectGetter, header_value, stored_messages
 from .dispatch import dispatch_raw, release_raw, retrieve_exception, server_address
 from .run_writer import JetStreamRunWriter
-from .topology import event_subject, live_events_filter, run_events_filter
+from .topology import EVENTS_STREAM, event_subject, live_event_subject, live_events_filter, run_events_filter
 
 __all__ = ["READ_BATCH", "JetStreamEventLog", "RawStored", "StoredRecord"]
 
@@ -100,6 +100,12 @@ def _decode_for(run_id: str, data: bytes, stream_seq: int) -> AnyEvent | None:
         _skipped.add(stream_seq)
         log.warning("skipped message %d on the subjects of run %s: %s", stream_seq, run_id, reason)
     return None
+
+
+def _run_of(subject: str, token: int) -> str:
+    """The run id in an event subject: token 2 of ``ag.evt.<run_id>.<type>``, 3 of ``ag.live.evt.<run_id>...``."""
+    parts = subject.split(".")
+    return parts[token] if len(parts) > token else ""
 
 
 class JetStreamEventLog:
@@ -227,6 +233,61 @@ class JetStreamEventLog:
         subjects = [event_subject(run_id, "run.started") for run_id in run_ids]
         replies = await self._direct.get({"multi_last": subjects, "batch": len(subjects)}, "run starts")
         return {(header_value(reply.headers, b"Nats-Subject") or b"").decode().split(".")[2] for reply in replies}
+
+    async def read_types(self, event_types: Sequence[str], *, after: int, limit: int) -> list[StoredRecord]:
+        """Every run's stored events of ``event_types`` (``run.*``, ``wait.requested``) after stream sequence
+        ``after``, in stream order, at most the first ``limit``; messages that are no event of the run their
+        subject names are skipped."""
+        found: list[StoredRecord] = []
+        for event_type in event_types:
+            read = 0
+            async for batch in stored_messages(
+                self._direct, event_subject("*", event_type), f"{event_type} events", start=after + 1
+            ):
+                for message in batch:
+                    event = _decode_for(_run_of(message.subject, 2), message.data, message.stream_seq)
+                    if event is not None:
+                        found.append(StoredRecord(event=event, stream_seq=message.stream_seq))
+                read += len(batch)
+                if read >= limit:
+                    break
+        found.sort(key=lambda record: record.stream_seq)
+        return found[:limit]
+
+    async def last_stream_seq(self) -> int:
+        """The sequence of the newest message on the events stream (0 when it is empty)."""
+        try:
+            info = await self._js.stream_info(EVENTS_STREAM)
+        except nats.errors.Error as exc:
+            raise BusUnavailableError(f"cannot read the state of stream {EVENTS_STREAM}: {exc}") from exc
+        return int(info.state.last_seq)
+
+    async def watch_types(
+        self, event_types: Sequence[str], on_record: Callable[[StoredRecord], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """Hand every run's events of ``event_types`` to ``on_record`` as the server stores them (from its
+        republish on ``ag.live.evt.*``, no consumer); returns the stop function. Best effort: what is stored
+        while the connection is down is not handed over (read it with :meth:`read_types`)."""
+        subscriptions = []
+
+        def deliver(subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
+            stream_seq = int(header_value(headers or b"", b"Nats-Sequence") or 0)
+            event = _decode_for(_run_of(subject.decode(errors="replace"), 3), data, stream_seq)
+            if stream_seq and event is not None:
+                on_record(StoredRecord(event=event, stream_seq=stream_seq))
+
+        for event_type in event_types:
+            sub = await self._nc.subscribe(live_event_subject("*", event_type))
+            dispatch_raw(self._nc, sub, deliver)
+            subscriptions.append(sub)
+
+        async def stop() -> None:
+            for sub in subscriptions:
+                release_raw(self._nc, sub)
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+
+        return stop
 
     async def _follow(self, run_id: str) -> AsyncIterator[StoredRecord]:
         async with self.following(run_id) as (stored, live):

@@ -79,6 +79,7 @@ __all__ = [
     "projector_query_subject",
     "report_subject",
     "resume_subject",
+    "live_event_subject",
     "live_events_filter",
     "live_report_prefix",
     "run_events_filter",
@@ -136,6 +137,11 @@ def run_events_filter(run_id: str) -> str:
 def live_events_filter(run_id: str) -> str:
     """The core-NATS subject filter on which the server republishes one run's stored events."""
     return f"{_LIVE_EVENTS_PREFIX}{check_run_id(run_id)}.>"
+
+
+def live_event_subject(run_id: str, event_type: str) -> str:
+    """``ag.live.evt.<run_id>.<event type>``, where the server republishes a stored event (wildcards allowed)."""
+    return f"{_LIVE_EVENTS_PREFIX}{run_id}.{event_type}"
 
 
 def live_report_prefix() -> str:

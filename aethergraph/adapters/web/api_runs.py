@@ -30,18 +30,21 @@ from aethergraph.core.errors import (
 from aethergraph.core.ids import check_run_id, new_run_id
 from aethergraph.core.journal.run_control import bind_run_inputs
 from aethergraph.core.model.registry import registered_graphs
+from aethergraph.core.wire.codec import encode_event
 from aethergraph.projections.run_state import rebuild_run_state
 from aethergraph.projections.store import ProjectionStore
 from aethergraph.runtime import resume
 
 from ..cli_projections import parse_duration
 from ..console import run_state_json
-from .live import journal_items
+from .live import ALL_RUNS_RETAIN, ALL_RUNS_TYPES, journal_items
 from .state import WebState, jsonable, web_state
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
+# ``GET /api/events``: the all-runs stream, beside the runs (it shares their SSE machinery).
+events_router = APIRouter(prefix="/api", tags=["runs"])
 
 
 _FILTERS = """($1::VARCHAR IS NULL OR status = $1) AND ($2::VARCHAR IS NULL OR graph_id = $2)
@@ -317,6 +320,52 @@ async def run_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@events_router.get("/events", response_model=None)
+async def all_runs_events(
+    request: Request,
+    after: Annotated[int | None, Query(ge=0, description="only events stored after this stream sequence")] = None,
+    limit: Annotated[int, Query(ge=1, le=ALL_RUNS_RETAIN)] = 1000,
+    last_event_id: Annotated[str | None, Header()] = None,
+    accept: Annotated[str, Header()] = "application/json",
+) -> Response | StreamingResponse:
+    """Every run's ``run.*`` and ``wait.*`` events (status changes and waits); with ``Accept:
+    text/event-stream`` a live SSE stream whose ids are stream sequences (``Last-Event-ID`` resumes it).
+
+    Without ``after`` the JSON answer is empty and says where the stream is: pass its ``last_event_id``
+    as ``after`` later to read what came since (at most ``limit`` events).
+    """
+    state = web_state(request)
+    start = _after(last_event_id, after)
+    if "text/event-stream" not in accept:
+        records = [] if start is None else await state.host.event_log.read_types(ALL_RUNS_TYPES, after=start,
+                                                                                   limit=limit)  # fmt: skip
+        last = records[-1].stream_seq if records else (start if start is not None else await _stream_head(state))
+        events = ",".join(f'{{"stream_seq":{r.stream_seq},"event":{encode_event(r.event).decode()}}}' for r in records)
+        return Response(f'{{"events":[{events}],"last_event_id":{last}}}', media_type="application/json")
+    return StreamingResponse(
+        _sse_all(state, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream_head(state: WebState) -> int:
+    return await state.host.event_log.last_stream_seq()
+
+
+async def _sse_all(state: WebState, after: int | None) -> AsyncIterator[bytes]:
+    """The all-runs SSE body: what a reconnecting client missed (read from the stream), then live events."""
+    async with state.hub.follow_all() as feed:
+        yield b"retry: 1000\n\n"
+        if after is not None:
+            missed = await feed.missed(after)
+            if missed:
+                yield b"".join(item.frame for item in missed)
+                after = max(after, *(item.stream_seq or 0 for item in missed))
+        async for batch in feed.tail(after):
+            yield batch[0].frame if len(batch) == 1 else b"".join(item.frame for item in batch)
 
 
 async def _sse(state: WebState, run_id: str, after: int | None) -> AsyncIterator[bytes]:

@@ -36,7 +36,8 @@ class BearerToken:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api"):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/api" or path.startswith("/api/"):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 await _unauthorized(send)
@@ -69,6 +70,7 @@ def create_app(state: WebState, *, static_dir: Path = STATIC_DIR) -> FastAPI:
     )
     app.state.web = state
     app.include_router(api_runs.router)
+    app.include_router(api_runs.events_router)
     app.include_router(api_more.router)
     if (static_dir / "index.html").is_file():
         app.mount("/", StaticFiles(directory=static_dir, html=True), name="viewer")

@@ -24,8 +24,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.event_log import JetStreamEventLog, StoredRecord
@@ -33,7 +34,10 @@ from aethergraph.bus.topology import token_stream_filter
 from aethergraph.core.journal.replay import ChainBuilder
 from aethergraph.core.wire.codec import encode_event
 
-__all__ = ["FeedItem", "LiveHub", "RunFeed", "journal_items"]
+__all__ = ["AllRunsFeed", "FeedItem", "LiveHub", "RunFeed", "journal_items"]
+
+# The all-runs feed's key among the run feeds (no run id has a space).
+_ALL_RUNS = "all runs"
 
 log = logging.getLogger("aethergraph.web")
 
@@ -92,24 +96,28 @@ async def journal_items(event_log: JetStreamEventLog, run_id: str, after: int = 
     return items
 
 
-class RunFeed:
-    """One followed run: its released items in order, and a wake-up for the clients waiting for more."""
+class _Feed:
+    """Released items in order and a wake-up for the clients waiting for more: what every feed shares.
 
-    def __init__(self, run_id: str, keepalive_s: float = KEEPALIVE_S) -> None:
-        self.run_id = run_id
+    ``items`` keeps at most ``retain`` items (the oldest are dropped); positions are absolute, so a
+    client's cursor stays valid when the front is dropped.
+    """
+
+    def __init__(self, name: str, keepalive_s: float, retain: int | None = None) -> None:
+        self.name = name
         self.keepalive_s = keepalive_s
         self.beats = 0  # one per keepalive_s without a new item: the clients send a keepalive comment
         self.items: list[FeedItem] = []
-        self.ready = asyncio.Event()  # set once the stored events are in ``items``
+        self.dropped = 0  # items dropped from the front (absolute position of items[0])
+        self.ready = asyncio.Event()  # set once the feed is following
         self.closed = False
         self.error: BaseException | None = None
         self.clients = 0
+        self._retain = retain
         self._grown = asyncio.Event()
-        self._chain = _Chain()
-        self._task: asyncio.Task[None] | None = None
-        self._stop_tokens: Callable[[], Awaitable[None]] | None = None
         self._linger: asyncio.TimerHandle | None = None
-        self._beat: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stops: list[Callable[[], Awaitable[None]]] = []
 
     def _wake(self) -> None:
         grown, self._grown = self._grown, asyncio.Event()
@@ -118,17 +126,74 @@ class RunFeed:
     def _append(self, new: list[FeedItem]) -> None:
         if new:
             self.items.extend(new)
+            if self._retain is not None and len(self.items) > self._retain:
+                excess = len(self.items) - self._retain
+                del self.items[:excess]
+                self.dropped += excess
             self._wake()
 
     async def _keepalive(self) -> None:
         """One timer for all the feed's clients (not one per client and wait)."""
-        seen = len(self.items)
+        seen = self.dropped + len(self.items)
         while True:
             await asyncio.sleep(self.keepalive_s)
-            if len(self.items) == seen:
+            if self.dropped + len(self.items) == seen:
                 self.beats += 1
                 self._wake()
-            seen = len(self.items)
+            seen = self.dropped + len(self.items)
+
+    def _start_tasks(self, *coroutines: Coroutine[Any, Any, None]) -> None:
+        self._tasks = [asyncio.create_task(c, name=f"aethergraph-feed-{self.name}") for c in coroutines]
+        self._tasks.append(asyncio.create_task(self._keepalive(), name=f"aethergraph-feed-beat-{self.name}"))
+
+    async def close(self) -> None:
+        self.closed = True
+        for stop in self._stops:
+            await stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def tail(self, after: int | None) -> AsyncIterator[list[FeedItem]]:
+        """Every item after stream sequence ``after`` (all of them when None), then the new ones as they come.
+
+        Items come in lists: all that were there when the client woke (one write for what a slow client
+        missed). A ``keepalive`` item comes after ``keepalive_s`` without any (SSE comments keep proxies
+        from closing an idle stream).
+        """
+        await self.ready.wait()
+        cursor = self.dropped
+        if after is not None:
+            # Skip what the client saw: items up to and including the last released by message ``after``.
+            for index, item in enumerate(self.items):
+                if item.stream_seq is not None and item.stream_seq <= after:
+                    cursor = self.dropped + index + 1
+        while True:
+            cursor = max(cursor, self.dropped)  # a client slower than ``retain`` items misses the dropped ones
+            if cursor < self.dropped + len(self.items):
+                batch = self.items[cursor - self.dropped :]
+                cursor += len(batch)
+                ended = batch[-1].kind == "end"
+                batch = batch[:-1] if ended else batch
+                if batch:
+                    yield batch
+                if ended:
+                    return
+                continue
+            beats = self.beats
+            await self._grown.wait()
+            if self.beats != beats and cursor == self.dropped + len(self.items):
+                yield [_KEEPALIVE]
+
+
+class RunFeed(_Feed):
+    """One followed run: its journal events (the journal rule applied) and its token deltas."""
+
+    def __init__(self, run_id: str, keepalive_s: float = KEEPALIVE_S) -> None:
+        super().__init__(run_id, keepalive_s)
+        self.run_id = run_id
+        self._chain = _Chain()
 
     def _on_token(self, data: bytes) -> None:
         try:
@@ -139,9 +204,8 @@ class RunFeed:
             self._append([FeedItem("token", None, json.dumps(delta, separators=(",", ":")))])
 
     async def start(self, event_log: JetStreamEventLog, bus: BusConnection) -> None:
-        self._stop_tokens = await bus.watch(token_stream_filter(self.run_id), self._on_token)
-        self._task = asyncio.create_task(self._pump(event_log), name=f"aethergraph-feed-{self.run_id}")
-        self._beat = asyncio.create_task(self._keepalive(), name=f"aethergraph-feed-beat-{self.run_id}")
+        self._stops.append(await bus.watch(token_stream_filter(self.run_id), self._on_token))
+        self._start_tasks(self._pump(event_log))
 
     async def _pump(self, event_log: JetStreamEventLog) -> None:
         try:
@@ -160,45 +224,45 @@ class RunFeed:
             self.ready.set()
             self._append([FeedItem("end", None, "")])
 
-    async def close(self) -> None:
-        self.closed = True
-        if self._stop_tokens is not None:
-            await self._stop_tokens()
-        for task in (self._task, self._beat):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
-    async def tail(self, after: int | None) -> AsyncIterator[list[FeedItem]]:
-        """Every item after stream sequence ``after`` (all of them when None), then the new ones as they come.
+# The event types of every run that the all-runs stream carries (what the runs list and the inbox show).
+ALL_RUNS_TYPES = ("run.*", "wait.*")
+# How many of the latest items the all-runs feed keeps for clients that reconnect (older ones: read again).
+ALL_RUNS_RETAIN = 10_000
 
-        Items come in lists: all that were there when the client woke (one write for what a slow client
-        missed). A ``keepalive`` item comes after ``keepalive_s`` without any (SSE comments keep proxies
-        from closing an idle stream).
-        """
-        await self.ready.wait()
-        cursor = 0
-        if after is not None:
-            # Skip what the client saw: items up to and including the last released by message ``after``.
-            for index, item in enumerate(self.items):
-                if item.stream_seq is not None and item.stream_seq <= after:
-                    cursor = index + 1
-        while True:
-            if cursor < len(self.items):
-                batch = self.items[cursor:]
-                cursor += len(batch)
-                ended = batch[-1].kind == "end"
-                batch = batch[:-1] if ended else batch
-                if batch:
-                    yield batch
-                if ended:
-                    return
-                continue
-            beats = self.beats
-            await self._grown.wait()
-            if self.beats != beats and cursor == len(self.items):
-                yield [_KEEPALIVE]
+
+class AllRunsFeed(_Feed):
+    """Every run's ``run.*`` and ``wait.*`` events as the server stores them (one subscription per server).
+
+    No journal rule applies across runs: an item is a hint of what changed (a run's status, a wait), which
+    clients confirm from the run's own state (``GET /api/runs/{run_id}``, rebuilt from its journal).
+    """
+
+    def __init__(self, keepalive_s: float = KEEPALIVE_S) -> None:
+        super().__init__("all-runs", keepalive_s, retain=ALL_RUNS_RETAIN)
+        self._event_log: JetStreamEventLog | None = None
+
+    def _on_record(self, record: StoredRecord) -> None:
+        self._append([FeedItem("event", record.stream_seq, encode_event(record.event).decode())])
+
+    async def start(self, event_log: JetStreamEventLog) -> None:
+        self._event_log = event_log
+        self._stops.append(await event_log.watch_types(ALL_RUNS_TYPES, self._on_record))
+        self._start_tasks()
+        self.ready.set()
+
+    async def missed(self, after: int) -> list[FeedItem]:
+        """The stored items after ``after`` that this feed no longer (or never) held, read from the stream."""
+        held = next((item.stream_seq for item in self.items if item.stream_seq is not None), None)
+        if self._event_log is None or (held is not None and held <= after + 1):
+            return []
+        records = await self._event_log.read_types(ALL_RUNS_TYPES, after=after, limit=ALL_RUNS_RETAIN)
+        until = held if held is not None else None
+        return [
+            FeedItem("event", record.stream_seq, encode_event(record.event).decode())
+            for record in records
+            if until is None or record.stream_seq < until
+        ]
 
 
 class LiveHub:
@@ -208,7 +272,7 @@ class LiveHub:
         self._event_log = event_log
         self._bus = bus
         self._keepalive_s = keepalive_s
-        self._feeds: dict[str, RunFeed] = {}
+        self._feeds: dict[str, _Feed] = {}
 
     @property
     def feeds(self) -> int:
@@ -217,25 +281,41 @@ class LiveHub:
     @contextlib.asynccontextmanager
     async def follow(self, run_id: str) -> AsyncIterator[RunFeed]:
         feed = self._feeds.get(run_id)
-        if feed is None or feed.closed:
+        if not isinstance(feed, RunFeed) or feed.closed:
             feed = RunFeed(run_id, self._keepalive_s)
             self._feeds[run_id] = feed
             await feed.start(self._event_log, self._bus)
+        async with self._client(feed):
+            yield feed
+
+    @contextlib.asynccontextmanager
+    async def follow_all(self) -> AsyncIterator[AllRunsFeed]:
+        """The server's one feed of every run's ``run.*``/``wait.*`` events."""
+        feed = self._feeds.get(_ALL_RUNS)
+        if not isinstance(feed, AllRunsFeed) or feed.closed:
+            feed = AllRunsFeed(self._keepalive_s)
+            self._feeds[_ALL_RUNS] = feed
+            await feed.start(self._event_log)
+        async with self._client(feed):
+            yield feed
+
+    @contextlib.asynccontextmanager
+    async def _client(self, feed: _Feed) -> AsyncIterator[None]:
         feed.clients += 1
         if feed._linger is not None:
             feed._linger.cancel()
             feed._linger = None
         try:
-            yield feed
+            yield
         finally:
             feed.clients -= 1
             if feed.clients == 0:
                 loop = asyncio.get_running_loop()
                 feed._linger = loop.call_later(LINGER_S, lambda: loop.create_task(self._drop(feed)))
 
-    async def _drop(self, feed: RunFeed) -> None:
-        if feed.clients == 0 and self._feeds.get(feed.run_id) is feed:
-            del self._feeds[feed.run_id]
+    async def _drop(self, feed: _Feed) -> None:
+        if feed.clients == 0 and self._feeds.get(feed.name) is feed:
+            del self._feeds[feed.name]
             await feed.close()
 
     async def close(self) -> None:
