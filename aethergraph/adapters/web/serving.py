@@ -93,7 +93,7 @@ async def _own_projections(state: WebState, stop: asyncio.Event, serving: asynci
 
     host = state.host
     try:
-        await serve_projections(host.bus, host.settings, stop, on_serving=owned)
+        await serve_projections(host.bus, host.settings, stop, on_serving=owned, on_progress=state.folded)
     except ProjectionLockedError:
         log.info("another process owns the projection store; the server asks its projector")
     finally:
