@@ -40,12 +40,24 @@ def bench_lookup(key: str) -> dict[str, str]:
 
 
 @graph_fn(name="bench_llm_calls", outputs=["n"])
-async def bench_llm_calls(n: int, *, context: Any) -> dict[str, int]:
+async def bench_llm_calls(n: int, base_url: str, *, context: Any) -> dict[str, int]:
+    """Bare and journaled calls taking turns, so that each pair meets the machine in the same state."""
+    import openai
+
     llm = context.llm()
-    for i in range(n):
-        started = time.perf_counter_ns()
-        await llm.chat(f"question {i}")
-        _samples.setdefault("journaled", []).append(time.perf_counter_ns() - started)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+    try:
+        for i in range(n):
+            started = time.perf_counter_ns()
+            await client.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": f"question {i}"}]
+            )
+            _samples.setdefault("bare", []).append(time.perf_counter_ns() - started)
+            started = time.perf_counter_ns()
+            await llm.chat(f"question {i}")
+            _samples.setdefault("journaled", []).append(time.perf_counter_ns() - started)
+    finally:
+        await client.close()
     return {"n": n}
 
 
@@ -77,23 +89,6 @@ def _fake_server_process() -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-async def _bare_calls(base_url: str, n: int) -> list[int]:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
-    samples: list[int] = []
-    try:
-        for i in range(n):
-            started = time.perf_counter_ns()
-            await client.chat.completions.create(
-                model="fake-model", messages=[{"role": "user", "content": f"question {i}"}]
-            )
-            samples.append(time.perf_counter_ns() - started)
-    finally:
-        await client.close()
-    return samples
-
-
 async def _measure(ctx: BenchContext, base_url: str, fake: FakeOpenAI) -> list[Figure]:
     repeats = ctx.pick(10, 2)
     loops = ctx.pick(10, 2)
@@ -103,13 +98,12 @@ async def _measure(ctx: BenchContext, base_url: str, fake: FakeOpenAI) -> list[F
         try:
             register_llm_client("default", base_url=base_url, api_key=API_KEY, model="fake-model")
             ctx.say("warm-up")
-            await execute_run(bench_llm_calls.spec, {"n": 20}, env=rt.env)
-            await _bare_calls(base_url, 20)
+            await execute_run(bench_llm_calls.spec, {"n": 20, "base_url": base_url}, env=rt.env)
             for index in range(repeats):
-                ctx.say(f"repeat {index + 1}/{repeats}: {CALLS} bare and {CALLS} journaled calls")
+                ctx.say(f"repeat {index + 1}/{repeats}: {CALLS} bare and {CALLS} journaled calls, taking turns")
                 _samples.clear()
-                blocks["bare"].append(await _bare_calls(base_url, CALLS))
-                await execute_run(bench_llm_calls.spec, {"n": CALLS}, env=rt.env)
+                await execute_run(bench_llm_calls.spec, {"n": CALLS, "base_url": base_url}, env=rt.env)
+                blocks["bare"].append(list(_samples["bare"]))
                 blocks["journaled"].append(list(_samples["journaled"]))
             register_llm_client("default", base_url=fake.base_url, api_key=fake.api_key, model="fake-model")
             ctx.say(f"{loops} tool loops of {ROUNDS} rounds (scripted, the fake server on a thread)")
@@ -171,8 +165,8 @@ def run(ctx: BenchContext) -> tuple[list[Figure], list[str]]:
     notes = [
         "The fake model server (`python -m aethergraph.testing.fake_openai`, its own process) answers at once, "
         "so both figures are dominated by HTTP and the `openai` SDK; the bare call uses the same SDK client "
-        "settings (no retries). The overhead is the median journaled call minus the median bare call of the same "
-        "repeat.",
+        "settings (no retries), and the two take turns call by call inside one graph_fn. The overhead is the "
+        "median journaled call minus the median bare call of the same repeat.",
         f"The tool loop: the model asks for one `@tool` call per turn for {ROUNDS} turns, then answers; each turn "
         "and each tool call is a journaled step.",
     ]

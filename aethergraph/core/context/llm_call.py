@@ -89,12 +89,13 @@ def check_token_budget(scope: RunScope, profile: str) -> None:
         )
 
 
-async def _document(scope: RunScope, value: Any, what: str) -> tuple[Any, str | None]:
-    """``value`` for an event: inline, or the URI of its encoding when too large (with nothing inline)."""
-    try:
-        raw = _encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        raise SerializationError(f"{what} cannot be journaled: {exc}; pass JSON-compatible values") from exc
+async def _document(scope: RunScope, value: Any, what: str, raw: bytes | None = None) -> tuple[Any, str | None]:
+    """``value`` for an event: inline, or the URI of its encoding (``raw``, if made already) when too large."""
+    if raw is None:
+        try:
+            raw = _encode(value)
+        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+            raise SerializationError(f"{what} cannot be journaled: {exc}; pass JSON-compatible values") from exc
     if len(raw) > scope.env.service_backends.inline_limit:
         return None, await spill_bytes(scope, raw)
     return value, None
@@ -113,12 +114,13 @@ async def journaled_model_call(
     """Make ``call`` a journaled step of ctx's run (see the module docstring); returns its outcome."""
     scope = ctx._scope
     try:
-        request_digest = digest(_encode(request))
+        raw_request = _encode(request)
     except (TypeError, msgspec.EncodeError, OverflowError) as exc:
         raise SerializationError(
             f"the request of context.llm({profile!r}).{operation}() cannot be journaled: {exc}; "
             "pass messages and parameters as JSON-compatible values"
         ) from exc
+    request_digest = digest(raw_request)
     node_id = ctx.node_id
     idempotency_key = f"{scope.run_id}:{node_id}:{cursor.get()}"
     key = StepKey(
@@ -132,7 +134,7 @@ async def journaled_model_call(
     model = endpoint.model if endpoint is not None and operation == "chat" else ""
     if endpoint is not None and operation == "embed":
         model = endpoint.embed_model
-    inline, request_ref = await _document(scope, dict(request), f"the request of context.llm({profile!r})")
+    inline, request_ref = await _document(scope, request, f"the request of context.llm({profile!r})", raw_request)
 
     async def execute() -> CallOutcome:
         if config_error is not None:
