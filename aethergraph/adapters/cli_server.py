@@ -29,7 +29,8 @@ def _announce(what: str) -> Callable[[str], None]:
     def ready(url: str) -> None:
         sys.stdout.write(f"{what} at {url}\n")
         sys.stdout.flush()
-        err_console.print(f"[bold]{escape(what)}[/] at {url} (OpenAPI: {url}docs); Ctrl-C to stop", soft_wrap=True)
+        # The URL alone on stdout (for scripts); the rest for people, on stderr, without repeating it.
+        err_console.print(f"the API's OpenAPI page: {url}docs; Ctrl-C to stop", soft_wrap=True)
 
     return ready
 
