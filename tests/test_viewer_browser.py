@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from helpers import REPO_ROOT, subprocess_env
 
+from aethergraph.testing import FakeOpenAI, Reply
 from aethergraph.testing.browser import Browser, Page, find_chromium
 
 if find_chromium() is None:
@@ -75,8 +76,20 @@ def stop_dev_server(process: subprocess.Popen[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    process, url = start_dev_server(tmp_path_factory.mktemp("viewer-workspace"))
+def model() -> Iterator[FakeOpenAI]:
+    """The model the dev server's runs call (``AETHERGRAPH_LLM__DEFAULT__*`` point at it)."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model: FakeOpenAI) -> Iterator[str]:
+    process, url = start_dev_server(
+        tmp_path_factory.mktemp("viewer-workspace"),
+        AETHERGRAPH_LLM__DEFAULT__BASE_URL=model.base_url,
+        AETHERGRAPH_LLM__DEFAULT__API_KEY=model.api_key,
+        AETHERGRAPH_LLM__DEFAULT__MODEL="fake-model",
+    )
     try:
         yield url
     finally:
@@ -409,6 +422,28 @@ def test_token_deltas_show_live_on_the_run_page(server: str, open_page: OpenPage
     page.wait_for("document.querySelector('.token-stream .token-text')?.innerText === 'Hello, '", what="tokens")
     asyncio.run(_publish_tokens(nats_url, run_id, [{**base, "index": 2, "text": "owl", "done": True}]))
     page.wait_for("document.querySelector('.token-stream.done .token-text')?.innerText === 'Hello, owl'")
+    assert page.errors == []
+
+
+def test_an_agent_runs_viz_track_and_streamed_answer_show_live(
+    server: str, open_page: OpenPage, model: FakeOpenAI
+) -> None:
+    answer = " ".join(f"word{i}" for i in range(30))
+    model.script(Reply.text(answer, stream_delay=0.1))  # about 3 s of streaming: the page sees it live
+    run_id = submit(server, "viewer_agent", {"steps": 6})
+    page = open_page(f"{server}#/runs/{run_id}")
+    track = 'figure.viz[data-track="loss"]'
+    page.wait_for(f"document.querySelector({js(track + ' path.line')}) !== null", what="the loss plot")
+    page.wait_for("document.querySelector('.live-state')?.innerText === '● live'", what="the live stream")
+    wait_id = wait_status(server, run_id, "waiting")["open_waits"][0]["wait_id"]
+    api(server, "POST", f"/api/runs/{run_id}/resume", {"wait_id": wait_id, "payload": {"approved": True}})
+    page.wait_for(
+        "(document.querySelector('.token-stream .token-text')?.innerText || '').startsWith('word0 word1')",
+        what="tokens streaming",
+    )
+    page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'succeeded'", what="succeeded")
+    page.wait_for(f"document.querySelector({js(track)}).innerText.includes('6 points')", what="six points")
+    assert wait_status(server, run_id, "succeeded")["outputs"] == {"answer": answer}
     assert page.errors == []
 
 

@@ -5,7 +5,9 @@ review whose payload must match ``REVIEW_SCHEMA`` (every kind of field the gener
 ``viewer_approval`` asks for an approval on the web channel; ``viewer_failing`` fails in a tool;
 ``viewer_nested`` calls ``viewer_approval`` (a nested run that waits);
 ``viewer_static`` is a static graph whose second node fails until the file ``flag`` exists;
-``viewer_busy`` journals ``n`` log lines and ``n`` tool calls (2n+2 events and more).
+``viewer_busy`` journals ``n`` log lines and ``n`` tool calls (2n+2 events and more);
+``viewer_agent`` plots a loss track with ``context.viz()``, waits for a go on the web channel, then streams a
+model's answer (the default profile).
 """
 
 from __future__ import annotations
@@ -119,3 +121,12 @@ def viewer_static(x: Any, flag: Any) -> dict[str, Any]:
 async def viewer_nested(what: str, *, context: NodeContext) -> dict[str, Any]:
     inner = await viewer_approval(what=what)
     return {"decision": inner["decision"]}
+
+
+@graph_fn(name="viewer_agent", outputs=["answer"])
+async def viewer_agent(steps: int, *, context: NodeContext) -> dict[str, Any]:
+    for step in range(steps):
+        await context.viz().scalar("loss", step=step, value=1.0 / (step + 1))
+    await context.channel("web").ask_approval("summarise now?")
+    answer, _ = await context.llm().chat_stream("summarise the training")
+    return {"answer": answer}
