@@ -82,14 +82,24 @@ def model() -> Iterator[FakeOpenAI]:
         yield fake
 
 
+def model_env(model: FakeOpenAI) -> dict[str, str]:
+    """Every dev server's worker may take any submitted run (they share the bus): all of them get the model.
+
+    A lease longer than the default 1 s: on a loaded machine a server busy with a browser may miss a
+    heartbeat, and the other would take its run over and make a streamed call again (correct, but these
+    tests are about the viewer, not takeovers).
+    """
+    return {
+        "AETHERGRAPH_LEASE_S": "5",
+        "AETHERGRAPH_LLM__DEFAULT__BASE_URL": model.base_url,
+        "AETHERGRAPH_LLM__DEFAULT__API_KEY": model.api_key,
+        "AETHERGRAPH_LLM__DEFAULT__MODEL": "fake-model",
+    }
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model: FakeOpenAI) -> Iterator[str]:
-    process, url = start_dev_server(
-        tmp_path_factory.mktemp("viewer-workspace"),
-        AETHERGRAPH_LLM__DEFAULT__BASE_URL=model.base_url,
-        AETHERGRAPH_LLM__DEFAULT__API_KEY=model.api_key,
-        AETHERGRAPH_LLM__DEFAULT__MODEL="fake-model",
-    )
+    process, url = start_dev_server(tmp_path_factory.mktemp("viewer-workspace"), **model_env(model))
     try:
         yield url
     finally:
@@ -100,9 +110,11 @@ TOKEN = "viewer-test-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def token_server(tmp_path_factory: pytest.TempPathFactory, model: FakeOpenAI) -> Iterator[str]:
     """A second server that wants ``Authorization: Bearer TOKEN`` on every API request."""
-    process, url = start_dev_server(tmp_path_factory.mktemp("viewer-token-workspace"), AETHERGRAPH_API_TOKEN=TOKEN)
+    process, url = start_dev_server(
+        tmp_path_factory.mktemp("viewer-token-workspace"), AETHERGRAPH_API_TOKEN=TOKEN, **model_env(model)
+    )
     try:
         yield url
     finally:
@@ -443,7 +455,8 @@ def test_an_agent_runs_viz_track_and_streamed_answer_show_live(
     )
     page.wait_for("document.querySelector('.run-head h1 .badge')?.innerText === 'succeeded'", what="succeeded")
     page.wait_for(f"document.querySelector({js(track)}).innerText.includes('6 points')", what="six points")
-    assert wait_status(server, run_id, "succeeded")["outputs"] == {"answer": answer}
+    detail = wait_status(server, run_id, "succeeded")
+    assert detail["outputs"] == {"answer": answer}
     assert page.errors == []
 
 
