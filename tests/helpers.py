@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aethergraph.bus.embedded import launch_server
 from aethergraph.bus.event_log import StoredRecord
 from aethergraph.core.journal.replay import journal_chain
 from aethergraph.core.wire.events import Event
 from aethergraph.host.process import ProcessHost
+
+if TYPE_CHECKING:
+    from aethergraph.testing import FakeOpenAI
 
 T = TypeVar("T")
 
@@ -166,3 +170,48 @@ async def main():
 
 print(json.dumps(asyncio.run(main())))
 """
+
+
+@contextlib.contextmanager
+def worker_process(
+    graphs: str | Path, env: dict[str, str], log: Path, *, cwd: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``aethergraph worker GRAPHS`` in its own process, once it says it is ready; stopped afterwards."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aethergraph", "worker", str(graphs)],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def ready() -> bool | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode}:\n{log.read_text()}")
+        return True if " ready" in log.read_text() else None
+
+    try:
+        wait_until(ready, timeout_s=60, what="the worker to be ready")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def fake_default_model() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server registered as this process's ``default`` model profile."""
+    from aethergraph import register_llm_client
+    from aethergraph.services.llm import unregister_llm_client
+    from aethergraph.testing import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        key, url = server.api_key, server.base_url
+        register_llm_client("default", base_url=url, api_key=key, model="fake-model", embed_model="fake-embedding")
+        try:
+            yield server
+        finally:
+            unregister_llm_client("default")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env, wait_until
+from helpers import subprocess_env, worker_process
 
 from aethergraph.testing import FakeOpenAI, Reply
 
@@ -63,24 +63,10 @@ def test_the_example_agent_calls_a_tool_waits_for_approval_and_finishes(fake: Fa
     assert waiting.returncode == 3, waiting.stderr
     assert f"aethergraph resume {run_id}" in waiting.stderr
 
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "aethergraph", "worker", "examples/agent.py"],
-            cwd=ROOT,
-            env=agent_env(fake, tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until(lambda: " ready" in log.read_text() or None, timeout_s=SAFETY_S, what="the worker")
+    with worker_process("examples/agent.py", agent_env(fake, tmp_path), tmp_path / "worker.log", cwd=ROOT):
         resumed = cli(fake, tmp_path, "resume", run_id, "--approve", "--timeout", str(SAFETY_S))
         assert resumed.returncode == 0, resumed.stderr + resumed.stdout
         followed = cli(fake, tmp_path, "events", run_id, "--follow", "--json")  # ends when the run ends
-    finally:
-        worker.terminate()
-        worker.wait(timeout=SAFETY_S)
     result = cli(fake, tmp_path, "result", run_id, "--json")
     assert result.returncode == 0, result.stderr + result.stdout
     assert json.loads(result.stdout)["outputs"] == {"answer": "Hall B is 24 C: too warm.", "approved": True}

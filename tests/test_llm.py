@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pydantic
 import pytest
-from helpers import chain_of, closed_port, read_events
+from helpers import chain_of, closed_port, fake_default_model, read_events
 
 import aethergraph
 from aethergraph import graph_fn, register_llm_client, tool
@@ -36,18 +36,8 @@ from aethergraph.testing import FakeOpenAI, Reply, ToolCall, replay_async
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        register_llm_client(
-            "default",
-            base_url=server.base_url,
-            api_key=server.api_key,
-            model="fake-model",
-            embed_model="fake-embedding",
-        )
-        try:
-            yield server
-        finally:
-            unregister_llm_client("default")
+    with fake_default_model() as server:
+        yield server
 
 
 @pytest.fixture
@@ -460,3 +450,20 @@ async def test_offline_replay_needs_no_model_and_names_a_changed_prompt(
     assert result.outcome == "completed" and len(model.calls) == calls
     with pytest.raises(NonDeterminismError, match=r"llm\('default'\)\.chat\(\)"):
         await replay_async(journal, llm_three_turns_reworded)
+
+
+async def test_a_missing_api_key_is_the_calls_failure_naming_the_variables(
+    runtime: ProcessHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    register_llm_client("keyless", model="gpt-any")  # OpenAI's endpoint, and no key anywhere
+    try:
+        rid = run_id()
+        with pytest.raises(LLMConfigError) as info:
+            await aethergraph.run_async(llm_profile, {"profile": "keyless"}, run_id=rid)
+    finally:
+        unregister_llm_client("keyless")
+    message = str(info.value)
+    assert "AETHERGRAPH_LLM__PROFILES__KEYLESS__API_KEY" in message and "OPENAI_API_KEY" in message
+    [failed] = of_type(await chain_of(runtime, rid), ev.LlmFailed)
+    assert failed.error_type == "aethergraph.errors.LLMConfigError" and failed.profile == "keyless"

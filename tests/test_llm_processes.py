@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import chain_of, subprocess_env, wait_until
+from helpers import chain_of, subprocess_env, wait_until, worker_process
 
 import aethergraph
 from aethergraph.core.wire import events as ev
@@ -64,28 +64,8 @@ def fake() -> Iterator[FakeOpenAI]:
 @pytest.fixture
 def worker(fake: FakeOpenAI, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``aethergraph worker tests/procs/llm_graphs.py``: takes over runs whose driver died."""
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aethergraph", "worker", str(GRAPHS)],
-            env=model_env(fake, tmp_path, "worker"),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited with {proc.returncode}:\n{log.read_text()}")
-        return True if " ready" in log.read_text() else None
-
-    try:
-        wait_until(ready, timeout_s=SAFETY_S, what="the worker to be ready")
+    with worker_process(GRAPHS, model_env(fake, tmp_path, "worker"), tmp_path / "worker.log") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=SAFETY_S)
 
 
 def start_driver(

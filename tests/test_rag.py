@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import chain_of, run_python, subprocess_env
+from helpers import chain_of, fake_default_model, run_python, subprocess_env
 from test_rag_chunking import make_pdf
 
 from aethergraph import graph_fn
@@ -32,7 +32,6 @@ from aethergraph.core.wire import events as ev
 from aethergraph.errors import RagError, TokenBudgetExceeded
 from aethergraph.host.process import ProcessHost, _rag_config
 from aethergraph.projections.vector_index import VectorIndex
-from aethergraph.services.llm import register_llm_client, unregister_llm_client
 from aethergraph.testing import FakeOpenAI, Reply, replay_async
 from aethergraph.testing.fake_openai_wire import embed_text
 
@@ -55,18 +54,8 @@ def corpus_name(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        register_llm_client(
-            "default",
-            base_url=server.base_url,
-            api_key=server.api_key,
-            model="fake-model",
-            embed_model="fake-embedding",
-        )
-        try:
-            yield server
-        finally:
-            unregister_llm_client("default")
+    with fake_default_model() as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import START_AND_LEAVE, run_python, subprocess_env, wait_until
+from helpers import START_AND_LEAVE, run_python, subprocess_env, worker_process
 
 import aethergraph
 from aethergraph.host.process import ProcessHost
@@ -52,27 +51,8 @@ def host_env(root: Path, name: str) -> dict[str, str]:
 def worker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """``aethergraph worker tests/procs/svc_graphs.py`` on host B, ready to serve."""
     log = tmp_path / "worker-b.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aethergraph", "worker", str(GRAPHS)],
-            env=host_env(tmp_path, "b"),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited with {proc.returncode}:\n{log.read_text()}")
-        return True if " ready" in log.read_text() else None
-
-    try:
-        wait_until(ready, timeout_s=SAFETY_S, what="the worker to be ready")
+    with worker_process(GRAPHS, host_env(tmp_path, "b"), log) as proc:
         yield proc, log
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=SAFETY_S)
 
 
 async def test_a_waiting_run_resumed_on_another_host_does_not_submit_again(
