@@ -10,6 +10,7 @@ by sleeping, and killed with SIGKILL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections import Counter
@@ -405,3 +406,22 @@ async def test_a_run_started_by_one_version_of_a_graph_is_not_continued_by_anoth
     assert "c2b" not in by_label(log, "run")
     for worker in (newer, same):
         assert worker.stop() == 0, worker.output()
+
+
+async def test_a_process_that_follows_no_reports_reads_the_stored_ones(runtime: ProcessHost) -> None:
+    """A worker deciding whether a redelivered node already ran reads the run's stored reports; in a process
+    whose schedulers follow no run (a plain worker) that read must answer, not wait out its timeout (it once
+    did, and the worker then ran the committed node again)."""
+    from aethergraph.core.settings import load_settings
+    from aethergraph.core.wire.node_report import NodeReport
+
+    run_id = f"rep{os.urandom(5).hex()}"
+    report = NodeReport(run_id=run_id, node_id="work_1", attempt=1, status="completed", outputs={"v": 1})
+    await runtime.node_reports.publish(report)
+    fresh = await ProcessHost.open(load_settings())
+    try:
+        async with asyncio.timeout(60):  # a hang guard; without the fix the read failed after 10 s
+            stored = await fresh.node_reports.stored(run_id)
+    finally:
+        await fresh.close()
+    assert stored == [report]

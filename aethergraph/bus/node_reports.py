@@ -73,6 +73,7 @@ class JetStreamNodeReports:
         self._prefix_len = len(live_report_prefix())
         self._resync_needed = False
         self._resync: asyncio.Task[None] | None = None
+        self._direct_started = False
 
     def publish(self, report: NodeReport) -> asyncio.Future[int]:
         """Store ``report``; the future resolves once JetStream acknowledged it.
@@ -88,12 +89,21 @@ class JetStreamNodeReports:
         """How many runs' reports this process follows now."""
         return len(self._sinks)
 
+    async def _ensure_direct(self) -> None:
+        """Subscribe the direct gets' reply inbox (once): reads of stored reports need it, following or not."""
+        if self._direct_started:
+            return
+        async with self._lock:
+            if not self._direct_started:
+                await self._direct.start()
+                self._direct_started = True
+
     async def _ensure_started(self) -> None:
         if self._sub is not None:
             return
+        await self._ensure_direct()
         async with self._lock:
             if self._sub is None:
-                await self._direct.start()
                 sub = await self._nc.subscribe(LIVE_REPORTS)
                 dispatch_raw(self._nc, sub, self._on_message)
                 self._sub = sub
@@ -109,6 +119,8 @@ class JetStreamNodeReports:
             release_raw(self._nc, sub)
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+        if self._direct_started:
+            self._direct_started = False
             await self._direct.stop()
 
     def _on_message(self, subject: bytes, _reply: bytes, data: bytes, _headers: bytes | None) -> None:
@@ -160,6 +172,7 @@ class JetStreamNodeReports:
 
     async def _stored(self, run_id: str) -> list[NodeReport]:
         """The reports stored for ``run_id`` (a read cut by a lost connection is read again once connected)."""
+        await self._ensure_direct()
         deadline = asyncio.get_running_loop().time() + self._event_log.outage_s
         while True:
             await self._event_log.wait_connected(deadline)

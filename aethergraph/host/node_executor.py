@@ -207,9 +207,14 @@ class NodeExecutor:
         if not await self._dispatched_by_its_run(event):
             queue.ack(item)  # not a dispatch of any run's scheduler: nothing to execute
             return
-        if self._maybe_delivered_before(item) and await self._already_decided(event):
-            queue.ack(item)  # its outcome was journaled before the acknowledgement was lost: do not run it again
-            return
+        if self._maybe_delivered_before(item):
+            decided = await self._already_decided(event)
+            if decided is None:
+                queue.nak(item, self._defer_delay_s)  # cannot tell now (the bus is away): ask again later
+                return
+            if decided:
+                queue.ack(item)  # its outcome was journaled before the acknowledgement was lost: do not run it again
+                return
         report = await self._attempt(spec, event)
         if report is None:
             queue.nak(item, 0.2)  # another worker continues this node run right now
@@ -354,8 +359,9 @@ class NodeExecutor:
         age_s = time.time() - item.event.ts / 1e6
         return item.deliveries > 1 or age_s > 3 * self._heartbeat_s
 
-    async def _already_decided(self, event: NodeReady) -> bool:
-        """Whether this attempt's outcome is stored (journaled, or its report), or the run has ended."""
+    async def _already_decided(self, event: NodeReady) -> bool | None:
+        """Whether this attempt's outcome is stored (journaled, or its report), or the run has ended; None when
+        the journal cannot be read now (running the node then could run a committed step twice)."""
         loop = asyncio.get_running_loop()
         cached = self._decided.get(event.run_id)
         # Redeliveries come in bursts (a worker died): a read serves the items that arrived before it began.
@@ -366,9 +372,11 @@ class NodeExecutor:
         decided = cached[0]
         try:
             nodes = await asyncio.shield(decided)
-        except Exception:  # cannot tell: run the node (the scheduler keeps one outcome)
-            log.exception("could not read the journal of run %s", event.run_id)
-            return False
+        except Exception as exc:  # noqa: BLE001 - cannot tell: the item is delivered again later
+            log.warning("could not read the journal of run %s (node %s left for later): %s", event.run_id,
+                        event.node_id, exc)  # fmt: skip
+            self._forget_decided(event.run_id, cached)
+            return None
         return ("", 0) in nodes or (event.node_id or "", event.attempt) in nodes
 
     def _forget_decided(self, run_id: str, entry: tuple[asyncio.Task[frozenset[tuple[str, int]]], float]) -> None:
