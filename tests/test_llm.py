@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
@@ -467,3 +468,13 @@ async def test_a_missing_api_key_is_the_calls_failure_naming_the_variables(
     assert "AETHERGRAPH_LLM__PROFILES__KEYLESS__API_KEY" in message and "OPENAI_API_KEY" in message
     [failed] = of_type(await chain_of(runtime, rid), ev.LlmFailed)
     assert failed.error_type == "aethergraph.errors.LLMConfigError" and failed.profile == "keyless"
+
+
+async def test_without_the_openai_sdk_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aethergraph.core.settings import LLMProfile
+    from aethergraph.services.llm import OpenAIModelPort
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # as on a machine without the [llm] extra
+    port = OpenAIModelPort(LLMSettings(default=LLMProfile(model="m", base_url="http://127.0.0.1:9/v1")))
+    with pytest.raises(LLMConfigError, match=r"pip install 'aethergraph\[llm\]'"):
+        port.endpoint("default")

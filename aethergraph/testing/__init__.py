@@ -51,6 +51,14 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    try:
+        imported = importlib.import_module(module, __name__)
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"aethergraph.testing.{name} needs {exc.name}, which is not installed: pip install 'aethergraph[test]' "
+            "(or starlette and uvicorn)",
+            name=exc.name,
+        ) from exc
+    value = getattr(imported, name)
     globals()[name] = value
     return value

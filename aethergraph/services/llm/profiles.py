@@ -132,7 +132,14 @@ class OpenAIModelPort:
         base_url = settings.base_url or _OPENAI_URL
         secret = _api_key(name, settings, prefix, base_url)
         if client is None:
-            import openai
+            try:
+                import openai
+            except ModuleNotFoundError:
+                raise LLMConfigError(
+                    f"model profile {name!r} needs the official openai SDK, which is not installed: "
+                    "pip install 'aethergraph[llm]'",
+                    profile=name,
+                ) from None
 
             client = openai.AsyncOpenAI(
                 api_key=secret or "not-needed",
