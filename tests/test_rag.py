@@ -18,7 +18,7 @@ from helpers import chain_of, fake_default_model, run_python, subprocess_env
 from test_rag_chunking import make_pdf
 
 from aethergraph import graph_fn
-from aethergraph.bus.rag_feed import RagFeed, RagMessage
+from aethergraph.bus.event_log import StoredRecord
 from aethergraph.core.journal.vector_port import (
     ChunkBatch,
     ChunkRecord,
@@ -279,7 +279,7 @@ async def memory_semantic(*, context: Any) -> dict[str, Any]:
 
 
 def index_with(runtime: ProcessHost, config: RagConfig) -> VectorIndex:
-    return VectorIndex(RagFeed(runtime.bus), runtime.service_backends.blobs, config)
+    return VectorIndex(runtime.event_log, runtime.service_backends.blobs, config)
 
 
 async def test_memory_search_embeds_when_a_profile_is_configured(runtime: ProcessHost, model: FakeOpenAI) -> None:
@@ -340,13 +340,13 @@ async def test_answer_cites_the_passages_it_used(
     assert sum(isinstance(e, ev.LlmCalled) for e in chain) == 1
 
 
-def stored_upsert(run_id: str, seq: int, corpus: str, doc_id: str, text: str) -> tuple[RagMessage, ChunkBatch]:
+def stored_upsert(run_id: str, seq: int, corpus: str, doc_id: str, text: str) -> tuple[StoredRecord, ChunkBatch]:
     event = ev.RagUpserted(
         run_id=run_id, seq=seq, ts=0, worker="w", corpus=corpus, chunks_ref="unused", chunk_count=1, dim=64
     )
     chunk = ChunkRecord(doc_id=doc_id, chunk_no=0, text=text, vector=pack_vector(embed_text(text, 64)))
     batch = ChunkBatch(corpus=corpus, embed_model="fake-embedding", dim=64, doc_ids=[doc_id], chunks=[chunk])
-    return RagMessage(stream_seq=seq, event=event), batch
+    return StoredRecord(stream_seq=seq, event=event), batch
 
 
 async def test_the_fold_keeps_a_runs_later_upsert_when_an_earlier_one_is_stored_after_it(

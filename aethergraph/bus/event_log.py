@@ -236,23 +236,28 @@ class JetStreamEventLog:
 
     async def read_types(self, event_types: Sequence[str], *, after: int, limit: int) -> list[StoredRecord]:
         """Every run's stored events of ``event_types`` (``run.*``, ``wait.requested``) after stream sequence
-        ``after``, in stream order, at most the first ``limit``; messages that are no event of the run their
-        subject names are skipped."""
+        ``after``, in stream order, at most the first ``limit``."""
         found: list[StoredRecord] = []
         for event_type in event_types:
             read = 0
-            async for batch in stored_messages(
-                self._direct, event_subject("*", event_type), f"{event_type} events", start=after + 1
-            ):
-                for message in batch:
-                    event = _decode_for(_run_of(message.subject, 2), message.data, message.stream_seq)
-                    if event is not None:
-                        found.append(StoredRecord(event=event, stream_seq=message.stream_seq))
+            async for batch in self.stored_matching(event_subject("*", event_type), after=after):
+                found.extend(batch)
                 read += len(batch)
                 if read >= limit:
                     break
         found.sort(key=lambda record: record.stream_seq)
         return found[:limit]
+
+    async def stored_matching(self, subject_filter: str, *, after: int) -> AsyncIterator[list[StoredRecord]]:
+        """Every run's events stored on ``subject_filter`` (``ag.evt.*.rag.>``) after stream sequence ``after``,
+        in stream order, in batches; a message that is no event of the run its subject names is skipped."""
+        async for batch in stored_messages(self._direct, subject_filter, subject_filter, start=after + 1):
+            records = []
+            for message in batch:
+                event = _decode_for(_run_of(message.subject, 2), message.data, message.stream_seq)
+                if event is not None:
+                    records.append(StoredRecord(event=event, stream_seq=message.stream_seq))
+            yield records
 
     async def last_stream_seq(self) -> int:
         """The sequence of the newest message on the events stream (0 when it is empty)."""

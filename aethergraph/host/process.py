@@ -33,7 +33,6 @@ from aethergraph.bus.event_log import JetStreamEventLog
 from aethergraph.bus.leases import JetStreamLeases
 from aethergraph.bus.node_reports import JetStreamNodeReports
 from aethergraph.bus.presence import client_name
-from aethergraph.bus.rag_feed import RagFeed
 from aethergraph.bus.service_backends import JetStreamServiceBackends, open_service_backends
 from aethergraph.bus.token_stream import NatsTokenStream
 from aethergraph.core.context.service_registry import close_services, start_services
@@ -114,7 +113,7 @@ class ProcessHost:
         self.runs = RunOps(self.event_log, self.commands, self.leases)
         self.models = OpenAIModelPort(self.settings.llm)
         self.mcp = McpConnections(self.settings.mcp.servers)
-        self.vectors = VectorIndex(RagFeed(self.bus), self.service_backends.blobs, _rag_config(self.settings))
+        self.vectors = VectorIndex(self.event_log, self.service_backends.blobs, _rag_config(self.settings))
         self.env = RunEnvironment(
             event_log=self.event_log,
             worker_id=self.worker_id,
@@ -162,7 +161,6 @@ class ProcessHost:
             inline_answers=_terminal_answers(settings) if inline_answers is None else inline_answers,
         )
         bus.events.on_disconnect(host.node_reports.connection_lost)
-        bus.events.on_disconnect(host.vectors.connection_lost)
         try:
             host._stop_cancels = await host.commands.watch_cancels(host._on_cancel_request)
             await start_services()  # registered context services' start() hooks

@@ -14,7 +14,7 @@ use) and implements the core's
   corpus (that passes the filters) with the query, best ``k`` first.
 
 Events are folded in stream order, from the feed of
-:mod:`aethergraph.bus.rag_feed`. Before every search (and corpus lookup)
+the event log's reads of every run's ``rag.*`` events. Before every search (and corpus lookup)
 the index reads the stream's last sequence and folds everything stored up
 to it, so an upsert committed on any host before the search began is
 searched (read-your-writes). An event whose blob cannot be loaded (an
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from aethergraph.bus.rag_feed import RagFeed, RagMessage
+from aethergraph.bus.event_log import JetStreamEventLog, StoredRecord
+from aethergraph.bus.topology import RAG_EVENTS
 from aethergraph.core.errors import ArtifactNotFoundError, RagError
 from aethergraph.core.journal.vector_port import (
     ChunkBatch,
@@ -68,8 +69,8 @@ def _chunks_table(dim: int) -> str:
 class VectorIndex:
     """A host's vector index; see the module docstring."""
 
-    def __init__(self, feed: RagFeed, blobs: BlobStore, config: RagConfig) -> None:
-        self._feed = feed
+    def __init__(self, event_log: JetStreamEventLog, blobs: BlobStore, config: RagConfig) -> None:
+        self._event_log = event_log
         self._blobs = blobs
         self._config = config
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -95,14 +96,14 @@ class VectorIndex:
         async with self._lock:
             if self._con is None:
                 await asyncio.to_thread(self._connection)
-            last = await self._feed.last_seq()
+            last = await self._event_log.last_stream_seq()
             if last <= self._cursor:
                 return
-            async for batch in self._feed.stored_since(self._cursor + 1):
+            async for batch in self._event_log.stored_matching(RAG_EVENTS, after=self._cursor):
                 await self._fold(batch)
             self._cursor = max(self._cursor, last)
 
-    async def _fold(self, batch: list[RagMessage]) -> None:
+    async def _fold(self, batch: list[StoredRecord]) -> None:
         fresh = [m for m in batch if (m.event.run_id, m.event.seq) not in self._folded]
         for start in range(0, len(fresh), _BLOB_CONCURRENCY):
             group = fresh[start : start + _BLOB_CONCURRENCY]
@@ -112,7 +113,7 @@ class VectorIndex:
                 self._folded.add((message.event.run_id, message.event.seq))
                 self._cursor = max(self._cursor, message.stream_seq)
 
-    async def _load(self, message: RagMessage) -> ChunkBatch | None:
+    async def _load(self, message: StoredRecord) -> ChunkBatch | None:
         event = message.event
         if not isinstance(event, RagUpserted):
             return None
@@ -134,7 +135,7 @@ class VectorIndex:
             )
             return None
 
-    def _apply(self, messages: list[RagMessage], loaded: list[ChunkBatch | None]) -> None:
+    def _apply(self, messages: list[StoredRecord], loaded: list[ChunkBatch | None]) -> None:
         con = self._connection()
         for message, batch in zip(messages, loaded, strict=True):
             event = message.event
@@ -310,11 +311,7 @@ class VectorIndex:
             for doc_id, chunk_no, text, title, source, metadata, score in rows
         ]
 
-    def connection_lost(self) -> None:
-        self._feed.connection_lost()
-
     async def close(self) -> None:
-        await self._feed.close()
         async with self._lock:
             if self._con is not None:
                 self._con.close()
