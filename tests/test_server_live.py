@@ -176,7 +176,7 @@ async def test_token_deltas_ride_the_stream_as_their_own_event_type(
     journal = [data for kind, data in seen if kind == "message"]
     tokens = [data for kind, data in seen if kind == "token"]
     assert journal[-1]["type"] == "run.waiting"  # type: ignore[index]
-    assert tokens[-3:] == deltas  # as published, without an id (never replayed by Last-Event-ID)
+    assert tokens[-3:] == [{**d, "attempt": 1} for d in deltas]  # as published (attempt 1 when not given), no id
 
 
 def test_binding_beyond_127_0_0_1_needs_a_token_and_then_every_api_call_carries_it(tmp_path: Path) -> None:

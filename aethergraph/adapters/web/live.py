@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from aethergraph.bus.connection import BusConnection
 from aethergraph.bus.event_log import JetStreamEventLog, StoredRecord
 from aethergraph.bus.topology import token_stream_filter
 from aethergraph.core.journal.replay import ChainBuilder
 from aethergraph.core.wire.codec import encode_event
+from aethergraph.core.wire.token_delta import decode_token_delta, encode_token_delta
 
 __all__ = ["AllRunsFeed", "FeedItem", "LiveHub", "RunFeed", "journal_items"]
 
@@ -197,11 +199,11 @@ class RunFeed(_Feed):
 
     def _on_token(self, data: bytes) -> None:
         try:
-            delta = json.loads(data)
-        except ValueError:
+            delta = decode_token_delta(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
             return  # not a token delta: ignored, like any stray message
-        if isinstance(delta, dict) and delta.get("run_id") == self.run_id:
-            self._append([FeedItem("token", None, json.dumps(delta, separators=(",", ":")))])
+        if delta.run_id == self.run_id:
+            self._append([FeedItem("token", None, encode_token_delta(delta).decode())])
 
     async def start(self, event_log: JetStreamEventLog, bus: BusConnection) -> None:
         self._stops.append(await bus.watch(token_stream_filter(self.run_id), self._on_token))
