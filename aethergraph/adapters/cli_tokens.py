@@ -70,7 +70,7 @@ async def _close_when_run_ends(event_log: EventLog, run_id: str, watch: TokenWat
 def tokens_command(
     run_id: Annotated[str, typer.Argument(help="the run whose streamed model tokens to print")],
     as_json: Annotated[
-        bool, typer.Option("--json", help="one JSON object per delta (run_id, node_id, call_seq, index, text, done)")
+        bool, typer.Option("--json", help="one JSON object per delta (docs/events.md, Token stream)")
     ] = False,
 ) -> None:
     """Print a run's streamed model tokens as they arrive (subject ag.stream.<run_id>.>), until the run ends.

@@ -373,8 +373,9 @@ class NodeExecutor:
         try:
             nodes = await asyncio.shield(decided)
         except Exception as exc:  # noqa: BLE001 - cannot tell: the item is delivered again later
-            log.warning("could not read the journal of run %s (node %s left for later): %s", event.run_id,
-                        event.node_id, exc)  # fmt: skip
+            log.warning(
+                "could not read the journal of run %s (node %s left for later): %s", event.run_id, event.node_id, exc
+            )
             self._forget_decided(event.run_id, cached)
             return None
         return ("", 0) in nodes or (event.node_id or "", event.attempt) in nodes

@@ -339,9 +339,12 @@ async def all_runs_events(
     state = web_state(request)
     start = _after(last_event_id, after)
     if "text/event-stream" not in accept:
-        records = [] if start is None else await state.host.event_log.read_types(ALL_RUNS_TYPES, after=start,
-                                                                                   limit=limit)  # fmt: skip
-        last = records[-1].stream_seq if records else (start if start is not None else await _stream_head(state))
+        events_log = state.host.event_log
+        if start is None:  # no events: where the stream is now, to start from
+            records, last = [], await events_log.last_stream_seq()
+        else:
+            records = await events_log.read_types(ALL_RUNS_TYPES, after=start, limit=limit)
+            last = records[-1].stream_seq if records else start
         events = ",".join(f'{{"stream_seq":{r.stream_seq},"event":{encode_event(r.event).decode()}}}' for r in records)
         return Response(f'{{"events":[{events}],"last_event_id":{last}}}', media_type="application/json")
     return StreamingResponse(
@@ -349,10 +352,6 @@ async def all_runs_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-async def _stream_head(state: WebState) -> int:
-    return await state.host.event_log.last_stream_seq()
 
 
 async def _sse_all(state: WebState, after: int | None) -> AsyncIterator[bytes]:
