@@ -123,6 +123,7 @@ def test_the_all_runs_stream_carries_status_and_waits_and_resumes_by_last_event_
             after = _of_run(messages, run_id, "run.completed")
         history = get(server.url, f"/api/runs/{run_id}/events")["events"]
         since = get(server.url, f"/api/events?after={before[-1].id}")["events"]
+        head = get(server.url, "/api/events")  # no `after`: no events, and where the stream is now
     finally:
         server.stop()
     wanted = [e for e in history if e["event"]["type"].split(".")[0] in ("run", "wait")]
@@ -130,6 +131,7 @@ def test_the_all_runs_stream_carries_status_and_waits_and_resumes_by_last_event_
     assert [m.id for m in streamed] == [e["stream_seq"] for e in wanted]  # no gap, no duplicate, no stray
     assert [m.data for m in streamed] == [e["event"] for e in wanted]
     assert [e["stream_seq"] for e in since if e["event"]["run_id"] == run_id] == [m.id for m in after]
+    assert head["events"] == [] and head["last_event_id"] >= history[-1]["stream_seq"]
 
 
 STRAY = """
