@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from aethergraph import Settings, graph_fn
-from aethergraph.bus.rag_feed import RagFeed
 from aethergraph.core.context.rag import DOCS_PER_EVENT
 from aethergraph.core.run.executor import execute_run
 from aethergraph.host.process import ProcessHost, _rag_config
@@ -92,7 +91,7 @@ async def _measure(ctx: BenchContext) -> tuple[list[Figure], dict[str, Any]]:
                 assert outputs["chunks"] == chunks
                 upserts.append(chunks / (_samples["upsert"][0] / 1e9))
                 # a fresh index, as a new host has: it folds every rag event on the stream on its first search
-                fresh = VectorIndex(RagFeed(host.bus), host.service_backends.blobs, _rag_config(settings))
+                fresh = VectorIndex(host.event_log, host.service_backends.blobs, _rag_config(settings))
                 try:
                     started = time.perf_counter()
                     await fresh.catch_up()
